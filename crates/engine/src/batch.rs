@@ -1,0 +1,43 @@
+//! `BatchInput`: one model step's flattened tokens. Several sequences' new tokens sit in one
+//! list of rows; each row knows its position, the KV slot its keys go to and its sequence, and
+//! each sequence carries its block table. The model returns logits only for `logits_rows`.
+//!
+//! ```text
+//!  rows:      | seq 0: 5 prompt tokens | seq 1: 1 decode token | seq 2: chunk of 3 |
+//!  positions:   0 1 2 3 4                17                      8 9 10
+//!  logits_rows:         ^4               ^5                         (none: chunk not last)
+//! ```
+
+#[derive(Debug, Clone, Default)]
+pub struct BatchInput {
+    pub tokens: Vec<u32>,
+    pub positions: Vec<u32>,
+    /// Global KV slot (block id × block size + offset) of each row.
+    pub slots: Vec<usize>,
+    /// Index into `block_tables` of each row's sequence.
+    pub row_seq: Vec<usize>,
+    pub block_tables: Vec<Vec<u32>>,
+    pub logits_rows: Vec<usize>,
+}
+
+impl BatchInput {
+    pub fn num_rows(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Appends one sequence's tokens at `first_pos..`; slots come from its block table.
+    pub fn push_seq(&mut self, tokens: &[u32], first_pos: usize, block_table: &[u32], block_size: usize, want_logits: bool) {
+        let seq = self.block_tables.len();
+        self.block_tables.push(block_table.to_vec());
+        for (i, &t) in tokens.iter().enumerate() {
+            let pos = first_pos + i;
+            self.tokens.push(t);
+            self.positions.push(pos as u32);
+            self.slots.push(block_table[pos / block_size] as usize * block_size + pos % block_size);
+            self.row_seq.push(seq);
+        }
+        if want_logits && !tokens.is_empty() {
+            self.logits_rows.push(self.tokens.len() - 1);
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Renders the GGUF's `tokenizer.chat_template` (a Hugging Face Jinja template) with
+//! minijinja, given OpenAI-style messages and tools. Python string methods come from
+//! minijinja-contrib's pycompat; `tojson` writes JSON the way Python's `json.dumps` does
+//! (", " and ": " separators, non-ASCII kept), because templates were written against it and
+//! llama.cpp's renders (our reference) match it. GGUFs without a template get their family's
+//! known format. Called by the server (chat requests) and the CLI (`generate --chat`).
+
+use minijinja::value::{Kwargs, Value as JValue};
+use minijinja::{Environment, Error as JError, ErrorKind};
+use serde_json::Value;
+
+use crate::error::{EngineError, Result};
+use crate::loader::Gguf;
+use crate::tokenizer::Tokenizer;
+
+/// ChatML (Qwen and many fine-tunes), used when a non-Gemma GGUF carries no template.
+const CHATML_TEMPLATE: &str = "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+/// Gemma's turn format; a system message is folded into the first user turn, as Gemma 3's
+/// own template does.
+const GEMMA_TEMPLATE: &str = "{{- bos_token }}{%- if messages and messages[0].role == 'system' %}{%- set first_prefix = messages[0].content + '\\n\\n' %}{%- set rest = messages[1:] %}{%- else %}{%- set first_prefix = '' %}{%- set rest = messages %}{%- endif %}{%- for message in rest %}{%- set role = 'model' if message.role == 'assistant' else 'user' %}{{- '<start_of_turn>' + role + '\\n' + (first_prefix if loop.first else '') + (message.content or '') + '<end_of_turn>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}";
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+    /// Whether the source came from the GGUF (false: a built-in family fallback).
+    pub from_gguf: bool,
+}
+
+impl ChatTemplate {
+    pub fn from_gguf(g: &Gguf, tok: &Tokenizer) -> Result<Self> {
+        let arch = g.architecture().unwrap_or_default();
+        let (source, from_gguf) = match g.opt_str("tokenizer.chat_template") {
+            Some(s) => (s, true),
+            None if arch.starts_with("gemma") => (GEMMA_TEMPLATE.to_string(), false),
+            None => (CHATML_TEMPLATE.to_string(), false),
+        };
+        let text = |id: Option<u32>| id.map(|i| String::from_utf8_lossy(tok.token_bytes(i, true)).into_owned()).unwrap_or_default();
+        Self::new(source, text(tok.bos), text(tok.eos), from_gguf)
+    }
+
+    pub fn new(source: String, bos_token: String, eos_token: String, from_gguf: bool) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_filter("tojson", tojson);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<JValue, JError> { Err(JError::new(ErrorKind::InvalidOperation, msg)) });
+        env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
+        env.add_template_owned("chat", source).map_err(|e| EngineError::ChatTemplate(format!("cannot parse the template: {e}")))?;
+        Ok(Self { env, bos_token, eos_token, from_gguf })
+    }
+
+    /// Renders `messages` (OpenAI shape) and optional `tools`.
+    pub fn render(&self, messages: &[Value], tools: Option<&[Value]>, add_generation_prompt: bool) -> Result<String> {
+        let messages: Vec<Value> = messages.iter().map(normalize_message).collect();
+        let tmpl = self.env.get_template("chat").expect("added in new");
+        let ctx = minijinja::context! {
+            messages => JValue::from_serialize(&messages),
+            tools => tools.map(JValue::from_serialize),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone(),
+            eos_token => self.eos_token.clone(),
+        };
+        tmpl.render(ctx).map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            EngineError::ChatTemplate(msg)
+        })
+    }
+
+    /// Renders and strips a leading BOS text when the tokenizer adds BOS itself, so the
+    /// prompt does not start with two (as llama.cpp does).
+    pub fn render_prompt(&self, tok: &Tokenizer, messages: &[Value], tools: Option<&[Value]>) -> Result<String> {
+        let mut s = self.render(messages, tools, true)?;
+        if tok.add_bos() && !self.bos_token.is_empty() && s.starts_with(&self.bos_token) {
+            s.drain(..self.bos_token.len());
+        }
+        Ok(s)
+    }
+}
+
+/// Content given as an array of text parts becomes one string (parts joined by newlines, as
+/// llama.cpp does); tool-call arguments given as JSON strings become objects, which is what
+/// templates that `tojson` them expect.
+fn normalize_message(m: &Value) -> Value {
+    let mut m = m.clone();
+    if let Some(Value::Array(parts)) = m.get("content") {
+        let text: Vec<&str> = parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect();
+        m["content"] = Value::String(text.join("\n"));
+    }
+    if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
+        for c in calls {
+            if let Some(f) = c.get_mut("function") {
+                if let Some(Value::String(args)) = f.get("arguments") {
+                    if let Ok(parsed) = serde_json::from_str::<Value>(args) {
+                        f["arguments"] = parsed;
+                    }
+                }
+            }
+        }
+    }
+    m
+}
+
+fn tojson(v: JValue, kwargs: Kwargs) -> std::result::Result<String, JError> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
+    let _: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&v).map_err(|e| JError::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let mut out = String::new();
+    write_py_json(&json, indent, 0, &mut out);
+    Ok(out)
+}
+
+/// JSON as Python's `json.dumps(v, ensure_ascii=False, indent=indent)` writes it.
+pub fn write_py_json(v: &Value, indent: Option<usize>, level: usize, out: &mut String) {
+    let newline = |out: &mut String, level: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * level));
+        }
+    };
+    let item_sep = if indent.is_some() { "," } else { ", " };
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => write_py_str(s, out),
+        Value::Array(a) => {
+            if a.is_empty() {
+                out.push_str("[]");
+                return;
+            }
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, level + 1);
+                write_py_json(x, indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push(']');
+        }
+        Value::Object(o) => {
+            if o.is_empty() {
+                out.push_str("{}");
+                return;
+            }
+            out.push('{');
+            for (i, (k, x)) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, level + 1);
+                write_py_str(k, out);
+                out.push_str(": ");
+                write_py_json(x, indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push('}');
+        }
+    }
+}
+
+fn write_py_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `strftime_now` for templates that print today's date (Llama 3): supports the common codes.
+fn strftime_now(fmt: &str) -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    fmt.replace("%Y", &y.to_string())
+        .replace("%m", &format!("{m:02}"))
+        .replace("%d", &format!("{d:02}"))
+        .replace("%B", MONTHS[(m - 1) as usize])
+        .replace("%b", &MONTHS[(m - 1) as usize][..3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        let mut s = String::new();
+        write_py_json(&json!({"a": [1, 2.5, "x\"y"], "b": {}, "c": "é"}), None, 0, &mut s);
+        assert_eq!(s, r#"{"a": [1, 2.5, "x\"y"], "b": {}, "c": "é"}"#);
+        let mut s = String::new();
+        write_py_json(&json!({"a": [1]}), Some(2), 0, &mut s);
+        assert_eq!(s, "{\n  \"a\": [\n    1\n  ]\n}");
+    }
+
+    #[test]
+    fn gemma_fallback_folds_system_into_first_turn() {
+        let t = ChatTemplate::new(GEMMA_TEMPLATE.into(), "<bos>".into(), "<eos>".into(), false).unwrap();
+        let out = t
+            .render(&[json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "Hi"})], None, true)
+            .unwrap();
+        assert_eq!(out, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n");
+    }
+
+    #[test]
+    fn text_parts_are_joined_and_arguments_parsed() {
+        let m = normalize_message(&json!({"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            "tool_calls": [{"function": {"name": "f", "arguments": "{\"x\": 1}"}}]}));
+        assert_eq!(m["content"], "a\nb");
+        assert_eq!(m["tool_calls"][0]["function"]["arguments"]["x"], 1);
+    }
+}

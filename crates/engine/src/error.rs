@@ -1,0 +1,38 @@
+//! `EngineError`: the one error type at the engine's boundary. The server maps it to HTTP in
+//! one place; messages name the file, tensor, key or field at fault.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("cannot read model file {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("model file {path}: {message}")]
+    Gguf { path: String, message: String },
+    #[error("model file {path}: unsupported architecture `{arch}` (supported: {supported})")]
+    UnsupportedArchitecture { path: String, arch: String, supported: String },
+    #[error("model file {path}: missing tensor `{name}`")]
+    MissingTensor { path: String, name: String },
+    #[error("model file {path}: tensor `{name}` has unsupported quantization {dtype}")]
+    UnsupportedQuant { path: String, name: String, dtype: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("the prompt needs {needed} KV-cache tokens but the whole cache holds {capacity}")]
+    KvCacheTooSmall { needed: usize, capacity: usize },
+    #[error("engine is shut down")]
+    Shutdown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        EngineError::Internal(e.to_string())
+    }
+}

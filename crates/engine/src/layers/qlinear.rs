@@ -1,0 +1,183 @@
+//! `QLinear`, the one quantized linear type every model's matmuls go through, and
+//! `QEmbedding`, row lookup in a quantized table. Kernels live behind `QLinear::forward`, so
+//! faster ones can replace candle's without touching the models.
+//!
+//! Batch invariance: each output element is one dot product of one activation row (quantized
+//! on its own to the weight's dot type) with one weight row, in a fixed block order, so a row's
+//! result never depends on how many rows share the call. That is why this calls candle's
+//! `k_quants::matmul` directly: `QMatMul::forward` may switch to a repacked kernel when the
+//! row count passes a threshold (Q6_K at m > 1), which changes the summation order.
+
+use candle_core::quantized::k_quants::{self, *};
+use candle_core::quantized::{GgmlDType, QTensor};
+use half::f16;
+use std::sync::Arc;
+
+use crate::error::{EngineError, Result};
+
+/// Runs `$body` with `$T` bound to the block type of `$dtype`, or returns `$unsupported`.
+macro_rules! with_block_type {
+    ($dtype:expr, $T:ident, $body:block, $unsupported:expr) => {
+        match $dtype {
+            GgmlDType::F32 => { type $T = f32; $body }
+            GgmlDType::F16 => { type $T = f16; $body }
+            GgmlDType::Q4_0 => { type $T = BlockQ4_0; $body }
+            GgmlDType::Q4_1 => { type $T = BlockQ4_1; $body }
+            GgmlDType::Q5_0 => { type $T = BlockQ5_0; $body }
+            GgmlDType::Q5_1 => { type $T = BlockQ5_1; $body }
+            GgmlDType::Q8_0 => { type $T = BlockQ8_0; $body }
+            GgmlDType::Q2K => { type $T = BlockQ2K; $body }
+            GgmlDType::Q3K => { type $T = BlockQ3K; $body }
+            GgmlDType::Q4K => { type $T = BlockQ4K; $body }
+            GgmlDType::Q5K => { type $T = BlockQ5K; $body }
+            GgmlDType::Q6K => { type $T = BlockQ6K; $body }
+            _ => $unsupported,
+        }
+    };
+}
+
+/// Raw quantized weight rows: `out_dim` rows of `in_dim` values, GGUF block layout. Shared
+/// (`Arc`) so tied embeddings serve as the output projection without a copy.
+#[derive(Clone)]
+struct QWeight {
+    tensor: Arc<QTensor>,
+    dtype: GgmlDType,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+impl QWeight {
+    fn new(tensor: QTensor, name: &str, path: &str) -> Result<Self> {
+        let dtype = tensor.dtype();
+        let (out_dim, in_dim) = tensor.shape().dims2().map_err(|_| EngineError::Gguf {
+            path: path.into(),
+            message: format!("tensor `{name}` should be 2-D, has shape {:?}", tensor.shape()),
+        })?;
+        let supported = with_block_type!(dtype, T, { in_dim % T::BLCK_SIZE == 0 }, false);
+        if !supported {
+            return Err(EngineError::UnsupportedQuant {
+                path: path.into(),
+                name: name.into(),
+                dtype: format!("{dtype:?} (row length {in_dim})"),
+            });
+        }
+        Ok(Self { tensor: Arc::new(tensor), dtype, in_dim, out_dim })
+    }
+
+    /// The weight blocks, borrowed from candle's CPU storage (allocated as a `Vec<T>`, so the
+    /// pointer is aligned for `T`).
+    fn blocks<T: GgmlType>(&self) -> &[T] {
+        let bytes = self.tensor.data().expect("cpu tensor data");
+        let std::borrow::Cow::Borrowed(bytes) = bytes else {
+            panic!("quantized CPU storage is expected to be borrowed")
+        };
+        let n = bytes.len() / std::mem::size_of::<T>();
+        assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+        // SAFETY: candle stores CPU quantized tensors as Vec<T> of this block type.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) }
+    }
+}
+
+pub struct QLinear {
+    w: QWeight,
+    bias: Option<Vec<f32>>,
+}
+
+impl QLinear {
+    pub fn new(weight: QTensor, bias: Option<Vec<f32>>, name: &str, path: &str) -> Result<Self> {
+        let w = QWeight::new(weight, name, path)?;
+        if let Some(b) = &bias {
+            if b.len() != w.out_dim {
+                return Err(EngineError::Gguf {
+                    path: path.into(),
+                    message: format!("bias of `{name}` has {} values, expected {}", b.len(), w.out_dim),
+                });
+            }
+        }
+        Ok(Self { w, bias })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.w.in_dim
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.w.out_dim
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        self.w.dtype
+    }
+
+    /// `x`: `rows × in_dim` row-major; returns `rows × out_dim`.
+    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let _span = tracing::trace_span!("qlinear", rows, n = self.w.out_dim, k = self.w.in_dim).entered();
+        let (k, n) = (self.w.in_dim, self.w.out_dim);
+        assert_eq!(x.len(), rows * k, "qlinear input has the wrong length");
+        let mut out = vec![0f32; rows * n];
+        if rows == 0 {
+            return out;
+        }
+        with_block_type!(
+            self.w.dtype,
+            T,
+            {
+                k_quants::matmul::<T>((rows, k, n), x, self.w.blocks::<T>(), &mut out)
+                    .expect("quantized matmul");
+            },
+            unreachable!("dtype checked at load")
+        );
+        if let Some(b) = &self.bias {
+            for row in out.chunks_exact_mut(n) {
+                for (o, b) in row.iter_mut().zip(b) {
+                    *o += *b;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A token-embedding table kept quantized; rows are dequantized on lookup.
+pub struct QEmbedding {
+    w: QWeight,
+}
+
+impl QEmbedding {
+    pub fn new(weight: QTensor, name: &str, path: &str) -> Result<Self> {
+        Ok(Self { w: QWeight::new(weight, name, path)? })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.w.out_dim
+    }
+
+    pub fn dim(&self) -> usize {
+        self.w.in_dim
+    }
+
+    /// Writes the embedding of each token into consecutive rows of the result.
+    pub fn lookup(&self, tokens: &[u32]) -> Vec<f32> {
+        let d = self.w.in_dim;
+        let mut out = vec![0f32; tokens.len() * d];
+        with_block_type!(
+            self.w.dtype,
+            T,
+            {
+                let blocks = self.w.blocks::<T>();
+                let per_row = d / T::BLCK_SIZE;
+                for (row, &t) in out.chunks_exact_mut(d).zip(tokens) {
+                    let t = t as usize;
+                    T::to_float(&blocks[t * per_row..(t + 1) * per_row], row);
+                }
+            },
+            unreachable!("dtype checked at load")
+        );
+        out
+    }
+
+    /// The same table as the output projection (tied embeddings).
+    pub fn as_linear(&self) -> QLinear {
+        QLinear { w: self.w.clone(), bias: None }
+    }
+}

@@ -1,0 +1,197 @@
+//! Opens a GGUF file: typed access to its metadata, loads its tensors, and builds the model for
+//! `general.architecture`. Called by `Model::load`; the tokenizer and chat template read the
+//! same `Gguf`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
+use candle_core::Device;
+
+use crate::error::{EngineError, Result};
+
+/// A parsed GGUF header plus an open reader for its tensor data.
+pub struct Gguf {
+    pub path: String,
+    content: Content,
+    reader: BufReader<File>,
+}
+
+impl Gguf {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path_str = path.as_ref().display().to_string();
+        let file = File::open(path.as_ref())
+            .map_err(|e| EngineError::Io { path: path_str.clone(), message: e.to_string() })?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader).map_err(|e| EngineError::Gguf {
+            path: path_str.clone(),
+            message: format!("not a readable GGUF file: {e}"),
+        })?;
+        Ok(Self { path: path_str, content, reader })
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn bad(&self, message: String) -> EngineError {
+        EngineError::Gguf { path: self.path.clone(), message }
+    }
+
+    pub fn architecture(&self) -> Result<String> {
+        self.str("general.architecture")
+    }
+
+    pub fn str(&self, key: &str) -> Result<String> {
+        match self.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(v) => Err(self.bad(format!("metadata `{key}` is not a string: {v:?}"))),
+            None => Err(self.bad(format!("missing metadata `{key}`"))),
+        }
+    }
+
+    pub fn opt_str(&self, key: &str) -> Option<String> {
+        match self.get(key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// Any integer type as usize (GGUF writers differ in the width they pick).
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        let v = match self.get(key) {
+            None => return Ok(None),
+            Some(v) => v,
+        };
+        let n: i128 = match v {
+            Value::U8(x) => *x as i128,
+            Value::I8(x) => *x as i128,
+            Value::U16(x) => *x as i128,
+            Value::I16(x) => *x as i128,
+            Value::U32(x) => *x as i128,
+            Value::I32(x) => *x as i128,
+            Value::U64(x) => *x as i128,
+            Value::I64(x) => *x as i128,
+            other => return Err(self.bad(format!("metadata `{key}` is not an integer: {other:?}"))),
+        };
+        usize::try_from(n)
+            .map(Some)
+            .map_err(|_| self.bad(format!("metadata `{key}` is negative: {n}")))
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?.ok_or_else(|| self.bad(format!("missing metadata `{key}`")))
+    }
+
+    pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::F32(x)) => Ok(Some(*x)),
+            Some(Value::F64(x)) => Ok(Some(*x as f32)),
+            Some(other) => Err(self.bad(format!("metadata `{key}` is not a float: {other:?}"))),
+        }
+    }
+
+    pub fn f32(&self, key: &str) -> Result<f32> {
+        self.opt_f32(key)?.ok_or_else(|| self.bad(format!("missing metadata `{key}`")))
+    }
+
+    pub fn opt_bool(&self, key: &str) -> Option<bool> {
+        match self.get(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn str_array(&self, key: &str) -> Result<Vec<String>> {
+        let arr = match self.get(key) {
+            Some(Value::Array(a)) => a,
+            Some(v) => return Err(self.bad(format!("metadata `{key}` is not an array: {v:?}"))),
+            None => return Err(self.bad(format!("missing metadata `{key}`"))),
+        };
+        arr.iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(self.bad(format!("metadata `{key}` holds a non-string: {other:?}"))),
+            })
+            .collect()
+    }
+
+    pub fn opt_f32_array(&self, key: &str) -> Result<Option<Vec<f32>>> {
+        let arr = match self.get(key) {
+            Some(Value::Array(a)) => a,
+            Some(v) => return Err(self.bad(format!("metadata `{key}` is not an array: {v:?}"))),
+            None => return Ok(None),
+        };
+        arr.iter()
+            .map(|v| match v {
+                Value::F32(x) => Ok(*x),
+                Value::F64(x) => Ok(*x as f32),
+                other => Err(self.bad(format!("metadata `{key}` holds a non-float: {other:?}"))),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    pub fn opt_i32_array(&self, key: &str) -> Result<Option<Vec<i32>>> {
+        let arr = match self.get(key) {
+            Some(Value::Array(a)) => a,
+            Some(v) => return Err(self.bad(format!("metadata `{key}` is not an array: {v:?}"))),
+            None => return Ok(None),
+        };
+        arr.iter()
+            .map(|v| match v {
+                Value::I32(x) => Ok(*x),
+                Value::U32(x) => Ok(*x as i32),
+                Value::I8(x) => Ok(*x as i32),
+                Value::U8(x) => Ok(*x as i32),
+                other => Err(self.bad(format!("metadata `{key}` holds a non-integer: {other:?}"))),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Loads one tensor; a missing one is an error naming it and the file.
+    pub fn tensor(&mut self, name: &str) -> Result<QTensor> {
+        if !self.has_tensor(name) {
+            return Err(EngineError::MissingTensor { path: self.path.clone(), name: name.into() });
+        }
+        self.content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(|e| self.bad(format!("cannot read tensor `{name}`: {e}")))
+    }
+
+    pub fn opt_tensor(&mut self, name: &str) -> Result<Option<QTensor>> {
+        if self.has_tensor(name) {
+            self.tensor(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A 1-D tensor (norm weight, bias) as f32 values.
+    pub fn vector(&mut self, name: &str) -> Result<Vec<f32>> {
+        let t = self.tensor(name)?;
+        let d = t.dequantize(&Device::Cpu)?;
+        Ok(d.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    pub fn opt_vector(&mut self, name: &str) -> Result<Option<Vec<f32>>> {
+        if self.has_tensor(name) {
+            self.vector(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! `Model`: everything loaded from one GGUF — the network, its tokenizer and chat template.
+//! Shared read-only (`Arc`) by the engine thread, the server and the CLI.
+
+use std::path::Path;
+
+use crate::chat_template::ChatTemplate;
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::loader::Gguf;
+use crate::models::{self, Decoder};
+use crate::tokenizer::Tokenizer;
+
+pub struct Model {
+    pub path: String,
+    pub decoder: Decoder,
+    pub tokenizer: Tokenizer,
+    pub chat_template: ChatTemplate,
+}
+
+impl Model {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let _span = tracing::info_span!("load_model", path = %path.as_ref().display()).entered();
+        let mut g = Gguf::open(path)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let chat_template = ChatTemplate::from_gguf(&g, &tokenizer)?;
+        let decoder = models::load(&mut g)?;
+        Ok(Self { path: g.path.clone(), decoder, tokenizer, chat_template })
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.decoder.config.context_length
+    }
+
+    /// A KV cache for this model holding `num_blocks` blocks of `block_size` tokens.
+    pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> KvCache {
+        let c = &self.decoder.config;
+        KvCache::new(c.num_layers, num_blocks, block_size, c.kv_dim())
+    }
+
+    /// Bytes one KV block of `block_size` tokens takes for this model.
+    pub fn kv_bytes_per_block(&self, block_size: usize) -> usize {
+        let c = &self.decoder.config;
+        KvCache::bytes_per_block(c.num_layers, block_size, c.kv_dim())
+    }
+}

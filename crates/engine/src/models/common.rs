@@ -1,0 +1,148 @@
+//! Reads the hyperparameters and tensors that every llama.cpp-converted decoder shares
+//! (`{arch}.block_count`, `blk.N.attn_q.weight`, …) and assembles a `Decoder`, letting each
+//! architecture choose per-layer options. Keeps the per-architecture files to what differs.
+
+use super::decoder::{Block, Decoder, DecoderConfig};
+use crate::error::Result;
+use crate::layers::activation::Activation;
+use crate::layers::attention::AttentionParams;
+use crate::layers::rope::Rope;
+use crate::layers::{QEmbedding, QLinear};
+use crate::loader::Gguf;
+
+/// What an architecture decides per layer.
+#[derive(Debug, Clone, Default)]
+pub struct BlockOptions {
+    pub qk_norm: bool,
+    pub post_norms: bool,
+    pub window: Option<usize>,
+    /// Overrides the GGUF rope base for this layer (Gemma 3 local layers).
+    pub rope_base: Option<f32>,
+    /// Overrides the 1/sqrt(head_dim) score scale.
+    pub attn_scale: Option<f32>,
+}
+
+pub struct ArchReader {
+    pub config: DecoderConfig,
+    rope_base: f32,
+    rope_scale: f32,
+    rope_dim: usize,
+}
+
+impl ArchReader {
+    pub fn new(g: &Gguf, arch: &str) -> Result<Self> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden_size = g.usize(&key("embedding_length"))?;
+        let num_heads = g.usize(&key("attention.head_count"))?;
+        let num_kv_heads = g.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(num_heads);
+        let head_dim = g.opt_usize(&key("attention.key_length"))?.unwrap_or(hidden_size / num_heads);
+        let rope_scale = match (g.opt_str(&key("rope.scaling.type")).as_deref(), g.opt_f32(&key("rope.scaling.factor"))?) {
+            (Some("linear"), Some(f)) if f > 0.0 => 1.0 / f,
+            _ => 1.0,
+        };
+        let config = DecoderConfig {
+            architecture: arch.to_string(),
+            vocab_size: 0, // set from the embedding table in `build`
+            hidden_size,
+            num_layers: g.usize(&key("block_count"))?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            context_length: g.opt_usize(&key("context_length"))?.unwrap_or(2048),
+            rms_eps: g.opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6),
+            activation: Activation::Silu,
+            embed_scale: None,
+            final_softcap: None,
+        };
+        Ok(Self {
+            rope_base: g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            rope_dim: g.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim),
+            rope_scale,
+            config,
+        })
+    }
+
+    pub fn build(
+        mut self,
+        g: &mut Gguf,
+        activation: Activation,
+        embed_scale: Option<f32>,
+        final_softcap: Option<f32>,
+        options: impl Fn(usize, &DecoderConfig) -> Result<BlockOptions>,
+    ) -> Result<Decoder> {
+        let path = g.path.clone();
+        self.config.activation = activation;
+        self.config.embed_scale = embed_scale;
+        self.config.final_softcap = final_softcap;
+        let embed = QEmbedding::new(g.tensor("token_embd.weight")?, "token_embd.weight", &path)?;
+        self.config.vocab_size = embed.vocab_size();
+        let output = match g.opt_tensor("output.weight")? {
+            Some(t) => QLinear::new(t, None, "output.weight", &path)?,
+            None => embed.as_linear(),
+        };
+        let output_norm = g.vector("output_norm.weight")?;
+        let c = self.config.clone();
+        let mut ropes: Vec<(u32, Rope)> = Vec::new();
+        let mut blocks = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let o = options(l, &c)?;
+            let (base, scale) = match o.rope_base {
+                Some(b) => (b, 1.0),
+                None => (self.rope_base, self.rope_scale),
+            };
+            let rope_key = base.to_bits() ^ scale.to_bits().rotate_left(16);
+            let rope = match ropes.iter().position(|(k, _)| *k == rope_key) {
+                Some(i) => i,
+                None => {
+                    ropes.push((rope_key, Rope::new(self.rope_dim, base, scale)));
+                    ropes.len() - 1
+                }
+            };
+            let mut lin = |name: &str, bias: bool| -> Result<QLinear> {
+                let w = format!("blk.{l}.{name}.weight");
+                let b = if bias { g.opt_vector(&format!("blk.{l}.{name}.bias"))? } else { None };
+                QLinear::new(g.tensor(&w)?, b, &w, &path)
+            };
+            let wq = lin("attn_q", true)?;
+            let wk = lin("attn_k", true)?;
+            let wv = lin("attn_v", true)?;
+            let wo = lin("attn_output", true)?;
+            let gate = lin("ffn_gate", false)?;
+            let up = lin("ffn_up", false)?;
+            let down = lin("ffn_down", false)?;
+            let mut vec = |name: &str| g.vector(&format!("blk.{l}.{name}.weight"));
+            blocks.push(Block {
+                attn_norm: vec("attn_norm")?,
+                q_norm: if o.qk_norm { Some(vec("attn_q_norm")?) } else { None },
+                k_norm: if o.qk_norm { Some(vec("attn_k_norm")?) } else { None },
+                post_attn_norm: if o.post_norms { Some(vec("post_attention_norm")?) } else { None },
+                ffn_norm: vec("ffn_norm")?,
+                post_ffn_norm: if o.post_norms { Some(vec("post_ffw_norm")?) } else { None },
+                wq,
+                wk,
+                wv,
+                wo,
+                gate,
+                up,
+                down,
+                rope,
+                attn: AttentionParams {
+                    num_heads: c.num_heads,
+                    num_kv_heads: c.num_kv_heads,
+                    head_dim: c.head_dim,
+                    scale: o.attn_scale.unwrap_or(1.0 / (c.head_dim as f32).sqrt()),
+                    softcap: None,
+                    window: o.window,
+                },
+            });
+        }
+        Ok(Decoder {
+            config: self.config,
+            embed,
+            blocks,
+            ropes: ropes.into_iter().map(|(_, r)| r).collect(),
+            output_norm,
+            output,
+        })
+    }
+}

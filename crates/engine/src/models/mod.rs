@@ -1,0 +1,27 @@
+//! Model architectures. `load` opens a GGUF and dispatches on `general.architecture` to the
+//! file that knows how that architecture's tensors map onto the shared `Decoder`.
+
+pub mod common;
+pub mod decoder;
+pub mod gemma3;
+pub mod qwen2;
+
+pub use decoder::{Decoder, DecoderConfig};
+
+use crate::error::{EngineError, Result};
+use crate::loader::Gguf;
+
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["qwen2", "gemma3"];
+
+pub fn load(g: &mut Gguf) -> Result<Decoder> {
+    let arch = g.architecture()?;
+    match arch.as_str() {
+        "qwen2" => qwen2::load(g),
+        "gemma3" => gemma3::load(g),
+        _ => Err(EngineError::UnsupportedArchitecture {
+            path: g.path.clone(),
+            arch,
+            supported: SUPPORTED_ARCHITECTURES.join(", "),
+        }),
+    }
+}

@@ -1,0 +1,86 @@
+//! Command-line subcommands that talk to the engine without HTTP.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use slm_engine::generate::Generator;
+use slm_engine::{Detokenizer, Model, SamplingParams};
+
+#[derive(Parser)]
+#[command(name = "slm", version, about = "Local OpenAI-compatible inference server for small language models")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt; prints only the generated text, streamed.
+    Generate {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Wrap the prompt as one user message through the model's chat template.
+        #[arg(long)]
+        chat: bool,
+    },
+    /// Print the token ids of TEXT as one JSON array.
+    Tokenize {
+        #[arg(long)]
+        model: String,
+        /// Add BOS/EOS as the model does.
+        #[arg(long)]
+        add_special: bool,
+        /// Recognise special-token text such as <|im_start|>.
+        #[arg(long)]
+        parse_special: bool,
+        text: String,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate { model, prompt, max_tokens, temperature, seed, chat } => generate(&model, &prompt, max_tokens, temperature, seed, chat),
+        Command::Tokenize { model, add_special, parse_special, text } => {
+            let m = Model::load(&model).with_context(|| format!("loading {model}"))?;
+            let ids = m.tokenizer.encode(&text, add_special, parse_special)?;
+            println!("{}", serde_json::to_string(&ids)?);
+            Ok(())
+        }
+    }
+}
+
+fn generate(path: &str, prompt: &str, max_tokens: usize, temperature: f32, seed: Option<u64>, chat: bool) -> Result<()> {
+    let model = Model::load(path).with_context(|| format!("loading {path}"))?;
+    let ids = if chat {
+        let messages = [serde_json::json!({"role": "user", "content": prompt})];
+        let text = model.chat_template.render_prompt(&model.tokenizer, &messages, None)?;
+        model.tokenizer.encode(&text, true, true)?
+    } else {
+        model.tokenizer.encode(prompt, true, false)?
+    };
+    let max_tokens = max_tokens.min(model.context_length().saturating_sub(ids.len()));
+    let mut generator = Generator::new(&model, ids.len() + max_tokens);
+    let params = SamplingParams { temperature, seed, ..SamplingParams::default() };
+    let mut detok = Detokenizer::new();
+    let mut stdout = std::io::stdout().lock();
+    generator.generate(&ids, params, max_tokens, |s| {
+        if !model.tokenizer.is_end_of_generation(s.token) {
+            let piece = detok.push(&model.tokenizer, s.token);
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
+        true
+    })?;
+    let _ = stdout.write_all(detok.flush().as_bytes());
+    let _ = writeln!(stdout);
+    Ok(())
+}

