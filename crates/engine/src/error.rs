@@ -23,6 +23,12 @@ pub enum EngineError {
     InvalidRequest(String),
     #[error("the prompt needs {needed} KV-cache tokens but the whole cache holds {capacity}")]
     KvCacheTooSmall { needed: usize, capacity: usize },
+    #[error("invalid engine configuration: {0}")]
+    InvalidConfig(String),
+    #[error("this model's maximum context length is {max} tokens; the request needs {needed} ({prompt} in the prompt + {max_tokens} to generate)")]
+    ContextLengthExceeded { max: usize, needed: usize, prompt: usize, max_tokens: usize },
+    #[error("too many requests are waiting ({0}); retry later")]
+    QueueFull(usize),
     #[error("engine is shut down")]
     Shutdown,
     #[error("internal error: {0}")]

@@ -36,7 +36,7 @@ impl<'m> Generator<'m> {
     /// A generator whose cache holds `max_tokens_in_cache` tokens.
     pub fn new(model: &'m Model, max_tokens_in_cache: usize) -> Self {
         let num_blocks = max_tokens_in_cache.div_ceil(BLOCK_SIZE);
-        Self { model, kv: model.new_kv_cache(num_blocks, BLOCK_SIZE), blocks: BlockManager::new(num_blocks, BLOCK_SIZE), prefill_chunk: 0 }
+        Self { model, kv: model.new_kv_cache(num_blocks, BLOCK_SIZE), blocks: BlockManager::with_prefix_caching(num_blocks, BLOCK_SIZE, false), prefill_chunk: 0 }
     }
 
     /// Runs the prompt, then samples up to `max_tokens` tokens; `on_token` sees each one and
@@ -46,11 +46,10 @@ impl<'m> Generator<'m> {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
         }
         let total = prompt.len() + max_tokens;
-        let needed = self.blocks.blocks_for(total);
-        if !self.blocks.can_allocate(needed) {
+        if !self.blocks.can_allocate(prompt, total) {
             return Err(EngineError::KvCacheTooSmall { needed: total, capacity: self.blocks.num_blocks() * BLOCK_SIZE });
         }
-        let table = self.blocks.allocate(needed);
+        let (table, _) = self.blocks.allocate(prompt, total);
         let result = self.run(prompt, &table, params, max_tokens, &mut on_token);
         self.blocks.free(&table);
         result
@@ -90,11 +89,10 @@ impl<'m> Generator<'m> {
 
     /// Logits of the last prompt position (for parity checks).
     pub fn prompt_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
-        let needed = self.blocks.blocks_for(prompt.len());
-        if !self.blocks.can_allocate(needed) {
+        if !self.blocks.can_allocate(prompt, prompt.len()) {
             return Err(EngineError::KvCacheTooSmall { needed: prompt.len(), capacity: self.blocks.num_blocks() * BLOCK_SIZE });
         }
-        let table = self.blocks.allocate(needed);
+        let (table, _) = self.blocks.allocate(prompt, prompt.len());
         let mut b = BatchInput::default();
         b.push_seq(prompt, 0, &table, BLOCK_SIZE, true);
         let logits = self.model.decoder.forward(&b, &mut self.kv);

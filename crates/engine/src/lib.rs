@@ -8,23 +8,37 @@
 //!        ─▶ logits ─▶ sampling::Sampler ─▶ token ─▶ tokenizer::Detokenizer ─▶ text
 //! ```
 //!
-//! `Model` bundles what one GGUF holds (network, tokenizer, chat template); `BlockManager`
-//! hands out KV blocks; `generate::Generator` drives one sequence. No HTTP types live here.
+//! `Model` bundles what one GGUF holds (network, tokenizer, chat template). Serving goes through
+//! `EngineHandle::submit` → a `Sequence` on the engine thread → `Scheduler` (token budget,
+//! `BlockManager` with prefix cache) → `ModelRunner` (one batched forward per step) → sampling
+//! and stop checks → `Event`s on the request's `RequestStream`. `generate::Generator` drives a
+//! single sequence directly (CLI, parity tests). No HTTP types live here.
 
 pub mod batch;
 pub mod block_manager;
 pub mod chat_template;
+pub mod config;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;
 pub mod layers;
 pub mod loader;
 pub mod model;
+pub mod model_runner;
 pub mod models;
+pub mod request;
 pub mod sampling;
+pub mod scheduler;
+pub mod sequence;
+pub mod stats;
 pub mod tokenizer;
 
+pub use config::EngineConfig;
+pub use engine::{EngineHandle, RequestStream};
 pub use error::{EngineError, Result};
+pub use request::{Event, FinishReason, Finished, Request, TokenEvent};
+pub use stats::StatsSnapshot;
 pub use model::Model;
 pub use sampling::{Sampled, SamplingParams};
 pub use tokenizer::{Detokenizer, Tokenizer};

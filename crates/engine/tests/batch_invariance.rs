@@ -22,8 +22,8 @@ fn logits_do_not_depend_on_batch_or_chunking() {
         let m = model(name);
         let ps = prompts(&m);
         let vocab = m.decoder.config.vocab_size;
-        let mut blocks = BlockManager::new(64, BS);
-        let tables: Vec<Vec<u32>> = ps.iter().map(|p| blocks.allocate(p.len().div_ceil(BS))).collect();
+        let mut blocks = BlockManager::with_prefix_caching(64, BS, false);
+        let tables: Vec<Vec<u32>> = ps.iter().map(|p| blocks.allocate(p, p.len()).0).collect();
 
         // Each prompt alone, in one chunk.
         let mut alone = Vec::new();

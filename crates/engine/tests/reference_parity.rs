@@ -118,8 +118,8 @@ fn teacher_forced(name: &str) -> TeacherForced {
         let top5 = case["top5"].as_array().unwrap();
         let mut seq = prompt.clone();
         seq.extend_from_slice(&greedy[..top5.len() - 1]);
-        let mut blocks = slm_engine::block_manager::BlockManager::new(seq.len().div_ceil(16), 16);
-        let table = blocks.allocate(seq.len().div_ceil(16));
+        let mut blocks = slm_engine::block_manager::BlockManager::with_prefix_caching(seq.len().div_ceil(16), 16, false);
+        let (table, _) = blocks.allocate(&seq, seq.len());
         let mut kv = m.new_kv_cache(table.len(), 16);
         let mut b = slm_engine::batch::BatchInput::default();
         b.push_seq(&seq, 0, &table, 16, false);

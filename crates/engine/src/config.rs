@@ -1,0 +1,55 @@
+//! `EngineConfig`: the knobs of one engine (KV-cache size, batching limits), checked once.
+
+use crate::error::{EngineError, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// KV-cache size in MiB (used when `num_kv_blocks` is not set).
+    pub kv_cache_mb: usize,
+    /// Exact number of KV blocks, overriding `kv_cache_mb`.
+    pub num_kv_blocks: Option<usize>,
+    /// Token budget of one step (decode tokens plus prefill chunks).
+    pub max_batched_tokens: usize,
+    /// Most sequences running at once.
+    pub max_seqs: usize,
+    /// Longest sequence (prompt + generated); defaults to the model's context length.
+    pub max_model_len: Option<usize>,
+    pub prefix_caching: bool,
+    /// Most requests waiting for admission; more are refused (`QueueFull`).
+    pub max_waiting: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { block_size: 16, kv_cache_mb: 1024, num_kv_blocks: None, max_batched_tokens: 512, max_seqs: 32, max_model_len: None, prefix_caching: true, max_waiting: 256 }
+    }
+}
+
+impl EngineConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(EngineError::InvalidConfig(m.to_string()));
+        if self.block_size == 0 {
+            return bad("`block_size` must be at least 1");
+        }
+        if self.max_batched_tokens == 0 {
+            return bad("`max_batched_tokens` must be at least 1");
+        }
+        if self.max_seqs == 0 {
+            return bad("`max_seqs` must be at least 1");
+        }
+        if self.num_kv_blocks == Some(0) || (self.num_kv_blocks.is_none() && self.kv_cache_mb == 0) {
+            return bad("the KV cache must hold at least one block");
+        }
+        if self.max_model_len == Some(0) {
+            return bad("`max_model_len` must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Number of KV blocks for a model whose blocks take `bytes_per_block`.
+    pub fn num_blocks(&self, bytes_per_block: usize) -> usize {
+        self.num_kv_blocks.unwrap_or_else(|| ((self.kv_cache_mb << 20) / bytes_per_block.max(1)).max(1))
+    }
+}

@@ -1,0 +1,72 @@
+//! What callers hand the engine (`Request`) and what they get back (`Event`s on the request's
+//! own channel): each token with its text and logprobs, then one `Finished`.
+
+use crate::error::EngineError;
+use crate::sampling::SamplingParams;
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+    /// Token ids that end the sequence (besides the model's end-of-generation tokens).
+    pub stop_token_ids: Vec<u32>,
+    /// Text that ends the sequence; it is not part of the output.
+    pub stop_strings: Vec<String>,
+    /// Keep going past end-of-generation tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Request {
+    pub fn new(prompt: Vec<u32>, params: SamplingParams, max_tokens: usize) -> Self {
+        Self { prompt, params, max_tokens, stop_token_ids: Vec::new(), stop_strings: Vec::new(), ignore_eos: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token, a stop token or a stop string.
+    Stop,
+    /// `max_tokens` (or the context length) reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenEvent {
+    pub token: u32,
+    /// Text that became final with this token: complete UTF-8, and never the start of a
+    /// stop string (held back until it cannot be one). May be empty.
+    pub text: String,
+    pub logprob: f32,
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub reason: FinishReason,
+    /// Text held back until the end, now final (stop string excluded).
+    pub text: String,
+    pub num_prompt_tokens: usize,
+    pub num_generated_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub num_cached_tokens: usize,
+    /// The stop token or end-of-generation token that ended the sequence, if any. It counts
+    /// in `num_generated_tokens` but is not sent as a `Token` event.
+    pub stop_token: Option<u32>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Token(TokenEvent),
+    Finished(Finished),
+    Error(EngineError),
+}

@@ -1,0 +1,149 @@
+//! `Sequence`: one request inside the engine — its tokens (prompt, then generated), how many of
+//! them have K/V in the cache, its block table, sampler and stop conditions, the text released
+//! so far, and the channel its events go to. The scheduler moves it between queues; the engine
+//! appends tokens and decides when it is finished.
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::block_manager::BlockId;
+use crate::request::{Event, FinishReason, Request};
+use crate::sampling::Sampler;
+use crate::tokenizer::{Detokenizer, Tokenizer};
+
+pub type SeqId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqStatus {
+    Waiting,
+    Running,
+}
+
+pub struct Sequence {
+    pub id: SeqId,
+    pub tokens: Vec<u32>,
+    pub num_prompt_tokens: usize,
+    /// Tokens whose K/V are in the cache (the rest still need a forward pass).
+    pub num_computed_tokens: usize,
+    /// Prompt tokens served from the prefix cache at first admission.
+    pub num_cached_tokens: usize,
+    pub block_table: Vec<BlockId>,
+    pub status: SeqStatus,
+    pub sampler: Sampler,
+    pub max_tokens: usize,
+    stop_token_ids: Vec<u32>,
+    stop_strings: Vec<String>,
+    ignore_eos: bool,
+    detok: Detokenizer,
+    /// Generated text so far, and how much of it has been released in events.
+    text: String,
+    num_released_bytes: usize,
+    pub events: UnboundedSender<Event>,
+    /// Whether it was admitted once already (a preempted sequence keeps its cache-hit count).
+    pub was_admitted: bool,
+}
+
+/// What appending a token decided.
+pub enum Appended {
+    /// Keep going; this text is now final.
+    Continue(String),
+    /// The sequence is done; the text is the final tail (stop string excluded).
+    Finished { reason: FinishReason, text: String, stop_token: Option<u32> },
+}
+
+impl Sequence {
+    pub fn new(id: SeqId, req: Request, events: UnboundedSender<Event>) -> Self {
+        Self {
+            id,
+            num_prompt_tokens: req.prompt.len(),
+            tokens: req.prompt,
+            num_computed_tokens: 0,
+            num_cached_tokens: 0,
+            block_table: Vec::new(),
+            status: SeqStatus::Waiting,
+            sampler: Sampler::new(req.params),
+            max_tokens: req.max_tokens,
+            stop_token_ids: req.stop_token_ids,
+            stop_strings: req.stop_strings.into_iter().filter(|s| !s.is_empty()).collect(),
+            ignore_eos: req.ignore_eos,
+            detok: Detokenizer::new(),
+            text: String::new(),
+            num_released_bytes: 0,
+            events,
+            was_admitted: false,
+        }
+    }
+
+    pub fn num_generated_tokens(&self) -> usize {
+        self.tokens.len() - self.num_prompt_tokens
+    }
+
+    /// Tokens that still need a forward pass.
+    pub fn num_uncomputed_tokens(&self) -> usize {
+        self.tokens.len() - self.num_computed_tokens
+    }
+
+    /// Appends a sampled token and applies the stop conditions.
+    pub fn append(&mut self, token: u32, tok: &Tokenizer) -> Appended {
+        self.tokens.push(token);
+        self.sampler.accept(token);
+        if (!self.ignore_eos && tok.is_end_of_generation(token)) || self.stop_token_ids.contains(&token) {
+            let text = self.take_unreleased(self.text.len());
+            let rest = self.detok.flush();
+            return Appended::Finished { reason: FinishReason::Stop, text: text + &rest, stop_token: Some(token) };
+        }
+        let search_from = self.num_released_bytes;
+        self.text.push_str(&self.detok.push(tok, token));
+        if let Some(at) = self.find_stop(search_from) {
+            let text = self.take_unreleased(at);
+            return Appended::Finished { reason: FinishReason::Stop, text, stop_token: None };
+        }
+        if self.num_generated_tokens() >= self.max_tokens {
+            let mut text = self.take_unreleased(self.text.len());
+            text.push_str(&self.detok.flush());
+            return Appended::Finished { reason: FinishReason::Length, text, stop_token: None };
+        }
+        let safe = self.text.len() - self.stop_prefix_suffix_len();
+        Appended::Continue(self.take_unreleased(safe))
+    }
+
+    fn take_unreleased(&mut self, upto: usize) -> String {
+        let upto = upto.max(self.num_released_bytes);
+        let s = self.text[self.num_released_bytes..upto].to_string();
+        self.num_released_bytes = upto;
+        s
+    }
+
+    /// Earliest stop-string occurrence that ends in text not yet released.
+    fn find_stop(&self, released: usize) -> Option<usize> {
+        self.stop_strings
+            .iter()
+            .filter_map(|s| {
+                // A match may start in released text only if it ends after it; released
+                // text never contains a whole stop string.
+                let from = released.saturating_sub(s.len() - 1);
+                let from = (from..=released).find(|&i| self.text.is_char_boundary(i)).unwrap_or(released);
+                self.text[from..].find(s.as_str()).map(|i| from + i)
+            })
+            .min()
+    }
+
+    /// Length of the longest suffix of the text that is a proper prefix of a stop string:
+    /// that text must wait, it may become a stop.
+    fn stop_prefix_suffix_len(&self) -> usize {
+        let t = self.text.as_bytes();
+        let mut best = 0;
+        for s in &self.stop_strings {
+            let s = s.as_bytes();
+            for len in (1..s.len().min(t.len() + 1)).rev() {
+                if len <= best {
+                    break;
+                }
+                if t[t.len() - len..] == s[..len] {
+                    best = len;
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
