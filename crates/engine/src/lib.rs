@@ -27,6 +27,7 @@ pub mod loader;
 pub mod model;
 pub mod model_runner;
 pub mod models;
+pub mod profile;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;

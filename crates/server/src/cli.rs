@@ -32,6 +32,18 @@ pub enum Command {
         #[arg(long)]
         chat: bool,
     },
+    /// Offline throughput benchmark (not a test): decode tok/s at several concurrencies.
+    Bench {
+        #[arg(long)]
+        model: String,
+        /// Concurrent sequences to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32")]
+        concurrency: Vec<usize>,
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 128)]
+        gen_tokens: usize,
+    },
     /// Print the token ids of TEXT as one JSON array.
     Tokenize {
         #[arg(long)]
@@ -49,6 +61,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate { model, prompt, max_tokens, temperature, seed, chat } => generate(&model, &prompt, max_tokens, temperature, seed, chat),
+        Command::Bench { model, concurrency, prompt_tokens, gen_tokens } => crate::bench::bench(crate::bench::BenchArgs { model, concurrency, prompt_tokens, gen_tokens }),
         Command::Tokenize { model, add_special, parse_special, text } => {
             let m = Model::load(&model).with_context(|| format!("loading {model}"))?;
             let ids = m.tokenizer.encode(&text, add_special, parse_special)?;

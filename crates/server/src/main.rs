@@ -1,5 +1,6 @@
-//! The `slm` command: `generate` and `tokenize` run the engine directly on a GGUF file.
+//! The `slm` command: `generate`, `tokenize` and `bench` run the engine directly on a GGUF file.
 
+mod bench;
 mod cli;
 
 use clap::Parser;

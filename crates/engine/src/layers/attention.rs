@@ -24,6 +24,7 @@ pub struct AttentionParams {
 /// `q`: `rows × num_heads*head_dim` (already rotated); returns the same shape.
 pub fn paged_attention(q: &[f32], batch: &BatchInput, kv: &LayerKv, block_size: usize, p: &AttentionParams) -> Vec<f32> {
     let _span = tracing::trace_span!("attention", rows = batch.num_rows()).entered();
+    let _timer = crate::profile::timer(crate::profile::Op::Attention);
     let hd = p.head_dim;
     let q_dim = p.num_heads * hd;
     let kv_dim = p.num_kv_heads * hd;

@@ -14,6 +14,7 @@ use half::f16;
 use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
+use crate::profile::{self, Op};
 
 /// Runs `$body` with `$T` bound to the block type of `$dtype`, or returns `$unsupported`.
 macro_rules! with_block_type {
@@ -81,6 +82,7 @@ impl QWeight {
 pub struct QLinear {
     w: QWeight,
     bias: Option<Vec<f32>>,
+    profile_op: Op,
 }
 
 impl QLinear {
@@ -94,7 +96,14 @@ impl QLinear {
                 });
             }
         }
-        Ok(Self { w, bias })
+        let profile_op = Op::for_dtype(&w.dtype);
+        Ok(Self { w, bias, profile_op })
+    }
+
+    /// Accounts this layer's time under `op` instead of its weight type (the output layer).
+    pub fn with_profile_op(mut self, op: Op) -> Self {
+        self.profile_op = op;
+        self
     }
 
     pub fn in_dim(&self) -> usize {
@@ -112,6 +121,7 @@ impl QLinear {
     /// `x`: `rows × in_dim` row-major; returns `rows × out_dim`.
     pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let _span = tracing::trace_span!("qlinear", rows, n = self.w.out_dim, k = self.w.in_dim).entered();
+        let _timer = profile::timer(self.profile_op);
         let (k, n) = (self.w.in_dim, self.w.out_dim);
         assert_eq!(x.len(), rows * k, "qlinear input has the wrong length");
         let mut out = vec![0f32; rows * n];
@@ -178,6 +188,6 @@ impl QEmbedding {
 
     /// The same table as the output projection (tied embeddings).
     pub fn as_linear(&self) -> QLinear {
-        QLinear { w: self.w.clone(), bias: None }
+        QLinear { w: self.w.clone(), bias: None, profile_op: Op::for_dtype(&self.w.dtype) }
     }
 }

@@ -79,7 +79,8 @@ impl ArchReader {
         let output = match g.opt_tensor("output.weight")? {
             Some(t) => QLinear::new(t, None, "output.weight", &path)?,
             None => embed.as_linear(),
-        };
+        }
+        .with_profile_op(crate::profile::Op::Output);
         let output_norm = g.vector("output_norm.weight")?;
         let c = self.config.clone();
         let mut ropes: Vec<(u32, Rope)> = Vec::new();

@@ -1,0 +1,142 @@
+//! `slm bench`: offline throughput of the engine on a model — aggregate and per-sequence
+//! decode tok/s at several concurrencies, prefill tok/s, and where step time goes. A
+//! benchmark, not a test: it prints figures, it asserts nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use slm_engine::{profile, EngineConfig, EngineHandle, Event, Model, Request, SamplingParams, StatsSnapshot};
+
+pub struct BenchArgs {
+    pub model: String,
+    pub concurrency: Vec<usize>,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+}
+
+/// Distinct prompts of exactly `n` tokens: a long text tokenized once, cut at different offsets.
+fn prompts(model: &Model, count: usize, n: usize) -> Vec<Vec<u32>> {
+    let text = "Small language models run on edge devices, laptops and single-board computers. \
+        They answer questions, summarise documents, write code and call tools. Quantization \
+        shrinks their weights to four or five bits, and careful kernels keep them fast. ";
+    let base = model.tokenizer.encode(&text.repeat(64), false, false).unwrap_or_default();
+    (0..count).map(|i| base[i * 7..i * 7 + n].to_vec()).collect()
+}
+
+struct RunResult {
+    wall: Duration,
+    per_seq_decode_tps: f64,
+    stats: StatsSnapshot,
+}
+
+fn run(engine: &EngineHandle, prompts: &[Vec<u32>], gen: usize) -> Result<RunResult> {
+    let before = engine.stats();
+    let start = Instant::now();
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let mut r = Request::new(p.clone(), SamplingParams::greedy(), gen);
+            r.ignore_eos = true;
+            engine.submit(r)
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    // Each stream is drained on its own thread so the timestamps are taken as tokens arrive.
+    let handles: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || -> Result<(Instant, Instant, usize)> {
+                let mut first = None;
+                let mut n = 0;
+                while let Some(e) = s.blocking_next() {
+                    match e {
+                        Event::Token(_) => {
+                            n += 1;
+                            first.get_or_insert_with(Instant::now);
+                        }
+                        Event::Finished(_) => return Ok((first.unwrap_or_else(Instant::now), Instant::now(), n)),
+                        Event::Error(e) => bail!("request failed: {e}"),
+                    }
+                }
+                bail!("stream ended early")
+            })
+        })
+        .collect();
+    let mut tps = Vec::new();
+    for h in handles {
+        let (first, last, n) = h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+        let decode = (last - first).as_secs_f64();
+        if n > 1 && decode > 0.0 {
+            tps.push((n - 1) as f64 / decode);
+        }
+    }
+    let wall = start.elapsed();
+    let after = engine.stats();
+    let stats = StatsSnapshot {
+        steps_total: after.steps_total - before.steps_total,
+        step_tokens_total: after.step_tokens_total - before.step_tokens_total,
+        step_seqs_total: after.step_seqs_total - before.step_seqs_total,
+        schedule_ns: after.schedule_ns - before.schedule_ns,
+        forward_ns: after.forward_ns - before.forward_ns,
+        sample_ns: after.sample_ns - before.sample_ns,
+        postprocess_ns: after.postprocess_ns - before.postprocess_ns,
+        ..after
+    };
+    Ok(RunResult { wall, per_seq_decode_tps: tps.iter().sum::<f64>() / tps.len().max(1) as f64, stats })
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let model = Arc::new(Model::load(&args.model)?);
+    let max_c = args.concurrency.iter().copied().max().unwrap_or(1);
+    let config = EngineConfig { prefix_caching: false, max_seqs: max_c.max(1), ..EngineConfig::default() };
+    let engine = EngineHandle::start(model.clone(), config.clone())?;
+    let all = prompts(&model, max_c + 1, args.prompt_tokens);
+    println!("slm bench: {} ({} threads), prompts of {} tokens, {} generated tokens each, max_batched_tokens {}", args.model, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), args.prompt_tokens, args.gen_tokens, config.max_batched_tokens);
+
+    // Warm-up, then prefill alone: one prompt, one generated token.
+    run(&engine, &all[max_c..], 2)?;
+    let r = run(&engine, &all[..1], 1)?;
+    let prefill_tps = args.prompt_tokens as f64 / (r.stats.forward_ns as f64 / 1e9);
+    println!("prefill: {:.1} tok/s ({} tokens in {:.1} ms of forward time)\n", prefill_tps, args.prompt_tokens, r.stats.forward_ns as f64 / 1e6);
+
+    println!("{:>5} {:>12} {:>12} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}", "seqs", "agg tok/s", "seq tok/s", "wall s", "steps", "rows/step", "forward%", "sample%", "sched+post%");
+    let mut breakdown = Vec::new();
+    for &c in &args.concurrency {
+        profile::reset();
+        profile::set_enabled(true);
+        let r = run(&engine, &all[..c], args.gen_tokens)?;
+        profile::set_enabled(false);
+        let s = &r.stats;
+        let step_ns = (s.schedule_ns + s.forward_ns + s.sample_ns + s.postprocess_ns) as f64;
+        let pct = |x: u64| 100.0 * x as f64 / step_ns;
+        println!(
+            "{:>5} {:>12.1} {:>12.1} {:>10.2} {:>9} {:>10.1} {:>9.1}% {:>9.2}% {:>9.2}%",
+            c,
+            (c * args.gen_tokens) as f64 / r.wall.as_secs_f64(),
+            r.per_seq_decode_tps,
+            r.wall.as_secs_f64(),
+            s.steps_total,
+            s.step_tokens_total as f64 / s.steps_total.max(1) as f64,
+            pct(s.forward_ns),
+            pct(s.sample_ns),
+            pct(s.schedule_ns + s.postprocess_ns),
+        );
+        breakdown.push((c, s.forward_ns, profile::snapshot()));
+    }
+    println!("\nforward time split (share of forward time):");
+    print!("{:>5}", "seqs");
+    for (name, _) in &breakdown[0].2 {
+        print!(" {:>14}", name);
+    }
+    println!(" {:>14}", "rest");
+    for (c, fwd, parts) in &breakdown {
+        print!("{:>5}", c);
+        let mut sum = 0;
+        for (_, ns) in parts {
+            sum += ns;
+            print!(" {:>13.1}%", 100.0 * *ns as f64 / *fwd as f64);
+        }
+        println!(" {:>13.1}%", 100.0 * fwd.saturating_sub(sum) as f64 / *fwd as f64);
+    }
+    Ok(())
+}
