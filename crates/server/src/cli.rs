@@ -16,6 +16,25 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve {
+        /// A GGUF path, a file name in $SLM_HOME/models (without .gguf), or a config alias.
+        /// Repeat to serve several models. Default: the default model in $SLM_HOME/models.
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// TOML config file (see config/slm.toml).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Address to bind (default 127.0.0.1).
+        #[arg(long)]
+        host: Option<String>,
+        /// Port (default 8080; 0 picks a free one).
+        #[arg(long)]
+        port: Option<u16>,
+        /// API key clients must send as `Authorization: Bearer KEY`. Repeatable.
+        #[arg(long = "api-key")]
+        api_keys: Vec<String>,
+    },
     /// Generate text from a prompt; prints only the generated text, streamed.
     Generate {
         #[arg(long)]
@@ -60,6 +79,11 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve { models, config, host, port, api_keys } => {
+            let cfg = slm_server::config::resolve(slm_server::config::ServeFlags { models, config, host, port, api_keys })?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(slm_server::serve::serve(cfg))
+        }
         Command::Generate { model, prompt, max_tokens, temperature, seed, chat } => generate(&model, &prompt, max_tokens, temperature, seed, chat),
         Command::Bench { model, concurrency, prompt_tokens, gen_tokens } => crate::bench::bench(crate::bench::BenchArgs { model, concurrency, prompt_tokens, gen_tokens }),
         Command::Tokenize { model, add_special, parse_special, text } => {

@@ -1,0 +1,176 @@
+//! Server configuration: an optional TOML file (`config/slm.toml` documents every key), then
+//! command-line flags on top, then `SLM_API_KEY`. Resolves model names to GGUF files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use slm_engine::EngineConfig;
+
+pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub api_keys: Option<Vec<String>>,
+    pub cors_allowed_origins: Option<Vec<String>>,
+    pub body_limit_mb: Option<usize>,
+    pub queue_limit: Option<usize>,
+    pub shutdown_timeout_s: Option<u64>,
+    #[serde(default)]
+    pub models: Vec<ModelEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub alias: Option<String>,
+    pub path: String,
+    pub context_length: Option<usize>,
+    pub kv_cache_mb: Option<usize>,
+    pub max_seqs: Option<usize>,
+    pub max_batched_tokens: Option<usize>,
+}
+
+/// Flags of `slm serve`.
+#[derive(Debug, Default, Clone)]
+pub struct ServeFlags {
+    pub models: Vec<String>,
+    pub config: Option<PathBuf>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub api_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub alias: String,
+    pub path: PathBuf,
+    pub engine: EngineConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub api_keys: Vec<String>,
+    pub cors_allowed_origins: Vec<String>,
+    pub body_limit: usize,
+    pub shutdown_timeout_s: u64,
+    pub models: Vec<ModelSpec>,
+}
+
+pub fn models_dir() -> PathBuf {
+    match std::env::var_os("SLM_HOME") {
+        Some(h) => PathBuf::from(h).join("models"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/slm/models"),
+    }
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    match p.strip_prefix("~/") {
+        Some(rest) => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(rest),
+        None => PathBuf::from(p),
+    }
+}
+
+fn alias_of(path: &Path) -> String {
+    path.file_name().map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_string()).unwrap_or_else(|| "model".into())
+}
+
+fn engine_config(e: Option<&ModelEntry>, queue_limit: Option<usize>) -> EngineConfig {
+    let d = EngineConfig::default();
+    EngineConfig {
+        kv_cache_mb: e.and_then(|e| e.kv_cache_mb).unwrap_or(d.kv_cache_mb),
+        max_seqs: e.and_then(|e| e.max_seqs).unwrap_or(d.max_seqs),
+        max_batched_tokens: e.and_then(|e| e.max_batched_tokens).unwrap_or(d.max_batched_tokens),
+        max_model_len: e.and_then(|e| e.context_length),
+        max_waiting: queue_limit.unwrap_or(d.max_waiting),
+        ..d
+    }
+}
+
+pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
+    let file: FileConfig = match &flags.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let mut models = Vec::new();
+    if flags.models.is_empty() {
+        for e in &file.models {
+            let path = expand_home(&e.path);
+            models.push(ModelSpec { alias: e.alias.clone().unwrap_or_else(|| alias_of(&path)), path, engine: engine_config(Some(e), file.queue_limit) });
+        }
+    }
+    for m in &flags.models {
+        let entry = file.models.iter().find(|e| e.alias.as_deref() == Some(m.as_str()));
+        let path = if let Some(e) = entry {
+            expand_home(&e.path)
+        } else if Path::new(m).is_file() {
+            PathBuf::from(m)
+        } else if models_dir().join(format!("{m}.gguf")).is_file() {
+            models_dir().join(format!("{m}.gguf"))
+        } else {
+            bail!("model `{m}` is neither a file, nor `{m}.gguf` in {}, nor an alias in the config file", models_dir().display());
+        };
+        let alias = entry.and_then(|e| e.alias.clone()).unwrap_or_else(|| alias_of(&path));
+        models.push(ModelSpec { alias, path, engine: engine_config(entry, file.queue_limit) });
+    }
+    if models.is_empty() {
+        let path = models_dir().join(format!("{DEFAULT_MODEL}.gguf"));
+        if !path.is_file() {
+            bail!("the default model is missing: {} does not exist.\nFetch it with:  bash scripts/fetch-models.sh qwen", path.display());
+        }
+        models.push(ModelSpec { alias: DEFAULT_MODEL.into(), path, engine: engine_config(None, file.queue_limit) });
+    }
+    for m in &models {
+        if !m.path.is_file() {
+            bail!("model file {} (alias `{}`) does not exist", m.path.display(), m.alias);
+        }
+    }
+    let mut aliases: Vec<&str> = models.iter().map(|m| m.alias.as_str()).collect();
+    aliases.sort();
+    if aliases.windows(2).any(|w| w[0] == w[1]) {
+        bail!("two models share an alias; give them distinct `alias` values");
+    }
+    let mut api_keys = file.api_keys.unwrap_or_default();
+    api_keys.extend(flags.api_keys);
+    if let Ok(k) = std::env::var("SLM_API_KEY") {
+        if !k.is_empty() {
+            api_keys.push(k);
+        }
+    }
+    Ok(ServerConfig {
+        host: flags.host.or(file.host).unwrap_or_else(|| "127.0.0.1".into()),
+        port: flags.port.or(file.port).unwrap_or(8080),
+        api_keys,
+        cors_allowed_origins: file.cors_allowed_origins.unwrap_or_default(),
+        // Long prompts must reach the context-length check, not the body limit.
+        body_limit: file.body_limit_mb.unwrap_or(16) << 20,
+        shutdown_timeout_s: file.shutdown_timeout_s.unwrap_or(30),
+        models,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_config_parses() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/slm.toml")).unwrap();
+        let c: FileConfig = toml::from_str(&text).unwrap();
+        assert_eq!(c.port, Some(8080));
+        assert!(!c.models.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<FileConfig>("prot = 1").is_err());
+    }
+}

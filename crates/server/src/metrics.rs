@@ -1,0 +1,93 @@
+//! Prometheus metrics: HTTP requests by endpoint and status, time-to-first-token and inter-
+//! token latency histograms, and each engine's counters, rendered as text for `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use crate::state::ServedModel;
+
+const TTFT_BUCKETS: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const ITL_BUCKETS: [f64; 12] = [0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5];
+
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(), sum_us: AtomicU64::new(0), count: AtomicU64::new(0) }
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            if seconds <= *b {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+        self.sum_us.fetch_add((seconds * 1e6) as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Relaxed));
+        }
+        let n = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}\n{name}_sum {}\n{name}_count {n}", self.sum_us.load(Relaxed) as f64 / 1e6);
+    }
+}
+
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self { requests: Mutex::new(BTreeMap::new()), time_to_first_token: Histogram::new(&TTFT_BUCKETS), inter_token_latency: Histogram::new(&ITL_BUCKETS) }
+    }
+}
+
+impl Metrics {
+    pub fn count_request(&self, endpoint: &str, status: u16) {
+        *self.requests.lock().unwrap().entry((endpoint.to_string(), status)).or_default() += 1;
+    }
+
+    pub fn render(&self, models: &[ServedModel]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP slm_http_requests_total HTTP requests by endpoint and status.\n# TYPE slm_http_requests_total counter");
+        for ((ep, st), n) in self.requests.lock().unwrap().iter() {
+            let _ = writeln!(out, "slm_http_requests_total{{endpoint=\"{ep}\",status=\"{st}\"}} {n}");
+        }
+        self.time_to_first_token.render("slm_time_to_first_token_seconds", "Time from request to its first generated token.", &mut out);
+        self.inter_token_latency.render("slm_inter_token_latency_seconds", "Time between consecutive generated tokens of a request.", &mut out);
+        type Get = fn(&slm_engine::StatsSnapshot) -> f64;
+        let series: [(&str, &str, &str, Get); 10] = [
+            ("slm_requests_running", "gauge", "Sequences running in the engine.", |s| s.num_running as f64),
+            ("slm_requests_waiting", "gauge", "Sequences waiting for admission.", |s| s.num_waiting as f64),
+            ("slm_kv_cache_blocks_used", "gauge", "KV-cache blocks in use.", |s| s.kv_blocks_used as f64),
+            ("slm_kv_cache_blocks_total", "gauge", "KV-cache blocks in the pool.", |s| s.kv_blocks_total as f64),
+            ("slm_kv_cache_usage_ratio", "gauge", "Fraction of KV-cache blocks in use.", |s| s.kv_blocks_used as f64 / s.kv_blocks_total.max(1) as f64),
+            ("slm_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", |s| s.prefix_cache_hit_tokens_total as f64),
+            ("slm_prompt_tokens_total", "counter", "Prompt tokens received.", |s| s.prompt_tokens_total as f64),
+            ("slm_generation_tokens_total", "counter", "Tokens generated.", |s| s.generated_tokens_total as f64),
+            ("slm_preemptions_total", "counter", "Sequences preempted for lack of KV blocks.", |s| s.preemptions_total as f64),
+            ("slm_requests_aborted_total", "counter", "Requests aborted (client gone).", |s| s.requests_aborted_total as f64),
+        ];
+        let snaps: Vec<_> = models.iter().map(|m| (m.id.as_str(), m.engine.stats())).collect();
+        for (name, kind, help, get) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (id, s) in &snaps {
+                let _ = writeln!(out, "{name}{{model=\"{id}\"}} {}", get(s));
+            }
+        }
+        out
+    }
+}

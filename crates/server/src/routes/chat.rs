@@ -1,0 +1,132 @@
+//! `POST /v1/chat/completions`: validate → render the chat template → submit `n` choices →
+//! one JSON answer, or an SSE stream of `chat.completion.chunk`s ending in `[DONE]`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use slm_engine::{Event, Model};
+use tokio::sync::mpsc;
+
+use super::{new_id, parse_body, submit_n, unix_now};
+use crate::error::ApiError;
+use crate::openai::*;
+use crate::state::AppState;
+use crate::stream::{self, chat_logprob, Timing};
+use crate::validate;
+
+/// What every chunk or answer of one request repeats.
+struct Ctx {
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+    logprobs: bool,
+}
+
+impl Ctx {
+    fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
+        ChatCompletionChunk { id: self.id.clone(), object: "chat.completion.chunk", created: self.created, model: self.model.clone(), system_fingerprint: self.fingerprint.clone(), choices, usage }
+    }
+}
+
+pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let req: ChatCompletionRequest = parse_body(body, state.settings.body_limit)?;
+    let served = state.model_for(req.model.as_deref())?;
+    let engine = &served.engine;
+    let model = engine.model().clone();
+    let top_logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (_, Some(k)) if !(0..=20).contains(&k) => return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be between 0 and 20, got {k}"))),
+        (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs` set to true")),
+        (_, k) => k.unwrap_or(0) as usize,
+    };
+    let s = validate::sampling(&req.sampling(), top_logprobs, model.decoder.config.vocab_size)?;
+    let messages = validate::messages(&req.messages)?;
+    let prompt = validate::chat_prompt(&model, &messages, req.tools.as_deref())?;
+    let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+    let max_tokens = validate::max_tokens(param, req.max_completion_tokens.or(req.max_tokens), prompt.len(), engine.max_model_len())?;
+    let streams = submit_n(engine, &prompt, &s, max_tokens)?;
+    let ctx = Ctx { id: new_id("chatcmpl"), created: unix_now(), model: served.id.clone(), fingerprint: state.fingerprint.clone(), logprobs: req.logprobs.unwrap_or(false) };
+
+    if s.stream {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(stream_chat(state.clone(), ctx, model, streams, prompt.len(), s.include_usage, start, tx));
+        return Ok(stream::sse(rx));
+    }
+    let outs = stream::collect(streams, &state.metrics, start).await?;
+    let usage = stream::usage(prompt.len(), &outs.iter().map(|o| &o.finish).collect::<Vec<_>>());
+    let choices = outs
+        .into_iter()
+        .enumerate()
+        .map(|(index, o)| ChatChoice {
+            index,
+            message: AssistantMessage { role: "assistant", content: Some(o.text), tool_calls: None },
+            logprobs: ctx.logprobs.then(|| ChatLogprobs { content: o.tokens.iter().map(|t| chat_logprob(&model.tokenizer, t)).collect() }),
+            finish_reason: o.finish.reason.as_str(),
+        })
+        .collect();
+    let answer = ChatCompletion { id: ctx.id, object: "chat.completion", created: ctx.created, model: ctx.model, choices, usage, system_fingerprint: ctx.fingerprint };
+    Ok(Json(answer).into_response())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_chat(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<slm_engine::RequestStream>, num_prompt_tokens: usize, include_usage: bool, start: Instant, tx: mpsc::Sender<String>) {
+    let n = streams.len();
+    let mut timing = Timing::new(start, n);
+    for index in 0..n {
+        let first = ChunkChoice { index, delta: Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, logprobs: None, finish_reason: None };
+        if !stream::send(&tx, &ctx.chunk(vec![first], None)).await {
+            return;
+        }
+    }
+    let mut finishes = Vec::new();
+    let mut merged = stream::merge(streams);
+    loop {
+        let next = tokio::select! {
+            _ = tx.closed() => return, // client gone: dropping `merged` aborts the requests
+            e = merged.next() => e,
+        };
+        let Some((index, event)) = next else { break };
+        let choice = match event {
+            Event::Token(t) => {
+                timing.token(index, &state.metrics);
+                if t.text.is_empty() && !ctx.logprobs {
+                    continue;
+                }
+                let logprobs = ctx.logprobs.then(|| ChatLogprobs { content: vec![chat_logprob(&model.tokenizer, &t)] });
+                ChunkChoice { index, delta: Delta { content: Some(t.text), ..Default::default() }, logprobs, finish_reason: None }
+            }
+            Event::Finished(f) => {
+                if !f.text.is_empty() {
+                    let tail = ChunkChoice { index, delta: Delta { content: Some(f.text.clone()), ..Default::default() }, logprobs: None, finish_reason: None };
+                    if !stream::send(&tx, &ctx.chunk(vec![tail], None)).await {
+                        return;
+                    }
+                }
+                let reason = f.reason.as_str();
+                finishes.push(f);
+                ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason: Some(reason) }
+            }
+            Event::Error(e) => {
+                let _ = stream::send(&tx, &ApiError::from(e).body()).await;
+                return;
+            }
+        };
+        if !stream::send(&tx, &ctx.chunk(vec![choice], None)).await {
+            return;
+        }
+    }
+    if include_usage {
+        let usage = stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>());
+        if !stream::send(&tx, &ctx.chunk(vec![], Some(usage))).await {
+            return;
+        }
+    }
+    let _ = tx.send("[DONE]".to_string()).await;
+}

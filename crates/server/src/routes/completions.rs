@@ -1,0 +1,161 @@
+//! `POST /v1/completions`: prompts as text, texts, token ids or lists of token ids; `echo`,
+//! legacy `logprobs`, the same sampling fields and streaming as chat.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use slm_engine::{Event, Model, TokenEvent};
+use tokio::sync::mpsc;
+
+use super::{new_id, parse_body, submit_n, unix_now};
+use crate::error::ApiError;
+use crate::openai::*;
+use crate::state::AppState;
+use crate::stream::{self, token_text, Timing};
+use crate::validate;
+
+/// OpenAI's default for this endpoint.
+const DEFAULT_MAX_TOKENS: i64 = 16;
+
+struct Ctx {
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+}
+
+impl Ctx {
+    fn answer(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Completion {
+        Completion { id: self.id.clone(), object: "text_completion", created: self.created, model: self.model.clone(), system_fingerprint: self.fingerprint.clone(), choices, usage }
+    }
+}
+
+/// Legacy logprobs of generated tokens; `offset` is where their text starts in the choice.
+fn legacy_logprobs(model: &Model, tokens: &[TokenEvent], mut offset: usize) -> CompletionLogprobs {
+    let mut lp = CompletionLogprobs::default();
+    for t in tokens {
+        let (text, _) = token_text(&model.tokenizer, t.token);
+        lp.text_offset.push(offset);
+        offset += text.len();
+        lp.tokens.push(text);
+        lp.token_logprobs.push(Some(t.logprob));
+        let top: BTreeMap<String, f32> = t.top_logprobs.iter().map(|(id, l)| (token_text(&model.tokenizer, *id).0, *l)).collect();
+        lp.top_logprobs.push(Some(top));
+    }
+    lp
+}
+
+pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let req: CompletionRequest = parse_body(body, state.settings.body_limit)?;
+    let served = state.model_for(req.model.as_deref())?;
+    let engine = &served.engine;
+    let model = engine.model().clone();
+    let logprobs = match req.logprobs {
+        Some(k) if !(0..=20).contains(&k) => return Err(ApiError::invalid("logprobs", format!("`logprobs` must be between 0 and 20, got {k}"))),
+        k => k.map(|k| k as usize),
+    };
+    let s = validate::sampling(&req.sampling(), logprobs.unwrap_or(0), model.decoder.config.vocab_size)?;
+    let (prompts, texts): (Vec<Vec<u32>>, Vec<String>) = match &req.prompt {
+        PromptField::Text(t) => (vec![model.tokenizer.encode(t, true, true)?], vec![t.clone()]),
+        PromptField::Texts(v) => (v.iter().map(|t| model.tokenizer.encode(t, true, true)).collect::<Result<_, _>>()?, v.clone()),
+        PromptField::Tokens(ids) => (vec![ids.clone()], vec![model.tokenizer.decode(ids, true)]),
+        PromptField::TokenLists(v) => (v.clone(), v.iter().map(|ids| model.tokenizer.decode(ids, true)).collect()),
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(ApiError::invalid("prompt", format!("prompt {i} is empty")));
+    }
+    let echo = req.echo.unwrap_or(false);
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let max_tokens = validate::max_tokens("max_tokens", Some(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)), longest, engine.max_model_len())?;
+    let mut streams = Vec::new();
+    for p in &prompts {
+        streams.extend(submit_n(engine, p, &s, max_tokens)?);
+    }
+    let num_prompt_tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() * s.n;
+    let ctx = Ctx { id: new_id("cmpl"), created: unix_now(), model: served.id.clone(), fingerprint: state.fingerprint.clone() };
+    // Choice i belongs to prompt i / n.
+    let echoes: Vec<String> = (0..streams.len()).map(|i| if echo { texts[i / s.n].clone() } else { String::new() }).collect();
+
+    if s.stream {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(stream_completions(state.clone(), ctx, model, streams, echoes, logprobs.is_some(), num_prompt_tokens, s.include_usage, start, tx));
+        return Ok(stream::sse(rx));
+    }
+    let outs = stream::collect(streams, &state.metrics, start).await?;
+    let usage = stream::usage(num_prompt_tokens, &outs.iter().map(|o| &o.finish).collect::<Vec<_>>());
+    let choices = outs
+        .into_iter()
+        .zip(echoes)
+        .enumerate()
+        .map(|(index, (o, prefix))| CompletionChoice {
+            logprobs: logprobs.map(|_| legacy_logprobs(&model, &o.tokens, prefix.len())),
+            text: prefix + &o.text,
+            index,
+            finish_reason: Some(o.finish.reason.as_str()),
+        })
+        .collect();
+    Ok(Json(ctx.answer(choices, Some(usage))).into_response())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_completions(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<slm_engine::RequestStream>, echoes: Vec<String>, logprobs: bool, num_prompt_tokens: usize, include_usage: bool, start: Instant, tx: mpsc::Sender<String>) {
+    let mut timing = Timing::new(start, streams.len());
+    let mut offsets: Vec<usize> = echoes.iter().map(String::len).collect();
+    for (index, e) in echoes.into_iter().enumerate().filter(|(_, e)| !e.is_empty()) {
+        let c = CompletionChoice { text: e, index, logprobs: None, finish_reason: None };
+        if !stream::send(&tx, &ctx.answer(vec![c], None)).await {
+            return;
+        }
+    }
+    let mut finishes = Vec::new();
+    let mut merged = stream::merge(streams);
+    loop {
+        let next = tokio::select! {
+            _ = tx.closed() => return,
+            e = merged.next() => e,
+        };
+        let Some((index, event)) = next else { break };
+        let choice = match event {
+            Event::Token(t) => {
+                timing.token(index, &state.metrics);
+                if t.text.is_empty() && !logprobs {
+                    continue;
+                }
+                let lp = logprobs.then(|| legacy_logprobs(&model, std::slice::from_ref(&t), offsets[index]));
+                offsets[index] += t.text.len();
+                CompletionChoice { text: t.text, index, logprobs: lp, finish_reason: None }
+            }
+            Event::Finished(f) => {
+                let reason = f.reason.as_str();
+                let text = f.text.clone();
+                finishes.push(f);
+                CompletionChoice { text, index, logprobs: None, finish_reason: Some(reason) }
+            }
+            Event::Error(e) => {
+                let _ = stream::send(&tx, &ApiError::from(e).body()).await;
+                return;
+            }
+        };
+        if !stream::send(&tx, &ctx.answer(vec![choice], None)).await {
+            return;
+        }
+    }
+    if include_usage {
+        let usage = stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>());
+        if !stream::send(&tx, &ctx.answer(vec![], Some(usage))).await {
+            return;
+        }
+    }
+    let _ = tx.send("[DONE]".to_string()).await;
+}

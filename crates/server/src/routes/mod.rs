@@ -1,0 +1,58 @@
+//! The HTTP routes and what they share: body parsing into typed requests (errors name the
+//! field), submitting the `n` choices of a request, ids and timestamps.
+
+pub mod chat;
+pub mod completions;
+pub mod health;
+pub mod metrics;
+pub mod models;
+pub mod tokenize;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use slm_engine::{EngineHandle, Request, RequestStream};
+
+use crate::error::ApiError;
+use crate::validate::ValidSampling;
+
+/// Parses a JSON body. Malformed JSON and wrong types are 400s naming the field; an over-
+/// limit body is a 413.
+pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| if r.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::payload_too_large(limit) } else { ApiError::bad_request(r.body_text()) })?;
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("We could not parse the JSON body of your request: {inner}"))
+        } else if path == "." {
+            ApiError::bad_request(format!("Invalid request body: {inner}"))
+        } else {
+            ApiError::invalid(path.clone(), format!("Invalid value for `{path}`: {inner}"))
+        }
+    })
+}
+
+/// Queues the `n` choices of one prompt. A seeded request gives choice `i` the seed `seed + i`,
+/// so choices differ from each other and each is reproducible.
+pub fn submit_n(engine: &EngineHandle, prompt: &[u32], s: &ValidSampling, max_tokens: usize) -> Result<Vec<RequestStream>, ApiError> {
+    (0..s.n)
+        .map(|i| {
+            let mut params = s.params.clone();
+            params.seed = params.seed.map(|seed| seed.wrapping_add(i as u64));
+            let mut r = Request::new(prompt.to_vec(), params, max_tokens);
+            r.stop_strings = s.stop.clone();
+            engine.submit(r).map_err(ApiError::from)
+        })
+        .collect()
+}
+
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{:032x}", rand::random::<u128>())
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

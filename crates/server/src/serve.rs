@@ -1,0 +1,88 @@
+//! `slm serve`: binds first (so `/health` answers 503 while loading), loads each model and
+//! starts its engine, then serves until SIGTERM/Ctrl-C; in-flight requests get
+//! `shutdown_timeout_s` to finish.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::http::HeaderValue;
+use slm_engine::{EngineHandle, Model};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::config::ServerConfig;
+use crate::routes::unix_now;
+use crate::state::{AppState, ServedModel, Settings};
+
+pub async fn serve(cfg: ServerConfig) -> Result<()> {
+    let loopback = cfg.host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(cfg.host == "localhost");
+    if !loopback && cfg.api_keys.is_empty() {
+        tracing::warn!("binding {} with no API key: anyone on the network can use this server (set --api-key or SLM_API_KEY)", cfg.host);
+        eprintln!("slm: WARNING: listening on non-loopback address {} without an API key; anyone who can reach it can use it. Set --api-key, SLM_API_KEY or api_keys in the config.", cfg.host);
+    }
+    let state = AppState::new(Settings { api_keys: cfg.api_keys.clone(), body_limit: cfg.body_limit });
+    let mut app = crate::app(state.clone());
+    if !cfg.cors_allowed_origins.is_empty() {
+        let origins = if cfg.cors_allowed_origins.iter().any(|o| o == "*") {
+            AllowOrigin::from(Any)
+        } else {
+            AllowOrigin::list(cfg.cors_allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        };
+        app = app.layer(CorsLayer::new().allow_origin(origins).allow_methods(Any).allow_headers(Any));
+    }
+    let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port)).await.with_context(|| format!("cannot bind {}:{}", cfg.host, cfg.port))?;
+    let addr = listener.local_addr()?;
+    println!("slm: listening on http://{addr}");
+
+    let specs = cfg.models.clone();
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut served = Vec::new();
+        for spec in specs {
+            let t = std::time::Instant::now();
+            let engine = Model::load(&spec.path).map(Arc::new).and_then(|m| EngineHandle::start(m, spec.engine.clone()));
+            match engine {
+                Ok(engine) => {
+                    println!("slm: model `{}` ready ({}, {:.1} s)", spec.alias, spec.path.display(), t.elapsed().as_secs_f64());
+                    served.push(ServedModel { id: spec.alias, engine, created: unix_now() });
+                }
+                Err(e) => {
+                    eprintln!("slm: error: cannot load model `{}`: {e}", spec.alias);
+                    std::process::exit(1);
+                }
+            }
+        }
+        st.set_models(served);
+    });
+
+    let timeout = cfg.shutdown_timeout_s;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(timeout)).await?;
+    Ok(())
+}
+
+async fn shutdown_signal(timeout_s: u64) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("slm: shutting down: no new connections; waiting up to {timeout_s} s for requests in flight");
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(timeout_s)).await;
+        eprintln!("slm: shutdown timeout reached; exiting");
+        std::process::exit(0);
+    });
+}

@@ -1,0 +1,118 @@
+//! From engine events to responses: merging the `n` choices of a request into one event
+//! stream, collecting them for a JSON answer, recording latency metrics, and serving an SSE
+//! body that ends with `data: [DONE]`. A client that goes away drops the body, which drops the
+//! producing task and with it the engine streams: the engine aborts them and frees their blocks.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, BoxStream, StreamExt};
+use slm_engine::{Event, Finished, RequestStream, TokenEvent, Tokenizer};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::openai::{TokenLogprob, TopLogprob, Usage, PromptTokensDetails};
+
+/// Events of all choices, tagged with the choice index, until every choice has ended.
+pub fn merge(streams: Vec<RequestStream>) -> BoxStream<'static, (usize, Event)> {
+    let per_choice = streams.into_iter().enumerate().map(|(i, s)| {
+        stream::unfold(s, |mut s| async move { s.next().await.map(|e| (e, s)) }).map(move |e| (i, e)).boxed()
+    });
+    stream::select_all(per_choice).boxed()
+}
+
+/// Records time-to-first-token and inter-token latency per choice.
+pub struct Timing {
+    start: Instant,
+    last: Vec<Option<Instant>>,
+}
+
+impl Timing {
+    pub fn new(start: Instant, n: usize) -> Self {
+        Self { start, last: vec![None; n] }
+    }
+
+    pub fn token(&mut self, choice: usize, metrics: &Metrics) {
+        let now = Instant::now();
+        match self.last[choice] {
+            None => metrics.time_to_first_token.observe((now - self.start).as_secs_f64()),
+            Some(t) => metrics.inter_token_latency.observe((now - t).as_secs_f64()),
+        }
+        self.last[choice] = Some(now);
+    }
+}
+
+pub struct ChoiceOutput {
+    pub text: String,
+    pub tokens: Vec<TokenEvent>,
+    pub finish: Finished,
+}
+
+/// Runs every choice to the end (non-streaming responses).
+pub async fn collect(streams: Vec<RequestStream>, metrics: &Metrics, start: Instant) -> Result<Vec<ChoiceOutput>, ApiError> {
+    let n = streams.len();
+    let mut timing = Timing::new(start, n);
+    let mut texts = vec![String::new(); n];
+    let mut tokens: Vec<Vec<TokenEvent>> = vec![Vec::new(); n];
+    let mut finished: Vec<Option<Finished>> = vec![None; n];
+    let mut merged = merge(streams);
+    while let Some((i, e)) = merged.next().await {
+        match e {
+            Event::Token(t) => {
+                timing.token(i, metrics);
+                texts[i].push_str(&t.text);
+                tokens[i].push(t);
+            }
+            Event::Finished(f) => {
+                texts[i].push_str(&f.text);
+                finished[i] = Some(f);
+            }
+            Event::Error(e) => return Err(e.into()),
+        }
+    }
+    texts
+        .into_iter()
+        .zip(tokens)
+        .zip(finished)
+        .map(|((text, tokens), f)| Ok(ChoiceOutput { text, tokens, finish: f.ok_or_else(|| ApiError::internal("the engine ended a request without finishing it"))? }))
+        .collect()
+}
+
+pub fn usage(num_prompt_tokens: usize, finishes: &[&Finished]) -> Usage {
+    let completion: usize = finishes.iter().map(|f| f.num_generated_tokens).sum();
+    let cached = finishes.iter().map(|f| f.num_cached_tokens).max().unwrap_or(0);
+    Usage { prompt_tokens: num_prompt_tokens, completion_tokens: completion, total_tokens: num_prompt_tokens + completion, prompt_tokens_details: PromptTokensDetails { cached_tokens: cached } }
+}
+
+pub fn token_text(tok: &Tokenizer, id: u32) -> (String, Vec<u8>) {
+    let b = tok.token_bytes(id, true).to_vec();
+    (String::from_utf8_lossy(&b).into_owned(), b)
+}
+
+/// OpenAI chat logprob entry of one token.
+pub fn chat_logprob(tok: &Tokenizer, t: &TokenEvent) -> TokenLogprob {
+    let (token, bytes) = token_text(tok, t.token);
+    let top_logprobs = t
+        .top_logprobs
+        .iter()
+        .map(|(id, lp)| {
+            let (token, bytes) = token_text(tok, *id);
+            TopLogprob { token, logprob: *lp, bytes }
+        })
+        .collect();
+    TokenLogprob { token, logprob: t.logprob, bytes, top_logprobs }
+}
+
+/// An SSE response fed by a channel of JSON payloads (or `[DONE]`).
+pub fn sse(rx: mpsc::Receiver<String>) -> Response {
+    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|data| (Ok::<_, Infallible>(SseEvent::default().data(data)), rx)) });
+    Sse::new(body).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Sends one SSE payload; false when the client is gone.
+pub async fn send<T: serde::Serialize>(tx: &mpsc::Sender<String>, v: &T) -> bool {
+    tx.send(serde_json::to_string(v).expect("serializable")).await.is_ok()
+}
