@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer runs it (and as .ci/run does): fetches the two real
-# models if they are missing, then runs every test of the workspace in release mode (the
-# parity tests run the real models and need optimized code).
+# models if they are missing, runs every Rust test in release mode (the parity tests run the
+# real models and need optimized code), then the end-to-end tests: a real `slm serve` driven
+# by the official openai Python SDK and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-models.sh all
 cargo test --release --workspace "$@"
+cargo build --release --bin slm
+venv=target/e2e-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai pytest httpx
+"$venv/bin/python" -m pytest -q tests/e2e
