@@ -227,6 +227,9 @@ impl EngineLoop {
         self.shared.num_unadmitted.fetch_sub(batch.num_newly_admitted as u64, Ordering::Relaxed);
         EngineStats::add(&st.prefix_cache_hit_tokens_total, batch.num_newly_cached_tokens as u64);
         EngineStats::add(&st.preemptions_total, batch.num_preempted as u64);
+        // Gauges reflect this step before any of its tokens reach a caller.
+        self.update_gauges();
+        let st = &self.shared.stats;
         let t1 = Instant::now();
         EngineStats::add(&st.schedule_ns, (t1 - t0).as_nanos() as u64);
         let rejected = std::mem::take(&mut batch.rejected);

@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod kernels;
 pub mod norm;
 pub mod qlinear;
 pub mod rope;

@@ -13,6 +13,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use std::sync::Arc;
 
+use super::kernels;
 use crate::error::{EngineError, Result};
 use crate::profile::{self, Op};
 
@@ -67,7 +68,7 @@ impl QWeight {
 
     /// The weight blocks, borrowed from candle's CPU storage (allocated as a `Vec<T>`, so the
     /// pointer is aligned for `T`).
-    fn blocks<T: GgmlType>(&self) -> &[T] {
+    fn blocks<T>(&self) -> &[T] {
         let bytes = self.tensor.data().expect("cpu tensor data");
         let std::borrow::Cow::Borrowed(bytes) = bytes else {
             panic!("quantized CPU storage is expected to be borrowed")
@@ -128,15 +129,20 @@ impl QLinear {
         if rows == 0 {
             return out;
         }
-        with_block_type!(
-            self.w.dtype,
-            T,
-            {
-                k_quants::matmul::<T>((rows, k, n), x, self.w.blocks::<T>(), &mut out)
-                    .expect("quantized matmul");
-            },
-            unreachable!("dtype checked at load")
-        );
+        let level = kernels::detected_level();
+        match self.w.dtype {
+            // The dominant types run on slm's batched kernels; the rest on candle's.
+            GgmlDType::Q5_0 => kernels::matmul(self.w.blocks::<kernels::BlockQ5_0>(), x, rows, k, n, &mut out, level),
+            GgmlDType::Q8_0 => kernels::matmul(self.w.blocks::<kernels::BlockQ8_0>(), x, rows, k, n, &mut out, level),
+            _ => with_block_type!(
+                self.w.dtype,
+                T,
+                {
+                    k_quants::matmul::<T>((rows, k, n), x, self.w.blocks::<T>(), &mut out).expect("quantized matmul");
+                },
+                unreachable!("dtype checked at load")
+            ),
+        }
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(n) {
                 for (o, b) in row.iter_mut().zip(b) {
