@@ -63,6 +63,15 @@ pub enum Command {
         #[arg(long, default_value_t = 128)]
         gen_tokens: usize,
     },
+    /// Kernel micro-benchmark (not a test): quantized matmul time per call, candle vs slm.
+    BenchKernels {
+        /// Output features (weight rows).
+        #[arg(long, default_value_t = 896)]
+        n: usize,
+        /// Input features; a multiple of 256 for the K-quants.
+        #[arg(long, default_value_t = 4864)]
+        k: usize,
+    },
     /// Print the token ids of TEXT as one JSON array.
     Tokenize {
         #[arg(long)]
@@ -86,6 +95,17 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Generate { model, prompt, max_tokens, temperature, seed, chat } => generate(&model, &prompt, max_tokens, temperature, seed, chat),
         Command::Bench { model, concurrency, prompt_tokens, gen_tokens } => crate::bench::bench(crate::bench::BenchArgs { model, concurrency, prompt_tokens, gen_tokens }),
+        Command::BenchKernels { n, k } => {
+            println!("quantized matmul, weight {n} x {k}, kernel level {:?}", slm_engine::layers::kernels::detected_level());
+            println!("{:>6} {:>5} {:>12} {:>12} {:>13} {:>13} {:>8}", "type", "rows", "candle ms", "slm ms", "candle GF/s", "slm GF/s", "speedup");
+            for t in slm_engine::layers::kernels::bench::run(n, k)? {
+                let slm = t.slm_ms.map(|ms| format!("{ms:.3}")).unwrap_or_else(|| "-".into());
+                let slm_gf = t.slm_ms.map(|ms| format!("{:.1}", t.flops / ms / 1e6)).unwrap_or_else(|| "-".into());
+                let speed = t.slm_ms.map(|ms| format!("{:.2}x", t.candle_ms / ms)).unwrap_or_else(|| "-".into());
+                println!("{:>6} {:>5} {:>12.3} {:>12} {:>13.1} {:>13} {:>8}", t.dtype, t.rows, t.candle_ms, slm, t.flops / t.candle_ms / 1e6, slm_gf, speed);
+            }
+            Ok(())
+        }
         Command::Tokenize { model, add_special, parse_special, text } => {
             let m = Model::load(&model).with_context(|| format!("loading {model}"))?;
             let ids = m.tokenizer.encode(&text, add_special, parse_special)?;

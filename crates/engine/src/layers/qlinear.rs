@@ -82,8 +82,19 @@ impl QWeight {
 
 pub struct QLinear {
     w: QWeight,
+    /// The weights repacked for slm's kernels (Q5_0, Q8_0); candle's kernels serve the rest.
+    packed: Option<kernels::PackedWeights>,
     bias: Option<Vec<f32>>,
     profile_op: Op,
+}
+
+fn pack(w: &QWeight) -> Option<kernels::PackedWeights> {
+    let (n, k) = (w.out_dim, w.in_dim);
+    match w.dtype {
+        GgmlDType::Q5_0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ5_0>(), n, k)),
+        GgmlDType::Q8_0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ8_0>(), n, k)),
+        _ => None,
+    }
 }
 
 impl QLinear {
@@ -98,7 +109,8 @@ impl QLinear {
             }
         }
         let profile_op = Op::for_dtype(&w.dtype);
-        Ok(Self { w, bias, profile_op })
+        let packed = pack(&w);
+        Ok(Self { w, packed, bias, profile_op })
     }
 
     /// Accounts this layer's time under `op` instead of its weight type (the output layer).
@@ -129,12 +141,9 @@ impl QLinear {
         if rows == 0 {
             return out;
         }
-        let level = kernels::detected_level();
-        match self.w.dtype {
-            // The dominant types run on slm's batched kernels; the rest on candle's.
-            GgmlDType::Q5_0 => kernels::matmul(self.w.blocks::<kernels::BlockQ5_0>(), x, rows, k, n, &mut out, level),
-            GgmlDType::Q8_0 => kernels::matmul(self.w.blocks::<kernels::BlockQ8_0>(), x, rows, k, n, &mut out, level),
-            _ => with_block_type!(
+        match &self.packed {
+            Some(p) => kernels::matmul(p, x, rows, &mut out, kernels::detected_level()),
+            None => with_block_type!(
                 self.w.dtype,
                 T,
                 {
@@ -194,6 +203,6 @@ impl QEmbedding {
 
     /// The same table as the output projection (tied embeddings).
     pub fn as_linear(&self) -> QLinear {
-        QLinear { w: self.w.clone(), bias: None, profile_op: Op::for_dtype(&self.w.dtype) }
+        QLinear { packed: pack(&self.w), w: self.w.clone(), bias: None, profile_op: Op::for_dtype(&self.w.dtype) }
     }
 }
