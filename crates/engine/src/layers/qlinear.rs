@@ -82,7 +82,7 @@ impl QWeight {
 
 pub struct QLinear {
     w: QWeight,
-    /// The weights repacked for slm's kernels (Q5_0, Q8_0); candle's kernels serve the rest.
+    /// The weights repacked for slm's kernels (Q5_0, Q8_0, Q4_K, Q6_K); candle's serve the rest.
     packed: Option<kernels::PackedWeights>,
     bias: Option<Vec<f32>>,
     profile_op: Op,
@@ -93,6 +93,8 @@ fn pack(w: &QWeight) -> Option<kernels::PackedWeights> {
     match w.dtype {
         GgmlDType::Q5_0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ5_0>(), n, k)),
         GgmlDType::Q8_0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ8_0>(), n, k)),
+        GgmlDType::Q4K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ4K>(), n, k)),
+        GgmlDType::Q6K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ6K>(), n, k)),
         _ => None,
     }
 }

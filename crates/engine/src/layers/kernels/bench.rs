@@ -39,7 +39,7 @@ pub fn run(n: usize, k: usize) -> candle_core::Result<Vec<KernelTiming>> {
             let iters = (64 / rows).max(4);
             let mm = candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(&w, dtype.clone())?)?;
             let candle_ms = time(|| { let _ = candle_core::Module::forward(&mm, &x).unwrap(); }, iters);
-            let slm_ms = matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q8_0).then(|| time(|| { let _ = lin.forward(&xs, rows); }, iters));
+            let slm_ms = Some(time(|| { let _ = lin.forward(&xs, rows); }, iters));
             out.push(KernelTiming { dtype: name, rows, candle_ms, slm_ms, flops: 2.0 * (rows * n * k) as f64 });
         }
         drop(q);

@@ -1,8 +1,9 @@
 //! slm's own quantized matmul kernels for the weight types that dominate small GGUF models
-//! (Q5_0, Q8_0). At load, weights are repacked into tiles of 16 output columns: per 32-value
-//! block, the 16 columns' values as unsigned bytes (`value + offset`), interleaved four at a
-//! time so one `vpdpbusd` feeds 16 columns with 4 products each, and the 16 scales. A row of
-//! activations is quantized once to Q8_0 (as ggml does) and broadcast against a tile, so each
+//! (Q5_0, Q8_0, Q4_K, Q6_K). At load, weights are repacked into tiles of 16 output columns: per 32-value
+//! sub-block (32 values, 16 for Q6_K), the 16 columns' values as unsigned bytes (`value +
+//! offset`), interleaved four at a time so one `vpdpbusd` feeds 16 columns with 4 products
+//! each, and the 16 scales (and mins). A row of activations is quantized once to 8 bits (Q8_0
+//! or Q8_K, as ggml does for the weight type) and broadcast against a tile, so each
 //! output lane is one column: no horizontal sums, and every weight byte loaded is used for all
 //! rows of the call.
 //!
@@ -44,40 +45,118 @@ const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22 && std::mem::size_o
 pub const QK: usize = 32;
 /// Output columns per tile (lanes of a 512-bit vector of i32).
 pub const TILE: usize = 16;
-/// Bytes of one block of one tile: 8 groups × 16 columns × 4 values.
-const TILE_BLOCK_BYTES: usize = QK * TILE;
 
-/// A GGUF block type the kernels can repack.
+/// A GGUF block type the kernels can repack: `VALUES` weights per block, in sub-blocks of
+/// `SUB` values that share a scale (and a min, for Q4_K).
 pub trait WeightBlock: Copy + Send + Sync + 'static {
+    const VALUES: usize;
+    const SUB: usize;
     /// Added to every value so it fits an unsigned byte (undone through the activation sums).
     const OFFSET: i32;
-    fn scale(&self) -> f32;
-    /// The 32 values plus `OFFSET`, as unsigned bytes.
-    fn unsigned(&self, out: &mut [u8; 32]);
+    const HAS_MIN: bool;
+    /// Activations are quantized as ggml does for this type: Q8_0 (32 values per f16 scale)
+    /// for the legacy quants, Q8_K (256 values per f32 scale) for the K-quants.
+    const ACT_BLOCK: usize = QK;
+    /// `u[i] = value_i + OFFSET`; per sub-block, its scale and (if any) `-min`, so that
+    /// weight = scale × value + (-min).
+    fn decode(&self, u: &mut [u8], scales: &mut [f32], neg_mins: &mut [f32]);
 }
 
 impl WeightBlock for BlockQ5_0 {
+    const VALUES: usize = 32;
+    const SUB: usize = 32;
     const OFFSET: i32 = 16;
-    fn scale(&self) -> f32 {
-        half::f16::from_bits(self.d).to_f32()
-    }
-    fn unsigned(&self, out: &mut [u8; 32]) {
+    const HAS_MIN: bool = false;
+    fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
         let qh = u32::from_le_bytes(self.qh);
         for j in 0..16 {
-            out[j] = (self.qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
-            out[j + 16] = (self.qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+            u[j] = (self.qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
+            u[j + 16] = (self.qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
         }
+        scales[0] = half::f16::from_bits(self.d).to_f32();
     }
 }
 
 impl WeightBlock for BlockQ8_0 {
+    const VALUES: usize = 32;
+    const SUB: usize = 32;
     const OFFSET: i32 = 128;
-    fn scale(&self) -> f32 {
-        half::f16::from_bits(self.d).to_f32()
-    }
-    fn unsigned(&self, out: &mut [u8; 32]) {
+    const HAS_MIN: bool = false;
+    fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
         for j in 0..32 {
-            out[j] = (self.qs[j] as i32 + 128) as u8;
+            u[j] = (self.qs[j] as i32 + 128) as u8;
+        }
+        scales[0] = half::f16::from_bits(self.d).to_f32();
+    }
+}
+
+/// GGUF Q4_K super-block: 256 weights in 8 sub-blocks of 32, 6-bit scales and mins.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockQ4K {
+    pub d: u16,
+    pub dmin: u16,
+    pub scales: [u8; 12],
+    pub qs: [u8; 128],
+}
+
+/// GGUF Q6_K super-block: 256 weights in 16 sub-blocks of 16, 8-bit scales.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockQ6K {
+    pub ql: [u8; 128],
+    pub qh: [u8; 64],
+    pub scales: [i8; 16],
+    pub d: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144 && std::mem::size_of::<BlockQ6K>() == 210);
+
+impl WeightBlock for BlockQ4K {
+    const ACT_BLOCK: usize = 256;
+    const VALUES: usize = 256;
+    const SUB: usize = 32;
+    const OFFSET: i32 = 0;
+    const HAS_MIN: bool = true;
+    fn decode(&self, u: &mut [u8], scales: &mut [f32], neg_mins: &mut [f32]) {
+        let d = half::f16::from_bits(self.d).to_f32();
+        let dmin = half::f16::from_bits(self.dmin).to_f32();
+        let q = &self.scales;
+        for j in 0..8 {
+            // ggml's get_scale_min_k4.
+            let (sc, m) = if j < 4 { (q[j] & 63, q[j + 4] & 63) } else { ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)) };
+            scales[j] = d * sc as f32;
+            neg_mins[j] = -(dmin * m as f32);
+        }
+        for c in 0..4 {
+            for l in 0..32 {
+                u[c * 64 + l] = self.qs[c * 32 + l] & 0x0F;
+                u[c * 64 + 32 + l] = self.qs[c * 32 + l] >> 4;
+            }
+        }
+    }
+}
+
+impl WeightBlock for BlockQ6K {
+    const ACT_BLOCK: usize = 256;
+    const VALUES: usize = 256;
+    const SUB: usize = 16;
+    const OFFSET: i32 = 32;
+    const HAS_MIN: bool = false;
+    fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
+        let d = half::f16::from_bits(self.d).to_f32();
+        for (s, sc) in scales.iter_mut().zip(&self.scales) {
+            *s = d * *sc as f32;
+        }
+        // ggml's dequantize_row_q6_K layout: two halves of 128 values.
+        for h in 0..2 {
+            let (ql, qh, y) = (&self.ql[h * 64..], &self.qh[h * 32..], h * 128);
+            for l in 0..32 {
+                u[y + l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                u[y + l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                u[y + l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                u[y + l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+            }
         }
     }
 }
@@ -87,100 +166,149 @@ impl WeightBlock for BlockQ8_0 {
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// Weights repacked for the kernels: `num_tiles × blocks_per_row` tile-blocks.
+/// Weights repacked for the kernels: per tile of 16 columns and sub-block of `sub` values,
+/// `sub / 4` groups of 64 bytes (16 columns × 4 consecutive values), then 16 scales (and
+/// 16 negated mins).
 pub struct PackedWeights {
     pub n: usize,
     pub k: usize,
+    pub sub: usize,
     pub offset: i32,
+    pub has_min: bool,
+    pub act_block: usize,
     lines: Vec<Line>,
-    /// `[tile][block][column]` scales (0 for padding columns).
     scales: Vec<f32>,
+    neg_mins: Vec<f32>,
 }
 
 impl PackedWeights {
     pub fn pack<W: WeightBlock>(w: &[W], n: usize, k: usize) -> Self {
-        assert_eq!(k % QK, 0);
-        let nb = k / QK;
-        assert_eq!(w.len(), n * nb);
+        assert_eq!(k % W::VALUES, 0);
+        let blocks = k / W::VALUES;
+        assert_eq!(w.len(), n * blocks);
+        let nsub = k / W::SUB;
         let tiles = n.div_ceil(TILE);
-        let mut lines = vec![Line([0; 64]); tiles * nb * TILE_BLOCK_BYTES / 64];
-        let mut scales = vec![0f32; tiles * nb * TILE];
-        let mut u = [0u8; 32];
+        let lines_per_sub = W::SUB / 4;
+        let mut lines = vec![Line([0; 64]); tiles * nsub * lines_per_sub];
+        let mut scales = vec![0f32; tiles * nsub * TILE];
+        let mut neg_mins = vec![0f32; if W::HAS_MIN { tiles * nsub * TILE } else { 0 }];
+        let mut u = vec![0u8; W::VALUES];
+        let mut sc = vec![0f32; W::VALUES / W::SUB];
+        let mut mn = vec![0f32; W::VALUES / W::SUB];
         for c in 0..n {
             let (t, lane) = (c / TILE, c % TILE);
-            for b in 0..nb {
-                let blk = &w[c * nb + b];
-                blk.unsigned(&mut u);
-                let base = (t * nb + b) * TILE_BLOCK_BYTES;
-                for g in 0..QK / 4 {
-                    for j in 0..4 {
-                        let at = base + g * 64 + lane * 4 + j;
-                        lines[at / 64].0[at % 64] = u[g * 4 + j];
+            for b in 0..blocks {
+                w[c * blocks + b].decode(&mut u, &mut sc, &mut mn);
+                for j in 0..W::VALUES / W::SUB {
+                    let s = b * (W::VALUES / W::SUB) + j;
+                    let tsub = t * nsub + s;
+                    for g in 0..lines_per_sub {
+                        let line = &mut lines[tsub * lines_per_sub + g].0;
+                        line[lane * 4..lane * 4 + 4].copy_from_slice(&u[j * W::SUB + g * 4..j * W::SUB + g * 4 + 4]);
+                    }
+                    scales[tsub * TILE + lane] = sc[j];
+                    if W::HAS_MIN {
+                        neg_mins[tsub * TILE + lane] = mn[j];
                     }
                 }
-                scales[(t * nb + b) * TILE + lane] = blk.scale();
             }
         }
-        Self { n, k, offset: W::OFFSET, lines, scales }
+        Self { n, k, sub: W::SUB, offset: W::OFFSET, has_min: W::HAS_MIN, act_block: W::ACT_BLOCK, lines, scales, neg_mins }
     }
 
-    pub fn blocks_per_row(&self) -> usize {
-        self.k / QK
+    pub fn num_subs(&self) -> usize {
+        self.k / self.sub
     }
 
     pub fn num_tiles(&self) -> usize {
         self.n.div_ceil(TILE)
     }
 
-    /// The 512 bytes of tile `t`, block `b`: group g (4 values of each of 16 columns) at g·64.
+    /// The bytes of tile `t`, sub-block `s`: group g (4 values of each of 16 columns) at g·64.
     #[inline]
-    pub fn tile_block(&self, t: usize, b: usize) -> &[u8] {
-        let line = (t * self.blocks_per_row() + b) * TILE_BLOCK_BYTES / 64;
+    pub fn tile_sub(&self, t: usize, s: usize) -> &[u8] {
+        let lines = self.sub / 4;
+        let first = (t * self.num_subs() + s) * lines;
         // SAFETY: lines are contiguous 64-byte arrays.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().add(line) as *const u8, TILE_BLOCK_BYTES) }
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().add(first) as *const u8, lines * 64) }
     }
 
     #[inline]
-    pub fn tile_scales(&self, t: usize, b: usize) -> &[f32] {
-        let i = (t * self.blocks_per_row() + b) * TILE;
+    pub fn tile_scales(&self, t: usize, s: usize) -> &[f32] {
+        let i = (t * self.num_subs() + s) * TILE;
         &self.scales[i..i + TILE]
     }
 
+    #[inline]
+    pub fn tile_neg_mins(&self, t: usize, s: usize) -> &[f32] {
+        let i = (t * self.num_subs() + s) * TILE;
+        &self.neg_mins[i..i + TILE]
+    }
+
     pub fn bytes(&self) -> usize {
-        self.lines.len() * 64 + self.scales.len() * 4
+        self.lines.len() * 64 + (self.scales.len() + self.neg_mins.len()) * 4
     }
 }
 
-/// Activation rows quantized to Q8_0: per block 32 signed bytes, the f32 value of the f16
-/// scale, and `-offset × Σ bytes`, which turns `(w + offset) · x` back into `w · x`.
+/// Activation rows quantized to 8 bits (`d` holds the scale of every 32 values), with per sub-block of the
+/// weights: `-offset × Σ bytes` (turns `(w + offset) · x` back into `w · x`) and `Σ bytes`
+/// (for the mins of Q4_K).
 #[derive(Default)]
 pub struct QuantizedRows {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub init: Vec<i32>,
-    pub blocks_per_row: usize,
+    pub sums: Vec<f32>,
+    pub num_subs: usize,
 }
 
 impl QuantizedRows {
-    /// Quantizes `m` rows of `k` values, as ggml's `quantize_row_q8_0`: scale = amax/127
-    /// stored as f16, values rounded half away from zero.
-    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, offset: i32) {
-        let nb = k / QK;
-        self.blocks_per_row = nb;
+    /// Quantizes `m` rows of `k` values as ggml does: with `act_block` 32 like
+    /// `quantize_row_q8_0` (scale amax/127 stored as f16, round half away from zero), with 256
+    /// like `quantize_row_q8_K` (scale from the signed extreme, f32, round half to even).
+    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, sub: usize, offset: i32, act_block: usize) {
+        self.num_subs = k / sub;
         self.qs.resize(m * k, 0);
-        self.d.resize(m * nb, 0.0);
-        self.init.resize(m * nb, 0);
-        for (b, (xs, qs)) in x.chunks_exact(QK).zip(self.qs.chunks_exact_mut(QK)).enumerate() {
-            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in qs.iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
-                sum += *q as i32;
+        self.d.resize(m * k / QK, 0.0);
+        self.init.resize(m * k / sub, 0);
+        self.sums.resize(m * k / sub, 0.0);
+        if act_block == QK {
+            for (b, (xs, qs)) in x.chunks_exact(QK).zip(self.qs.chunks_exact_mut(QK)).enumerate() {
+                let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                for (q, v) in qs.iter_mut().zip(xs) {
+                    *q = (v * id).round() as i8;
+                }
+                self.d[b] = half::f16::from_f32(d).to_f32();
             }
-            self.d[b] = half::f16::from_f32(d).to_f32();
-            self.init[b] = -offset * sum;
+        } else {
+            let per = act_block / QK;
+            for (b, (xs, qs)) in x.chunks_exact(act_block).zip(self.qs.chunks_exact_mut(act_block)).enumerate() {
+                let (mut amax, mut max) = (0f32, 0f32);
+                for &v in xs {
+                    if v.abs() > amax {
+                        amax = v.abs();
+                        max = v;
+                    }
+                }
+                let d = if amax == 0.0 {
+                    qs.iter_mut().for_each(|q| *q = 0);
+                    0.0
+                } else {
+                    let iscale = -127.0 / max;
+                    for (q, v) in qs.iter_mut().zip(xs) {
+                        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+                    }
+                    1.0 / iscale
+                };
+                self.d[b * per..(b + 1) * per].iter_mut().for_each(|x| *x = d);
+            }
+        }
+        for (s, qs) in self.qs.chunks_exact(sub).enumerate() {
+            let sum: i32 = qs.iter().map(|&v| v as i32).sum();
+            self.init[s] = -offset * sum;
+            self.sums[s] = sum as f32;
         }
     }
 }
@@ -228,7 +356,7 @@ pub fn matmul(w: &PackedWeights, x: &[f32], m: usize, out: &mut [f32], level: Le
     assert!(out.len() >= m * n);
     SCRATCH.with(|s| {
         let mut q = s.borrow_mut();
-        q.quantize(x, m, k, w.offset);
+        q.quantize(x, m, k, w.sub, w.offset, w.act_block);
         let q = &*q;
         let out_ptr = out.as_mut_ptr() as usize;
         let tasks = w.num_tiles().div_ceil(TILES_PER_TASK);
@@ -283,10 +411,10 @@ mod tests {
 
     fn dequant<W: WeightBlock>(w: &[W]) -> Vec<f32> {
         let mut out = Vec::new();
+        let (mut u, mut sc, mut mn) = (vec![0u8; W::VALUES], vec![0f32; W::VALUES / W::SUB], vec![0f32; W::VALUES / W::SUB]);
         for b in w {
-            let mut u = [0u8; 32];
-            b.unsigned(&mut u);
-            out.extend(u.iter().map(|&v| (v as i32 - W::OFFSET) as f32 * b.scale()));
+            b.decode(&mut u, &mut sc, &mut mn);
+            out.extend(u.iter().enumerate().map(|(i, &v)| (v as i32 - W::OFFSET) as f32 * sc[i / W::SUB] + if W::HAS_MIN { mn[i / W::SUB] } else { 0.0 }));
         }
         out
     }
@@ -298,7 +426,7 @@ mod tests {
         let wd = dequant(w);
         let packed = PackedWeights::pack(w, n, k);
         let mut q = QuantizedRows::default();
-        q.quantize(&x, m, k, W::OFFSET);
+        q.quantize(&x, m, k, W::SUB, W::OFFSET, W::ACT_BLOCK);
         let xq: Vec<f32> = (0..m * k).map(|i| q.qs[i] as f32 * q.d[i / QK]).collect();
         let mut levels = vec![Level::Scalar];
         #[cfg(target_arch = "x86_64")]
@@ -340,6 +468,40 @@ mod tests {
         for (m, k, n) in [(1, 64, 7), (3, 96, 70), (9, 128, 133), (1, 896, 130), (6, 64, 16)] {
             let w = q5_blocks(n * k / QK, &mut seed);
             check(&w, m, k, n, &mut seed);
+        }
+    }
+
+    /// K-quant blocks from real quantization of random weights (candle's quantizer).
+    fn k_blocks<W: WeightBlock>(dtype: candle_core::quantized::GgmlDType, n: usize, k: usize, seed: u64) -> Vec<W> {
+        let mut s = seed;
+        let v: Vec<f32> = (0..n * k).map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0).collect();
+        let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
+        let q = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
+        let bytes = q.data().unwrap();
+        (0..bytes.len() / std::mem::size_of::<W>()).map(|i| unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(i * std::mem::size_of::<W>()) as *const W) }).collect()
+    }
+
+    #[test]
+    fn k_quants_decode_like_candle_and_match_reference() {
+        use candle_core::quantized::GgmlDType;
+        let mut seed = 3;
+        for (m, n) in [(1, 19), (6, 33)] {
+            let k = 512;
+            for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+                // The decoder agrees with candle's dequantization.
+                let mut s = 7;
+                let v: Vec<f32> = (0..n * k).map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0).collect();
+                let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
+                let qt = candle_core::quantized::QTensor::quantize(&t, dtype.clone()).unwrap();
+                let want: Vec<f32> = qt.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let got = if dtype == GgmlDType::Q4K { dequant(&k_blocks::<BlockQ4K>(dtype.clone(), n, k, 7)) } else { dequant(&k_blocks::<BlockQ6K>(dtype.clone(), n, k, 7)) };
+                assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + b.abs())), "{dtype:?} decode differs from candle");
+                if dtype == GgmlDType::Q4K {
+                    check(&k_blocks::<BlockQ4K>(dtype, n, k, 7), m, k, n, &mut seed);
+                } else {
+                    check(&k_blocks::<BlockQ6K>(dtype, n, k, 7), m, k, n, &mut seed);
+                }
+            }
         }
     }
 

@@ -1,26 +1,37 @@
 //! x86 kernels over packed tiles. AVX-512 VNNI: one 512-bit vector holds 16 columns × 4
-//! weights, `vpdpbusd` multiplies them with 4 broadcast activations, 8 of them cover a block.
-//! AVX2: the same tile in two 8-column halves with `vpmaddubsw` + `vpmaddwd` (Q8_0 through the
-//! sign trick, since `(w + 128) · x` pairs would saturate 16 bits). Both produce, per column and
-//! block, the exact integer dot product, then one f32 FMA — as the portable kernel does.
+//! weights, `vpdpbusd` multiplies them with 4 broadcast activations; `sub / 4` of them cover a
+//! sub-block. AVX2: the same tile in two 8-column halves with `vpmaddubsw` + `vpmaddwd` (Q8_0
+//! through the sign trick, since `(w + 128) · x` pairs would saturate 16 bits). Both produce,
+//! per column and sub-block, the exact integer dot product, then the same f32 FMAs as the
+//! portable kernel.
 
 use std::arch::x86_64::*;
 
 use super::{PackedWeights, QuantizedRows, QK, TILE};
 
-/// Rows handled together while a tile-block is in registers.
+/// Rows handled together while a tile's sub-block is in registers.
 const ROWS: usize = 4;
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 pub unsafe fn tiles_vnni(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+    match (w.sub, w.has_min) {
+        (32, false) => tiles_vnni_impl::<8, false>(w, q, m, t0, t1, out),
+        (32, true) => tiles_vnni_impl::<8, true>(w, q, m, t0, t1, out),
+        (16, false) => tiles_vnni_impl::<4, false>(w, q, m, t0, t1, out),
+        (16, true) => tiles_vnni_impl::<4, true>(w, q, m, t0, t1, out),
+        _ => unreachable!("sub-blocks are 16 or 32 values"),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     for t in t0..t1 {
         let mut r = 0;
         while r < m {
             if m - r >= ROWS {
-                tile_vnni::<ROWS>(w, q, t, r, out);
+                tile_vnni::<G, MIN, ROWS>(w, q, t, r, out);
                 r += ROWS;
             } else {
-                tile_vnni::<1>(w, q, t, r, out);
+                tile_vnni::<G, MIN, 1>(w, q, t, r, out);
                 r += 1;
             }
         }
@@ -28,25 +39,30 @@ pub unsafe fn tiles_vnni(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usi
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn tile_vnni<const R: usize>(w: &PackedWeights, q: &QuantizedRows, t: usize, r0: usize, out: &mut [f32]) {
-    let nb = w.blocks_per_row();
+unsafe fn tile_vnni<const G: usize, const MIN: bool, const R: usize>(w: &PackedWeights, q: &QuantizedRows, t: usize, r0: usize, out: &mut [f32]) {
+    let nsub = w.num_subs();
     let mut acc = [_mm512_setzero_ps(); R];
-    for b in 0..nb {
-        let p = w.tile_block(t, b).as_ptr();
-        let mut wv = [_mm512_setzero_si512(); 8];
+    for s in 0..nsub {
+        let p = w.tile_sub(t, s).as_ptr();
+        let mut wv = [_mm512_setzero_si512(); G];
         for (g, v) in wv.iter_mut().enumerate() {
             *v = _mm512_load_si512(p.add(g * 64) as *const _);
         }
-        let sw = _mm512_loadu_ps(w.tile_scales(t, b).as_ptr());
+        let sw = _mm512_loadu_ps(w.tile_scales(t, s).as_ptr());
+        let smin = if MIN { _mm512_loadu_ps(w.tile_neg_mins(t, s).as_ptr()) } else { _mm512_setzero_ps() };
         for (i, a) in acc.iter_mut().enumerate() {
-            let qi = (r0 + i) * nb + b;
-            let xp = q.qs.as_ptr().add(qi * QK) as *const i32;
-            let mut isum = _mm512_set1_epi32(*q.init.get_unchecked(qi));
+            let qs = (r0 + i) * nsub + s;
+            let first = qs * G * 4;
+            let xp = q.qs.as_ptr().add(first) as *const i32;
+            let mut isum = _mm512_set1_epi32(*q.init.get_unchecked(qs));
             for (g, v) in wv.iter().enumerate() {
                 isum = _mm512_dpbusd_epi32(isum, *v, _mm512_set1_epi32(xp.add(g).read_unaligned()));
             }
-            let scale = _mm512_mul_ps(sw, _mm512_set1_ps(*q.d.get_unchecked(qi)));
-            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *a);
+            let dx = _mm512_set1_ps(*q.d.get_unchecked(first / QK));
+            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(sw, dx), *a);
+            if MIN {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*q.sums.get_unchecked(qs)), _mm512_mul_ps(smin, dx), *a);
+            }
         }
     }
     let c0 = t * TILE;
@@ -58,16 +74,19 @@ unsafe fn tile_vnni<const R: usize>(w: &PackedWeights, q: &QuantizedRows, t: usi
 }
 
 pub unsafe fn tiles_avx2(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
-    if w.offset == 128 {
-        tiles_avx2_impl::<true>(w, q, m, t0, t1, out)
-    } else {
-        tiles_avx2_impl::<false>(w, q, m, t0, t1, out)
+    match (w.sub, w.has_min, w.offset == 128) {
+        (32, false, true) => tiles_avx2_impl::<8, false, true>(w, q, m, t0, t1, out),
+        (32, false, false) => tiles_avx2_impl::<8, false, false>(w, q, m, t0, t1, out),
+        (32, true, _) => tiles_avx2_impl::<8, true, false>(w, q, m, t0, t1, out),
+        (16, false, _) => tiles_avx2_impl::<4, false, false>(w, q, m, t0, t1, out),
+        (16, true, _) => tiles_avx2_impl::<4, true, false>(w, q, m, t0, t1, out),
+        _ => unreachable!("sub-blocks are 16 or 32 values"),
     }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tiles_avx2_impl<const SIGNED: bool>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
-    let nb = w.blocks_per_row();
+unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+    let nsub = w.num_subs();
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(-128);
     for t in t0..t1 {
@@ -75,15 +94,17 @@ unsafe fn tiles_avx2_impl<const SIGNED: bool>(w: &PackedWeights, q: &QuantizedRo
         let valid = (w.n - c0).min(TILE);
         for r in 0..m {
             let mut acc = [_mm256_setzero_ps(); 2];
-            for b in 0..nb {
-                let p = w.tile_block(t, b).as_ptr();
-                let qi = r * nb + b;
-                let xp = q.qs.as_ptr().add(qi * QK) as *const i32;
-                let dx = _mm256_set1_ps(*q.d.get_unchecked(qi));
-                let sw = w.tile_scales(t, b).as_ptr();
+            for s in 0..nsub {
+                let p = w.tile_sub(t, s).as_ptr();
+                let qs = r * nsub + s;
+                let first = qs * G * 4;
+                let xp = q.qs.as_ptr().add(first) as *const i32;
+                let dx = _mm256_set1_ps(*q.d.get_unchecked(first / QK));
+                let sw = w.tile_scales(t, s).as_ptr();
                 for (h, a) in acc.iter_mut().enumerate() {
-                    let mut isum = if SIGNED { _mm256_setzero_si256() } else { _mm256_set1_epi32(*q.init.get_unchecked(qi)) };
-                    for g in 0..QK / 4 {
+                    // Q8_0's signed path needs no offset correction (its init is 0 too).
+                    let mut isum = if SIGNED { _mm256_setzero_si256() } else { _mm256_set1_epi32(*q.init.get_unchecked(qs)) };
+                    for g in 0..G {
                         let wu = _mm256_load_si256(p.add(g * 64 + h * 32) as *const __m256i);
                         let xb = _mm256_set1_epi32(xp.add(g).read_unaligned());
                         let prod = if SIGNED {
@@ -94,8 +115,11 @@ unsafe fn tiles_avx2_impl<const SIGNED: bool>(w: &PackedWeights, q: &QuantizedRo
                         };
                         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, ones));
                     }
-                    let scale = _mm256_mul_ps(_mm256_loadu_ps(sw.add(h * 8)), dx);
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, *a);
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(_mm256_loadu_ps(sw.add(h * 8)), dx), *a);
+                    if MIN {
+                        let smin = _mm256_loadu_ps(w.tile_neg_mins(t, s).as_ptr().add(h * 8));
+                        *a = _mm256_fmadd_ps(_mm256_set1_ps(*q.sums.get_unchecked(qs)), _mm256_mul_ps(smin, dx), *a);
+                    }
                 }
             }
             let mut lanes = [0f32; TILE];
