@@ -116,3 +116,45 @@ pub fn sse(rx: mpsc::Receiver<String>) -> Response {
 pub async fn send<T: serde::Serialize>(tx: &mpsc::Sender<String>, v: &T) -> bool {
     tx.send(serde_json::to_string(v).expect("serializable")).await.is_ok()
 }
+
+/// Streams every choice's events as SSE payloads (`chunks` turns one token or finish event
+/// into the payloads to send) until all choices end. Returns their finishes, or `None` when
+/// the client went away or the engine failed (an error payload was sent then). Dropping the
+/// merged streams on return aborts whatever still runs.
+pub async fn pump(streams: Vec<RequestStream>, tx: &mpsc::Sender<String>, metrics: &Metrics, start: Instant, mut chunks: impl FnMut(usize, &Event) -> Vec<serde_json::Value>) -> Option<Vec<Finished>> {
+    let mut timing = Timing::new(start, streams.len());
+    let mut finishes = Vec::new();
+    let mut merged = merge(streams);
+    loop {
+        let next = tokio::select! {
+            _ = tx.closed() => return None,
+            e = merged.next() => e,
+        };
+        let Some((index, event)) = next else { return Some(finishes) };
+        if let Event::Error(e) = event {
+            let _ = send(tx, &ApiError::from(e).body()).await;
+            return None;
+        }
+        if matches!(event, Event::Token(_)) {
+            timing.token(index, metrics);
+        }
+        for payload in chunks(index, &event) {
+            if !send(tx, &payload).await {
+                return None;
+            }
+        }
+        if let Event::Finished(f) = event {
+            finishes.push(f);
+        }
+    }
+}
+
+/// The optional usage payload, then `[DONE]`.
+pub async fn close(tx: &mpsc::Sender<String>, usage: Option<serde_json::Value>) {
+    if let Some(u) = usage {
+        if !send(tx, &u).await {
+            return;
+        }
+    }
+    let _ = tx.send("[DONE]".to_string()).await;
+}

@@ -9,7 +9,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::StreamExt;
 use slm_engine::{Event, Model};
 use tokio::sync::mpsc;
 
@@ -17,7 +16,7 @@ use super::{new_id, parse_body, submit_n, unix_now};
 use crate::error::ApiError;
 use crate::openai::*;
 use crate::state::AppState;
-use crate::stream::{self, chat_logprob, Timing};
+use crate::stream::{self, chat_logprob};
 use crate::validate;
 
 /// What every chunk or answer of one request repeats.
@@ -77,56 +76,31 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
 
 #[allow(clippy::too_many_arguments)]
 async fn stream_chat(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<slm_engine::RequestStream>, num_prompt_tokens: usize, include_usage: bool, start: Instant, tx: mpsc::Sender<String>) {
-    let n = streams.len();
-    let mut timing = Timing::new(start, n);
-    for index in 0..n {
+    for index in 0..streams.len() {
         let first = ChunkChoice { index, delta: Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, logprobs: None, finish_reason: None };
         if !stream::send(&tx, &ctx.chunk(vec![first], None)).await {
             return;
         }
     }
-    let mut finishes = Vec::new();
-    let mut merged = stream::merge(streams);
-    loop {
-        let next = tokio::select! {
-            _ = tx.closed() => return, // client gone: dropping `merged` aborts the requests
-            e = merged.next() => e,
-        };
-        let Some((index, event)) = next else { break };
-        let choice = match event {
-            Event::Token(t) => {
-                timing.token(index, &state.metrics);
-                if t.text.is_empty() && !ctx.logprobs {
-                    continue;
-                }
-                let logprobs = ctx.logprobs.then(|| ChatLogprobs { content: vec![chat_logprob(&model.tokenizer, &t)] });
-                ChunkChoice { index, delta: Delta { content: Some(t.text), ..Default::default() }, logprobs, finish_reason: None }
-            }
-            Event::Finished(f) => {
-                if !f.text.is_empty() {
-                    let tail = ChunkChoice { index, delta: Delta { content: Some(f.text.clone()), ..Default::default() }, logprobs: None, finish_reason: None };
-                    if !stream::send(&tx, &ctx.chunk(vec![tail], None)).await {
-                        return;
-                    }
-                }
-                let reason = f.reason.as_str();
-                finishes.push(f);
-                ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason: Some(reason) }
-            }
-            Event::Error(e) => {
-                let _ = stream::send(&tx, &ApiError::from(e).body()).await;
-                return;
-            }
-        };
-        if !stream::send(&tx, &ctx.chunk(vec![choice], None)).await {
-            return;
+    let to_json = |c: ChatCompletionChunk| serde_json::to_value(c).expect("serializable");
+    let finishes = stream::pump(streams, &tx, &state.metrics, start, |index, event| match event {
+        Event::Token(t) if t.text.is_empty() && !ctx.logprobs => vec![],
+        Event::Token(t) => {
+            let logprobs = ctx.logprobs.then(|| ChatLogprobs { content: vec![chat_logprob(&model.tokenizer, t)] });
+            vec![to_json(ctx.chunk(vec![ChunkChoice { index, delta: Delta { content: Some(t.text.clone()), ..Default::default() }, logprobs, finish_reason: None }], None))]
         }
-    }
-    if include_usage {
-        let usage = stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>());
-        if !stream::send(&tx, &ctx.chunk(vec![], Some(usage))).await {
-            return;
+        Event::Finished(f) => {
+            let mut out = Vec::new();
+            if !f.text.is_empty() {
+                out.push(to_json(ctx.chunk(vec![ChunkChoice { index, delta: Delta { content: Some(f.text.clone()), ..Default::default() }, logprobs: None, finish_reason: None }], None)));
+            }
+            out.push(to_json(ctx.chunk(vec![ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason: Some(f.reason.as_str()) }], None)));
+            out
         }
-    }
-    let _ = tx.send("[DONE]".to_string()).await;
+        Event::Error(_) => vec![],
+    })
+    .await;
+    let Some(finishes) = finishes else { return };
+    let usage = include_usage.then(|| to_json(ctx.chunk(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>())))));
+    stream::close(&tx, usage).await;
 }

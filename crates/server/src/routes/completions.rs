@@ -10,7 +10,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::StreamExt;
 use slm_engine::{Event, Model, TokenEvent};
 use tokio::sync::mpsc;
 
@@ -18,7 +17,7 @@ use super::{new_id, parse_body, submit_n, unix_now};
 use crate::error::ApiError;
 use crate::openai::*;
 use crate::state::AppState;
-use crate::stream::{self, token_text, Timing};
+use crate::stream::{self, token_text};
 use crate::validate;
 
 /// OpenAI's default for this endpoint.
@@ -110,7 +109,6 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
 
 #[allow(clippy::too_many_arguments)]
 async fn stream_completions(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<slm_engine::RequestStream>, echoes: Vec<String>, logprobs: bool, num_prompt_tokens: usize, include_usage: bool, start: Instant, tx: mpsc::Sender<String>) {
-    let mut timing = Timing::new(start, streams.len());
     let mut offsets: Vec<usize> = echoes.iter().map(String::len).collect();
     for (index, e) in echoes.into_iter().enumerate().filter(|(_, e)| !e.is_empty()) {
         let c = CompletionChoice { text: e, index, logprobs: None, finish_reason: None };
@@ -118,44 +116,19 @@ async fn stream_completions(state: AppState, ctx: Ctx, model: Arc<Model>, stream
             return;
         }
     }
-    let mut finishes = Vec::new();
-    let mut merged = stream::merge(streams);
-    loop {
-        let next = tokio::select! {
-            _ = tx.closed() => return,
-            e = merged.next() => e,
-        };
-        let Some((index, event)) = next else { break };
-        let choice = match event {
-            Event::Token(t) => {
-                timing.token(index, &state.metrics);
-                if t.text.is_empty() && !logprobs {
-                    continue;
-                }
-                let lp = logprobs.then(|| legacy_logprobs(&model, std::slice::from_ref(&t), offsets[index]));
-                offsets[index] += t.text.len();
-                CompletionChoice { text: t.text, index, logprobs: lp, finish_reason: None }
-            }
-            Event::Finished(f) => {
-                let reason = f.reason.as_str();
-                let text = f.text.clone();
-                finishes.push(f);
-                CompletionChoice { text, index, logprobs: None, finish_reason: Some(reason) }
-            }
-            Event::Error(e) => {
-                let _ = stream::send(&tx, &ApiError::from(e).body()).await;
-                return;
-            }
-        };
-        if !stream::send(&tx, &ctx.answer(vec![choice], None)).await {
-            return;
+    let to_json = |c: Completion| serde_json::to_value(c).expect("serializable");
+    let finishes = stream::pump(streams, &tx, &state.metrics, start, |index, event| match event {
+        Event::Token(t) if t.text.is_empty() && !logprobs => vec![],
+        Event::Token(t) => {
+            let lp = logprobs.then(|| legacy_logprobs(&model, std::slice::from_ref(t), offsets[index]));
+            offsets[index] += t.text.len();
+            vec![to_json(ctx.answer(vec![CompletionChoice { text: t.text.clone(), index, logprobs: lp, finish_reason: None }], None))]
         }
-    }
-    if include_usage {
-        let usage = stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>());
-        if !stream::send(&tx, &ctx.answer(vec![], Some(usage))).await {
-            return;
-        }
-    }
-    let _ = tx.send("[DONE]".to_string()).await;
+        Event::Finished(f) => vec![to_json(ctx.answer(vec![CompletionChoice { text: f.text.clone(), index, logprobs: None, finish_reason: Some(f.reason.as_str()) }], None))],
+        Event::Error(_) => vec![],
+    })
+    .await;
+    let Some(finishes) = finishes else { return };
+    let usage = include_usage.then(|| to_json(ctx.answer(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>())))));
+    stream::close(&tx, usage).await;
 }
