@@ -9,6 +9,7 @@ use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rayon::prelude::*;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::block_manager::BlockManager;
@@ -269,13 +270,25 @@ impl EngineLoop {
         self.scheduler.mark_computed(&batch);
 
         let vocab = model.decoder.config.vocab_size;
-        let mut done: Vec<(SeqId, bool)> = Vec::new();
-        let mut sample_ns = 0u128;
+        // Sequences sample in parallel: each has its own sampler and RNG, so the result does
+        // not depend on the split.
+        let ts = Instant::now();
+        let mut row_of = vec![None; self.scheduler.running.len()];
         for (k, item) in batch.items.iter().filter(|i| i.sample).enumerate() {
+            row_of[item.seq] = Some(k);
+        }
+        let sampled: Vec<Option<crate::sampling::Sampled>> = self
+            .scheduler
+            .running
+            .par_iter_mut()
+            .zip(row_of.par_iter())
+            .map(|(seq, row)| row.map(|k| seq.sampler.sample(&logits[k * vocab..(k + 1) * vocab], &seq.tokens)))
+            .collect();
+        let sample_ns = ts.elapsed().as_nanos();
+        let mut done: Vec<(SeqId, bool)> = Vec::new();
+        for item in batch.items.iter().filter(|i| i.sample) {
             let seq = &mut self.scheduler.running[item.seq];
-            let ts = Instant::now();
-            let s = seq.sampler.sample(&logits[k * vocab..(k + 1) * vocab], &seq.tokens);
-            sample_ns += ts.elapsed().as_nanos();
+            let s = sampled[item.seq].clone().expect("sampled above");
             EngineStats::add(&st.generated_tokens_total, 1);
             let token_event = |text: String| Event::Token(TokenEvent { token: s.token, text, logprob: s.logprob, top_logprobs: s.top.clone() });
             let sent = match seq.append(s.token, &model.tokenizer) {
