@@ -70,6 +70,7 @@ pub struct SamplingFields {
     pub repetition_penalty: Option<f64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    pub ignore_eos: Option<bool>,
 }
 
 /// Defines a request struct with its own fields plus the shared sampling fields (written out,
@@ -93,6 +94,8 @@ macro_rules! with_sampling_fields {
             pub repetition_penalty: Option<f64>,
             pub stream: Option<bool>,
             pub stream_options: Option<StreamOptions>,
+            /// Extension (llama.cpp, vLLM): keep generating past end-of-generation tokens.
+            pub ignore_eos: Option<bool>,
         }
 
         impl $name {
@@ -112,6 +115,7 @@ macro_rules! with_sampling_fields {
                     repetition_penalty: self.repetition_penalty,
                     stream: self.stream,
                     stream_options: self.stream_options.clone(),
+                    ignore_eos: self.ignore_eos,
                 }
             }
         }

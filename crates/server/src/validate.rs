@@ -20,6 +20,7 @@ pub struct ValidSampling {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    pub ignore_eos: bool,
 }
 
 fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, lo_open: bool) -> Result<Option<f64>, ApiError> {
@@ -80,7 +81,7 @@ pub fn sampling(f: &SamplingFields, top_logprobs: usize, vocab_size: usize) -> R
     };
     let stream = f.stream.unwrap_or(false);
     let include_usage = stream && f.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-    Ok(ValidSampling { params, n: n as usize, stop: stop.into_iter().filter(|s| !s.is_empty()).collect(), stream, include_usage })
+    Ok(ValidSampling { params, n: n as usize, stop: stop.into_iter().filter(|s| !s.is_empty()).collect(), stream, include_usage, ignore_eos: f.ignore_eos.unwrap_or(false) })
 }
 
 /// `max_tokens` checked against the context: defaults to what is left of it.

@@ -44,6 +44,7 @@ pub fn submit_n(engine: &EngineHandle, prompt: &[u32], s: &ValidSampling, max_to
             params.seed = params.seed.map(|seed| seed.wrapping_add(i as u64));
             let mut r = Request::new(prompt.to_vec(), params, max_tokens);
             r.stop_strings = s.stop.clone();
+            r.ignore_eos = s.ignore_eos;
             engine.submit(r).map_err(ApiError::from)
         })
         .collect()
