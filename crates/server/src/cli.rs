@@ -97,12 +97,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench { model, concurrency, prompt_tokens, gen_tokens } => crate::bench::bench(crate::bench::BenchArgs { model, concurrency, prompt_tokens, gen_tokens }),
         Command::BenchKernels { n, k } => {
             println!("quantized matmul, weight {n} x {k}, kernel level {:?}", slm_engine::layers::kernels::detected_level());
-            println!("{:>6} {:>5} {:>12} {:>12} {:>13} {:>13} {:>8}", "type", "rows", "candle ms", "slm ms", "candle GF/s", "slm GF/s", "speedup");
+            println!("GF/s per kernel; rowwise = candle's k_quants::matmul (batch-invariant, what slm used before), QMatMul = candle's dispatch (repacked AVX-512 kernels, not batch-invariant)");
+            println!("{:>6} {:>5} {:>14} {:>14} {:>10} {:>10} {:>17}", "type", "rows", "candle rowwise", "candle QMatMul", "slm", "slm ms", "slm vs rowwise");
             for t in slm_engine::layers::kernels::bench::run(n, k)? {
-                let slm = t.slm_ms.map(|ms| format!("{ms:.3}")).unwrap_or_else(|| "-".into());
-                let slm_gf = t.slm_ms.map(|ms| format!("{:.1}", t.flops / ms / 1e6)).unwrap_or_else(|| "-".into());
-                let speed = t.slm_ms.map(|ms| format!("{:.2}x", t.candle_ms / ms)).unwrap_or_else(|| "-".into());
-                println!("{:>6} {:>5} {:>12.3} {:>12} {:>13.1} {:>13} {:>8}", t.dtype, t.rows, t.candle_ms, slm, t.flops / t.candle_ms / 1e6, slm_gf, speed);
+                let gf = |ms: f64| t.flops / ms / 1e6;
+                let slm = t.slm_ms.unwrap_or(f64::NAN);
+                println!("{:>6} {:>5} {:>14.1} {:>14.1} {:>10.1} {:>10.3} {:>16.2}x", t.dtype, t.rows, gf(t.candle_rowwise_ms), gf(t.candle_ms), gf(slm), slm, t.candle_rowwise_ms / slm);
             }
             Ok(())
         }

@@ -11,6 +11,11 @@ use crate::layers::QLinear;
 pub struct KernelTiming {
     pub dtype: &'static str,
     pub rows: usize,
+    /// candle's `k_quants::matmul`: one row at a time, the same for any batch (what slm used
+    /// before its own kernels).
+    pub candle_rowwise_ms: f64,
+    /// candle's `QMatMul` (repacked AVX-512 kernels for some types; which kernel runs depends
+    /// on the row count, so it is not batch-invariant).
     pub candle_ms: f64,
     pub slm_ms: Option<f64>,
     pub flops: f64,
@@ -39,10 +44,28 @@ pub fn run(n: usize, k: usize) -> candle_core::Result<Vec<KernelTiming>> {
             let iters = (64 / rows).max(4);
             let mm = candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(&w, dtype.clone())?)?;
             let candle_ms = time(|| { let _ = candle_core::Module::forward(&mm, &x).unwrap(); }, iters);
+            let mut dst = vec![0f32; rows * n];
+            let candle_rowwise_ms = time(|| rowwise(&q, &xs, rows, k, n, &mut dst), iters);
             let slm_ms = Some(time(|| { let _ = lin.forward(&xs, rows); }, iters));
-            out.push(KernelTiming { dtype: name, rows, candle_ms, slm_ms, flops: 2.0 * (rows * n * k) as f64 });
+            out.push(KernelTiming { dtype: name, rows, candle_rowwise_ms, candle_ms, slm_ms, flops: 2.0 * (rows * n * k) as f64 });
         }
         drop(q);
     }
     Ok(out)
+}
+
+fn rowwise(q: &QTensor, x: &[f32], m: usize, k: usize, n: usize, dst: &mut [f32]) {
+    use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType};
+    fn run<T: GgmlType>(q: &QTensor, x: &[f32], m: usize, k: usize, n: usize, dst: &mut [f32]) {
+        let bytes = q.data().unwrap();
+        // SAFETY: candle stores CPU quantized tensors as Vec<T> of this block type.
+        let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / std::mem::size_of::<T>()) };
+        k_quants::matmul::<T>((m, k, n), x, blocks, dst).unwrap();
+    }
+    match q.dtype() {
+        GgmlDType::Q4K => run::<BlockQ4K>(q, x, m, k, n, dst),
+        GgmlDType::Q5_0 => run::<BlockQ5_0>(q, x, m, k, n, dst),
+        GgmlDType::Q6K => run::<BlockQ6K>(q, x, m, k, n, dst),
+        _ => run::<BlockQ8_0>(q, x, m, k, n, dst),
+    }
 }
