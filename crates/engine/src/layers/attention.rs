@@ -38,36 +38,42 @@ pub fn paged_attention(q: &[f32], batch: &BatchInput, kv: &LayerKv, block_size: 
             None => 0,
         };
         let n = pos + 1 - lo;
-        let slot_of = |j: usize| table[j / block_size] as usize * block_size + j % block_size;
-        let mut scores = vec![0f32; n];
-        for h in 0..p.num_heads {
-            let qh = &q[row * q_dim + h * hd..row * q_dim + (h + 1) * hd];
-            let kvh = h / group;
-            let mut max = f32::NEG_INFINITY;
-            for (i, s) in scores.iter_mut().enumerate() {
-                let slot = slot_of(lo + i);
-                let k = &kv.k[slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd];
-                let mut v = dot(qh, k) * p.scale;
-                if let Some(cap) = p.softcap {
-                    v = cap * (v / cap).tanh();
+        // Offsets of this row's keys in the cache, computed once for all heads.
+        let offsets: Vec<usize> = (lo..=pos).map(|j| (table[j / block_size] as usize * block_size + j % block_size) * kv_dim).collect();
+        // The query heads that share a KV head read each key and value row once, together
+        // (grouped-query attention); each head's arithmetic is unchanged.
+        let mut scores = vec![0f32; group * n];
+        for kvh in 0..p.num_kv_heads {
+            let heads = kvh * group..(kvh + 1) * group;
+            for (i, &off) in offsets.iter().enumerate() {
+                let k = &kv.k[off + kvh * hd..off + (kvh + 1) * hd];
+                for (g, h) in heads.clone().enumerate() {
+                    let mut v = dot(&q[row * q_dim + h * hd..row * q_dim + (h + 1) * hd], k) * p.scale;
+                    if let Some(cap) = p.softcap {
+                        v = cap * (v / cap).tanh();
+                    }
+                    scores[g * n + i] = v;
                 }
-                *s = v;
-                max = max.max(v);
             }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
+            let mut sums = vec![0f32; group];
+            for (g, sum) in sums.iter_mut().enumerate() {
+                let sc = &mut scores[g * n..(g + 1) * n];
+                let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for s in sc.iter_mut() {
+                    *s = (*s - max).exp();
+                    *sum += *s;
+                }
             }
-            let o = &mut out_row[h * hd..(h + 1) * hd];
-            for (i, s) in scores.iter().enumerate() {
-                let slot = slot_of(lo + i);
-                let v = &kv.v[slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd];
-                axpy(*s, v, o);
+            let o = &mut out_row[kvh * group * hd..(kvh + 1) * group * hd];
+            for (i, &off) in offsets.iter().enumerate() {
+                let v = &kv.v[off + kvh * hd..off + (kvh + 1) * hd];
+                for (g, og) in o.chunks_exact_mut(hd).enumerate() {
+                    axpy(scores[g * n + i], v, og);
+                }
             }
-            let inv = 1.0 / sum;
-            for x in o.iter_mut() {
-                *x *= inv;
+            for (og, sum) in o.chunks_exact_mut(hd).zip(&sums) {
+                let inv = 1.0 / sum;
+                og.iter_mut().for_each(|x| *x *= inv);
             }
         }
     });
