@@ -1,12 +1,13 @@
 //! `QLinear`, the one quantized linear type every model's matmuls go through, and
-//! `QEmbedding`, row lookup in a quantized table. Kernels live behind `QLinear::forward`, so
-//! faster ones can replace candle's without touching the models.
+//! `QEmbedding`, row lookup in a quantized table. Q5_0, Q8_0, Q4_K and Q6_K weights are
+//! repacked at load for slm's own kernels (`kernels/`); other types use candle's row-wise
+//! `k_quants::matmul`.
 //!
-//! Batch invariance: each output element is one dot product of one activation row (quantized
-//! on its own to the weight's dot type) with one weight row, in a fixed block order, so a row's
-//! result never depends on how many rows share the call. That is why this calls candle's
-//! `k_quants::matmul` directly: `QMatMul::forward` may switch to a repacked kernel when the
-//! row count passes a threshold (Q6_K at m > 1), which changes the summation order.
+//! Batch invariance: each output element is computed from one activation row (quantized on its
+//! own) and one weight row in a fixed order, so a row's result never depends on how many rows
+//! share the call. That is why candle's `QMatMul::forward` is not used: it switches to a
+//! repacked kernel when the row count passes a threshold (Q6_K at m > 1), which changes the
+//! summation order.
 
 use candle_core::quantized::k_quants::{self, *};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -81,7 +82,12 @@ impl QWeight {
 }
 
 pub struct QLinear {
-    w: QWeight,
+    in_dim: usize,
+    out_dim: usize,
+    dtype: GgmlDType,
+    /// The GGUF weights, kept only for types slm's kernels do not take (the packed copy
+    /// replaces them, so memory is not doubled).
+    w: Option<QWeight>,
     /// The weights repacked for slm's kernels (Q5_0, Q8_0, Q4_K, Q6_K); candle's serve the rest.
     packed: Option<kernels::PackedWeights>,
     bias: Option<Vec<f32>>,
@@ -110,9 +116,12 @@ impl QLinear {
                 });
             }
         }
-        let profile_op = Op::for_dtype(&w.dtype);
+        Ok(Self::from_weight(w, bias))
+    }
+
+    fn from_weight(w: QWeight, bias: Option<Vec<f32>>) -> Self {
         let packed = pack(&w);
-        Ok(Self { w, packed, bias, profile_op })
+        Self { in_dim: w.in_dim, out_dim: w.out_dim, dtype: w.dtype.clone(), profile_op: Op::for_dtype(&w.dtype), w: packed.is_none().then_some(w), packed, bias }
     }
 
     /// Accounts this layer's time under `op` instead of its weight type (the output layer).
@@ -122,22 +131,22 @@ impl QLinear {
     }
 
     pub fn in_dim(&self) -> usize {
-        self.w.in_dim
+        self.in_dim
     }
 
     pub fn out_dim(&self) -> usize {
-        self.w.out_dim
+        self.out_dim
     }
 
     pub fn dtype(&self) -> GgmlDType {
-        self.w.dtype
+        self.dtype.clone()
     }
 
     /// `x`: `rows × in_dim` row-major; returns `rows × out_dim`.
     pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let _span = tracing::trace_span!("qlinear", rows, n = self.w.out_dim, k = self.w.in_dim).entered();
+        let _span = tracing::trace_span!("qlinear", rows, n = self.out_dim, k = self.in_dim).entered();
         let _timer = profile::timer(self.profile_op);
-        let (k, n) = (self.w.in_dim, self.w.out_dim);
+        let (k, n) = (self.in_dim, self.out_dim);
         assert_eq!(x.len(), rows * k, "qlinear input has the wrong length");
         let mut out = vec![0f32; rows * n];
         if rows == 0 {
@@ -146,10 +155,11 @@ impl QLinear {
         match &self.packed {
             Some(p) => kernels::matmul(p, x, rows, &mut out, kernels::detected_level()),
             None => with_block_type!(
-                self.w.dtype,
+                self.dtype,
                 T,
                 {
-                    k_quants::matmul::<T>((rows, k, n), x, self.w.blocks::<T>(), &mut out).expect("quantized matmul");
+                    let w = self.w.as_ref().expect("kept when not packed");
+                    k_quants::matmul::<T>((rows, k, n), x, w.blocks::<T>(), &mut out).expect("quantized matmul");
                 },
                 unreachable!("dtype checked at load")
             ),
@@ -205,6 +215,6 @@ impl QEmbedding {
 
     /// The same table as the output projection (tied embeddings).
     pub fn as_linear(&self) -> QLinear {
-        QLinear { packed: pack(&self.w), w: self.w.clone(), bias: None, profile_op: Op::for_dtype(&self.w.dtype) }
+        QLinear::from_weight(self.w.clone(), None)
     }
 }
