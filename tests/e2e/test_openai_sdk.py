@@ -170,3 +170,47 @@ def test_curl_plain_and_streaming(server):
     out = subprocess.run(["curl", "-sSN", server.base + "/v1/chat/completions", *auth, "-d", body], capture_output=True, text=True, check=True).stdout
     data = [l[6:] for l in out.splitlines() if l.startswith("data: ")]
     assert data[-1] == "[DONE]" and json.loads(data[0])["object"] == "chat.completion.chunk"
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather for a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+    {"type": "function", "function": {"name": "convert_currency", "description": "Convert an amount between currencies", "parameters": {"type": "object", "properties": {"amount": {"type": "number"}, "from": {"type": "string"}, "to": {"type": "string"}}, "required": ["amount", "from", "to"]}}},
+]
+
+
+def test_tool_call_in_auto_mode_streamed_and_not(client):
+    kw = dict(model=QWEN, messages=[{"role": "user", "content": "What is the weather in Hanoi?"}], tools=TOOLS, temperature=0, max_tokens=100)
+    r = client.chat.completions.create(**kw)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls"
+    assert c.message.content is None
+    call = c.message.tool_calls[0]
+    assert call.id.startswith("call_") and call.type == "function"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Hanoi"}
+    # The SDK's accumulation of the stream equals the non-streamed answer.
+    name, args, finish = None, "", None
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        if not chunk.choices:
+            continue
+        d = chunk.choices[0].delta
+        for tc in d.tool_calls or []:
+            name = tc.function.name or name
+            args += tc.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert (name, json.loads(args), finish) == ("get_weather", {"city": "Hanoi"}, "tool_calls")
+
+
+def test_tool_choice_none_answers_in_text(client):
+    r = client.chat.completions.create(model=QWEN, messages=[{"role": "user", "content": "Say hello."}], tools=TOOLS, tool_choice="none", temperature=0, max_tokens=10)
+    assert r.choices[0].message.tool_calls is None and r.choices[0].message.content
+
+
+def test_tool_results_round_trip(client):
+    messages = [
+        {"role": "user", "content": "What is the weather in Hanoi?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Hanoi\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\": 31, \"sky\": \"sunny\"}"},
+    ]
+    r = client.chat.completions.create(model=QWEN, messages=messages, tools=TOOLS, temperature=0, max_tokens=40)
+    assert r.choices[0].message.content

@@ -16,6 +16,7 @@ pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod stream;
+pub mod tools;
 pub mod validate;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};

@@ -1,5 +1,6 @@
-//! `POST /v1/chat/completions`: validate → render the chat template → submit `n` choices →
-//! one JSON answer, or an SSE stream of `chat.completion.chunk`s ending in `[DONE]`.
+//! `POST /v1/chat/completions`: validate → render the chat template (with the offered tools)
+//! → submit `n` choices → one JSON answer, or an SSE stream of `chat.completion.chunk`s ending
+//! in `[DONE]`; with tools, the text is parsed into `tool_calls` (tools.rs).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,11 +13,12 @@ use axum::Json;
 use slm_engine::{Event, Model};
 use tokio::sync::mpsc;
 
-use super::{new_id, parse_body, submit_n, unix_now};
+use super::{new_call_id, new_id, parse_body, submit_n, unix_now};
 use crate::error::ApiError;
 use crate::openai::*;
 use crate::state::AppState;
 use crate::stream::{self, chat_logprob};
+use crate::tools;
 use crate::validate;
 
 /// What every chunk or answer of one request repeats.
@@ -47,7 +49,9 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
     };
     let s = validate::sampling(&req.sampling(), top_logprobs, model.decoder.config.vocab_size)?;
     let messages = validate::messages(&req.messages)?;
-    let prompt = validate::chat_prompt(&model, &messages, req.tools.as_deref())?;
+    // tool_choice "none" renders no tools, so the model is not invited to call one.
+    let tool_names = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
+    let prompt = validate::chat_prompt(&model, &messages, tool_names.as_ref().and(req.tools.as_deref()))?;
     let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let max_tokens = validate::max_tokens(param, req.max_completion_tokens.or(req.max_tokens), prompt.len(), engine.max_model_len())?;
     let streams = submit_n(engine, &prompt, &s, max_tokens)?;
@@ -55,7 +59,7 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
 
     if s.stream {
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(stream_chat(state.clone(), ctx, model, streams, prompt.len(), s.include_usage, start, tx));
+        tokio::spawn(stream_chat(state.clone(), ctx, model, streams, prompt.len(), s.include_usage, tool_names, start, tx));
         return Ok(stream::sse(rx));
     }
     let outs = stream::collect(streams, &state.metrics, start).await?;
@@ -63,11 +67,19 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
     let choices = outs
         .into_iter()
         .enumerate()
-        .map(|(index, o)| ChatChoice {
-            index,
-            message: AssistantMessage { role: "assistant", content: Some(o.text), tool_calls: None },
-            logprobs: ctx.logprobs.then(|| ChatLogprobs { content: o.tokens.iter().map(|t| chat_logprob(&model.tokenizer, t)).collect() }),
-            finish_reason: o.finish.reason.as_str(),
+        .map(|(index, o)| {
+            let (content, calls) = match &tool_names {
+                Some(names) => tools::parse(&o.text, names),
+                None => (Some(o.text.clone()), Vec::new()),
+            };
+            let finish_reason = if calls.is_empty() { o.finish.reason.as_str() } else { "tool_calls" };
+            let tool_calls = (!calls.is_empty()).then(|| calls.iter().map(|c| c.to_openai(&new_call_id())).collect());
+            ChatChoice {
+                index,
+                message: AssistantMessage { role: "assistant", content, tool_calls },
+                logprobs: ctx.logprobs.then(|| ChatLogprobs { content: o.tokens.iter().map(|t| chat_logprob(&model.tokenizer, t)).collect() }),
+                finish_reason,
+            }
         })
         .collect();
     let answer = ChatCompletion { id: ctx.id, object: "chat.completion", created: ctx.created, model: ctx.model, choices, usage, system_fingerprint: ctx.fingerprint };
@@ -75,7 +87,11 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn stream_chat(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<slm_engine::RequestStream>, num_prompt_tokens: usize, include_usage: bool, start: Instant, tx: mpsc::Sender<String>) {
+async fn stream_chat(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<slm_engine::RequestStream>, num_prompt_tokens: usize, include_usage: bool, tool_names: Option<Vec<String>>, start: Instant, tx: mpsc::Sender<String>) {
+    // With tools offered, a choice's text is held until it ends and is then sent as content
+    // and/or tool-call deltas (name first, then the arguments), so that the SDK's accumulation
+    // equals the non-streamed answer.
+    let mut held = vec![String::new(); streams.len()];
     for index in 0..streams.len() {
         let first = ChunkChoice { index, delta: Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, logprobs: None, finish_reason: None };
         if !stream::send(&tx, &ctx.chunk(vec![first], None)).await {
@@ -84,6 +100,28 @@ async fn stream_chat(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<
     }
     let to_json = |c: ChatCompletionChunk| serde_json::to_value(c).expect("serializable");
     let finishes = stream::pump(streams, &tx, &state.metrics, start, |index, event| match event {
+        Event::Token(t) if tool_names.is_some() => {
+            held[index].push_str(&t.text);
+            vec![]
+        }
+        Event::Finished(f) if tool_names.is_some() => {
+            held[index].push_str(&f.text);
+            let (content, calls) = tools::parse(&held[index], tool_names.as_deref().unwrap_or_default());
+            let mut out = Vec::new();
+            let delta = |d: Delta| to_json(ctx.chunk(vec![ChunkChoice { index, delta: d, logprobs: None, finish_reason: None }], None));
+            if let Some(c) = content {
+                out.push(delta(Delta { content: Some(c), ..Default::default() }));
+            }
+            for (i, call) in calls.iter().enumerate() {
+                let head = serde_json::json!([{"index": i, "id": new_call_id(), "type": "function", "function": {"name": call.name, "arguments": ""}}]);
+                out.push(delta(Delta { tool_calls: Some(head.as_array().unwrap().clone()), ..Default::default() }));
+                let args = serde_json::json!([{"index": i, "function": {"arguments": call.arguments}}]);
+                out.push(delta(Delta { tool_calls: Some(args.as_array().unwrap().clone()), ..Default::default() }));
+            }
+            let reason = if calls.is_empty() { f.reason.as_str() } else { "tool_calls" };
+            out.push(to_json(ctx.chunk(vec![ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason: Some(reason) }], None)));
+            out
+        }
         Event::Token(t) if t.text.is_empty() && !ctx.logprobs => vec![],
         Event::Token(t) => {
             let logprobs = ctx.logprobs.then(|| ChatLogprobs { content: vec![chat_logprob(&model.tokenizer, t)] });

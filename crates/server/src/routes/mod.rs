@@ -54,6 +54,11 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{:032x}", rand::random::<u128>())
 }
 
+/// A tool-call id, `call_…` as OpenAI writes them.
+pub fn new_call_id() -> String {
+    format!("call_{:024x}", rand::random::<u128>() >> 32)
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
