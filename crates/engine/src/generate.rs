@@ -6,17 +6,10 @@ use crate::block_manager::BlockManager;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::model::Model;
+use crate::request::FinishReason;
 use crate::sampling::{Sampled, Sampler, SamplingParams};
 
 pub const BLOCK_SIZE: usize = 16;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// End-of-generation token or a stop condition.
-    Stop,
-    /// `max_tokens` reached.
-    Length,
-}
 
 #[derive(Debug, Clone)]
 pub struct Generation {

@@ -1,31 +1,17 @@
 //! The HTTP surface through `app().oneshot(...)` on the real default model, plus one real
 //! TCP server on port 0 for SSE and client disconnects.
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+mod common;
+
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
-use slm_engine::{EngineConfig, EngineHandle, Model};
+use common::qwen;
+use slm_engine::{EngineConfig, EngineHandle};
 use slm_server::{app, AppState, ServedModel, Settings};
 use tower::ServiceExt;
-
-fn model_path(name: &str) -> PathBuf {
-    let dir = match std::env::var_os("SLM_HOME") {
-        Some(h) => PathBuf::from(h).join("models"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/slm/models"),
-    };
-    let p = dir.join(format!("{name}.gguf"));
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
-    p
-}
-
-fn qwen() -> Arc<Model> {
-    static M: OnceLock<Arc<Model>> = OnceLock::new();
-    M.get_or_init(|| Arc::new(Model::load(model_path("qwen2.5-coder-0.5b-instruct-q4_k_m")).unwrap())).clone()
-}
 
 fn state_with(config: EngineConfig, settings: Settings) -> AppState {
     let state = AppState::new(settings);

@@ -2,13 +2,13 @@
 //! for the JSON-Schema subset the spec uses ($ref, allOf, oneOf, nullable, type, enum,
 //! required, properties, items, additionalProperties).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod common;
+
 
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::{json, Value};
-use slm_engine::{EngineConfig, EngineHandle, Model};
+use slm_engine::{EngineConfig, EngineHandle};
 use slm_server::{app, AppState, ServedModel, Settings};
 use tower::ServiceExt;
 
@@ -106,20 +106,11 @@ fn response_schema<'a>(spec: &'a Value, method: &str, path: &str, status: u16, c
     schema
 }
 
-fn model_path() -> PathBuf {
-    let dir = match std::env::var_os("SLM_HOME") {
-        Some(h) => PathBuf::from(h).join("models"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/slm/models"),
-    };
-    dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
-}
-
 #[tokio::test]
 async fn responses_match_the_openapi_spec() {
     let spec = spec();
     let state = AppState::new(Settings { api_keys: vec![], body_limit: 1 << 20 });
-    let model = Arc::new(Model::load(model_path()).unwrap());
-    state.set_models(vec![ServedModel { id: "qwen".into(), engine: EngineHandle::start(model, EngineConfig::default()).unwrap(), created: 1 }]);
+    state.set_models(vec![ServedModel { id: "qwen".into(), engine: EngineHandle::start(common::qwen(), EngineConfig::default()).unwrap(), created: 1 }]);
     let msgs = json!([{"role": "user", "content": "Say hi."}]);
     let cases: Vec<(&str, &str, &str, Option<Value>)> = vec![
         ("post", "/v1/chat/completions", "/v1/chat/completions", Some(json!({"messages": msgs, "max_tokens": 4, "logprobs": true, "top_logprobs": 2}))),
