@@ -21,15 +21,13 @@ pub struct Generator<'m> {
     model: &'m Model,
     kv: KvCache,
     blocks: BlockManager,
-    /// Prompt chunk size for prefill (the whole prompt when 0).
-    pub prefill_chunk: usize,
 }
 
 impl<'m> Generator<'m> {
     /// A generator whose cache holds `max_tokens_in_cache` tokens.
     pub fn new(model: &'m Model, max_tokens_in_cache: usize) -> Self {
         let num_blocks = max_tokens_in_cache.div_ceil(BLOCK_SIZE);
-        Self { model, kv: model.new_kv_cache(num_blocks, BLOCK_SIZE), blocks: BlockManager::with_prefix_caching(num_blocks, BLOCK_SIZE, false), prefill_chunk: 0 }
+        Self { model, kv: model.new_kv_cache(num_blocks, BLOCK_SIZE), blocks: BlockManager::with_prefix_caching(num_blocks, BLOCK_SIZE, false) }
     }
 
     /// Runs the prompt, then samples up to `max_tokens` tokens; `on_token` sees each one and
@@ -51,14 +49,9 @@ impl<'m> Generator<'m> {
     fn run(&mut self, prompt: &[u32], table: &[u32], params: SamplingParams, max_tokens: usize, on_token: &mut dyn FnMut(&Sampled) -> bool) -> Result<Generation> {
         let mut sampler = Sampler::new(params);
         let mut context = prompt.to_vec();
-        let chunk = if self.prefill_chunk == 0 { prompt.len() } else { self.prefill_chunk };
-        let mut logits = Vec::new();
-        for (i, part) in prompt.chunks(chunk).enumerate() {
-            let mut b = BatchInput::default();
-            let last = (i + 1) * chunk >= prompt.len();
-            b.push_seq(part, i * chunk, table, BLOCK_SIZE, last);
-            logits = self.model.decoder.forward(&b, &mut self.kv);
-        }
+        let mut b = BatchInput::default();
+        b.push_seq(prompt, 0, table, BLOCK_SIZE, true);
+        let mut logits = self.model.decoder.forward(&b, &mut self.kv);
         let mut out = Vec::new();
         while out.len() < max_tokens {
             let s = sampler.sample(&logits, &context);

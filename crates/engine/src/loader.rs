@@ -2,7 +2,6 @@
 //! `general.architecture`. Called by `Model::load`; the tokenizer and chat template read the
 //! same `Gguf`.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
@@ -31,10 +30,6 @@ impl Gguf {
             message: format!("not a readable GGUF file: {e}"),
         })?;
         Ok(Self { path: path_str, content, reader })
-    }
-
-    pub fn metadata(&self) -> &HashMap<String, Value> {
-        &self.content.metadata
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {

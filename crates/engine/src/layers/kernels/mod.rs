@@ -244,10 +244,6 @@ impl PackedWeights {
         let i = (t * self.num_subs() + s) * TILE;
         &self.neg_mins[i..i + TILE]
     }
-
-    pub fn bytes(&self) -> usize {
-        self.lines.len() * 64 + (self.scales.len() + self.neg_mins.len()) * 4
-    }
 }
 
 /// Activation rows quantized to 8 bits (`d` holds the scale of every 32 values), with per sub-block of the
