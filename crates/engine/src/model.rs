@@ -2,9 +2,11 @@
 //! Shared read-only (`Arc`) by the engine thread, the server and the CLI.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::chat_template::ChatTemplate;
 use crate::error::Result;
+use crate::grammar::GrammarCompiler;
 use crate::kv_cache::KvCache;
 use crate::loader::Gguf;
 use crate::models::{self, Decoder};
@@ -13,8 +15,10 @@ use crate::tokenizer::Tokenizer;
 pub struct Model {
     pub path: String,
     pub decoder: Decoder,
-    pub tokenizer: Tokenizer,
+    pub tokenizer: Arc<Tokenizer>,
     pub chat_template: ChatTemplate,
+    /// Compiles constrained-decoding grammars against this vocabulary.
+    pub grammar: GrammarCompiler,
 }
 
 impl Model {
@@ -24,7 +28,9 @@ impl Model {
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let chat_template = ChatTemplate::from_gguf(&g, &tokenizer)?;
         let decoder = models::load(&mut g)?;
-        Ok(Self { path: g.path.clone(), decoder, tokenizer, chat_template })
+        let tokenizer = Arc::new(tokenizer);
+        let grammar = GrammarCompiler::new(tokenizer.clone(), decoder.config.vocab_size);
+        Ok(Self { path: g.path.clone(), decoder, tokenizer, chat_template, grammar })
     }
 
     pub fn context_length(&self) -> usize {

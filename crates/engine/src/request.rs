@@ -2,6 +2,7 @@
 //! own channel): each token with its text and logprobs, then one `Finished`.
 
 use crate::error::EngineError;
+use crate::grammar::ConstraintSpec;
 use crate::sampling::SamplingParams;
 
 #[derive(Debug, Clone)]
@@ -15,11 +16,13 @@ pub struct Request {
     pub stop_strings: Vec<String>,
     /// Keep going past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Constrained decoding: the output must follow this grammar.
+    pub constraint: Option<ConstraintSpec>,
 }
 
 impl Request {
     pub fn new(prompt: Vec<u32>, params: SamplingParams, max_tokens: usize) -> Self {
-        Self { prompt, params, max_tokens, stop_token_ids: Vec::new(), stop_strings: Vec::new(), ignore_eos: false }
+        Self { prompt, params, max_tokens, stop_token_ids: Vec::new(), stop_strings: Vec::new(), ignore_eos: false, constraint: None }
     }
 }
 

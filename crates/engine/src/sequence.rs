@@ -6,8 +6,9 @@
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::block_manager::BlockId;
+use crate::grammar::Constraint;
 use crate::request::{Event, FinishReason, Request};
-use crate::sampling::Sampler;
+use crate::sampling::{Sampled, Sampler};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
 pub type SeqId = u64;
@@ -29,6 +30,8 @@ pub struct Sequence {
     pub block_table: Vec<BlockId>,
     pub status: SeqStatus,
     pub sampler: Sampler,
+    /// Constrained decoding: masks logits before sampling; a complete grammar ends the sequence.
+    pub constraint: Option<Constraint>,
     pub max_tokens: usize,
     stop_token_ids: Vec<u32>,
     stop_strings: Vec<String>,
@@ -61,6 +64,7 @@ impl Sequence {
             block_table: Vec::new(),
             status: SeqStatus::Waiting,
             sampler: Sampler::new(req.params),
+            constraint: None,
             max_tokens: req.max_tokens,
             stop_token_ids: req.stop_token_ids,
             stop_strings: req.stop_strings.into_iter().filter(|s| !s.is_empty()).collect(),
@@ -82,6 +86,18 @@ impl Sequence {
         self.tokens.len() - self.num_computed_tokens
     }
 
+    /// Samples the next token from this sequence's row of logits, within its grammar if any.
+    pub fn sample(&mut self, logits: &[f32]) -> Sampled {
+        match self.constraint.as_mut().and_then(|c| c.mask()) {
+            Some(mask) => {
+                let mut l = logits.to_vec();
+                Constraint::apply(&mask, &mut l);
+                self.sampler.sample(&l, &self.tokens)
+            }
+            None => self.sampler.sample(logits, &self.tokens),
+        }
+    }
+
     /// Appends a sampled token and applies the stop conditions.
     pub fn append(&mut self, token: u32, tok: &Tokenizer) -> Appended {
         self.tokens.push(token);
@@ -96,6 +112,14 @@ impl Sequence {
         if let Some(at) = self.find_stop(search_from) {
             let text = self.take_unreleased(at);
             return Appended::Finished { reason: FinishReason::Stop, text, stop_token: None };
+        }
+        if let Some(c) = &mut self.constraint {
+            c.accept(token, &self.text);
+            if c.is_done() {
+                let mut text = self.take_unreleased(self.text.len());
+                text.push_str(&self.detok.flush());
+                return Appended::Finished { reason: FinishReason::Stop, text, stop_token: None };
+            }
         }
         if self.num_generated_tokens() >= self.max_tokens {
             let mut text = self.take_unreleased(self.text.len());

@@ -58,6 +58,14 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 
+    /// Names the field a grammar or schema error came from (the engine does not know it).
+    pub fn for_param(mut self, param: &str) -> Self {
+        if self.code == Some("invalid_schema") {
+            self.param = Some(param.to_string());
+        }
+        self
+    }
+
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
     }
@@ -69,6 +77,7 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::ContextLengthExceeded { .. } => Self { code: Some("context_length_exceeded"), param: Some("messages".into()), ..Self::bad_request(msg) },
             EngineError::KvCacheTooSmall { .. } => Self { code: Some("context_length_exceeded"), ..Self::bad_request(msg) },
+            EngineError::InvalidGrammar(_) => Self { code: Some("invalid_schema"), ..Self::bad_request(msg) },
             EngineError::InvalidRequest(_) | EngineError::Tokenizer(_) | EngineError::ChatTemplate(_) => Self::bad_request(msg),
             EngineError::QueueFull(_) => Self { retry_after_s: Some(1), code: Some("rate_limit_exceeded"), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", msg) },
             _ => Self::internal(msg),

@@ -10,12 +10,14 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod grammar;
 pub mod metrics;
 pub mod openai;
 pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod stream;
+pub mod tool_stream;
 pub mod tools;
 pub mod validate;
 

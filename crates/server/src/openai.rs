@@ -155,6 +155,12 @@ with_sampling_fields! {
         pub max_tokens: Option<i64>,
         pub logprobs: Option<i64>,
         pub echo: Option<bool>,
+        // Extensions: the output must match a JSON Schema, a grammar (llguidance's Lark
+        // dialect) or a regular expression.
+        pub response_format: Option<Value>,
+        pub json_schema: Option<Value>,
+        pub grammar: Option<String>,
+        pub regex: Option<String>,
     }
 }
 

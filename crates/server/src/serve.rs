@@ -43,6 +43,10 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
             let engine = Model::load(&spec.path).map(Arc::new).and_then(|m| EngineHandle::start(m, spec.engine.clone()));
             match engine {
                 Ok(engine) => {
+                    // The grammar index is built off the loading path: only a constrained
+                    // request that comes in the first second waits for it.
+                    let model = engine.model().clone();
+                    std::thread::spawn(move || model.grammar.warm_up());
                     println!("slm: model `{}` ready ({}, {:.1} s)", spec.alias, spec.path.display(), t.elapsed().as_secs_f64());
                     served.push(ServedModel { id: spec.alias, engine, created: unix_now() });
                 }

@@ -8,8 +8,23 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 
-/// The tool names a request offers, checked; `None` when tools are off for this request.
-pub fn offered(tools: Option<&[Value]>, tool_choice: Option<&Value>) -> Result<Option<Vec<String>>, ApiError> {
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    Auto,
+    Required,
+    Named(String),
+}
+
+/// The tools a request lets the model call, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offered {
+    /// The names a call may use (only the named one for a named `tool_choice`).
+    pub names: Vec<String>,
+    pub choice: ToolChoice,
+}
+
+/// The tools a request offers, checked; `None` when tools are off for this request.
+pub fn offered(tools: Option<&[Value]>, tool_choice: Option<&Value>) -> Result<Option<Offered>, ApiError> {
     let Some(tools) = tools.filter(|t| !t.is_empty()) else { return Ok(None) };
     let mut names = Vec::new();
     for (i, t) in tools.iter().enumerate() {
@@ -22,11 +37,12 @@ pub fn offered(tools: Option<&[Value]>, tool_choice: Option<&Value>) -> Result<O
         }
     }
     match tool_choice {
-        None => Ok(Some(names)),
+        None => Ok(Some(Offered { names, choice: ToolChoice::Auto })),
         Some(Value::String(s)) if s == "none" => Ok(None),
-        Some(Value::String(s)) if s == "auto" || s == "required" => Ok(Some(names)),
+        Some(Value::String(s)) if s == "auto" => Ok(Some(Offered { names, choice: ToolChoice::Auto })),
+        Some(Value::String(s)) if s == "required" => Ok(Some(Offered { names, choice: ToolChoice::Required })),
         Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
-            Some(n) if names.iter().any(|x| x == n) => Ok(Some(vec![n.to_string()])),
+            Some(n) if names.iter().any(|x| x == n) => Ok(Some(Offered { names: vec![n.to_string()], choice: ToolChoice::Named(n.to_string()) })),
             Some(n) => Err(ApiError::invalid("tool_choice", format!("`tool_choice` names `{n}`, which is not in `tools`"))),
             None => Err(ApiError::invalid("tool_choice", "`tool_choice` must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}")),
         },
@@ -164,7 +180,8 @@ mod tests {
     #[test]
     fn tool_choice_is_checked() {
         let tools = vec![json!({"type": "function", "function": {"name": "get_weather"}})];
-        assert_eq!(offered(Some(&tools), None).unwrap(), Some(vec!["get_weather".to_string()]));
+        assert_eq!(offered(Some(&tools), None).unwrap(), Some(Offered { names: vec!["get_weather".to_string()], choice: ToolChoice::Auto }));
+        assert_eq!(offered(Some(&tools), Some(&json!("required"))).unwrap().unwrap().choice, ToolChoice::Required);
         assert_eq!(offered(Some(&tools), Some(&json!("none"))).unwrap(), None);
         assert!(offered(Some(&tools), Some(&json!({"type": "function", "function": {"name": "nope"}}))).is_err());
         assert!(offered(Some(&[json!({"type": "function"})]), None).is_err());

@@ -1,6 +1,7 @@
 //! `POST /v1/chat/completions`: validate → render the chat template (with the offered tools)
-//! → submit `n` choices → one JSON answer, or an SSE stream of `chat.completion.chunk`s ending
-//! in `[DONE]`; with tools, the text is parsed into `tool_calls` (tools.rs).
+//! → constrain the output (grammar.rs: tool calls, `response_format`) → submit `n` choices →
+//! one JSON answer, or an SSE stream of `chat.completion.chunk`s ending in `[DONE]`; with
+//! tools, the text becomes content and `tool_calls` as it arrives (tool_stream.rs).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,15 +11,17 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use slm_engine::{Event, Model};
+use slm_engine::{Event, FinishReason, Model};
 use tokio::sync::mpsc;
 
 use super::{new_call_id, new_id, parse_body, submit_n, unix_now};
 use crate::error::ApiError;
+use crate::grammar;
 use crate::openai::*;
 use crate::state::AppState;
 use crate::stream::{self, chat_logprob};
-use crate::tools;
+use crate::tool_stream::{self, Piece, ToolStream};
+use crate::tools::{self, ToolChoice};
 use crate::validate;
 
 /// What every chunk or answer of one request repeats.
@@ -50,11 +53,18 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
     let s = validate::sampling(&req.sampling(), top_logprobs, model.decoder.config.vocab_size)?;
     let messages = validate::messages(&req.messages)?;
     // tool_choice "none" renders no tools, so the model is not invited to call one.
-    let tool_names = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
-    let prompt = validate::chat_prompt(&model, &messages, tool_names.as_ref().and(req.tools.as_deref()))?;
+    let offered = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
+    let prompt = validate::chat_prompt(&model, &messages, offered.as_ref().and(req.tools.as_deref()))?;
+    let format = grammar::response_format(req.response_format.as_ref())?;
+    // Calls are constrained to the offered tools; in `auto` mode a `response_format` wins.
+    let (constraint, constraint_param) = match &offered {
+        Some(o) if format.is_none() || o.choice != ToolChoice::Auto => (grammar::tool_calls(req.tools.as_deref().unwrap_or_default(), o, req.parallel_tool_calls.unwrap_or(true))?, "tools"),
+        _ => (format, "response_format"),
+    };
+    let tool_names = offered.map(|o| o.names);
     let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let max_tokens = validate::max_tokens(param, req.max_completion_tokens.or(req.max_tokens), prompt.len(), engine.max_model_len())?;
-    let streams = submit_n(engine, &prompt, &s, max_tokens)?;
+    let streams = submit_n(engine, &prompt, &s, max_tokens, constraint.as_ref()).map_err(|e| e.for_param(constraint_param))?;
     let ctx = Ctx { id: new_id("chatcmpl"), created: unix_now(), model: served.id.clone(), fingerprint: state.fingerprint.clone(), logprobs: req.logprobs.unwrap_or(false) };
 
     if s.stream {
@@ -69,10 +79,13 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
         .enumerate()
         .map(|(index, o)| {
             let (content, calls) = match &tool_names {
-                Some(names) => tools::parse(&o.text, names),
+                Some(names) => {
+                    tracing::debug!(text = %o.text, "choice {index} with tools");
+                    tool_stream::split(&o.text, names)
+                }
                 None => (Some(o.text.clone()), Vec::new()),
             };
-            let finish_reason = if calls.is_empty() { o.finish.reason.as_str() } else { "tool_calls" };
+            let finish_reason = if calls.is_empty() || o.finish.reason != FinishReason::Stop { o.finish.reason.as_str() } else { "tool_calls" };
             let tool_calls = (!calls.is_empty()).then(|| calls.iter().map(|c| c.to_openai(&new_call_id())).collect());
             ChatChoice {
                 index,
@@ -88,10 +101,10 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
 
 #[allow(clippy::too_many_arguments)]
 async fn stream_chat(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<slm_engine::RequestStream>, num_prompt_tokens: usize, include_usage: bool, tool_names: Option<Vec<String>>, start: Instant, tx: mpsc::Sender<String>) {
-    // With tools offered, a choice's text is held until it ends and is then sent as content
-    // and/or tool-call deltas (name first, then the arguments), so that the SDK's accumulation
-    // equals the non-streamed answer.
-    let mut held = vec![String::new(); streams.len()];
+    // With tools offered, each choice's text goes through a ToolStream: content as it
+    // comes, and a call as its name, then its arguments while the model writes them.
+    let mut calls: Vec<ToolStream> = (0..streams.len()).map(|_| ToolStream::new(tool_names.clone().unwrap_or_default())).collect();
+    let mut ids: Vec<Vec<String>> = vec![Vec::new(); streams.len()];
     for index in 0..streams.len() {
         let first = ChunkChoice { index, delta: Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, logprobs: None, finish_reason: None };
         if !stream::send(&tx, &ctx.chunk(vec![first], None)).await {
@@ -99,26 +112,32 @@ async fn stream_chat(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<
         }
     }
     let to_json = |c: ChatCompletionChunk| serde_json::to_value(c).expect("serializable");
+    let deltas = |index: usize, pieces: Vec<Piece>, ids: &mut Vec<String>| -> Vec<serde_json::Value> {
+        pieces
+            .into_iter()
+            .map(|p| {
+                let d = match p {
+                    Piece::Content(c) => Delta { content: Some(c), ..Default::default() },
+                    Piece::Call { index: i, name } => {
+                        ids.push(new_call_id());
+                        Delta { tool_calls: Some(vec![serde_json::json!({"index": i, "id": ids[i], "type": "function", "function": {"name": name, "arguments": ""}})]), ..Default::default() }
+                    }
+                    Piece::Args { index: i, text } => Delta { tool_calls: Some(vec![serde_json::json!({"index": i, "function": {"arguments": text}})]), ..Default::default() },
+                };
+                to_json(ctx.chunk(vec![ChunkChoice { index, delta: d, logprobs: None, finish_reason: None }], None))
+            })
+            .collect()
+    };
     let finishes = stream::pump(streams, &tx, &state.metrics, start, |index, event| match event {
         Event::Token(t) if tool_names.is_some() => {
-            held[index].push_str(&t.text);
-            vec![]
+            let pieces = calls[index].push(&t.text);
+            deltas(index, pieces, &mut ids[index])
         }
         Event::Finished(f) if tool_names.is_some() => {
-            held[index].push_str(&f.text);
-            let (content, calls) = tools::parse(&held[index], tool_names.as_deref().unwrap_or_default());
-            let mut out = Vec::new();
-            let delta = |d: Delta| to_json(ctx.chunk(vec![ChunkChoice { index, delta: d, logprobs: None, finish_reason: None }], None));
-            if let Some(c) = content {
-                out.push(delta(Delta { content: Some(c), ..Default::default() }));
-            }
-            for (i, call) in calls.iter().enumerate() {
-                let head = serde_json::json!([{"index": i, "id": new_call_id(), "type": "function", "function": {"name": call.name, "arguments": ""}}]);
-                out.push(delta(Delta { tool_calls: Some(head.as_array().unwrap().clone()), ..Default::default() }));
-                let args = serde_json::json!([{"index": i, "function": {"arguments": call.arguments}}]);
-                out.push(delta(Delta { tool_calls: Some(args.as_array().unwrap().clone()), ..Default::default() }));
-            }
-            let reason = if calls.is_empty() { f.reason.as_str() } else { "tool_calls" };
+            let mut pieces = calls[index].push(&f.text);
+            pieces.extend(calls[index].finish());
+            let mut out = deltas(index, pieces, &mut ids[index]);
+            let reason = if calls[index].num_calls() == 0 || f.reason != FinishReason::Stop { f.reason.as_str() } else { "tool_calls" };
             out.push(to_json(ctx.chunk(vec![ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason: Some(reason) }], None)));
             out
         }

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
-use slm_engine::{EngineHandle, Request, RequestStream};
+use slm_engine::{ConstraintSpec, EngineHandle, Request, RequestStream};
 
 use crate::error::ApiError;
 use crate::validate::ValidSampling;
@@ -37,7 +37,7 @@ pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limi
 
 /// Queues the `n` choices of one prompt. A seeded request gives choice `i` the seed `seed + i`,
 /// so choices differ from each other and each is reproducible.
-pub fn submit_n(engine: &EngineHandle, prompt: &[u32], s: &ValidSampling, max_tokens: usize) -> Result<Vec<RequestStream>, ApiError> {
+pub fn submit_n(engine: &EngineHandle, prompt: &[u32], s: &ValidSampling, max_tokens: usize, constraint: Option<&ConstraintSpec>) -> Result<Vec<RequestStream>, ApiError> {
     (0..s.n)
         .map(|i| {
             let mut params = s.params.clone();
@@ -45,6 +45,7 @@ pub fn submit_n(engine: &EngineHandle, prompt: &[u32], s: &ValidSampling, max_to
             let mut r = Request::new(prompt.to_vec(), params, max_tokens);
             r.stop_strings = s.stop.clone();
             r.ignore_eos = s.ignore_eos;
+            r.constraint = constraint.cloned();
             engine.submit(r).map_err(ApiError::from)
         })
         .collect()

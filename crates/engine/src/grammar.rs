@@ -1,0 +1,224 @@
+//! Constrained decoding. A request may carry a `ConstraintSpec` — a JSON Schema, a Lark grammar
+//! (llguidance's dialect, which embeds JSON Schemas with `%json {…}`) or a regex — and
+//! optionally triggers. `GrammarCompiler` (one per model, built on first use: the token trie
+//! over a 150k vocabulary takes a moment) compiles it with llguidance against the model's
+//! vocabulary; `EngineHandle::submit` does that, so a bad schema is an error before anything
+//! runs. The resulting `Constraint` lives in its `Sequence`: before each sampling the engine asks
+//! it for a mask of allowed tokens, after it tells it the sampled token.
+//!
+//! Triggers serve function calling in `auto` mode: the text is free until a trigger (a regular
+//! expression: the template's `<tool_call>` tag, or the start of a JSON call naming an offered
+//! tool) matches the output; from there on the grammar, which must accept the output from the
+//! match's first byte, is enforced.
+//! If the output so far cannot be fed to the grammar the constraint steps aside and the text
+//! stays free (the server's lenient parser still gets its chance).
+
+use std::sync::{Arc, OnceLock};
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory};
+
+use crate::error::{EngineError, Result};
+use crate::tokenizer::{TokenType, Tokenizer};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grammar {
+    JsonSchema(serde_json::Value),
+    Lark(String),
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConstraintSpec {
+    pub grammar: Grammar,
+    /// Empty: enforced from the first token. Otherwise free text until one of these regular
+    /// expressions matches the output; the grammar then applies from the match's first byte.
+    pub triggers: Vec<String>,
+}
+
+impl ConstraintSpec {
+    pub fn new(grammar: Grammar) -> Self {
+        Self { grammar, triggers: Vec::new() }
+    }
+}
+
+/// The model's vocabulary as llguidance sees it.
+struct VocabEnv {
+    trie: TokTrie,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl TokenizerEnv for VocabEnv {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
+        self.tokenizer.encode(&String::from_utf8_lossy(s), false, false).unwrap_or_default()
+    }
+}
+
+/// Builds llguidance's token trie straight from the GGUF vocabulary: each token's bytes, with
+/// control tokens marked special (0xFF prefix) so grammars can only produce them by name.
+/// `vocab_size` is the model's logit count, which may exceed the tokenizer's.
+fn build_env(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> TokEnv {
+    let words: Vec<Vec<u8>> = (0..vocab_size as u32)
+        .map(|id| match tokenizer.token_type(id) {
+            None | Some(TokenType::Unused) => Vec::new(),
+            Some(TokenType::Control | TokenType::Unknown) => {
+                let b = tokenizer.token_bytes(id, true);
+                if b.is_empty() {
+                    Vec::new()
+                } else {
+                    [&[TokTrie::SPECIAL_TOKEN_MARKER][..], b].concat()
+                }
+            }
+            Some(_) => tokenizer.token_bytes(id, true).to_vec(),
+        })
+        .collect();
+    let eog = tokenizer.end_of_generation();
+    let eos = eog.first().copied().or(tokenizer.eos).unwrap_or(0);
+    let info = TokRxInfo { tok_bos: tokenizer.bos, ..TokRxInfo::new(vocab_size as u32, eos) };
+    let eos_tokens = if eog.is_empty() { vec![eos] } else { eog.to_vec() };
+    let trie = TokTrie::from(&info, &words).with_eos_tokens(&eos_tokens);
+    Arc::new(VocabEnv { trie, tokenizer })
+}
+
+/// Compiles constraints for one model; the vocabulary index is built on first use.
+pub struct GrammarCompiler {
+    tokenizer: Arc<Tokenizer>,
+    vocab_size: usize,
+    factory: OnceLock<ParserFactory>,
+}
+
+impl GrammarCompiler {
+    pub fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> Self {
+        Self { tokenizer, vocab_size, factory: OnceLock::new() }
+    }
+
+    /// Builds the vocabulary index now (it takes about a second on a 150k vocabulary), so the
+    /// first constrained request does not wait for it.
+    pub fn warm_up(&self) {
+        self.factory();
+    }
+
+    fn factory(&self) -> &ParserFactory {
+        self.factory.get_or_init(|| {
+            let t = std::time::Instant::now();
+            let env = build_env(self.tokenizer.clone(), self.vocab_size);
+            let mut f = ParserFactory::new_simple(&env).expect("llguidance accepts the default token slices");
+            f.quiet();
+            tracing::info!("grammar vocabulary index built in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+            f
+        })
+    }
+
+    /// Compiles `spec`; the error names what is wrong with the grammar or schema.
+    pub fn compile(&self, spec: &ConstraintSpec) -> Result<Constraint> {
+        let grammar = match &spec.grammar {
+            Grammar::JsonSchema(schema) => {
+                if !schema.is_object() && !schema.is_boolean() {
+                    return Err(EngineError::InvalidGrammar("a JSON Schema must be an object".into()));
+                }
+                TopLevelGrammar::from_json_schema(schema.clone())
+            }
+            Grammar::Lark(src) => TopLevelGrammar::from_lark(src.clone()),
+            Grammar::Regex(rx) => TopLevelGrammar::from_regex(rx),
+        };
+        let parser = self.factory().create_parser(grammar).map_err(|e| EngineError::InvalidGrammar(e.to_string()))?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(EngineError::InvalidGrammar(e));
+        }
+        let trigger = match spec.triggers.is_empty() {
+            true => None,
+            false => Some(regex::Regex::new(&spec.triggers.iter().map(|t| format!("(?:{t})")).collect::<Vec<_>>().join("|")).map_err(|e| EngineError::InvalidGrammar(format!("trigger: {e}")))?),
+        };
+        Ok(Constraint { matcher, trigger, state: if spec.triggers.is_empty() { State::Active } else { State::Waiting }, tokenizer: self.tokenizer.clone() })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Free text until a trigger appears.
+    Waiting,
+    Active,
+    /// The grammar is complete: the sequence should end.
+    Done,
+    /// The output left the grammar (only possible before activation): no longer enforced.
+    Abandoned,
+}
+
+/// One sequence's constraint: the llguidance matcher and where it stands.
+pub struct Constraint {
+    matcher: Matcher,
+    trigger: Option<regex::Regex>,
+    state: State,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl Constraint {
+    /// Allowed next tokens, or `None` when nothing is enforced now.
+    pub fn mask(&mut self) -> Option<SimpleVob> {
+        if self.state != State::Active {
+            return None;
+        }
+        match self.matcher.compute_mask() {
+            Ok(m) if m.num_set() > 0 => Some(m),
+            Ok(_) | Err(_) => {
+                tracing::warn!("grammar allows no token: {}", self.matcher.get_error().unwrap_or_default());
+                self.state = State::Abandoned;
+                None
+            }
+        }
+    }
+
+    /// Sets every logit the mask disallows to -inf.
+    pub fn apply(mask: &SimpleVob, logits: &mut [f32]) {
+        mask.iter_unset_entries(|i| {
+            if let Some(x) = logits.get_mut(i) {
+                *x = f32::NEG_INFINITY;
+            }
+        });
+    }
+
+    /// Tells the constraint the sampled token; `text` is the whole output so far (including
+    /// this token).
+    pub fn accept(&mut self, token: u32, text: &str) {
+        match self.state {
+            State::Active => {
+                if self.matcher.consume_token(token).is_err() {
+                    tracing::warn!("grammar rejected a masked token: {}", self.matcher.get_error().unwrap_or_default());
+                    self.state = State::Abandoned;
+                }
+            }
+            State::Waiting => {
+                // The whole output is searched: a match may start well before this token (an
+                // opening code fence, say) and only become a match with it.
+                let Some(at) = self.trigger.as_ref().and_then(|t| t.find(text)).map(|m| m.start()) else { return };
+                // Feed the grammar the output from the trigger on, as tokens of our own (the
+                // grammar checks bytes, not how they were split).
+                let tail = self.tokenizer.encode(&text[at..], false, false).unwrap_or_default();
+                self.state = match self.matcher.try_consume_tokens(&tail) {
+                    Ok(n) if n == tail.len() => State::Active,
+                    _ => State::Abandoned,
+                };
+            }
+            State::Done | State::Abandoned => return,
+        }
+        if self.state == State::Active && self.matcher.is_stopped() {
+            self.state = State::Done;
+        }
+    }
+
+    /// The grammar is complete and allows nothing more: the sequence is finished.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Whether the grammar is being enforced now.
+    pub fn is_active(&self) -> bool {
+        self.state == State::Active
+    }
+}

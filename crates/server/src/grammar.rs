@@ -1,0 +1,170 @@
+//! What constrains a request's output: OpenAI's `response_format`, the offered tools with
+//! `tool_choice`, and the text-completion extension fields `json_schema`, `grammar`
+//! (llguidance's Lark) and `regex` — each turned into one engine `ConstraintSpec`. The engine
+//! compiles it when the request is submitted; a schema it cannot compile comes back as a 400.
+//!
+//! JSON is constrained to the layout small models were trained on (`json.dumps`: ", " and
+//! ": " separators, no free whitespace), which also keeps a model from padding forever.
+
+use serde_json::{json, Map, Value};
+use slm_engine::{ConstraintSpec, Grammar};
+
+use crate::error::ApiError;
+use crate::tools::{Offered, ToolChoice};
+
+/// The layout options llguidance reads from a schema's `x-guidance` key.
+fn with_layout(mut schema: Value, lenient: bool) -> Value {
+    if let Value::Object(m) = &mut schema {
+        m.entry("x-guidance").or_insert_with(|| json!({"whitespace_flexible": false, "key_separator": ": ", "item_separator": ", ", "lenient": lenient}));
+    }
+    schema
+}
+
+/// `response_format`: `text` (none), `json_object`, or `json_schema` with its `schema`.
+pub fn response_format(v: Option<&Value>) -> Result<Option<ConstraintSpec>, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
+    let kind = v.get("type").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("response_format.type", "`response_format` needs a `type`: \"text\", \"json_object\" or \"json_schema\""))?;
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(ConstraintSpec::new(Grammar::JsonSchema(with_layout(json!({"type": "object"}), false))))),
+        "json_schema" => {
+            let schema = v.pointer("/json_schema/schema").cloned().unwrap_or_else(|| json!({"type": "object"}));
+            if !schema.is_object() {
+                return Err(ApiError::invalid("response_format.json_schema.schema", "`response_format.json_schema.schema` must be a JSON Schema object"));
+            }
+            Ok(Some(ConstraintSpec::new(Grammar::JsonSchema(with_layout(schema, false)))))
+        }
+        other => Err(ApiError::invalid("response_format.type", format!("unknown `response_format.type` \"{other}\"; expected \"text\", \"json_object\" or \"json_schema\""))),
+    }
+}
+
+/// The completion extension fields; at most one may be given.
+pub fn completion_fields(json_schema: Option<&Value>, grammar: Option<&str>, regex: Option<&str>, format: Option<&Value>) -> Result<Option<ConstraintSpec>, ApiError> {
+    let given = [json_schema.is_some(), grammar.is_some(), regex.is_some(), format.is_some_and(|v| !v.is_null())].iter().filter(|&&b| b).count();
+    if given > 1 {
+        return Err(ApiError::invalid("grammar", "give at most one of `json_schema`, `grammar`, `regex` and `response_format`"));
+    }
+    if let Some(s) = json_schema {
+        if !s.is_object() {
+            return Err(ApiError::invalid("json_schema", "`json_schema` must be a JSON Schema object"));
+        }
+        return Ok(Some(ConstraintSpec::new(Grammar::JsonSchema(with_layout(s.clone(), false)))));
+    }
+    if let Some(g) = grammar {
+        return Ok(Some(ConstraintSpec::new(Grammar::Lark(g.to_string()))));
+    }
+    if let Some(r) = regex {
+        return Ok(Some(ConstraintSpec::new(Grammar::Regex(r.to_string()))));
+    }
+    response_format(format)
+}
+
+const MAX_PARALLEL_CALLS: usize = 8;
+
+/// The grammar of calls to the offered tools, in the Hermes format the templates ask for:
+/// `<tool_call>\n{"name": …, "arguments": …}\n</tool_call>`, several separated by newlines when
+/// `parallel`. `auto` leaves the text free until the model opens a call (the tag, or a bare
+/// `{"name"`), then holds it to a well-formed, schema-valid call.
+pub fn tool_calls(tools: &[Value], offered: &Offered, parallel: bool) -> Result<Option<ConstraintSpec>, ApiError> {
+    let mut defs = Map::new();
+    let mut branches = Vec::new();
+    let mut strict = true;
+    for t in tools {
+        let Some(name) = t.pointer("/function/name").and_then(Value::as_str) else { continue };
+        if !offered.names.iter().any(|n| n == name) {
+            continue;
+        }
+        let mut params = t.pointer("/function/parameters").cloned().unwrap_or_else(|| json!({"type": "object"}));
+        if !params.is_object() {
+            return Err(ApiError::invalid("tools", format!("the parameters of tool `{name}` must be a JSON Schema object")));
+        }
+        // References like "#/$defs/X" resolve against the root of the combined schema.
+        for key in ["$defs", "definitions"] {
+            if let Some(Value::Object(d)) = params.as_object_mut().and_then(|m| m.remove(key)) {
+                let entry = defs.entry(key.to_string()).or_insert_with(|| json!({}));
+                entry.as_object_mut().expect("inserted as an object").extend(d);
+            }
+        }
+        strict &= t.pointer("/function/strict").and_then(Value::as_bool).unwrap_or(false);
+        branches.push(json!({
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": params},
+            "required": ["name", "arguments"],
+            "additionalProperties": false
+        }));
+    }
+    if branches.is_empty() {
+        return Ok(None);
+    }
+    let mut body = Map::new();
+    body.extend(defs);
+    body.insert("anyOf".into(), Value::Array(branches));
+    let body = Value::Object(body);
+    // Tools written for other servers use keywords llguidance does not know: unless a tool
+    // asks for strict mode, those are ignored rather than refused.
+    let strict_layout = with_layout(body.clone(), !strict);
+    // A named choice is one call of that function. Parallel calls are capped so that a small
+    // model cannot loop on calls until max_tokens.
+    let parallel = parallel && !matches!(offered.choice, ToolChoice::Named(_));
+    let more = |sep: &str| if parallel { format!(" ({sep} call){{0,{}}}", MAX_PARALLEL_CALLS - 1) } else { String::new() };
+    let mut lark = format!("start: {}\ncalls: call{}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {strict_layout}\n", if offered.choice == ToolChoice::Auto { "calls | bare" } else { "calls" }, more("\"\\n\""));
+    let triggers = match offered.choice {
+        ToolChoice::Required | ToolChoice::Named(_) => Vec::new(),
+        ToolChoice::Auto => {
+            // Models that skip the tags write the call as JSON, often fenced and indented:
+            // once such JSON names an offered tool, the rest is held to the schema in the
+            // layout the model began with.
+            let mut flexible = body;
+            flexible.as_object_mut().expect("built as an object").insert("x-guidance".into(), json!({"lenient": !strict}));
+            let array = if parallel { format!(" | \"[\" WS? flex (WS? \",\" WS? flex){{0,{}}} WS? \"]\"", MAX_PARALLEL_CALLS - 1) } else { String::new() };
+            lark.push_str(&format!("bare: FENCE? (flex{array}) CLOSE?\nflex: %json {flexible}\nFENCE: /```(json)?[ \\t\\n]*/\nCLOSE: /[ \\t\\n]*```/\nWS: /[ \\t\\n]+/\n"));
+            let names: Vec<String> = offered.names.iter().map(|n| regex_escape(n)).collect();
+            vec![regex_escape("<tool_call>"), format!("(?:```(?:json)?\\s*)?(?:\\[\\s*)?\\{{\\s*\"name\"\\s*:\\s*\"(?:{})\"", names.join("|"))]
+        }
+    };
+    Ok(Some(ConstraintSpec { grammar: Grammar::Lark(lark), triggers }))
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars().fold(String::new(), |mut out, c| {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_formats_map_to_schemas() {
+        assert_eq!(response_format(Some(&json!({"type": "text"}))).unwrap(), None);
+        let Some(ConstraintSpec { grammar: Grammar::JsonSchema(s), triggers }) = response_format(Some(&json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}))).unwrap() else { panic!() };
+        assert!(triggers.is_empty());
+        assert_eq!(s["properties"]["a"]["type"], "integer");
+        assert_eq!(s["x-guidance"]["key_separator"], ": ");
+        assert_eq!(response_format(Some(&json!({"type": "yaml"}))).unwrap_err().param.as_deref(), Some("response_format.type"));
+        assert!(completion_fields(Some(&json!({})), Some("start: \"a\""), None, None).is_err());
+    }
+
+    #[test]
+    fn tool_grammar_covers_offered_tools_and_hoists_defs() {
+        let tools = [
+            json!({"type": "function", "function": {"name": "a", "parameters": {"type": "object", "properties": {"x": {"$ref": "#/$defs/X"}}, "$defs": {"X": {"type": "integer"}}}}}),
+            json!({"type": "function", "function": {"name": "b"}}),
+        ];
+        let offered = Offered { names: vec!["a".into()], choice: ToolChoice::Named("a".into()) };
+        let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) = tool_calls(&tools, &offered, true).unwrap() else { panic!() };
+        assert!(triggers.is_empty());
+        assert!(g.starts_with("start: calls\ncalls: call\n"), "{g}");
+        assert!(g.contains("\"$defs\":{\"X\":{\"type\":\"integer\"}}") && g.contains("\"const\":\"a\"") && !g.contains("\"const\":\"b\""), "{g}");
+        let offered = Offered { names: vec!["a".into(), "b".into()], choice: ToolChoice::Auto };
+        let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) = tool_calls(&tools, &offered, true).unwrap() else { panic!() };
+        assert_eq!(triggers, ["<tool_call>", "(?:```(?:json)?\\s*)?(?:\\[\\s*)?\\{\\s*\"name\"\\s*:\\s*\"(?:a|b)\""]);
+        assert!(g.starts_with("start: calls | bare\ncalls: call (\"\\n\" call){0,7}\n"), "{g}");
+        assert!(g.contains("bare: FENCE? (flex | \"[\" WS? flex (WS? \",\" WS? flex){0,7} WS? \"]\") CLOSE?\n"), "{g}");
+    }
+}

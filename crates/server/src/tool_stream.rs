@@ -1,0 +1,513 @@
+//! `ToolStream`: a choice's text, fed as it is generated, turned into OpenAI pieces — content,
+//! a call's head (its name) and its argument fragments — so streamed calls show their
+//! arguments while the model writes them. Non-streamed answers run the same code over the
+//! whole text (`split`), so the SDK's accumulation of a stream equals the plain answer.
+//!
+//! Calls are recognised in the shapes constrained decoding produces (grammar.rs): Hermes
+//! `<tool_call>{"name": …, "arguments": …}</tool_call>` and JSON `{"name": …, "arguments"|
+//! "parameters": …}`, bare or in a ```json fence, alone or in an array. Output that opens with
+//! another `[` (Mistral's `[TOOL_CALLS]`), or a call in another shape, is held and given to the
+//! lenient parser in tools.rs when the choice ends.
+
+use crate::tools::{self, ToolCall};
+
+const OPEN: &str = "<tool_call>";
+const CLOSE: &str = "</tool_call>";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Content(String),
+    /// A call starts: its index among this choice's calls and the function name.
+    Call { index: usize, name: String },
+    /// More of the arguments of call `index` (a JSON text once all fragments are joined).
+    Args { index: usize, text: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Nothing but whitespace yet.
+    Start,
+    Text,
+    /// A call opened (after its tag, if tagged) at `start`; its name is not complete yet.
+    Head { start: usize, tagged: bool },
+    /// Streaming the arguments value; `depth` of brackets open, inside a string or not.
+    Args { tagged: bool, depth: usize, in_str: bool, esc: bool, string_value: bool, value_start: usize },
+    /// After the arguments: the rest of the call object (and the closing tag).
+    Tail { tagged: bool, depth: usize, in_str: bool, esc: bool },
+    /// Between calls: whitespace is dropped, anything else is text again.
+    AfterCall,
+    /// Everything from `from` goes to the lenient parser at the end.
+    Held { from: usize },
+}
+
+pub struct ToolStream {
+    names: Vec<String>,
+    buf: String,
+    /// Bytes of `buf` already decided.
+    pos: usize,
+    mode: Mode,
+    num_calls: usize,
+}
+
+impl ToolStream {
+    pub fn new(names: Vec<String>) -> Self {
+        Self { names, buf: String::new(), pos: 0, mode: Mode::Start, num_calls: 0 }
+    }
+
+    pub fn num_calls(&self) -> usize {
+        self.num_calls
+    }
+
+    pub fn push(&mut self, text: &str) -> Vec<Piece> {
+        self.buf.push_str(text);
+        let mut out = Vec::new();
+        while self.step(&mut out) {}
+        out
+    }
+
+    /// The choice ended: what was held is decided now.
+    pub fn finish(&mut self) -> Vec<Piece> {
+        let mut out = Vec::new();
+        match self.mode {
+            Mode::Text => {
+                let rest = self.buf[self.pos..].trim_end();
+                if !rest.is_empty() {
+                    out.push(Piece::Content(rest.to_string()));
+                }
+            }
+            Mode::Head { start, .. } => self.lenient(start, &mut out),
+            Mode::Held { from } => self.lenient(from, &mut out),
+            Mode::Start | Mode::Args { .. } | Mode::Tail { .. } | Mode::AfterCall => {}
+        }
+        self.pos = self.buf.len();
+        out
+    }
+
+    /// Content up to `upto` bytes past `pos`, less trailing whitespace (which waits: it may
+    /// precede a call).
+    fn emit_text(&mut self, upto: usize, out: &mut Vec<Piece>) {
+        let text = self.buf[self.pos..self.pos + upto].trim_end();
+        if !text.is_empty() {
+            out.push(Piece::Content(text.to_string()));
+            self.pos += text.len();
+        }
+    }
+
+    fn lenient(&mut self, from: usize, out: &mut Vec<Piece>) {
+        let (content, calls) = tools::parse(&self.buf[from..], &self.names);
+        if let Some(c) = content.map(|c| c.trim().to_string()).filter(|c| !c.is_empty()) {
+            out.push(Piece::Content(c));
+        }
+        for ToolCall { name, arguments } in calls {
+            let index = self.num_calls;
+            self.num_calls += 1;
+            out.push(Piece::Call { index, name });
+            out.push(Piece::Args { index, text: arguments });
+        }
+    }
+
+    /// Advances as far as the text allows; false when it must wait for more.
+    fn step(&mut self, out: &mut Vec<Piece>) -> bool {
+        let rest = &self.buf[self.pos..];
+        match self.mode {
+            Mode::Start | Mode::AfterCall => {
+                // Leading whitespace, and between calls the separators of an array or the
+                // closing fence, are not content.
+                let skip: &[char] = if self.mode == Mode::Start { &[' ', '\t', '\r', '\n'] } else { &[' ', '\t', '\r', '\n', ',', ']', '`'] };
+                let Some(i) = rest.find(|c: char| !skip.contains(&c)) else {
+                    self.pos = self.buf.len();
+                    return false;
+                };
+                let r = &rest[i..];
+                if self.mode == Mode::Start && r.starts_with('[') && call_start(r) == Start::No {
+                    self.mode = Mode::Held { from: self.pos + i };
+                } else {
+                    self.mode = Mode::Text;
+                }
+                self.pos += i;
+                true
+            }
+            Mode::Text => {
+                // The earliest place a call may start: the Hermes tag, or JSON naming a tool
+                // (possibly fenced, possibly in an array).
+                let mut at = 0;
+                loop {
+                    let Some(i) = rest[at..].find(['<', '`', '[', '{']).map(|i| at + i) else {
+                        self.emit_text(rest.len(), out);
+                        return false;
+                    };
+                    let r = &rest[i..];
+                    let found = if r.starts_with('<') {
+                        if r.starts_with(OPEN) {
+                            Some((i, OPEN.len(), true))
+                        } else if OPEN.starts_with(r) {
+                            self.emit_text(i, out);
+                            return false;
+                        } else {
+                            None
+                        }
+                    } else {
+                        match call_start(r) {
+                            Start::Wait => {
+                                self.emit_text(i, out);
+                                return false;
+                            }
+                            Start::No => None,
+                            Start::Brace(k) => Some((i, k, false)),
+                        }
+                    };
+                    if let Some((i, skip, tagged)) = found {
+                        let start = self.pos + i;
+                        self.emit_text(i, out);
+                        self.pos = start + skip;
+                        self.mode = Mode::Head { start, tagged };
+                        return true;
+                    }
+                    at = i + 1;
+                }
+            }
+            Mode::Head { start, tagged } => match parse_head(rest) {
+                Head::Incomplete => false,
+                Head::Bad => {
+                    self.mode = Mode::Held { from: start };
+                    true
+                }
+                Head::Ok { name, value_at } => {
+                    if !self.names.iter().any(|n| *n == name) {
+                        self.mode = Mode::Held { from: start };
+                        return true;
+                    }
+                    let index = self.num_calls;
+                    self.num_calls += 1;
+                    out.push(Piece::Call { index, name });
+                    let first = rest.as_bytes()[value_at];
+                    if first != b'{' && first != b'[' && first != b'"' {
+                        // Scalar arguments: not a call after all.
+                        self.num_calls -= 1;
+                        out.pop();
+                        self.mode = Mode::Held { from: start };
+                        return true;
+                    }
+                    self.pos += value_at;
+                    self.mode = Mode::Args { tagged, depth: 0, in_str: false, esc: false, string_value: first == b'"', value_start: self.pos };
+                    true
+                }
+            },
+            Mode::Args { tagged, mut depth, mut in_str, mut esc, string_value, value_start } => {
+                let index = self.num_calls - 1;
+                let mut end = None;
+                for (i, c) in rest.char_indices() {
+                    if scan(c, &mut depth, &mut in_str, &mut esc, string_value) {
+                        end = Some(i + c.len_utf8());
+                        break;
+                    }
+                }
+                let upto = end.unwrap_or(rest.len());
+                if !string_value && upto > 0 {
+                    out.push(Piece::Args { index, text: rest[..upto].to_string() });
+                }
+                self.pos += upto;
+                match end {
+                    None => {
+                        self.mode = Mode::Args { tagged, depth, in_str, esc, string_value, value_start };
+                        false
+                    }
+                    Some(_) => {
+                        if string_value {
+                            let literal = &self.buf[value_start..self.pos];
+                            let text = serde_json::from_str::<String>(literal).unwrap_or_default();
+                            out.push(Piece::Args { index, text });
+                        }
+                        self.mode = Mode::Tail { tagged, depth: 1, in_str: false, esc: false };
+                        true
+                    }
+                }
+            }
+            Mode::Tail { tagged, mut depth, mut in_str, mut esc } => {
+                if depth > 0 {
+                    for (i, c) in rest.char_indices() {
+                        if scan(c, &mut depth, &mut in_str, &mut esc, false) {
+                            self.pos += i + c.len_utf8();
+                            self.mode = Mode::Tail { tagged, depth: 0, in_str: false, esc: false };
+                            return true;
+                        }
+                    }
+                    self.pos = self.buf.len();
+                    self.mode = Mode::Tail { tagged, depth, in_str, esc };
+                    return false;
+                }
+                if !tagged {
+                    self.mode = Mode::AfterCall;
+                    return true;
+                }
+                let t = rest.trim_start();
+                if t.len() < CLOSE.len() && CLOSE.starts_with(t) {
+                    return false; // maybe the closing tag, not complete yet
+                }
+                if let Some(after) = t.strip_prefix(CLOSE) {
+                    self.pos = self.buf.len() - after.len();
+                }
+                self.mode = Mode::AfterCall;
+                true
+            }
+            Mode::Held { .. } => false,
+        }
+    }
+}
+
+/// Advances a JSON scan by one character; true when the value that started at depth 0 closes.
+/// A string value (`string_value`) closes at its closing quote.
+fn scan(c: char, depth: &mut usize, in_str: &mut bool, esc: &mut bool, string_value: bool) -> bool {
+    if *in_str {
+        if *esc {
+            *esc = false;
+        } else if c == '\\' {
+            *esc = true;
+        } else if c == '"' {
+            *in_str = false;
+            return string_value && *depth == 0;
+        }
+        return false;
+    }
+    match c {
+        '"' => *in_str = true,
+        '{' | '[' => *depth += 1,
+        '}' | ']' => {
+            *depth = depth.saturating_sub(1);
+            return *depth == 0;
+        }
+        _ => {}
+    }
+    false
+}
+
+#[derive(Debug, PartialEq)]
+enum Start {
+    /// Too little text to tell.
+    Wait,
+    No,
+    /// A call object starts this many bytes in.
+    Brace(usize),
+}
+
+/// Whether `r` opens a JSON call: an optional fence (```json), an optional `[`, then
+/// `{"name"` with whitespace allowed between.
+fn call_start(r: &str) -> Start {
+    let b = r.as_bytes();
+    let mut i = 0;
+    let ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    // Matches `lit` at `i` (advancing); None: the text ends inside it.
+    let lit = |i: &mut usize, lit: &[u8]| -> Option<bool> {
+        let n = lit.len().min(b.len() - *i);
+        if b[*i..*i + n] != lit[..n] {
+            return Some(false);
+        }
+        if n < lit.len() {
+            return None;
+        }
+        *i += n;
+        Some(true)
+    };
+    match lit(&mut i, b"```") {
+        None => return Start::Wait,
+        Some(true) => {
+            if lit(&mut i, b"json").is_none() {
+                return Start::Wait;
+            }
+            ws(&mut i);
+        }
+        Some(false) => {}
+    }
+    match lit(&mut i, b"[") {
+        None => return Start::Wait,
+        Some(true) => ws(&mut i),
+        Some(false) => {}
+    }
+    let brace = i;
+    match lit(&mut i, b"{") {
+        None => return Start::Wait,
+        Some(false) => return Start::No,
+        Some(true) => ws(&mut i),
+    }
+    match lit(&mut i, b"\"name\"") {
+        None => Start::Wait,
+        Some(false) => Start::No,
+        Some(true) => Start::Brace(brace),
+    }
+}
+
+enum Head {
+    Incomplete,
+    Bad,
+    Ok { name: String, value_at: usize },
+}
+
+/// Parses `{"name": "…", "arguments": ` (or `"parameters"`), whitespace anywhere between.
+fn parse_head(s: &str) -> Head {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    // Each expected piece in order; a missing byte at the end means "wait".
+    macro_rules! expect {
+        ($lit:expr) => {{
+            ws(&mut i);
+            let lit: &[u8] = $lit;
+            let n = lit.len().min(b.len() - i);
+            if b[i..i + n] != lit[..n] {
+                return Head::Bad;
+            }
+            if n < lit.len() {
+                return Head::Incomplete;
+            }
+            i += lit.len();
+        }};
+    }
+    expect!(b"{");
+    expect!(b"\"name\"");
+    expect!(b":");
+    ws(&mut i);
+    if i >= b.len() {
+        return Head::Incomplete;
+    }
+    if b[i] != b'"' {
+        return Head::Bad;
+    }
+    let (mut j, mut esc) = (i + 1, false);
+    loop {
+        if j >= b.len() {
+            return Head::Incomplete;
+        }
+        match (esc, b[j]) {
+            (true, _) => esc = false,
+            (false, b'\\') => esc = true,
+            (false, b'"') => break,
+            _ => {}
+        }
+        j += 1;
+    }
+    let Ok(name) = serde_json::from_str::<String>(&s[i..=j]) else { return Head::Bad };
+    i = j + 1;
+    expect!(b",");
+    ws(&mut i);
+    let key = &b[i..];
+    let args = b"\"arguments\"";
+    let params = b"\"parameters\"";
+    let n = key.len();
+    if n < params.len() && (args.starts_with(key) || params.starts_with(key)) {
+        return Head::Incomplete;
+    }
+    if key.starts_with(args) {
+        i += args.len();
+    } else if key.starts_with(params) {
+        i += params.len();
+    } else {
+        return Head::Bad;
+    }
+    expect!(b":");
+    ws(&mut i);
+    if i >= b.len() {
+        return Head::Incomplete;
+    }
+    Head::Ok { name, value_at: i }
+}
+
+/// The whole text at once: content (None when empty) and calls, exactly what a stream of the
+/// same text accumulates to.
+pub fn split(text: &str, names: &[String]) -> (Option<String>, Vec<ToolCall>) {
+    let mut ts = ToolStream::new(names.to_vec());
+    let mut pieces = ts.push(text);
+    pieces.extend(ts.finish());
+    let mut content = String::new();
+    let mut calls: Vec<ToolCall> = Vec::new();
+    for p in pieces {
+        match p {
+            Piece::Content(c) => content.push_str(&c),
+            Piece::Call { name, .. } => calls.push(ToolCall { name, arguments: String::new() }),
+            Piece::Args { index, text } => calls[index].arguments.push_str(&text),
+        }
+    }
+    ((!content.is_empty()).then_some(content), calls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        vec!["get_weather".into(), "convert_currency".into()]
+    }
+
+    /// Feeds `text` in pieces of `n` characters and accumulates as the openai SDK does.
+    fn accumulate(text: &str, n: usize) -> (Option<String>, Vec<(String, String)>) {
+        let mut ts = ToolStream::new(names());
+        let chars: Vec<char> = text.chars().collect();
+        let mut pieces = Vec::new();
+        for c in chars.chunks(n) {
+            pieces.extend(ts.push(&c.iter().collect::<String>()));
+        }
+        pieces.extend(ts.finish());
+        let mut content = String::new();
+        let mut calls: Vec<(String, String)> = Vec::new();
+        for p in pieces {
+            match p {
+                Piece::Content(c) => content.push_str(&c),
+                Piece::Call { index, name } => {
+                    assert_eq!(index, calls.len());
+                    calls.push((name, String::new()))
+                }
+                Piece::Args { index, text } => calls[index].1.push_str(&text),
+            }
+        }
+        ((!content.is_empty()).then_some(content), calls)
+    }
+
+    #[test]
+    fn streamed_pieces_add_up_to_the_whole_text_split_however_it_arrives() {
+        let cases: &[(&str, Option<&str>, &[(&str, &str)])] = &[
+            ("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Hà Nội\", \"days\": [1, 2]}}\n</tool_call>", None, &[("get_weather", "{\"city\": \"Hà Nội\", \"days\": [1, 2]}")]),
+            (
+                "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a}b\\\"c\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"convert_currency\", \"arguments\": {\"amount\": 5}}\n</tool_call>",
+                Some("Let me check."),
+                &[("get_weather", "{\"city\": \"a}b\\\"c\"}"), ("convert_currency", "{\"amount\": 5}")],
+            ),
+            ("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Rome\"}}", None, &[("get_weather", "{\"city\": \"Rome\"}")]),
+            ("Sure: {\"name\": \"get_weather\", \"arguments\": {}}", Some("Sure:"), &[("get_weather", "{}")]),
+            ("{\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"X\\\"}\"}", None, &[("get_weather", "{\"city\": \"X\"}")]),
+            ("[{\"name\": \"get_weather\", \"arguments\": {}}]", None, &[("get_weather", "{}")]),
+            ("It is sunny, <b>31</b> degrees.", Some("It is sunny, <b>31</b> degrees."), &[]),
+            ("{\"name\": \"launch\", \"arguments\": {}}", Some("{\"name\": \"launch\", \"arguments\": {}}"), &[]),
+            ("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa", None, &[("get_weather", "{\"city\": \"Pa")]),
+            ("```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\n    \"city\": \"Oslo\"\n  }\n}\n```", None, &[("get_weather", "{\n    \"city\": \"Oslo\"\n  }")]),
+            ("Here you go:\n```json\n[\n  {\"name\": \"get_weather\", \"arguments\": {\"city\": \"A\"}},\n  {\"name\": \"convert_currency\", \"arguments\": {\"amount\": 1}}\n]\n```\nDone.", Some("Here you go:Done."), &[("get_weather", "{\"city\": \"A\"}"), ("convert_currency", "{\"amount\": 1}")]),
+            ("```python\ndef f(x):\n    return {\"a\": [x]}\n```", Some("```python\ndef f(x):\n    return {\"a\": [x]}\n```"), &[]),
+            ("[1, 2, 3]", Some("[1, 2, 3]"), &[]),
+        ];
+        for (text, content, calls) in cases {
+            let want: Vec<(String, String)> = calls.iter().map(|(n, a)| (n.to_string(), a.to_string())).collect();
+            for n in [1, 2, 3, 7, 1000] {
+                let (c, got) = accumulate(text, n);
+                assert_eq!(c.as_deref(), *content, "{text:?} in pieces of {n}");
+                assert_eq!(got, want, "{text:?} in pieces of {n}");
+            }
+            let (c, got) = split(text, &names());
+            assert_eq!(c.as_deref(), *content, "{text:?} split");
+            assert_eq!(got.into_iter().map(|c| (c.name, c.arguments)).collect::<Vec<_>>(), want, "{text:?} split");
+        }
+    }
+
+    #[test]
+    fn arguments_stream_before_the_call_is_complete() {
+        let mut ts = ToolStream::new(names());
+        assert!(ts.push("<tool_call>\n{\"name\": \"get_").is_empty());
+        assert_eq!(ts.push("weather\", \"arguments\": {\"ci"), vec![Piece::Call { index: 0, name: "get_weather".into() }, Piece::Args { index: 0, text: "{\"ci".into() }]);
+        assert_eq!(ts.push("ty\": 1"), vec![Piece::Args { index: 0, text: "ty\": 1".into() }]);
+    }
+}
