@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use slm_engine::{profile, EngineConfig, EngineHandle, Event, Model, Request, SamplingParams, StatsSnapshot};
+use slm_engine::{profile, ConstraintSpec, EngineConfig, Grammar, EngineHandle, Event, Model, Request, SamplingParams, StatsSnapshot};
 
 pub struct BenchArgs {
     pub model: String,
     pub concurrency: Vec<usize>,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
+    /// Constrain every sequence to this JSON Schema (to measure what masks cost).
+    pub json_schema: Option<serde_json::Value>,
 }
 
 /// Distinct prompts of exactly `n` tokens: a long text tokenized once, cut at different offsets.
@@ -26,11 +28,13 @@ fn prompts(model: &Model, count: usize, n: usize) -> Vec<Vec<u32>> {
 
 struct RunResult {
     wall: Duration,
+    /// Tokens streamed (a constrained sequence may end before `gen`).
+    num_tokens: usize,
     per_seq_decode_tps: f64,
     stats: StatsSnapshot,
 }
 
-fn run(engine: &EngineHandle, prompts: &[Vec<u32>], gen: usize) -> Result<RunResult> {
+fn run(engine: &EngineHandle, prompts: &[Vec<u32>], gen: usize, schema: Option<&serde_json::Value>) -> Result<RunResult> {
     let before = engine.stats();
     let start = Instant::now();
     let streams: Vec<_> = prompts
@@ -38,6 +42,7 @@ fn run(engine: &EngineHandle, prompts: &[Vec<u32>], gen: usize) -> Result<RunRes
         .map(|p| {
             let mut r = Request::new(p.clone(), SamplingParams::greedy(), gen);
             r.ignore_eos = true;
+            r.constraint = schema.map(|s| ConstraintSpec::new(Grammar::JsonSchema(s.clone())));
             engine.submit(r)
         })
         .collect::<std::result::Result<_, _>>()?;
@@ -63,8 +68,10 @@ fn run(engine: &EngineHandle, prompts: &[Vec<u32>], gen: usize) -> Result<RunRes
         })
         .collect();
     let mut tps = Vec::new();
+    let mut num_tokens = 0;
     for h in handles {
         let (first, last, n) = h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+        num_tokens += n;
         let decode = (last - first).as_secs_f64();
         if n > 1 && decode > 0.0 {
             tps.push((n - 1) as f64 / decode);
@@ -82,7 +89,7 @@ fn run(engine: &EngineHandle, prompts: &[Vec<u32>], gen: usize) -> Result<RunRes
         postprocess_ns: after.postprocess_ns - before.postprocess_ns,
         ..after
     };
-    Ok(RunResult { wall, per_seq_decode_tps: tps.iter().sum::<f64>() / tps.len().max(1) as f64, stats })
+    Ok(RunResult { wall, num_tokens, per_seq_decode_tps: tps.iter().sum::<f64>() / tps.len().max(1) as f64, stats })
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -92,10 +99,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let engine = EngineHandle::start(model.clone(), config.clone())?;
     let all = prompts(&model, max_c + 1, args.prompt_tokens);
     println!("slm bench: {} ({} threads), prompts of {} tokens, {} generated tokens each, max_batched_tokens {}", args.model, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), args.prompt_tokens, args.gen_tokens, config.max_batched_tokens);
+    if let Some(s) = &args.json_schema {
+        model.grammar.warm_up();
+        println!("every sequence constrained to the JSON Schema {s}");
+    }
 
     // Warm-up, then prefill alone: one prompt, one generated token.
-    run(&engine, &all[max_c..], 2)?;
-    let r = run(&engine, &all[..1], 1)?;
+    run(&engine, &all[max_c..], 2, None)?;
+    let r = run(&engine, &all[..1], 1, None)?;
     let prefill_tps = args.prompt_tokens as f64 / (r.stats.forward_ns as f64 / 1e9);
     println!("prefill: {:.1} tok/s ({} tokens in {:.1} ms of forward time)\n", prefill_tps, args.prompt_tokens, r.stats.forward_ns as f64 / 1e6);
 
@@ -104,7 +115,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     for &c in &args.concurrency {
         profile::reset();
         profile::set_enabled(true);
-        let r = run(&engine, &all[..c], args.gen_tokens)?;
+        let r = run(&engine, &all[..c], args.gen_tokens, args.json_schema.as_ref())?;
         profile::set_enabled(false);
         let s = &r.stats;
         let step_ns = (s.schedule_ns + s.forward_ns + s.sample_ns + s.postprocess_ns) as f64;
@@ -112,7 +123,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         println!(
             "{:>5} {:>12.1} {:>12.1} {:>10.2} {:>9} {:>10.1} {:>9.1}% {:>9.2}% {:>9.2}%",
             c,
-            (c * args.gen_tokens) as f64 / r.wall.as_secs_f64(),
+            r.num_tokens as f64 / r.wall.as_secs_f64(),
             r.per_seq_decode_tps,
             r.wall.as_secs_f64(),
             s.steps_total,

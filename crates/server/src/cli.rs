@@ -62,6 +62,10 @@ pub enum Command {
         prompt_tokens: usize,
         #[arg(long, default_value_t = 128)]
         gen_tokens: usize,
+        /// Constrain every sequence to this JSON Schema (inline JSON), to measure the cost of
+        /// constrained decoding against a run without it.
+        #[arg(long)]
+        json_schema: Option<String>,
     },
     /// Kernel micro-benchmark (not a test): quantized matmul time per call, candle vs slm.
     BenchKernels {
@@ -94,7 +98,10 @@ pub fn run(cli: Cli) -> Result<()> {
             rt.block_on(slm_server::serve::serve(cfg))
         }
         Command::Generate { model, prompt, max_tokens, temperature, seed, chat } => generate(&model, &prompt, max_tokens, temperature, seed, chat),
-        Command::Bench { model, concurrency, prompt_tokens, gen_tokens } => crate::bench::bench(crate::bench::BenchArgs { model, concurrency, prompt_tokens, gen_tokens }),
+        Command::Bench { model, concurrency, prompt_tokens, gen_tokens, json_schema } => {
+            let json_schema = json_schema.map(|s| serde_json::from_str(&s)).transpose().map_err(|e| anyhow::anyhow!("--json-schema is not JSON: {e}"))?;
+            crate::bench::bench(crate::bench::BenchArgs { model, concurrency, prompt_tokens, gen_tokens, json_schema })
+        }
         Command::BenchKernels { n, k } => {
             println!("quantized matmul, weight {n} x {k}, kernel level {:?}", slm_engine::layers::kernels::detected_level());
             println!("GF/s per kernel; rowwise = candle's k_quants::matmul (batch-invariant, what slm used before), QMatMul = candle's dispatch (repacked AVX-512 kernels, not batch-invariant)");
