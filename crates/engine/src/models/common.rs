@@ -27,6 +27,8 @@ pub struct ArchReader {
     rope_base: f32,
     rope_scale: f32,
     rope_dim: usize,
+    /// Llama's NORM rotary layout (adjacent pairs) instead of NEOX.
+    pub rope_interleaved: bool,
 }
 
 impl ArchReader {
@@ -58,6 +60,7 @@ impl ArchReader {
             rope_base: g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0),
             rope_dim: g.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim),
             rope_scale,
+            rope_interleaved: false,
             config,
         })
     }
@@ -95,7 +98,7 @@ impl ArchReader {
             let rope = match ropes.iter().position(|(k, _)| *k == rope_key) {
                 Some(i) => i,
                 None => {
-                    ropes.push((rope_key, Rope::new(self.rope_dim, base, scale)));
+                    ropes.push((rope_key, Rope::with_layout(self.rope_dim, base, scale, self.rope_interleaved)));
                     ropes.len() - 1
                 }
             };

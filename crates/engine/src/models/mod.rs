@@ -4,19 +4,23 @@
 pub mod common;
 pub mod decoder;
 pub mod gemma3;
+pub mod llama;
 pub mod qwen2;
+pub mod qwen3;
 
 pub use decoder::{Decoder, DecoderConfig};
 
 use crate::error::{EngineError, Result};
 use crate::loader::Gguf;
 
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["qwen2", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
 
 pub fn load(g: &mut Gguf) -> Result<Decoder> {
     let arch = g.architecture()?;
     match arch.as_str() {
+        "llama" => llama::load(g),
         "qwen2" => qwen2::load(g),
+        "qwen3" => qwen3::load(g),
         "gemma3" => gemma3::load(g),
         _ => Err(EngineError::UnsupportedArchitecture {
             path: g.path.clone(),
