@@ -56,6 +56,14 @@ fn reference(arch: Arch, path: &Path) -> Reference {
             let mut w = m::quantized_qwen3::ModelWeights::from_gguf(ct, &mut f, &dev).unwrap();
             Box::new(move |tok, pos| logits(w.forward(&input(tok), pos)))
         }
+        Arch::Phi2 => {
+            let mut w = m::quantized_phi::ModelWeights::from_gguf(ct, &mut f, &dev).unwrap();
+            Box::new(move |tok, pos| logits(w.forward(&input(tok), pos)))
+        }
+        Arch::Phi3 => {
+            let mut w = m::quantized_phi3::ModelWeights::from_gguf(false, ct, &mut f, &dev).unwrap();
+            Box::new(move |tok, pos| logits(w.forward(&input(tok), pos)))
+        }
         other => panic!("no reference for {other:?}"),
     }
 }
@@ -176,4 +184,16 @@ fn llama_matches_candle_quantized_llama() {
 fn qwen3_matches_candle_quantized_qwen3() {
     check(Arch::Qwen3, false);
     check(Arch::Qwen3, true);
+}
+
+#[test]
+fn phi2_matches_candle_quantized_phi() {
+    check(Arch::Phi2, false);
+    check(Arch::Phi2, true);
+}
+
+#[test]
+fn phi3_matches_candle_quantized_phi3() {
+    check(Arch::Phi3, false);
+    check(Arch::Phi3, true);
 }

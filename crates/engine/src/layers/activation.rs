@@ -20,6 +20,11 @@ impl Activation {
     }
 }
 
+/// `x[i] = act(x[i])`, in place (ungated MLPs: Phi-2).
+pub fn activate(act: Activation, x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = act.apply(*v));
+}
+
 /// `gate[i] = act(gate[i]) * up[i]`, in place.
 pub fn gated(act: Activation, gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {

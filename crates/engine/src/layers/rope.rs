@@ -26,6 +26,16 @@ impl Rope {
         Self { inv_freq, rot_dim, interleaved }
     }
 
+    /// Divides each frequency by its factor (LongRoPE); `None` leaves them.
+    pub fn with_freq_factors(mut self, factors: Option<&[f32]>) -> Self {
+        if let Some(f) = factors {
+            for (inv, &d) in self.inv_freq.iter_mut().zip(f) {
+                *inv /= d as f64;
+            }
+        }
+        self
+    }
+
     /// cos/sin tables for each position: `positions.len() × rot_dim/2` each.
     pub fn tables(&self, positions: &[u32]) -> (Vec<f32>, Vec<f32>) {
         let half = self.rot_dim / 2;

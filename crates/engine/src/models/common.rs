@@ -2,10 +2,11 @@
 //! (`{arch}.block_count`, `blk.N.attn_q.weight`, …) and assembles a `Decoder`, letting each
 //! architecture choose per-layer options. Keeps the per-architecture files to what differs.
 
-use super::decoder::{Block, Decoder, DecoderConfig};
+use super::decoder::{Block, Decoder, DecoderConfig, Mlp, Qkv};
 use crate::error::Result;
 use crate::layers::activation::Activation;
 use crate::layers::attention::AttentionParams;
+use crate::layers::norm::Norm;
 use crate::layers::rope::Rope;
 use crate::layers::{QEmbedding, QLinear};
 use crate::loader::Gguf;
@@ -29,6 +30,13 @@ pub struct ArchReader {
     rope_dim: usize,
     /// Llama's NORM rotary layout (adjacent pairs) instead of NEOX.
     pub rope_interleaved: bool,
+    /// `ffn_up` holds gate then up (Phi-3); without it and without `ffn_gate` the MLP is
+    /// ungated (Phi-2).
+    pub fused_gate_up: bool,
+    /// LayerNorm with bias and one norm per block feeding attention and MLP in parallel (Phi-2).
+    pub parallel_layer_norm: bool,
+    /// Per-dimension rotary frequency divisors (Phi-3 LongRoPE's `rope_factors_*`).
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 impl ArchReader {
@@ -51,7 +59,10 @@ impl ArchReader {
             num_kv_heads,
             head_dim,
             context_length: g.opt_usize(&key("context_length"))?.unwrap_or(2048),
-            rms_eps: g.opt_f32(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6),
+            rms_eps: match g.opt_f32(&key("attention.layer_norm_rms_epsilon"))? {
+                Some(e) => e,
+                None => g.opt_f32(&key("attention.layer_norm_epsilon"))?.unwrap_or(1e-6),
+            },
             activation: Activation::Silu,
             embed_scale: None,
             final_softcap: None,
@@ -61,6 +72,9 @@ impl ArchReader {
             rope_dim: g.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim),
             rope_scale,
             rope_interleaved: false,
+            fused_gate_up: false,
+            parallel_layer_norm: false,
+            rope_freq_factors: None,
             config,
         })
     }
@@ -80,11 +94,19 @@ impl ArchReader {
         let embed = QEmbedding::new(g.tensor("token_embd.weight")?, "token_embd.weight", &path)?;
         self.config.vocab_size = embed.vocab_size();
         let output = match g.opt_tensor("output.weight")? {
-            Some(t) => QLinear::new(t, None, "output.weight", &path)?,
+            Some(t) => {
+                let bias = g.opt_vector("output.bias")?;
+                QLinear::new(t, bias, "output.weight", &path)?
+            }
             None => embed.as_linear(),
         }
         .with_profile_op(crate::profile::Op::Output);
-        let output_norm = g.vector("output_norm.weight")?;
+        let parallel = self.parallel_layer_norm;
+        let norm = |g: &mut Gguf, name: &str| -> Result<Norm> {
+            let weight = g.vector(&format!("{name}.weight"))?;
+            Ok(if parallel { Norm::Layer { weight, bias: g.vector(&format!("{name}.bias"))? } } else { Norm::Rms(weight) })
+        };
+        let output_norm = norm(g, "output_norm")?;
         let c = self.config.clone();
         let mut ropes: Vec<(u32, Rope)> = Vec::new();
         let mut blocks = Vec::with_capacity(c.num_layers);
@@ -98,36 +120,42 @@ impl ArchReader {
             let rope = match ropes.iter().position(|(k, _)| *k == rope_key) {
                 Some(i) => i,
                 None => {
-                    ropes.push((rope_key, Rope::with_layout(self.rope_dim, base, scale, self.rope_interleaved)));
+                    ropes.push((rope_key, Rope::with_layout(self.rope_dim, base, scale, self.rope_interleaved).with_freq_factors(self.rope_freq_factors.as_deref())));
                     ropes.len() - 1
                 }
             };
-            let mut lin = |name: &str, bias: bool| -> Result<QLinear> {
+            let lin = |g: &mut Gguf, name: &str, bias: bool| -> Result<QLinear> {
                 let w = format!("blk.{l}.{name}.weight");
                 let b = if bias { g.opt_vector(&format!("blk.{l}.{name}.bias"))? } else { None };
                 QLinear::new(g.tensor(&w)?, b, &w, &path)
             };
-            let wq = lin("attn_q", true)?;
-            let wk = lin("attn_k", true)?;
-            let wv = lin("attn_v", true)?;
-            let wo = lin("attn_output", true)?;
-            let gate = lin("ffn_gate", false)?;
-            let up = lin("ffn_up", false)?;
-            let down = lin("ffn_down", false)?;
+            let qkv = if g.has_tensor(&format!("blk.{l}.attn_qkv.weight")) {
+                Qkv::Fused(lin(g, "attn_qkv", true)?)
+            } else {
+                Qkv::Separate { wq: lin(g, "attn_q", true)?, wk: lin(g, "attn_k", true)?, wv: lin(g, "attn_v", true)? }
+            };
+            let wo = lin(g, "attn_output", true)?;
+            let mlp = if self.fused_gate_up {
+                Mlp::FusedGateUp(lin(g, "ffn_up", false)?)
+            } else if g.has_tensor(&format!("blk.{l}.ffn_gate.weight")) {
+                Mlp::Gated { gate: lin(g, "ffn_gate", false)?, up: lin(g, "ffn_up", false)? }
+            } else {
+                Mlp::Plain(lin(g, "ffn_up", true)?)
+            };
+            let down = lin(g, "ffn_down", true)?;
+            let attn_norm = norm(g, &format!("blk.{l}.attn_norm"))?;
+            let ffn_norm = if parallel { None } else { Some(norm(g, &format!("blk.{l}.ffn_norm"))?) };
             let mut vec = |name: &str| g.vector(&format!("blk.{l}.{name}.weight"));
             blocks.push(Block {
-                attn_norm: vec("attn_norm")?,
+                attn_norm,
                 q_norm: if o.qk_norm { Some(vec("attn_q_norm")?) } else { None },
                 k_norm: if o.qk_norm { Some(vec("attn_k_norm")?) } else { None },
                 post_attn_norm: if o.post_norms { Some(vec("post_attention_norm")?) } else { None },
-                ffn_norm: vec("ffn_norm")?,
+                ffn_norm,
                 post_ffn_norm: if o.post_norms { Some(vec("post_ffw_norm")?) } else { None },
-                wq,
-                wk,
-                wv,
+                qkv,
                 wo,
-                gate,
-                up,
+                mlp,
                 down,
                 rope,
                 attn: AttentionParams {

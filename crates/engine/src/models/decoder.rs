@@ -1,14 +1,16 @@
 //! The decoder-only transformer every supported architecture is an instance of: embedding,
-//! N blocks of (norm → attention → optional post-norm → residual, norm → gated MLP → optional
-//! post-norm → residual), final norm, output projection. Each architecture's file reads its
-//! GGUF into these pieces with its own options (biases, QK-norm, post-norms, sliding windows,
-//! embedding scale, soft-capping); the forward pass is written once, here.
+//! N blocks of (norm → attention → optional post-norm → residual, norm → MLP → optional
+//! post-norm → residual; or Phi-2's parallel form, x + attn(h) + mlp(h) from one norm), final
+//! norm, output projection. Each architecture's file reads its GGUF into these pieces with its
+//! own options (biases, fused Q/K/V or gate/up projections, RMSNorm or LayerNorm, QK-norm,
+//! post-norms, sliding windows, embedding scale, soft-capping); the forward pass is written
+//! once, here.
 
 use crate::batch::BatchInput;
 use crate::kv_cache::KvCache;
-use crate::layers::activation::{gated, Activation};
+use crate::layers::activation::{activate, gated, Activation};
 use crate::layers::attention::{paged_attention, AttentionParams};
-use crate::layers::norm::{rms_norm, rms_norm_to};
+use crate::layers::norm::{rms_norm, Norm};
 use crate::layers::rope::Rope;
 use crate::layers::vecmath::add_assign;
 use crate::layers::{QEmbedding, QLinear};
@@ -38,19 +40,35 @@ impl DecoderConfig {
     }
 }
 
+/// The query/key/value projections: three matrices, or one (Phi) whose output rows hold
+/// q, k, v one after the other.
+pub enum Qkv {
+    Separate { wq: QLinear, wk: QLinear, wv: QLinear },
+    Fused(QLinear),
+}
+
+/// The MLP before the down projection.
+pub enum Mlp {
+    /// act(gate(x)) * up(x).
+    Gated { gate: QLinear, up: QLinear },
+    /// One matrix whose output holds gate then up (Phi-3).
+    FusedGateUp(QLinear),
+    /// act(up(x)) (Phi-2).
+    Plain(QLinear),
+}
+
 pub struct Block {
-    pub attn_norm: Vec<f32>,
-    pub wq: QLinear,
-    pub wk: QLinear,
-    pub wv: QLinear,
+    pub attn_norm: Norm,
+    pub qkv: Qkv,
     pub wo: QLinear,
     /// Per-head RMS norm of queries and keys (Gemma 3, Qwen 3).
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
     pub post_attn_norm: Option<Vec<f32>>,
-    pub ffn_norm: Vec<f32>,
-    pub gate: QLinear,
-    pub up: QLinear,
+    /// None: the MLP reads the attention's input norm and both add to the residual at once
+    /// (parallel residual, Phi-2).
+    pub ffn_norm: Option<Norm>,
+    pub mlp: Mlp,
     pub down: QLinear,
     pub post_ffn_norm: Option<Vec<f32>>,
     /// Index into `Decoder::ropes`: layers may differ (Gemma 3's local vs global layers).
@@ -63,8 +81,22 @@ pub struct Decoder {
     pub embed: QEmbedding,
     pub blocks: Vec<Block>,
     pub ropes: Vec<Rope>,
-    pub output_norm: Vec<f32>,
+    pub output_norm: Norm,
     pub output: QLinear,
+}
+
+/// Splits `rows` rows of concatenated parts into one buffer per part width.
+fn split_cols(x: &[f32], rows: usize, widths: &[usize]) -> Vec<Vec<f32>> {
+    let total: usize = widths.iter().sum();
+    let mut out: Vec<Vec<f32>> = widths.iter().map(|w| Vec::with_capacity(rows * w)).collect();
+    for row in x.chunks_exact(total).take(rows) {
+        let mut at = 0;
+        for (o, w) in out.iter_mut().zip(widths) {
+            o.extend_from_slice(&row[at..at + w]);
+            at += w;
+        }
+    }
+    out
 }
 
 impl Decoder {
@@ -80,11 +112,16 @@ impl Decoder {
             x.iter_mut().for_each(|v| *v *= s);
         }
         let tables: Vec<(Vec<f32>, Vec<f32>)> = self.ropes.iter().map(|r| r.tables(&batch.positions)).collect();
+        let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.kv_dim());
         for (l, b) in self.blocks.iter().enumerate() {
-            let h = rms_norm_to(&x, &b.attn_norm, c.rms_eps);
-            let mut q = b.wq.forward(&h, rows);
-            let mut k = b.wk.forward(&h, rows);
-            let v = b.wv.forward(&h, rows);
+            let h = b.attn_norm.apply(&x, c.rms_eps);
+            let (mut q, mut k, v) = match &b.qkv {
+                Qkv::Separate { wq, wk, wv } => (wq.forward(&h, rows), wk.forward(&h, rows), wv.forward(&h, rows)),
+                Qkv::Fused(w) => {
+                    let mut parts = split_cols(&w.forward(&h, rows), rows, &[q_dim, kv_dim, kv_dim]).into_iter();
+                    (parts.next().expect("q"), parts.next().expect("k"), parts.next().expect("v"))
+                }
+            };
             if let Some(w) = &b.q_norm {
                 rms_norm(&mut q, w, c.rms_eps);
             }
@@ -100,15 +137,38 @@ impl Decoder {
             if let Some(w) = &b.post_attn_norm {
                 rms_norm(&mut o, w, c.rms_eps);
             }
-            add_assign(&mut x, &o);
-
-            let h = rms_norm_to(&x, &b.ffn_norm, c.rms_eps);
-            let mut g = b.gate.forward(&h, rows);
-            let u = b.up.forward(&h, rows);
-            gated(c.activation, &mut g, &u);
-            let mut dn = b.down.forward(&g, rows);
+            let h = match &b.ffn_norm {
+                Some(norm) => {
+                    add_assign(&mut x, &o);
+                    norm.apply(&x, c.rms_eps)
+                }
+                None => h,
+            };
+            let m = match &b.mlp {
+                Mlp::Gated { gate, up } => {
+                    let mut g = gate.forward(&h, rows);
+                    gated(c.activation, &mut g, &up.forward(&h, rows));
+                    g
+                }
+                Mlp::FusedGateUp(w) => {
+                    let ffn = w.out_dim() / 2;
+                    let mut parts = split_cols(&w.forward(&h, rows), rows, &[ffn, ffn]).into_iter();
+                    let (mut g, u) = (parts.next().expect("gate"), parts.next().expect("up"));
+                    gated(c.activation, &mut g, &u);
+                    g
+                }
+                Mlp::Plain(up) => {
+                    let mut u = up.forward(&h, rows);
+                    activate(c.activation, &mut u);
+                    u
+                }
+            };
+            let mut dn = b.down.forward(&m, rows);
             if let Some(w) = &b.post_ffn_norm {
                 rms_norm(&mut dn, w, c.rms_eps);
+            }
+            if b.ffn_norm.is_none() {
+                add_assign(&mut x, &o);
             }
             add_assign(&mut x, &dn);
         }
@@ -116,7 +176,7 @@ impl Decoder {
         for &r in &batch.logits_rows {
             last.extend_from_slice(&x[r * d..(r + 1) * d]);
         }
-        rms_norm(&mut last, &self.output_norm, c.rms_eps);
+        let last = self.output_norm.apply(&last, c.rms_eps);
         let mut logits = self.output.forward(&last, batch.logits_rows.len());
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
