@@ -64,7 +64,67 @@ fn reference(arch: Arch, path: &Path) -> Reference {
             let mut w = m::quantized_phi3::ModelWeights::from_gguf(false, ct, &mut f, &dev).unwrap();
             Box::new(move |tok, pos| logits(w.forward(&input(tok), pos)))
         }
-        other => panic!("no reference for {other:?}"),
+        Arch::Gemma | Arch::Gemma2 => hf_gemma(arch, ct, &mut f),
+    }
+}
+
+/// candle's (non-quantized) Gemma and Gemma 2, fed the GGUF's weights dequantized and renamed
+/// to Hugging Face's names (norms back from the GGUF's `1 + w` to `w`).
+fn hf_gemma(arch: Arch, ct: gguf_file::Content, f: &mut File) -> Reference {
+    use candle_transformers::models as m;
+    let s = &tiny_gguf::SHAPE;
+    let dev = Device::Cpu;
+    let mut tensors = std::collections::HashMap::new();
+    for name in ct.tensor_infos.keys() {
+        let t = ct.tensor(f, name, &dev).unwrap().dequantize(&dev).unwrap();
+        let hf = match name.as_str() {
+            "token_embd.weight" => "model.embed_tokens.weight".to_string(),
+            "output_norm.weight" => "model.norm.weight".to_string(),
+            n => {
+                let (l, rest) = n.strip_prefix("blk.").unwrap().split_once('.').unwrap();
+                let hf = match (rest, arch) {
+                    ("attn_norm.weight", _) => "input_layernorm.weight",
+                    ("attn_q.weight", _) => "self_attn.q_proj.weight",
+                    ("attn_k.weight", _) => "self_attn.k_proj.weight",
+                    ("attn_v.weight", _) => "self_attn.v_proj.weight",
+                    ("attn_output.weight", _) => "self_attn.o_proj.weight",
+                    ("ffn_gate.weight", _) => "mlp.gate_proj.weight",
+                    ("ffn_up.weight", _) => "mlp.up_proj.weight",
+                    ("ffn_down.weight", _) => "mlp.down_proj.weight",
+                    ("ffn_norm.weight", Arch::Gemma) => "post_attention_layernorm.weight",
+                    ("ffn_norm.weight", _) => "pre_feedforward_layernorm.weight",
+                    ("post_attention_norm.weight", _) => "post_attention_layernorm.weight",
+                    ("post_ffw_norm.weight", _) => "post_feedforward_layernorm.weight",
+                    other => panic!("unmapped tensor {other:?}"),
+                };
+                format!("model.layers.{l}.{hf}")
+            }
+        };
+        let t = if name.ends_with("norm.weight") { (t - 1.0).unwrap() } else { t };
+        tensors.insert(hf, t);
+    }
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &dev);
+    let mut cfg = serde_json::json!({
+        "attention_bias": false, "head_dim": s.head_dim, "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": s.hidden, "intermediate_size": s.ffn, "num_attention_heads": s.heads,
+        "num_hidden_layers": s.layers, "num_key_value_heads": s.kv_heads, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "vocab_size": tiny_gguf::vocab_size(), "max_position_embeddings": 512,
+    });
+    let logits = |t: candle_core::Result<Tensor>| -> Vec<f32> { t.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap() };
+    let input = |tok: u32| Tensor::new(&[[tok]], &Device::Cpu).unwrap();
+    if arch == Arch::Gemma {
+        cfg["hidden_act"] = serde_json::Value::Null;
+        let c: m::gemma::Config = serde_json::from_value(cfg).unwrap();
+        let mut w = m::gemma::Model::new(false, &c, vb).unwrap();
+        Box::new(move |tok, pos| logits(w.forward(&input(tok), pos)))
+    } else {
+        cfg["final_logit_softcapping"] = 30.0.into();
+        cfg["attn_logit_softcapping"] = 50.0.into();
+        cfg["query_pre_attn_scalar"] = s.head_dim.into();
+        cfg["sliding_window"] = serde_json::Value::Null;
+        let c: m::gemma2::Config = serde_json::from_value(cfg).unwrap();
+        let mut w = m::gemma2::Model::new(false, &c, vb).unwrap();
+        Box::new(move |tok, pos| logits(w.forward(&input(tok), pos)))
     }
 }
 
@@ -196,4 +256,42 @@ fn phi2_matches_candle_quantized_phi() {
 fn phi3_matches_candle_quantized_phi3() {
     check(Arch::Phi3, false);
     check(Arch::Phi3, true);
+}
+
+#[test]
+fn gemma_matches_candle_gemma() {
+    check(Arch::Gemma, false);
+    check(Arch::Gemma, true);
+}
+
+#[test]
+fn gemma2_matches_candle_gemma2() {
+    check(Arch::Gemma2, false);
+    check(Arch::Gemma2, true);
+}
+
+#[test]
+fn loading_errors_name_what_is_missing_and_the_file() {
+    use candle_core::quantized::gguf_file::Value;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let dir = std::env::temp_dir().join(format!("slm-tiny-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = |path: &Path| Model::load(path).err().expect("must not load").to_string();
+
+    let p = tiny_gguf::write_with(Arch::Llama, &dir, true, |md, _| md[0].1 = Value::String("mamba".into()));
+    let e = err(&p);
+    assert!(e.contains("unsupported architecture `mamba`") && e.contains("llama, qwen2") && e.contains(&*p.to_string_lossy()), "{e}");
+
+    let p = tiny_gguf::write_with(Arch::Qwen3, &dir, true, |_, t| t.retain(|(n, _)| n != "blk.1.attn_k_norm.weight"));
+    let e = err(&p);
+    assert!(e.contains("missing tensor `blk.1.attn_k_norm.weight`") && e.contains(&*p.to_string_lossy()), "{e}");
+
+    let p = tiny_gguf::write_with(Arch::Llama, &dir, true, |_, t| {
+        let i = t.iter().position(|(n, _)| n == "blk.0.ffn_up.weight").unwrap();
+        let dense = t[i].1.dequantize(&Device::Cpu).unwrap();
+        t[i].1 = QTensor::quantize(&dense, GgmlDType::BF16).unwrap();
+    });
+    let e = err(&p);
+    assert!(e.contains("`blk.0.ffn_up.weight` has unsupported quantization BF16") && e.contains(&*p.to_string_lossy()), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

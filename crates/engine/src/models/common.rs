@@ -21,6 +21,8 @@ pub struct BlockOptions {
     pub rope_base: Option<f32>,
     /// Overrides the 1/sqrt(head_dim) score scale.
     pub attn_scale: Option<f32>,
+    /// Attention-score soft-capping, cap·tanh(s/cap) (Gemma 2).
+    pub attn_softcap: Option<f32>,
 }
 
 pub struct ArchReader {
@@ -163,7 +165,7 @@ impl ArchReader {
                     num_kv_heads: c.num_kv_heads,
                     head_dim: c.head_dim,
                     scale: o.attn_scale.unwrap_or(1.0 / (c.head_dim as f32).sqrt()),
-                    softcap: None,
+                    softcap: o.attn_softcap,
                     window: o.window,
                 },
             });

@@ -26,6 +26,7 @@ pub fn load(g: &mut Gguf) -> Result<Decoder> {
             rope_base: if local { Some(LOCAL_ROPE_BASE) } else { None },
             // Gemma 3 scales scores by 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim).
             attn_scale: None,
+            attn_softcap: None,
         })
     })
 }

@@ -3,6 +3,8 @@
 
 pub mod common;
 pub mod decoder;
+pub mod gemma;
+pub mod gemma2;
 pub mod gemma3;
 pub mod llama;
 pub mod phi2;
@@ -15,7 +17,7 @@ pub use decoder::{Decoder, DecoderConfig};
 use crate::error::{EngineError, Result};
 use crate::loader::Gguf;
 
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi2", "phi3", "gemma3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi2", "phi3", "gemma", "gemma2", "gemma3"];
 
 pub fn load(g: &mut Gguf) -> Result<Decoder> {
     let arch = g.architecture()?;
@@ -25,6 +27,8 @@ pub fn load(g: &mut Gguf) -> Result<Decoder> {
         "phi3" => phi3::load(g),
         "qwen2" => qwen2::load(g),
         "qwen3" => qwen3::load(g),
+        "gemma" => gemma::load(g),
+        "gemma2" => gemma2::load(g),
         "gemma3" => gemma3::load(g),
         _ => Err(EngineError::UnsupportedArchitecture {
             path: g.path.clone(),
