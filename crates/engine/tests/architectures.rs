@@ -184,7 +184,8 @@ fn slm_run(model: &Model, seqs: &[Vec<u32>], prompt_lens: &[usize], batched: boo
 }
 
 fn check(arch: Arch, quantized: bool) {
-    let dir = std::env::temp_dir().join(format!("slm-tiny-{}", std::process::id()));
+    // One directory per check: tests run in parallel and each removes its own.
+    let dir = std::env::temp_dir().join(format!("slm-tiny-{}-{}-{quantized}", std::process::id(), arch.name()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = tiny_gguf::write(arch, &dir, quantized);
     let tolerance = if quantized { TOLERANCE_QUANTIZED } else { TOLERANCE_F32 };

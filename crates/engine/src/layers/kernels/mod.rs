@@ -1,8 +1,11 @@
 //! slm's own quantized matmul kernels for the weight types that dominate small GGUF models
 //! (Q5_0, Q8_0, Q4_K, Q6_K). At load, weights are repacked into tiles of 16 output columns: per 32-value
-//! sub-block (32 values, 16 for Q6_K), the 16 columns' values as unsigned bytes (`value +
+//! sub-block (32 values, 16 for Q6_K), the 16 columns' values as unsigned numbers (`value +
 //! offset`), interleaved four at a time so one `vpdpbusd` feeds 16 columns with 4 products
-//! each, and the 16 scales (and mins). A row of activations is quantized once to 8 bits (Q8_0
+//! each, and the 16 scales (and mins). Decode reads every weight once per token, so the
+//! packing keeps the file's bits: Q8_0 as bytes; Q4_K, Q5_0 and Q6_K as nibbles (two groups
+//! of 64 values per 64-byte line, low and high nibble) plus one 64-bit mask per extra bit and
+//! group (Q5_0: one, Q6_K: two), expanded in registers (`vpaddb` under a mask). A row of activations is quantized once to 8 bits (Q8_0
 //! or Q8_K, as ggml does for the weight type) and broadcast against a tile, so each
 //! output lane is one column: no horizontal sums, and every weight byte loaded is used for all
 //! rows of the call.
@@ -54,6 +57,8 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
     /// Added to every value so it fits an unsigned byte (undone through the activation sums).
     const OFFSET: i32;
     const HAS_MIN: bool;
+    /// Bits of `value + OFFSET`: 4 to 6 are packed as nibbles plus bit planes, 8 as bytes.
+    const BITS: u32;
     /// Activations are quantized as ggml does for this type: Q8_0 (32 values per f16 scale)
     /// for the legacy quants, Q8_K (256 values per f32 scale) for the K-quants.
     const ACT_BLOCK: usize = QK;
@@ -67,6 +72,7 @@ impl WeightBlock for BlockQ5_0 {
     const SUB: usize = 32;
     const OFFSET: i32 = 16;
     const HAS_MIN: bool = false;
+    const BITS: u32 = 5;
     fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
         let qh = u32::from_le_bytes(self.qh);
         for j in 0..16 {
@@ -82,6 +88,7 @@ impl WeightBlock for BlockQ8_0 {
     const SUB: usize = 32;
     const OFFSET: i32 = 128;
     const HAS_MIN: bool = false;
+    const BITS: u32 = 8;
     fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
         for j in 0..32 {
             u[j] = (self.qs[j] as i32 + 128) as u8;
@@ -118,6 +125,7 @@ impl WeightBlock for BlockQ4K {
     const SUB: usize = 32;
     const OFFSET: i32 = 0;
     const HAS_MIN: bool = true;
+    const BITS: u32 = 4;
     fn decode(&self, u: &mut [u8], scales: &mut [f32], neg_mins: &mut [f32]) {
         let d = half::f16::from_bits(self.d).to_f32();
         let dmin = half::f16::from_bits(self.dmin).to_f32();
@@ -143,6 +151,7 @@ impl WeightBlock for BlockQ6K {
     const SUB: usize = 16;
     const OFFSET: i32 = 32;
     const HAS_MIN: bool = false;
+    const BITS: u32 = 6;
     fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
         let d = half::f16::from_bits(self.d).to_f32();
         for (s, sc) in scales.iter_mut().zip(&self.scales) {
@@ -167,8 +176,9 @@ impl WeightBlock for BlockQ6K {
 struct Line([u8; 64]);
 
 /// Weights repacked for the kernels: per tile of 16 columns and sub-block of `sub` values,
-/// `sub / 4` groups of 64 bytes (16 columns × 4 consecutive values), then 16 scales (and
-/// 16 negated mins).
+/// `sub / 4` groups of 64 values (16 columns × 4 consecutive values, value `lane·4 + j`) —
+/// as 64-byte lines of bytes, or of nibble pairs (group 2i low, 2i+1 high) with `bits − 4`
+/// masks per group for the high bits — then 16 scales (and 16 negated mins).
 pub struct PackedWeights {
     pub n: usize,
     pub k: usize,
@@ -176,7 +186,10 @@ pub struct PackedWeights {
     pub offset: i32,
     pub has_min: bool,
     pub act_block: usize,
+    pub bits: u32,
     lines: Vec<Line>,
+    /// Per tile and sub-block: `(bits − 4)` planes × groups of 64-bit masks (nibble packing).
+    planes: Vec<u64>,
     scales: Vec<f32>,
     neg_mins: Vec<f32>,
 }
@@ -188,8 +201,12 @@ impl PackedWeights {
         assert_eq!(w.len(), n * blocks);
         let nsub = k / W::SUB;
         let tiles = n.div_ceil(TILE);
-        let lines_per_sub = W::SUB / 4;
+        let groups = W::SUB / 4;
+        let nibbles = W::BITS < 8;
+        let lines_per_sub = if nibbles { groups / 2 } else { groups };
+        let extra = if nibbles { (W::BITS - 4) as usize } else { 0 };
         let mut lines = vec![Line([0; 64]); tiles * nsub * lines_per_sub];
+        let mut planes = vec![0u64; tiles * nsub * extra * groups];
         let mut scales = vec![0f32; tiles * nsub * TILE];
         let mut neg_mins = vec![0f32; if W::HAS_MIN { tiles * nsub * TILE } else { 0 }];
         let mut u = vec![0u8; W::VALUES];
@@ -202,9 +219,19 @@ impl PackedWeights {
                 for j in 0..W::VALUES / W::SUB {
                     let s = b * (W::VALUES / W::SUB) + j;
                     let tsub = t * nsub + s;
-                    for g in 0..lines_per_sub {
-                        let line = &mut lines[tsub * lines_per_sub + g].0;
-                        line[lane * 4..lane * 4 + 4].copy_from_slice(&u[j * W::SUB + g * 4..j * W::SUB + g * 4 + 4]);
+                    for g in 0..groups {
+                        for i in 0..4 {
+                            let v = u[j * W::SUB + g * 4 + i];
+                            let bit = lane * 4 + i;
+                            if nibbles {
+                                lines[tsub * lines_per_sub + g / 2].0[bit] |= (v & 0x0F) << (4 * (g % 2));
+                                for p in 0..extra {
+                                    planes[(tsub * extra + p) * groups + g] |= (((v >> (4 + p)) & 1) as u64) << bit;
+                                }
+                            } else {
+                                lines[tsub * lines_per_sub + g].0[bit] = v;
+                            }
+                        }
                     }
                     scales[tsub * TILE + lane] = sc[j];
                     if W::HAS_MIN {
@@ -213,7 +240,51 @@ impl PackedWeights {
                 }
             }
         }
-        Self { n, k, sub: W::SUB, offset: W::OFFSET, has_min: W::HAS_MIN, act_block: W::ACT_BLOCK, lines, scales, neg_mins }
+        Self { n, k, sub: W::SUB, offset: W::OFFSET, has_min: W::HAS_MIN, act_block: W::ACT_BLOCK, bits: W::BITS, lines, planes, scales, neg_mins }
+    }
+
+    /// Extra bit planes per group (0 for byte packing).
+    pub fn num_planes(&self) -> usize {
+        if self.bits < 8 {
+            (self.bits - 4) as usize
+        } else {
+            0
+        }
+    }
+
+    fn lines_per_sub(&self) -> usize {
+        if self.bits < 8 {
+            self.sub / 8
+        } else {
+            self.sub / 4
+        }
+    }
+
+    /// The masks of tile `t`, sub-block `s`: plane p of group g at `p · sub/4 + g`.
+    #[inline]
+    pub fn tile_planes(&self, t: usize, s: usize) -> &[u64] {
+        let n = self.num_planes() * self.sub / 4;
+        let first = (t * self.num_subs() + s) * n;
+        &self.planes[first..first + n]
+    }
+
+    /// Group `g` of tile `t`, sub-block `s`, decoded to bytes (the portable kernel's view).
+    pub fn group(&self, t: usize, s: usize, g: usize) -> [u8; 64] {
+        let line = self.tile_sub(t, s);
+        let mut out = [0u8; 64];
+        if self.bits == 8 {
+            out.copy_from_slice(&line[g * 64..g * 64 + 64]);
+            return out;
+        }
+        let planes = self.tile_planes(t, s);
+        for (i, o) in out.iter_mut().enumerate() {
+            let mut v = (line[(g / 2) * 64 + i] >> (4 * (g % 2))) & 0x0F;
+            for p in 0..self.num_planes() {
+                v |= (((planes[p * self.sub / 4 + g] >> i) & 1) as u8) << (4 + p);
+            }
+            *o = v;
+        }
+        out
     }
 
     pub fn num_subs(&self) -> usize {
@@ -224,10 +295,11 @@ impl PackedWeights {
         self.n.div_ceil(TILE)
     }
 
-    /// The bytes of tile `t`, sub-block `s`: group g (4 values of each of 16 columns) at g·64.
+    /// The lines of tile `t`, sub-block `s`: 64 bytes per group (bytes) or per two groups
+    /// (nibbles).
     #[inline]
     pub fn tile_sub(&self, t: usize, s: usize) -> &[u8] {
-        let lines = self.sub / 4;
+        let lines = self.lines_per_sub();
         let first = (t * self.num_subs() + s) * lines;
         // SAFETY: lines are contiguous 64-byte arrays.
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr().add(first) as *const u8, lines * 64) }

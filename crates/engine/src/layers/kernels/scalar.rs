@@ -6,32 +6,35 @@ use super::{PackedWeights, QuantizedRows, QK, TILE};
 
 pub fn tiles(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     let nsub = w.num_subs();
+    let groups = w.sub / 4;
+    let mut decoded = vec![[0u8; 64]; groups];
     for t in t0..t1 {
-        for lane in 0..TILE {
-            let c = t * TILE + lane;
-            if c >= w.n {
-                break;
+        let valid = (w.n - t * TILE).min(TILE);
+        let mut acc = vec![[0f32; TILE]; m];
+        for s in 0..nsub {
+            for (g, d) in decoded.iter_mut().enumerate() {
+                *d = w.group(t, s, g);
             }
-            for r in 0..m {
-                let mut acc = 0f32;
-                for s in 0..nsub {
-                    let bytes = w.tile_sub(t, s);
-                    let first = (r * nsub + s) * w.sub;
-                    let xs = &q.qs[first..first + w.sub];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let first = (r * nsub + s) * w.sub;
+                let xs = &q.qs[first..first + w.sub];
+                let dx = q.d[first / QK];
+                for (lane, a) in acc.iter_mut().enumerate().take(valid) {
                     let mut isum = q.init[r * nsub + s];
-                    for g in 0..w.sub / 4 {
+                    for (g, bytes) in decoded.iter().enumerate() {
                         for j in 0..4 {
-                            isum += bytes[g * 64 + lane * 4 + j] as i32 * xs[g * 4 + j] as i32;
+                            isum += bytes[lane * 4 + j] as i32 * xs[g * 4 + j] as i32;
                         }
                     }
-                    let dx = q.d[first / QK];
-                    acc = (isum as f32).mul_add(w.tile_scales(t, s)[lane] * dx, acc);
+                    *a = (isum as f32).mul_add(w.tile_scales(t, s)[lane] * dx, *a);
                     if w.has_min {
-                        acc = q.sums[r * nsub + s].mul_add(w.tile_neg_mins(t, s)[lane] * dx, acc);
+                        *a = q.sums[r * nsub + s].mul_add(w.tile_neg_mins(t, s)[lane] * dx, *a);
                     }
                 }
-                out[r * w.n + c] = acc;
             }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            out[r * w.n + t * TILE..r * w.n + t * TILE + valid].copy_from_slice(&acc[..valid]);
         }
     }
 }

@@ -13,25 +13,25 @@ use super::{PackedWeights, QuantizedRows, QK, TILE};
 const ROWS: usize = 4;
 
 pub unsafe fn tiles_vnni(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
-    match (w.sub, w.has_min) {
-        (32, false) => tiles_vnni_impl::<8, false>(w, q, m, t0, t1, out),
-        (32, true) => tiles_vnni_impl::<8, true>(w, q, m, t0, t1, out),
-        (16, false) => tiles_vnni_impl::<4, false>(w, q, m, t0, t1, out),
-        (16, true) => tiles_vnni_impl::<4, true>(w, q, m, t0, t1, out),
-        _ => unreachable!("sub-blocks are 16 or 32 values"),
+    match (w.sub, w.has_min, w.bits) {
+        (32, false, 8) => tiles_vnni_impl::<8, false, false, 0>(w, q, m, t0, t1, out),
+        (32, false, 5) => tiles_vnni_impl::<8, false, true, 1>(w, q, m, t0, t1, out),
+        (32, true, 4) => tiles_vnni_impl::<8, true, true, 0>(w, q, m, t0, t1, out),
+        (16, false, 6) => tiles_vnni_impl::<4, false, true, 2>(w, q, m, t0, t1, out),
+        other => unreachable!("no kernel for packing {other:?}"),
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     for t in t0..t1 {
         let mut r = 0;
         while r < m {
             if m - r >= ROWS {
-                tile_vnni::<G, MIN, ROWS>(w, q, t, r, out);
+                tile_vnni::<G, MIN, NIB, EXTRA, ROWS>(w, q, t, r, out);
                 r += ROWS;
             } else {
-                tile_vnni::<G, MIN, 1>(w, q, t, r, out);
+                tile_vnni::<G, MIN, NIB, EXTRA, 1>(w, q, t, r, out);
                 r += 1;
             }
         }
@@ -39,14 +39,33 @@ unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool>(w: &PackedWeights, q:
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn tile_vnni<const G: usize, const MIN: bool, const R: usize>(w: &PackedWeights, q: &QuantizedRows, t: usize, r0: usize, out: &mut [f32]) {
+unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const R: usize>(w: &PackedWeights, q: &QuantizedRows, t: usize, r0: usize, out: &mut [f32]) {
     let nsub = w.num_subs();
     let mut acc = [_mm512_setzero_ps(); R];
+    let low = _mm512_set1_epi8(0x0F);
     for s in 0..nsub {
         let p = w.tile_sub(t, s).as_ptr();
         let mut wv = [_mm512_setzero_si512(); G];
-        for (g, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_load_si512(p.add(g * 64) as *const _);
+        if NIB {
+            // Two groups per line (low and high nibbles), then each extra bit under its mask.
+            for i in 0..G / 2 {
+                let v = _mm512_load_si512(p.add(i * 64) as *const _);
+                wv[2 * i] = _mm512_and_si512(v, low);
+                wv[2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            }
+            if EXTRA > 0 {
+                let planes = w.tile_planes(t, s).as_ptr();
+                for e in 0..EXTRA {
+                    let add = _mm512_set1_epi8((16 << e) as i8);
+                    for (g, v) in wv.iter_mut().enumerate() {
+                        *v = _mm512_mask_add_epi8(*v, *planes.add(e * G + g), *v, add);
+                    }
+                }
+            }
+        } else {
+            for (g, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_load_si512(p.add(g * 64) as *const _);
+            }
         }
         let sw = _mm512_loadu_ps(w.tile_scales(t, s).as_ptr());
         let smin = if MIN { _mm512_loadu_ps(w.tile_neg_mins(t, s).as_ptr()) } else { _mm512_setzero_ps() };
@@ -74,21 +93,24 @@ unsafe fn tile_vnni<const G: usize, const MIN: bool, const R: usize>(w: &PackedW
 }
 
 pub unsafe fn tiles_avx2(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
-    match (w.sub, w.has_min, w.offset == 128) {
-        (32, false, true) => tiles_avx2_impl::<8, false, true>(w, q, m, t0, t1, out),
-        (32, false, false) => tiles_avx2_impl::<8, false, false>(w, q, m, t0, t1, out),
-        (32, true, _) => tiles_avx2_impl::<8, true, false>(w, q, m, t0, t1, out),
-        (16, false, _) => tiles_avx2_impl::<4, false, false>(w, q, m, t0, t1, out),
-        (16, true, _) => tiles_avx2_impl::<4, true, false>(w, q, m, t0, t1, out),
-        _ => unreachable!("sub-blocks are 16 or 32 values"),
+    match (w.sub, w.has_min, w.bits) {
+        (32, false, 8) => tiles_avx2_impl::<8, false, true, false, 0>(w, q, m, t0, t1, out),
+        (32, false, 5) => tiles_avx2_impl::<8, false, false, true, 1>(w, q, m, t0, t1, out),
+        (32, true, 4) => tiles_avx2_impl::<8, true, false, true, 0>(w, q, m, t0, t1, out),
+        (16, false, 6) => tiles_avx2_impl::<4, false, false, true, 2>(w, q, m, t0, t1, out),
+        other => unreachable!("no kernel for packing {other:?}"),
     }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, const NIB: bool, const EXTRA: usize>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     let nsub = w.num_subs();
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(-128);
+    let low = _mm256_set1_epi8(0x0F);
+    // Bit k of a 32-bit mask to byte k: each byte picks its mask byte, then tests its bit.
+    let spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    let select = _mm256_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
     for t in t0..t1 {
         let c0 = t * TILE;
         let valid = (w.n - c0).min(TILE);
@@ -102,10 +124,34 @@ unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool>(w
                 let dx = _mm256_set1_ps(*q.d.get_unchecked(first / QK));
                 let sw = w.tile_scales(t, s).as_ptr();
                 for (h, a) in acc.iter_mut().enumerate() {
+                    // This half's 8 columns of every group, as bytes.
+                    let mut wd = [_mm256_setzero_si256(); G];
+                    if NIB {
+                        for i in 0..G / 2 {
+                            let v = _mm256_load_si256(p.add(i * 64 + h * 32) as *const __m256i);
+                            wd[2 * i] = _mm256_and_si256(v, low);
+                            wd[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                        }
+                        if EXTRA > 0 {
+                            let planes = w.tile_planes(t, s).as_ptr();
+                            for e in 0..EXTRA {
+                                let add = _mm256_set1_epi8((16 << e) as i8);
+                                for (g, v) in wd.iter_mut().enumerate() {
+                                    let bits = (*planes.add(e * G + g) >> (32 * h)) as u32;
+                                    let b = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), spread);
+                                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(b, select), select);
+                                    *v = _mm256_add_epi8(*v, _mm256_and_si256(set, add));
+                                }
+                            }
+                        }
+                    } else {
+                        for (g, v) in wd.iter_mut().enumerate() {
+                            *v = _mm256_load_si256(p.add(g * 64 + h * 32) as *const __m256i);
+                        }
+                    }
                     // Q8_0's signed path needs no offset correction (its init is 0 too).
                     let mut isum = if SIGNED { _mm256_setzero_si256() } else { _mm256_set1_epi32(*q.init.get_unchecked(qs)) };
-                    for g in 0..G {
-                        let wu = _mm256_load_si256(p.add(g * 64 + h * 32) as *const __m256i);
+                    for (g, &wu) in wd.iter().enumerate() {
                         let xb = _mm256_set1_epi32(xp.add(g).read_unaligned());
                         let prod = if SIGNED {
                             let ws = _mm256_xor_si256(wu, flip);
