@@ -155,10 +155,3 @@ fn bad_requests_are_refused_and_change_nothing() {
     wait_for(|| e.stats().kv_blocks_used == 0);
 }
 
-fn wait_for(cond: impl Fn() -> bool) {
-    let t = std::time::Instant::now();
-    while !cond() {
-        assert!(t.elapsed().as_secs() < 10, "condition not reached in 10 s");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}

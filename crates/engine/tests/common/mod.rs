@@ -47,3 +47,13 @@ pub fn model(name: &str) -> Arc<Model> {
 pub fn ids(v: &Value) -> Vec<u32> {
     v.as_array().expect("id array").iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
+
+/// Waits (up to 10 s) for a condition the engine thread makes true after it sends events.
+#[allow(dead_code)]
+pub fn wait_for(cond: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed().as_secs() < 10, "condition not reached in 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
