@@ -1,5 +1,7 @@
 //! `slm bench`: offline throughput of the engine on a model — aggregate and per-sequence
-//! decode tok/s at several concurrencies, prefill tok/s, and where step time goes. A
+//! decode tok/s at several concurrencies, prefill tok/s, and where step time goes — and,
+//! with `--compare CMD`, a side-by-side with another engine's benchmark run right after on
+//! the same machine (llama.cpp's `llama-bench` output is read; anything else is printed). A
 //! benchmark, not a test: it prints figures, it asserts nothing.
 
 use std::sync::Arc;
@@ -15,6 +17,8 @@ pub struct BenchArgs {
     pub gen_tokens: usize,
     /// Constrain every sequence to this JSON Schema (to measure what masks cost).
     pub json_schema: Option<serde_json::Value>,
+    /// A shell command to run afterwards and put side by side (e.g. `llama-bench -m … -t 2`).
+    pub compare: Option<String>,
 }
 
 /// Distinct prompts of exactly `n` tokens: a long text tokenized once, cut at different offsets.
@@ -112,6 +116,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
     println!("{:>5} {:>12} {:>12} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}", "seqs", "agg tok/s", "seq tok/s", "wall s", "steps", "rows/step", "forward%", "sample%", "sched+post%");
     let mut breakdown = Vec::new();
+    let mut results = Vec::new();
     for &c in &args.concurrency {
         profile::reset();
         profile::set_enabled(true);
@@ -133,7 +138,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             pct(s.schedule_ns + s.postprocess_ns),
         );
         breakdown.push((c, s.forward_ns, profile::snapshot()));
+        results.push((c, r.per_seq_decode_tps));
     }
+    let single = results.iter().find(|(c, _)| *c == 1).map(|(_, tps)| *tps);
     println!("\nforward time split (share of forward time):");
     print!("{:>5}", "seqs");
     for (name, _) in &breakdown[0].2 {
@@ -149,5 +156,60 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         println!(" {:>13.1}%", 100.0 * fwd.saturating_sub(sum) as f64 / *fwd as f64);
     }
+    if let Some(cmd) = &args.compare {
+        drop(engine);
+        side_by_side(cmd, args.prompt_tokens, prefill_tps, args.gen_tokens, single)?;
+    }
     Ok(())
+}
+
+/// Runs `cmd` and prints its prefill (`ppN`) and decode (`tgN`) rates beside slm's.
+fn side_by_side(cmd: &str, prompt_tokens: usize, prefill_tps: f64, gen_tokens: usize, decode_tps: Option<f64>) -> Result<()> {
+    println!("\nrunning: {cmd}");
+    let out = std::process::Command::new("sh").arg("-c").arg(cmd).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("the compared command failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let theirs = llama_bench_rates(&text);
+    if theirs.is_empty() {
+        println!("(no llama-bench rows found; its output follows)\n{text}");
+        return Ok(());
+    }
+    println!("\n{:>8} {:>12} {:>12} {:>10}", "test", "slm tok/s", "other tok/s", "slm/other");
+    for (test, other) in theirs {
+        let ours = match (test.get(..2), test[2..].parse::<usize>()) {
+            (Some("pp"), Ok(n)) if n == prompt_tokens => Some(prefill_tps),
+            (Some("tg"), Ok(n)) if n == gen_tokens => decode_tps,
+            _ => None,
+        };
+        match ours {
+            Some(o) => println!("{test:>8} {o:>12.1} {other:>12.1} {:>9.2}x", o / other),
+            None => println!("{test:>8} {:>12} {other:>12.1} {:>10}", "-", "-"),
+        }
+    }
+    Ok(())
+}
+
+/// `(test, tok/s)` from llama-bench's markdown table: rows whose `test` cell is `ppN` or
+/// `tgN`, rate from the last cell (`303.40 ± 2.10`).
+fn llama_bench_rates(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| l.trim_start().starts_with('|'))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+            let test = cells.iter().find(|c| (c.starts_with("pp") || c.starts_with("tg")) && c[2..].parse::<usize>().is_ok())?;
+            let rate = cells.last()?.split_whitespace().next()?.parse::<f64>().ok()?;
+            Some((test.to_string(), rate))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_llama_bench_tables() {
+        let out = "| model | size | params | backend | threads | test | t/s |\n| --- | ---: | ---: | --- | ---: | ---: | ---: |\n| qwen2 1B Q4_K - Medium | 462.96 MiB | 630.17 M | CPU | 2 | pp128 | 303.40 ± 2.10 |\n| qwen2 1B Q4_K - Medium | 462.96 MiB | 630.17 M | CPU | 2 | tg128 | 57.41 ± 0.30 |\n\nbuild: abc (1)\n";
+        assert_eq!(super::llama_bench_rates(out), vec![("pp128".to_string(), 303.4), ("tg128".to_string(), 57.41)]);
+    }
 }

@@ -66,6 +66,10 @@ pub enum Command {
         /// constrained decoding against a run without it.
         #[arg(long)]
         json_schema: Option<String>,
+        /// A benchmark command to run afterwards on the same machine and print side by side,
+        /// e.g. "llama-bench -m MODEL.gguf -p 128 -n 128 -t 2" (its ppN/tgN rows are read).
+        #[arg(long)]
+        compare: Option<String>,
     },
     /// Kernel micro-benchmark (not a test): quantized matmul time per call, candle vs slm.
     BenchKernels {
@@ -98,9 +102,9 @@ pub fn run(cli: Cli) -> Result<()> {
             rt.block_on(slm_server::serve::serve(cfg))
         }
         Command::Generate { model, prompt, max_tokens, temperature, seed, chat } => generate(&model, &prompt, max_tokens, temperature, seed, chat),
-        Command::Bench { model, concurrency, prompt_tokens, gen_tokens, json_schema } => {
+        Command::Bench { model, concurrency, prompt_tokens, gen_tokens, json_schema, compare } => {
             let json_schema = json_schema.map(|s| serde_json::from_str(&s)).transpose().map_err(|e| anyhow::anyhow!("--json-schema is not JSON: {e}"))?;
-            crate::bench::bench(crate::bench::BenchArgs { model, concurrency, prompt_tokens, gen_tokens, json_schema })
+            crate::bench::bench(crate::bench::BenchArgs { model, concurrency, prompt_tokens, gen_tokens, json_schema, compare })
         }
         Command::BenchKernels { n, k } => {
             println!("quantized matmul, weight {n} x {k}, kernel level {:?}", slm_engine::layers::kernels::detected_level());
