@@ -59,6 +59,9 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
     const HAS_MIN: bool;
     /// Bits of `value + OFFSET`: 4 to 6 are packed as nibbles plus bit planes, 8 as bytes.
     const BITS: u32;
+    /// Every scale is an f16 of the file (Q5_0, Q8_0), so the tiles store it as f16: exact,
+    /// and half the bytes. K-quant scales are products computed in f32 and stay f32.
+    const HALF_SCALES: bool = false;
     /// Activations are quantized as ggml does for this type: Q8_0 (32 values per f16 scale)
     /// for the legacy quants, Q8_K (256 values per f32 scale) for the K-quants.
     const ACT_BLOCK: usize = QK;
@@ -73,6 +76,7 @@ impl WeightBlock for BlockQ5_0 {
     const OFFSET: i32 = 16;
     const HAS_MIN: bool = false;
     const BITS: u32 = 5;
+    const HALF_SCALES: bool = true;
     fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
         let qh = u32::from_le_bytes(self.qh);
         for j in 0..16 {
@@ -89,6 +93,7 @@ impl WeightBlock for BlockQ8_0 {
     const OFFSET: i32 = 128;
     const HAS_MIN: bool = false;
     const BITS: u32 = 8;
+    const HALF_SCALES: bool = true;
     fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
         for j in 0..32 {
             u[j] = (self.qs[j] as i32 + 128) as u8;
@@ -190,7 +195,10 @@ pub struct PackedWeights {
     lines: Vec<Line>,
     /// Per tile and sub-block: `(bits − 4)` planes × groups of 64-bit masks (nibble packing).
     planes: Vec<u64>,
+    /// f32 scales, or (`half_scales`) their f16 bits in `half`.
     scales: Vec<f32>,
+    pub half_scales: bool,
+    half: Vec<u16>,
     neg_mins: Vec<f32>,
 }
 
@@ -240,7 +248,8 @@ impl PackedWeights {
                 }
             }
         }
-        Self { n, k, sub: W::SUB, offset: W::OFFSET, has_min: W::HAS_MIN, act_block: W::ACT_BLOCK, bits: W::BITS, lines, planes, scales, neg_mins }
+        let (scales, half) = if W::HALF_SCALES { (Vec::new(), scales.iter().map(|&s| half::f16::from_f32(s).to_bits()).collect()) } else { (scales, Vec::new()) };
+        Self { n, k, sub: W::SUB, offset: W::OFFSET, has_min: W::HAS_MIN, act_block: W::ACT_BLOCK, bits: W::BITS, lines, planes, scales, half_scales: W::HALF_SCALES, half, neg_mins }
     }
 
     /// Extra bit planes per group (0 for byte packing).
@@ -305,10 +314,28 @@ impl PackedWeights {
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr().add(first) as *const u8, lines * 64) }
     }
 
+    /// The 16 scales of tile `t`, sub-block `s` (f32 tiles only).
     #[inline]
     pub fn tile_scales(&self, t: usize, s: usize) -> &[f32] {
         let i = (t * self.num_subs() + s) * TILE;
         &self.scales[i..i + TILE]
+    }
+
+    /// The 16 scales of tile `t`, sub-block `s` as f16 bits (`half_scales` tiles only).
+    #[inline]
+    pub fn tile_half_scales(&self, t: usize, s: usize) -> &[u16] {
+        let i = (t * self.num_subs() + s) * TILE;
+        &self.half[i..i + TILE]
+    }
+
+    /// One column's scale, whatever the storage.
+    #[inline]
+    pub fn scale(&self, t: usize, s: usize, lane: usize) -> f32 {
+        if self.half_scales {
+            half::f16::from_bits(self.tile_half_scales(t, s)[lane]).to_f32()
+        } else {
+            self.tile_scales(t, s)[lane]
+        }
     }
 
     #[inline]
@@ -405,7 +432,7 @@ pub fn detected_level() -> Level {
             if cap != "avx2" && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512f") {
                 return Level::Avx512Vnni;
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
                 return Level::Avx2;
             }
         }
@@ -499,7 +526,7 @@ mod tests {
         let mut levels = vec![Level::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
                 levels.push(Level::Avx2);
             }
             if detected_level() == Level::Avx512Vnni {

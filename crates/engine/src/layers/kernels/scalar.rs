@@ -26,7 +26,7 @@ pub fn tiles(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usiz
                             isum += bytes[lane * 4 + j] as i32 * xs[g * 4 + j] as i32;
                         }
                     }
-                    *a = (isum as f32).mul_add(w.tile_scales(t, s)[lane] * dx, *a);
+                    *a = (isum as f32).mul_add(w.scale(t, s, lane) * dx, *a);
                     if w.has_min {
                         *a = q.sums[r * nsub + s].mul_add(w.tile_neg_mins(t, s)[lane] * dx, *a);
                     }

@@ -67,7 +67,7 @@ unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTR
                 *v = _mm512_load_si512(p.add(g * 64) as *const _);
             }
         }
-        let sw = _mm512_loadu_ps(w.tile_scales(t, s).as_ptr());
+        let sw = if w.half_scales { _mm512_cvtph_ps(_mm256_loadu_si256(w.tile_half_scales(t, s).as_ptr() as *const __m256i)) } else { _mm512_loadu_ps(w.tile_scales(t, s).as_ptr()) };
         let smin = if MIN { _mm512_loadu_ps(w.tile_neg_mins(t, s).as_ptr()) } else { _mm512_setzero_ps() };
         for (i, a) in acc.iter_mut().enumerate() {
             let qs = (r0 + i) * nsub + s;
@@ -102,7 +102,7 @@ pub unsafe fn tiles_avx2(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usi
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, const NIB: bool, const EXTRA: usize>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     let nsub = w.num_subs();
     let ones = _mm256_set1_epi16(1);
@@ -122,7 +122,13 @@ unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, c
                 let first = qs * G * 4;
                 let xp = q.qs.as_ptr().add(first) as *const i32;
                 let dx = _mm256_set1_ps(*q.d.get_unchecked(first / QK));
-                let sw = w.tile_scales(t, s).as_ptr();
+                let sw = if w.half_scales {
+                    let hp = w.tile_half_scales(t, s).as_ptr();
+                    [_mm256_cvtph_ps(_mm_loadu_si128(hp as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128(hp.add(8) as *const __m128i))]
+                } else {
+                    let fp = w.tile_scales(t, s).as_ptr();
+                    [_mm256_loadu_ps(fp), _mm256_loadu_ps(fp.add(8))]
+                };
                 for (h, a) in acc.iter_mut().enumerate() {
                     // This half's 8 columns of every group, as bytes.
                     let mut wd = [_mm256_setzero_si256(); G];
@@ -161,7 +167,7 @@ unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, c
                         };
                         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, ones));
                     }
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(_mm256_loadu_ps(sw.add(h * 8)), dx), *a);
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(sw[h], dx), *a);
                     if MIN {
                         let smin = _mm256_loadu_ps(w.tile_neg_mins(t, s).as_ptr().add(h * 8));
                         *a = _mm256_fmadd_ps(_mm256_set1_ps(*q.sums.get_unchecked(qs)), _mm256_mul_ps(smin, dx), *a);
