@@ -21,7 +21,10 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
-    /// How many top alternatives to report with each token (0: none).
+    /// Report each token's logprob (computing it takes a softmax over the whole vocabulary,
+    /// so it is skipped unless asked for).
+    pub logprobs: bool,
+    /// How many top alternatives to report with each token (0: none); implies `logprobs`.
     pub top_logprobs: usize,
 }
 
@@ -37,6 +40,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             logit_bias: Vec::new(),
             seed: None,
+            logprobs: false,
             top_logprobs: 0,
         }
     }
@@ -55,7 +59,7 @@ impl SamplingParams {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
     pub token: u32,
-    /// Log-probability of `token` under the raw model distribution.
+    /// Log-probability of `token` under the raw model distribution (0 unless asked for).
     pub logprob: f32,
     /// The `top_logprobs` most likely tokens, most likely first.
     pub top: Vec<(u32, f32)>,
@@ -86,10 +90,24 @@ impl Sampler {
     /// Picks the next token. `context` is every token so far (prompt + generated), for the
     /// repetition penalty.
     pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> Sampled {
+        let adjusted = !self.params.logit_bias.is_empty() || self.params.repetition_penalty != 1.0 || self.params.frequency_penalty != 0.0 || self.params.presence_penalty != 0.0;
+        let token = match (adjusted, self.params.is_greedy()) {
+            (false, true) => argmax(logits),
+            (false, false) => self.draw(logits),
+            (true, greedy) => {
+                let mut l = logits.to_vec();
+                self.adjust(&mut l, context);
+                if greedy {
+                    argmax(&l)
+                } else {
+                    self.draw(&l)
+                }
+            }
+        };
+        if !self.params.logprobs && self.params.top_logprobs == 0 {
+            return Sampled { token, logprob: 0.0, top: Vec::new() };
+        }
         let (logprob_of, top) = raw_logprobs(logits, self.params.top_logprobs);
-        let mut l = logits.to_vec();
-        self.adjust(&mut l, context);
-        let token = if self.params.is_greedy() { argmax(&l) } else { self.draw(&l) };
         Sampled { token, logprob: logprob_of(token), top }
     }
 

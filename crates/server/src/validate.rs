@@ -33,7 +33,8 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, lo_open: bool) -> Result
     }
 }
 
-pub fn sampling(f: &SamplingFields, top_logprobs: usize, vocab_size: usize) -> Result<ValidSampling, ApiError> {
+/// `logprobs`: None, or Some(number of alternatives) when the request wants logprobs.
+pub fn sampling(f: &SamplingFields, logprobs: Option<usize>, vocab_size: usize) -> Result<ValidSampling, ApiError> {
     let temperature = range("temperature", f.temperature, 0.0, 2.0, false)?.unwrap_or(1.0);
     let top_p = range("top_p", f.top_p, 0.0, 1.0, true)?.unwrap_or(1.0);
     let presence = range("presence_penalty", f.presence_penalty, -2.0, 2.0, false)?.unwrap_or(0.0);
@@ -77,7 +78,8 @@ pub fn sampling(f: &SamplingFields, top_logprobs: usize, vocab_size: usize) -> R
         presence_penalty: presence as f32,
         logit_bias,
         seed: f.seed.map(|s| s as u64),
-        top_logprobs,
+        logprobs: logprobs.is_some(),
+        top_logprobs: logprobs.unwrap_or(0),
     };
     let stream = f.stream.unwrap_or(false);
     let include_usage = stream && f.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
@@ -183,7 +185,7 @@ mod tests {
             Row { name: "negative top_k", fields: SamplingFields { top_k: Some(-1), ..Default::default() }, param: Some("top_k") },
         ];
         for r in rows {
-            let got = sampling(&r.fields, 0, 100).err().and_then(|e| e.param);
+            let got = sampling(&r.fields, None, 100).err().and_then(|e| e.param);
             assert_eq!(got.as_deref(), r.param, "{}", r.name);
         }
     }

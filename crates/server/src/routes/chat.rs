@@ -50,7 +50,7 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
         (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs` set to true")),
         (_, k) => k.unwrap_or(0) as usize,
     };
-    let s = validate::sampling(&req.sampling(), top_logprobs, model.decoder.config.vocab_size)?;
+    let s = validate::sampling(&req.sampling(), req.logprobs.unwrap_or(false).then_some(top_logprobs), model.decoder.config.vocab_size)?;
     let messages = validate::messages(&req.messages)?;
     // tool_choice "none" renders no tools, so the model is not invited to call one.
     let offered = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;

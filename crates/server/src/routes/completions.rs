@@ -62,7 +62,7 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
         Some(k) if !(0..=20).contains(&k) => return Err(ApiError::invalid("logprobs", format!("`logprobs` must be between 0 and 20, got {k}"))),
         k => k.map(|k| k as usize),
     };
-    let s = validate::sampling(&req.sampling(), logprobs.unwrap_or(0), model.decoder.config.vocab_size)?;
+    let s = validate::sampling(&req.sampling(), logprobs, model.decoder.config.vocab_size)?;
     let constraint = grammar::completion_fields(req.json_schema.as_ref(), req.grammar.as_deref(), req.regex.as_deref(), req.response_format.as_ref())?;
     let (prompts, texts): (Vec<Vec<u32>>, Vec<String>) = match &req.prompt {
         PromptField::Text(t) => (vec![model.tokenizer.encode(t, true, true)?], vec![t.clone()]),
