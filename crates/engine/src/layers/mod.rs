@@ -6,6 +6,7 @@ pub mod activation;
 pub mod attention;
 pub mod kernels;
 pub mod norm;
+pub mod pool;
 pub mod qlinear;
 pub mod rope;
 pub mod vecmath;

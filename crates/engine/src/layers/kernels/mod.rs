@@ -23,8 +23,6 @@ mod x86;
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 /// GGUF Q5_0 block: 32 weights, 5 bits each (low nibbles in `qs`, high bits in `qh`), value
 /// = q - 16, times `d`.
 #[repr(C)]
@@ -441,9 +439,6 @@ pub fn detected_level() -> Level {
     })
 }
 
-/// Tiles each parallel task computes.
-const TILES_PER_TASK: usize = 4;
-
 /// `out[m × n] = x[m × k] · wᵀ`.
 pub fn matmul(w: &PackedWeights, x: &[f32], m: usize, out: &mut [f32], level: Level) {
     let (n, k) = (w.n, w.k);
@@ -454,9 +449,8 @@ pub fn matmul(w: &PackedWeights, x: &[f32], m: usize, out: &mut [f32], level: Le
         q.quantize(x, m, k, w.sub, w.offset, w.act_block);
         let q = &*q;
         let out_ptr = out.as_mut_ptr() as usize;
-        let tasks = w.num_tiles().div_ceil(TILES_PER_TASK);
-        let run = |task: usize| {
-            let (t0, t1) = (task * TILES_PER_TASK, ((task + 1) * TILES_PER_TASK).min(w.num_tiles()));
+        let run = |tiles: std::ops::Range<usize>| {
+            let (t0, t1) = (tiles.start, tiles.end);
             // SAFETY: tasks write disjoint column ranges of `out`.
             let out = unsafe { std::slice::from_raw_parts_mut(out_ptr as *mut f32, m * n) };
             match level {
@@ -467,11 +461,7 @@ pub fn matmul(w: &PackedWeights, x: &[f32], m: usize, out: &mut [f32], level: Le
                 _ => scalar::tiles(w, q, m, t0, t1, out),
             }
         };
-        if tasks == 1 {
-            run(0);
-        } else {
-            (0..tasks).into_par_iter().for_each(run);
-        }
+        crate::layers::pool::Pool::global().run(w.num_tiles(), &run);
     });
 }
 
