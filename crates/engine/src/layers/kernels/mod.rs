@@ -17,161 +17,17 @@
 //! bit-identical across all of them.
 
 pub mod bench;
+mod blocks;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 use std::cell::RefCell;
 
-/// GGUF Q5_0 block: 32 weights, 5 bits each (low nibbles in `qs`, high bits in `qh`), value
-/// = q - 16, times `d`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ5_0 {
-    pub d: u16,
-    pub qh: [u8; 4],
-    pub qs: [u8; 16],
-}
+pub use blocks::*;
 
-/// GGUF Q8_0 block: 32 signed bytes times `d`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ8_0 {
-    pub d: u16,
-    pub qs: [i8; 32],
-}
-
-const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22 && std::mem::size_of::<BlockQ8_0>() == 34);
-
-pub const QK: usize = 32;
 /// Output columns per tile (lanes of a 512-bit vector of i32).
 pub const TILE: usize = 16;
-
-/// A GGUF block type the kernels can repack: `VALUES` weights per block, in sub-blocks of
-/// `SUB` values that share a scale (and a min, for Q4_K).
-pub trait WeightBlock: Copy + Send + Sync + 'static {
-    const VALUES: usize;
-    const SUB: usize;
-    /// Added to every value so it fits an unsigned byte (undone through the activation sums).
-    const OFFSET: i32;
-    const HAS_MIN: bool;
-    /// Bits of `value + OFFSET`: 4 to 6 are packed as nibbles plus bit planes, 8 as bytes.
-    const BITS: u32;
-    /// Every scale is an f16 of the file (Q5_0, Q8_0), so the tiles store it as f16: exact,
-    /// and half the bytes. K-quant scales are products computed in f32 and stay f32.
-    const HALF_SCALES: bool = false;
-    /// Activations are quantized as ggml does for this type: Q8_0 (32 values per f16 scale)
-    /// for the legacy quants, Q8_K (256 values per f32 scale) for the K-quants.
-    const ACT_BLOCK: usize = QK;
-    /// `u[i] = value_i + OFFSET`; per sub-block, its scale and (if any) `-min`, so that
-    /// weight = scale × value + (-min).
-    fn decode(&self, u: &mut [u8], scales: &mut [f32], neg_mins: &mut [f32]);
-}
-
-impl WeightBlock for BlockQ5_0 {
-    const VALUES: usize = 32;
-    const SUB: usize = 32;
-    const OFFSET: i32 = 16;
-    const HAS_MIN: bool = false;
-    const BITS: u32 = 5;
-    const HALF_SCALES: bool = true;
-    fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
-        let qh = u32::from_le_bytes(self.qh);
-        for j in 0..16 {
-            u[j] = (self.qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
-            u[j + 16] = (self.qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-        }
-        scales[0] = half::f16::from_bits(self.d).to_f32();
-    }
-}
-
-impl WeightBlock for BlockQ8_0 {
-    const VALUES: usize = 32;
-    const SUB: usize = 32;
-    const OFFSET: i32 = 128;
-    const HAS_MIN: bool = false;
-    const BITS: u32 = 8;
-    const HALF_SCALES: bool = true;
-    fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
-        for j in 0..32 {
-            u[j] = (self.qs[j] as i32 + 128) as u8;
-        }
-        scales[0] = half::f16::from_bits(self.d).to_f32();
-    }
-}
-
-/// GGUF Q4_K super-block: 256 weights in 8 sub-blocks of 32, 6-bit scales and mins.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ4K {
-    pub d: u16,
-    pub dmin: u16,
-    pub scales: [u8; 12],
-    pub qs: [u8; 128],
-}
-
-/// GGUF Q6_K super-block: 256 weights in 16 sub-blocks of 16, 8-bit scales.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct BlockQ6K {
-    pub ql: [u8; 128],
-    pub qh: [u8; 64],
-    pub scales: [i8; 16],
-    pub d: u16,
-}
-
-const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144 && std::mem::size_of::<BlockQ6K>() == 210);
-
-impl WeightBlock for BlockQ4K {
-    const ACT_BLOCK: usize = 256;
-    const VALUES: usize = 256;
-    const SUB: usize = 32;
-    const OFFSET: i32 = 0;
-    const HAS_MIN: bool = true;
-    const BITS: u32 = 4;
-    fn decode(&self, u: &mut [u8], scales: &mut [f32], neg_mins: &mut [f32]) {
-        let d = half::f16::from_bits(self.d).to_f32();
-        let dmin = half::f16::from_bits(self.dmin).to_f32();
-        let q = &self.scales;
-        for j in 0..8 {
-            // ggml's get_scale_min_k4.
-            let (sc, m) = if j < 4 { (q[j] & 63, q[j + 4] & 63) } else { ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)) };
-            scales[j] = d * sc as f32;
-            neg_mins[j] = -(dmin * m as f32);
-        }
-        for c in 0..4 {
-            for l in 0..32 {
-                u[c * 64 + l] = self.qs[c * 32 + l] & 0x0F;
-                u[c * 64 + 32 + l] = self.qs[c * 32 + l] >> 4;
-            }
-        }
-    }
-}
-
-impl WeightBlock for BlockQ6K {
-    const ACT_BLOCK: usize = 256;
-    const VALUES: usize = 256;
-    const SUB: usize = 16;
-    const OFFSET: i32 = 32;
-    const HAS_MIN: bool = false;
-    const BITS: u32 = 6;
-    fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
-        let d = half::f16::from_bits(self.d).to_f32();
-        for (s, sc) in scales.iter_mut().zip(&self.scales) {
-            *s = d * *sc as f32;
-        }
-        // ggml's dequantize_row_q6_K layout: two halves of 128 values.
-        for h in 0..2 {
-            let (ql, qh, y) = (&self.ql[h * 64..], &self.qh[h * 32..], h * 128);
-            for l in 0..32 {
-                u[y + l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
-                u[y + l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
-                u[y + l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-                u[y + l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-            }
-        }
-    }
-}
 
 /// 64-byte aligned storage for the packed bytes.
 #[derive(Clone, Copy)]
