@@ -75,3 +75,28 @@ impl Rope {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_rotate_their_pairs_and_factors_slow_frequencies() {
+        let (neox, norm) = (Rope::new(4, 10_000.0, 1.0), Rope::with_layout(4, 10_000.0, 1.0, true));
+        let (cos, sin) = neox.tables(&[1]);
+        let mut a = vec![1.0, 2.0, 3.0, 4.0];
+        neox.apply(&mut a, 4, &cos, &sin);
+        // NEOX pairs (0, 2) and (1, 3); NORM pairs (0, 1) and (2, 3), same angles.
+        let rot = |x0: f32, x1: f32, i: usize| (x0 * cos[i] - x1 * sin[i], x0 * sin[i] + x1 * cos[i]);
+        assert_eq!((a[0], a[2]), rot(1.0, 3.0, 0));
+        assert_eq!((a[1], a[3]), rot(2.0, 4.0, 1));
+        let mut b = vec![1.0, 2.0, 3.0, 4.0];
+        norm.apply(&mut b, 4, &cos, &sin);
+        assert_eq!((b[0], b[1]), rot(1.0, 2.0, 0));
+        assert_eq!((b[2], b[3]), rot(3.0, 4.0, 1));
+        // A factor of 4 on the second frequency: its angle at position 4 equals position 1's.
+        let slowed = Rope::new(4, 10_000.0, 1.0).with_freq_factors(Some(&[1.0, 4.0]));
+        let (c4, _) = slowed.tables(&[4]);
+        assert!((c4[1] - cos[1]).abs() < 1e-7 && (c4[0] - cos[0]).abs() > 1e-3);
+    }
+}
