@@ -208,3 +208,16 @@ def test_invalid_schema_is_a_bad_request(client, kw):
     assert e.value.body["code"] == "invalid_schema"
     # The server keeps serving.
     assert chat(client, messages=[{"role": "user", "content": "Say hi."}], max_tokens=5).choices[0].message.content
+
+
+def test_tool_definitions_do_not_collide_and_root_refs_hold(client):
+    """Two tools define `$defs/Item` differently, one refers to its own root: each call is
+    still held to its own tool's schema."""
+    a = {"type": "object", "properties": {"item": {"$ref": "#/$defs/Item"}}, "required": ["item"], "$defs": {"Item": {"type": "object", "properties": {"sku": {"type": "string"}}, "required": ["sku"], "additionalProperties": False}}}
+    b = {"type": "object", "properties": {"item": {"$ref": "#/$defs/Item"}, "again": {"$ref": "#/properties/item"}}, "required": ["item", "again"], "$defs": {"Item": {"type": "integer", "minimum": 1, "maximum": 9}}}
+    tools = [{"type": "function", "function": {"name": "order", "parameters": a}}, {"type": "function", "function": {"name": "rate", "parameters": b}}]
+    for name, schema in (("order", a), ("rate", b)):
+        r = chat(client, messages=[{"role": "user", "content": "Order the blue mug and rate it 5."}], tools=tools, tool_choice={"type": "function", "function": {"name": name}})
+        call = r.choices[0].message.tool_calls[0]
+        assert call.function.name == name
+        jsonschema.validate(json.loads(call.function.arguments), schema)

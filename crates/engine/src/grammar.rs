@@ -135,7 +135,8 @@ impl GrammarCompiler {
             true => None,
             false => Some(regex::Regex::new(&spec.triggers.iter().map(|t| format!("(?:{t})")).collect::<Vec<_>>().join("|")).map_err(|e| EngineError::InvalidGrammar(format!("trigger: {e}")))?),
         };
-        Ok(Constraint { matcher, trigger, state: if spec.triggers.is_empty() { State::Active } else { State::Waiting }, tokenizer: self.tokenizer.clone() })
+        let env = self.factory().tok_env().clone();
+        Ok(Constraint { matcher, trigger, state: if spec.triggers.is_empty() { State::Active } else { State::Waiting }, env })
     }
 }
 
@@ -155,7 +156,7 @@ pub struct Constraint {
     matcher: Matcher,
     trigger: Option<regex::Regex>,
     state: State,
-    tokenizer: Arc<Tokenizer>,
+    env: TokEnv,
 }
 
 impl Constraint {
@@ -198,8 +199,9 @@ impl Constraint {
                 // opening code fence, say) and only become a match with it.
                 let Some(at) = self.trigger.as_ref().and_then(|t| t.find(text)).map(|m| m.start()) else { return };
                 // Feed the grammar the output from the trigger on, as tokens of our own (the
-                // grammar checks bytes, not how they were split).
-                let tail = self.tokenizer.encode(&text[at..], false, false).unwrap_or_default();
+                // grammar checks bytes, not how they were split). Greedy over the vocabulary's
+                // bytes: a tokenizer's own encode may add a SentencePiece space prefix.
+                let tail = self.env.tok_trie().greedy_tokenize(text[at..].as_bytes());
                 self.state = match self.matcher.try_consume_tokens(&tail) {
                     Ok(n) if n == tail.len() => State::Active,
                     _ => State::Abandoned,

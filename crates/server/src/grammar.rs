@@ -69,22 +69,16 @@ pub fn tool_calls(tools: &[Value], offered: &Offered, parallel: bool) -> Result<
     let mut defs = Map::new();
     let mut branches = Vec::new();
     let mut strict = true;
-    for t in tools {
+    for (i, t) in tools.iter().enumerate() {
         let Some(name) = t.pointer("/function/name").and_then(Value::as_str) else { continue };
         if !offered.names.iter().any(|n| n == name) {
             continue;
         }
-        let mut params = t.pointer("/function/parameters").cloned().unwrap_or_else(|| json!({"type": "object"}));
+        let params = t.pointer("/function/parameters").cloned().unwrap_or_else(|| json!({"type": "object"}));
         if !params.is_object() {
             return Err(ApiError::invalid("tools", format!("the parameters of tool `{name}` must be a JSON Schema object")));
         }
-        // References like "#/$defs/X" resolve against the root of the combined schema.
-        for key in ["$defs", "definitions"] {
-            if let Some(Value::Object(d)) = params.as_object_mut().and_then(|m| m.remove(key)) {
-                let entry = defs.entry(key.to_string()).or_insert_with(|| json!({}));
-                entry.as_object_mut().expect("inserted as an object").extend(d);
-            }
-        }
+        let params = if params.to_string().contains("\"$ref\"") || params.get("$defs").is_some() || params.get("definitions").is_some() { namespaced(params, i, &mut defs) } else { params };
         strict &= t.pointer("/function/strict").and_then(Value::as_bool).unwrap_or(false);
         branches.push(json!({
             "type": "object",
@@ -97,7 +91,9 @@ pub fn tool_calls(tools: &[Value], offered: &Offered, parallel: bool) -> Result<
         return Ok(None);
     }
     let mut body = Map::new();
-    body.extend(defs);
+    if !defs.is_empty() {
+        body.insert("$defs".into(), Value::Object(defs));
+    }
     body.insert("anyOf".into(), Value::Array(branches));
     let body = Value::Object(body);
     // Tools written for other servers use keywords llguidance does not know: unless a tool
@@ -118,11 +114,58 @@ pub fn tool_calls(tools: &[Value], offered: &Offered, parallel: bool) -> Result<
             flexible.as_object_mut().expect("built as an object").insert("x-guidance".into(), json!({"lenient": !strict}));
             let array = if parallel { format!(" | \"[\" WS? flex (WS? \",\" WS? flex){{0,{}}} WS? \"]\"", MAX_PARALLEL_CALLS - 1) } else { String::new() };
             lark.push_str(&format!("bare: FENCE? (flex{array}) CLOSE?\nflex: %json {flexible}\nFENCE: /```(json)?[ \\t\\n]*/\nCLOSE: /[ \\t\\n]*```/\nWS: /[ \\t\\n]+/\n"));
-            let names: Vec<String> = offered.names.iter().map(|n| regex_escape(n)).collect();
-            vec![regex_escape("<tool_call>"), format!("(?:```(?:json)?\\s*)?(?:\\[\\s*)?\\{{\\s*\"name\"\\s*:\\s*\"(?:{})\"", names.join("|"))]
+            // As the model writes them: JSON-escaped names, the grammar's whitespace.
+            let names: Vec<String> = offered.names.iter().map(|n| regex_escape(&Value::String(n.clone()).to_string())).collect();
+            let bracket = if parallel { "(?:\\[[ \\t\\n]*)?" } else { "" };
+            vec![regex_escape("<tool_call>"), format!("(?:```(?:json)?[ \\t\\n]*)?{bracket}\\{{[ \\t\\n]*\"name\"[ \\t\\n]*:[ \\t\\n]*(?:{})", names.join("|"))]
         }
     };
     Ok(Some(ConstraintSpec { grammar: Grammar::Lark(lark), triggers }))
+}
+
+/// Moves tool `i`'s schema to `$defs/t{i}` and its definitions beside it as `t{i}_Name`,
+/// rewriting its `$ref`s, so that tools' definitions cannot collide and references relative
+/// to the tool's own root (`#`, `#/properties/…`) keep their meaning in the combined schema.
+fn namespaced(mut params: Value, i: usize, defs: &mut Map<String, Value>) -> Value {
+    let ns = format!("t{i}");
+    let mut own = Vec::new();
+    for key in ["$defs", "definitions"] {
+        if let Some(Value::Object(d)) = params.as_object_mut().and_then(|m| m.remove(key)) {
+            own.extend(d);
+        }
+    }
+    for (name, mut schema) in own {
+        rewrite_refs(&mut schema, &ns);
+        defs.insert(format!("{ns}_{name}"), schema);
+    }
+    rewrite_refs(&mut params, &ns);
+    defs.insert(ns.clone(), params);
+    json!({"$ref": format!("#/$defs/{ns}")})
+}
+
+fn rewrite_refs(v: &mut Value, ns: &str) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match (k.as_str(), x) {
+                    ("$ref", Value::String(r)) => {
+                        *r = if let Some(rest) = r.strip_prefix("#/$defs/").or_else(|| r.strip_prefix("#/definitions/")) {
+                            format!("#/$defs/{ns}_{rest}")
+                        } else if r == "#" {
+                            format!("#/$defs/{ns}")
+                        } else if let Some(rest) = r.strip_prefix("#/") {
+                            format!("#/$defs/{ns}/{rest}")
+                        } else {
+                            r.clone() // not local: left to llguidance to refuse
+                        };
+                    }
+                    (_, x) => rewrite_refs(x, ns),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| rewrite_refs(x, ns)),
+        _ => {}
+    }
 }
 
 fn regex_escape(s: &str) -> String {
@@ -160,10 +203,11 @@ mod tests {
         let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) = tool_calls(&tools, &offered, true).unwrap() else { panic!() };
         assert!(triggers.is_empty());
         assert!(g.starts_with("start: calls\ncalls: call\n"), "{g}");
-        assert!(g.contains("\"$defs\":{\"X\":{\"type\":\"integer\"}}") && g.contains("\"const\":\"a\"") && !g.contains("\"const\":\"b\""), "{g}");
+        assert!(g.contains("\"t0_X\":{\"type\":\"integer\"}") && g.contains("\"$ref\":\"#/$defs/t0_X\"") && g.contains("\"arguments\":{\"$ref\":\"#/$defs/t0\"}"), "{g}");
+        assert!(g.contains("\"const\":\"a\"") && !g.contains("\"const\":\"b\""), "{g}");
         let offered = Offered { names: vec!["a".into(), "b".into()], choice: ToolChoice::Auto };
         let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) = tool_calls(&tools, &offered, true).unwrap() else { panic!() };
-        assert_eq!(triggers, ["<tool_call>", "(?:```(?:json)?\\s*)?(?:\\[\\s*)?\\{\\s*\"name\"\\s*:\\s*\"(?:a|b)\""]);
+        assert_eq!(triggers, ["<tool_call>", "(?:```(?:json)?[ \\t\\n]*)?(?:\\[[ \\t\\n]*)?\\{[ \\t\\n]*\"name\"[ \\t\\n]*:[ \\t\\n]*(?:\"a\"|\"b\")"]);
         assert!(g.starts_with("start: calls | bare\ncalls: call (\"\\n\" call){0,7}\n"), "{g}");
         assert!(g.contains("bare: FENCE? (flex | \"[\" WS? flex (WS? \",\" WS? flex){0,7} WS? \"]\") CLOSE?\n"), "{g}");
     }

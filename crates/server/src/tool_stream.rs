@@ -77,6 +77,8 @@ impl ToolStream {
             }
             Mode::Head { start, .. } => self.lenient(start, &mut out),
             Mode::Held { from } => self.lenient(from, &mut out),
+            // Text that never got past an undecided `[`.
+            Mode::Start if !self.buf[self.pos..].trim().is_empty() => self.lenient(self.pos, &mut out),
             Mode::Start | Mode::Args { .. } | Mode::Tail { .. } | Mode::AfterCall => {}
         }
         self.pos = self.buf.len();
@@ -119,8 +121,16 @@ impl ToolStream {
                     return false;
                 };
                 let r = &rest[i..];
-                if self.mode == Mode::Start && r.starts_with('[') && call_start(r) == Start::No {
-                    self.mode = Mode::Held { from: self.pos + i };
+                if self.mode == Mode::Start && r.starts_with('[') {
+                    match call_start(r) {
+                        // Decided only once enough text is here, so any chunking agrees.
+                        Start::Wait => {
+                            self.pos += i;
+                            return false;
+                        }
+                        Start::No => self.mode = Mode::Held { from: self.pos + i },
+                        Start::Brace(_) => self.mode = Mode::Text,
+                    }
                 } else {
                     self.mode = Mode::Text;
                 }
@@ -489,6 +499,9 @@ mod tests {
             ("Here you go:\n```json\n[\n  {\"name\": \"get_weather\", \"arguments\": {\"city\": \"A\"}},\n  {\"name\": \"convert_currency\", \"arguments\": {\"amount\": 1}}\n]\n```\nDone.", Some("Here you go:Done."), &[("get_weather", "{\"city\": \"A\"}"), ("convert_currency", "{\"amount\": 1}")]),
             ("```python\ndef f(x):\n    return {\"a\": [x]}\n```", Some("```python\ndef f(x):\n    return {\"a\": [x]}\n```"), &[]),
             ("[1, 2, 3]", Some("[1, 2, 3]"), &[]),
+            ("[Note] {\"name\": \"get_weather\", \"arguments\": {}}", Some("[Note] {\"name\": \"get_weather\", \"arguments\": {}}"), &[]),
+            ("[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}]", None, &[("get_weather", "{\"city\":\"Oslo\"}")]),
+            ("[", Some("["), &[]),
         ];
         for (text, content, calls) in cases {
             let want: Vec<(String, String)> = calls.iter().map(|(n, a)| (n.to_string(), a.to_string())).collect();

@@ -15,6 +15,12 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 /// matmuls of one step is shorter, the gap between steps of an idle server much longer).
 const SPIN: u32 = 20_000;
 
+thread_local! {
+    /// Set on pool threads and on a caller while it runs its share: a nested `run` from
+    /// inside a job runs inline instead of waiting on itself.
+    static IN_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 #[derive(Clone, Copy)]
 struct Job {
     f: *const (dyn Fn(Range<usize>) + Sync),
@@ -85,7 +91,7 @@ impl Pool {
     /// Calls `f` on contiguous shares of `0..n`, one per thread, and returns when all are done.
     pub fn run(&self, n: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
         let s = &*self.shared;
-        if n <= 1 || s.num_threads == 1 {
+        if n <= 1 || s.num_threads == 1 || IN_POOL.with(|c| c.get()) {
             f(0..n);
             return;
         }
@@ -100,7 +106,9 @@ impl Pool {
             s.wake.notify_all();
         }
         // The workers borrow `f`: even if our share panics, wait for them before unwinding.
+        IN_POOL.with(|c| c.set(true));
         let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(share(n, s.num_threads, 0))));
+        IN_POOL.with(|c| c.set(false));
         while s.pending.load(Ordering::Acquire) != 0 {
             std::hint::spin_loop();
         }
@@ -115,6 +123,7 @@ impl Pool {
 }
 
 fn worker(s: Arc<Shared>, w: usize) {
+    IN_POOL.with(|c| c.set(true));
     let mut seen = 0u64;
     loop {
         let mut spins = 0;
@@ -160,6 +169,20 @@ mod tests {
             }));
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n = {n}");
         }
+    }
+
+    #[test]
+    fn a_nested_run_runs_inline() {
+        let pool = Pool::new(2);
+        let sum = AtomicUsize::new(0);
+        pool.run(4, &|r| {
+            for _ in r {
+                pool.run(3, &|inner| {
+                    sum.fetch_add(inner.len(), Ordering::Relaxed);
+                });
+            }
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 12);
     }
 
     #[test]
