@@ -218,9 +218,4 @@ impl Constraint {
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
-
-    /// Whether the grammar is being enforced now.
-    pub fn is_active(&self) -> bool {
-        self.state == State::Active
-    }
 }

@@ -103,9 +103,7 @@ impl Sequence {
         self.tokens.push(token);
         self.sampler.accept(token);
         if (!self.ignore_eos && tok.is_end_of_generation(token)) || self.stop_token_ids.contains(&token) {
-            let text = self.take_unreleased(self.text.len());
-            let rest = self.detok.flush();
-            return Appended::Finished { reason: FinishReason::Stop, text: text + &rest, stop_token: Some(token) };
+            return Appended::Finished { reason: FinishReason::Stop, text: self.take_all(), stop_token: Some(token) };
         }
         let search_from = self.num_released_bytes;
         self.text.push_str(&self.detok.push(tok, token));
@@ -116,18 +114,21 @@ impl Sequence {
         if let Some(c) = &mut self.constraint {
             c.accept(token, &self.text);
             if c.is_done() {
-                let mut text = self.take_unreleased(self.text.len());
-                text.push_str(&self.detok.flush());
-                return Appended::Finished { reason: FinishReason::Stop, text, stop_token: None };
+                return Appended::Finished { reason: FinishReason::Stop, text: self.take_all(), stop_token: None };
             }
         }
         if self.num_generated_tokens() >= self.max_tokens {
-            let mut text = self.take_unreleased(self.text.len());
-            text.push_str(&self.detok.flush());
-            return Appended::Finished { reason: FinishReason::Length, text, stop_token: None };
+            return Appended::Finished { reason: FinishReason::Length, text: self.take_all(), stop_token: None };
         }
         let safe = self.text.len() - self.stop_prefix_suffix_len();
         Appended::Continue(self.take_unreleased(safe))
+    }
+
+    /// Everything not yet released, including bytes the detokenizer still holds: the end.
+    fn take_all(&mut self) -> String {
+        let mut text = self.take_unreleased(self.text.len());
+        text.push_str(&self.detok.flush());
+        text
     }
 
     fn take_unreleased(&mut self, upto: usize) -> String {

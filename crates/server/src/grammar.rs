@@ -38,8 +38,9 @@ pub fn response_format(v: Option<&Value>) -> Result<Option<ConstraintSpec>, ApiE
     }
 }
 
-/// The completion extension fields; at most one may be given.
-pub fn completion_fields(json_schema: Option<&Value>, grammar: Option<&str>, regex: Option<&str>, format: Option<&Value>) -> Result<Option<ConstraintSpec>, ApiError> {
+/// The completion extension fields; at most one may be given. Returns the constraint and the
+/// field it came from (to name in a compile error).
+pub fn completion_fields(json_schema: Option<&Value>, grammar: Option<&str>, regex: Option<&str>, format: Option<&Value>) -> Result<Option<(ConstraintSpec, &'static str)>, ApiError> {
     let given = [json_schema.is_some(), grammar.is_some(), regex.is_some(), format.is_some_and(|v| !v.is_null())].iter().filter(|&&b| b).count();
     if given > 1 {
         return Err(ApiError::invalid("grammar", "give at most one of `json_schema`, `grammar`, `regex` and `response_format`"));
@@ -48,15 +49,15 @@ pub fn completion_fields(json_schema: Option<&Value>, grammar: Option<&str>, reg
         if !s.is_object() {
             return Err(ApiError::invalid("json_schema", "`json_schema` must be a JSON Schema object"));
         }
-        return Ok(Some(ConstraintSpec::new(Grammar::JsonSchema(with_layout(s.clone(), false)))));
+        return Ok(Some((ConstraintSpec::new(Grammar::JsonSchema(with_layout(s.clone(), false))), "json_schema")));
     }
     if let Some(g) = grammar {
-        return Ok(Some(ConstraintSpec::new(Grammar::Lark(g.to_string()))));
+        return Ok(Some((ConstraintSpec::new(Grammar::Lark(g.to_string())), "grammar")));
     }
     if let Some(r) = regex {
-        return Ok(Some(ConstraintSpec::new(Grammar::Regex(r.to_string()))));
+        return Ok(Some((ConstraintSpec::new(Grammar::Regex(r.to_string())), "regex")));
     }
-    response_format(format)
+    Ok(response_format(format)?.map(|c| (c, "response_format")))
 }
 
 const MAX_PARALLEL_CALLS: usize = 8;
@@ -115,9 +116,9 @@ pub fn tool_calls(tools: &[Value], offered: &Offered, parallel: bool) -> Result<
             let array = if parallel { format!(" | \"[\" WS? flex (WS? \",\" WS? flex){{0,{}}} WS? \"]\"", MAX_PARALLEL_CALLS - 1) } else { String::new() };
             lark.push_str(&format!("bare: FENCE? (flex{array}) CLOSE?\nflex: %json {flexible}\nFENCE: /```(json)?[ \\t\\n]*/\nCLOSE: /[ \\t\\n]*```/\nWS: /[ \\t\\n]+/\n"));
             // As the model writes them: JSON-escaped names, the grammar's whitespace.
-            let names: Vec<String> = offered.names.iter().map(|n| regex_escape(&Value::String(n.clone()).to_string())).collect();
+            let names: Vec<String> = offered.names.iter().map(|n| regex::escape(&Value::String(n.clone()).to_string())).collect();
             let bracket = if parallel { "(?:\\[[ \\t\\n]*)?" } else { "" };
-            vec![regex_escape("<tool_call>"), format!("(?:```(?:json)?[ \\t\\n]*)?{bracket}\\{{[ \\t\\n]*\"name\"[ \\t\\n]*:[ \\t\\n]*(?:{})", names.join("|"))]
+            vec![regex::escape("<tool_call>"), format!("(?:```(?:json)?[ \\t\\n]*)?{bracket}\\{{[ \\t\\n]*\"name\"[ \\t\\n]*:[ \\t\\n]*(?:{})", names.join("|"))]
         }
     };
     Ok(Some(ConstraintSpec { grammar: Grammar::Lark(lark), triggers }))
@@ -166,16 +167,6 @@ fn rewrite_refs(v: &mut Value, ns: &str) {
         Value::Array(a) => a.iter_mut().for_each(|x| rewrite_refs(x, ns)),
         _ => {}
     }
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars().fold(String::new(), |mut out, c| {
-        if "\\.+*?()|[]{}^$#&-~".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-        out
-    })
 }
 
 #[cfg(test)]

@@ -39,6 +39,15 @@ impl Ctx {
     }
 }
 
+/// "tool_calls" when a choice that stopped on its own made calls; a cut-off choice says why.
+fn finish_reason(reason: FinishReason, num_calls: usize) -> &'static str {
+    if num_calls > 0 && reason == FinishReason::Stop {
+        "tool_calls"
+    } else {
+        reason.as_str()
+    }
+}
+
 pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let start = Instant::now();
     let req: ChatCompletionRequest = parse_body(body, state.settings.body_limit)?;
@@ -85,7 +94,7 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
                 }
                 None => (Some(o.text.clone()), Vec::new()),
             };
-            let finish_reason = if calls.is_empty() || o.finish.reason != FinishReason::Stop { o.finish.reason.as_str() } else { "tool_calls" };
+            let finish_reason = finish_reason(o.finish.reason, calls.len());
             let tool_calls = (!calls.is_empty()).then(|| calls.iter().map(|c| c.to_openai(&new_call_id())).collect());
             ChatChoice {
                 index,
@@ -137,7 +146,7 @@ async fn stream_chat(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<
             let mut pieces = calls[index].push(&f.text);
             pieces.extend(calls[index].finish());
             let mut out = deltas(index, pieces, &mut ids[index]);
-            let reason = if calls[index].num_calls() == 0 || f.reason != FinishReason::Stop { f.reason.as_str() } else { "tool_calls" };
+            let reason = finish_reason(f.reason, calls[index].num_calls());
             out.push(to_json(ctx.chunk(vec![ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason: Some(reason) }], None)));
             out
         }

@@ -63,7 +63,10 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
         k => k.map(|k| k as usize),
     };
     let s = validate::sampling(&req.sampling(), logprobs, model.decoder.config.vocab_size)?;
-    let constraint = grammar::completion_fields(req.json_schema.as_ref(), req.grammar.as_deref(), req.regex.as_deref(), req.response_format.as_ref())?;
+    let (constraint, constraint_param) = match grammar::completion_fields(req.json_schema.as_ref(), req.grammar.as_deref(), req.regex.as_deref(), req.response_format.as_ref())? {
+        Some((c, param)) => (Some(c), param),
+        None => (None, "response_format"),
+    };
     let (prompts, texts): (Vec<Vec<u32>>, Vec<String>) = match &req.prompt {
         PromptField::Text(t) => (vec![model.tokenizer.encode(t, true, true)?], vec![t.clone()]),
         PromptField::Texts(v) => (v.iter().map(|t| model.tokenizer.encode(t, true, true)).collect::<Result<_, _>>()?, v.clone()),
@@ -81,8 +84,7 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
     let max_tokens = validate::max_tokens("max_tokens", Some(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)), longest, engine.max_model_len())?;
     let mut streams = Vec::new();
     for p in &prompts {
-        let param = if req.json_schema.is_some() { "json_schema" } else if req.regex.is_some() { "regex" } else if req.grammar.is_some() { "grammar" } else { "response_format" };
-        streams.extend(submit_n(engine, p, &s, max_tokens, constraint.as_ref()).map_err(|e| e.for_param(param))?);
+        streams.extend(submit_n(engine, p, &s, max_tokens, constraint.as_ref()).map_err(|e| e.for_param(constraint_param))?);
     }
     let num_prompt_tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() * s.n;
     let ctx = Ctx { id: new_id("cmpl"), created: unix_now(), model: served.id.clone(), fingerprint: state.fingerprint.clone() };
