@@ -69,3 +69,52 @@ fn rowwise(q: &QTensor, x: &[f32], m: usize, k: usize, n: usize, dst: &mut [f32]
         _ => run::<BlockQ8_0>(q, x, m, k, n, dst),
     }
 }
+
+/// One weight type streamed from memory: `copies` packed copies of an `n × k` weight (more
+/// bytes than any cache holds), multiplied in turn by one row, as a decode step does.
+pub struct StreamTiming {
+    pub dtype: &'static str,
+    pub ms_per_call: f64,
+    /// Packed weight bytes read per second.
+    pub gb_per_s: f64,
+}
+
+/// Decode's access pattern: every call reads a weight that is not in cache.
+pub fn run_streaming(n: usize, k: usize, total_mb: usize) -> candle_core::Result<Vec<StreamTiming>> {
+    use super::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, PackedWeights, WeightBlock};
+    fn packs<W: WeightBlock>(q: &QTensor, n: usize, k: usize, total_mb: usize) -> Vec<PackedWeights> {
+        let bytes = q.data().unwrap();
+        // SAFETY: candle stores CPU quantized tensors as Vec<T> of this block type.
+        let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const W, bytes.len() / std::mem::size_of::<W>()) };
+        let first = PackedWeights::pack(blocks, n, k);
+        let copies = (total_mb << 20).div_ceil(first.num_bytes()).max(2);
+        std::iter::once(first).chain((1..copies).map(|_| PackedWeights::pack(blocks, n, k))).collect()
+    }
+    let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+    let x: Vec<f32> = Tensor::randn(0f32, 1.0, (1, k), &Device::Cpu)?.flatten_all()?.to_vec1()?;
+    let mut out = Vec::new();
+    for (dtype, name) in [(GgmlDType::Q4K, "Q4_K"), (GgmlDType::Q5_0, "Q5_0"), (GgmlDType::Q6K, "Q6_K"), (GgmlDType::Q8_0, "Q8_0")] {
+        let q = QTensor::quantize(&w, dtype.clone())?;
+        let ws = match dtype {
+            GgmlDType::Q4K => packs::<BlockQ4K>(&q, n, k, total_mb),
+            GgmlDType::Q5_0 => packs::<BlockQ5_0>(&q, n, k, total_mb),
+            GgmlDType::Q6K => packs::<BlockQ6K>(&q, n, k, total_mb),
+            _ => packs::<BlockQ8_0>(&q, n, k, total_mb),
+        };
+        let mut y = vec![0f32; n];
+        let level = super::detected_level();
+        let pass = |y: &mut [f32]| ws.iter().for_each(|p| super::matmul(p, &x, 1, y, level));
+        pass(&mut y);
+        // The best of several passes: other processes on a small machine only ever slow a pass.
+        let secs = (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                pass(&mut y);
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+            / ws.len() as f64;
+        out.push(StreamTiming { dtype: name, ms_per_call: secs * 1e3, gb_per_s: ws[0].num_bytes() as f64 / secs / 1e9 });
+    }
+    Ok(out)
+}

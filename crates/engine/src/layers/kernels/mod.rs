@@ -106,6 +106,11 @@ impl PackedWeights {
         Self { n, k, sub: W::SUB, offset: W::OFFSET, has_min: W::HAS_MIN, act_block: W::ACT_BLOCK, bits: W::BITS, lines, planes, scales, half_scales: W::HALF_SCALES, half, neg_mins }
     }
 
+    /// Bytes the kernels read for one pass over this weight.
+    pub fn num_bytes(&self) -> usize {
+        self.lines.len() * 64 + self.planes.len() * 8 + self.scales.len() * 4 + self.half.len() * 2 + self.neg_mins.len() * 4
+    }
+
     /// Extra bit planes per group (0 for byte packing).
     pub fn num_planes(&self) -> usize {
         if self.bits < 8 {
