@@ -40,7 +40,7 @@ impl Model {
     /// A KV cache for this model holding `num_blocks` blocks of `block_size` tokens.
     pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> KvCache {
         let c = &self.decoder.config;
-        KvCache::new(c.num_layers, num_blocks, block_size, c.kv_dim())
+        KvCache::new(c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim)
     }
 
     /// Bytes one KV block of `block_size` tokens takes for this model.

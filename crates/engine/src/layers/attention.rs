@@ -2,9 +2,21 @@
 //! through the block table, from its window start to its own position, in position order:
 //! a row's output is computed the same way whatever else is in the batch and however its
 //! prompt was chunked, because the K/V of every earlier position is already in the cache.
+//!
+//! The cache keeps each block's keys for one KV head transposed (dimension-major, one lane per
+//! slot) and its values row-major, each 4 KB contiguous at 16 slots × 64 dims (`kv_cache`).
+//! So the scores of 16 slots are one vector accumulated over the head dimension with no
+//! horizontal sums, and the query heads that share a KV head (grouped-query attention) each
+//! keep an accumulator in registers against the same loaded key or value vector. The next
+//! block is prefetched while one is used: blocks are scattered, so the hardware prefetcher
+//! cannot follow a sequence from one to the next. Every score, exponential and sum is computed
+//! lane by lane with `mul_add` in a fixed order (positions ascending), so the AVX-512 build
+//! equals the AVX2 build bit for bit, and a row's result does not depend on the batch.
 
 use super::pool::Pool;
-use super::vecmath::{axpy, dot};
+use super::kernels::{detected_level, Level};
+use super::lanes::Lanes;
+use super::vecmath::{exp, reduce};
 use crate::batch::BatchInput;
 use crate::kv_cache::LayerKv;
 
@@ -20,13 +32,19 @@ pub struct AttentionParams {
     pub window: Option<usize>,
 }
 
+/// Slots scored together: one 512-bit vector of f32.
+const LANES: usize = 16;
+
+thread_local! {
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `q`: `rows × num_heads*head_dim` (already rotated); returns the same shape.
 pub fn paged_attention(q: &[f32], batch: &BatchInput, kv: &LayerKv, block_size: usize, p: &AttentionParams) -> Vec<f32> {
     let _span = tracing::trace_span!("attention", rows = batch.num_rows()).entered();
     let _timer = crate::profile::timer(crate::profile::Op::Attention);
     let hd = p.head_dim;
     let q_dim = p.num_heads * hd;
-    let kv_dim = p.num_kv_heads * hd;
     let group = p.num_heads / p.num_kv_heads;
     let mut out = vec![0f32; batch.num_rows() * q_dim];
     let out_ptr = out.as_mut_ptr() as usize;
@@ -35,48 +53,358 @@ pub fn paged_attention(q: &[f32], batch: &BatchInput, kv: &LayerKv, block_size: 
         // SAFETY: each task writes its own row's heads of this KV head, disjoint from others.
         let o = unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(row * q_dim + kvh * group * hd), group * hd) };
         let pos = batch.positions[row] as usize;
-        let table = &batch.block_tables[batch.row_seq[row]];
         let lo = match p.window {
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,
         };
-        let n = pos + 1 - lo;
-        let offsets: Vec<usize> = (lo..=pos).map(|j| (table[j / block_size] as usize * block_size + j % block_size) * kv_dim).collect();
-        // The query heads that share a KV head read each key and value row once, together
-        // (grouped-query attention); each head's arithmetic is unchanged.
-        let heads = kvh * group..(kvh + 1) * group;
-        let mut scores = vec![0f32; group * n];
-        for (i, &off) in offsets.iter().enumerate() {
-            let k = &kv.k[off + kvh * hd..off + (kvh + 1) * hd];
-            for (g, h) in heads.clone().enumerate() {
-                let mut v = dot(&q[row * q_dim + h * hd..row * q_dim + (h + 1) * hd], k) * p.scale;
-                if let Some(cap) = p.softcap {
-                    v = cap * (v / cap).tanh();
-                }
-                scores[g * n + i] = v;
+        let qh = &q[row * q_dim + kvh * group * hd..row * q_dim + (kvh + 1) * group * hd];
+        let head = HeadView { kv, table: &batch.block_tables[batch.row_seq[row]], block_size, num_kv_heads: p.num_kv_heads, kvh, hd };
+        SCORES.with(|s| {
+            let s = &mut s.borrow_mut();
+            // SAFETY: each level is only reported when the CPU has its features.
+            match detected_level() {
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx512Vnni => unsafe { attend_avx512(&head, qh, lo, pos, p, s, o) },
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx2 => unsafe { attend_avx2(&head, qh, lo, pos, p, s, o) },
+                _ => unsafe { attend::<[f32; LANES], 4, 2, 2>(&head, qh, lo, pos, p, s, o) },
             }
-        }
-        let mut sums = vec![0f32; group];
-        for (g, sum) in sums.iter_mut().enumerate() {
-            let sc = &mut scores[g * n..(g + 1) * n];
-            let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for s in sc.iter_mut() {
-                *s = (*s - max).exp();
-                *sum += *s;
-            }
-        }
-        for (i, &off) in offsets.iter().enumerate() {
-            let v = &kv.v[off + kvh * hd..off + (kvh + 1) * hd];
-            for (g, og) in o.chunks_exact_mut(hd).enumerate() {
-                axpy(scores[g * n + i], v, og);
-            }
-        }
-        for (og, sum) in o.chunks_exact_mut(hd).zip(&sums) {
-            let inv = 1.0 / sum;
-            og.iter_mut().for_each(|x| *x *= inv);
-        }
+        });
     };
     let num_kv = p.num_kv_heads;
     Pool::global().run(batch.num_rows() * num_kv, &|tasks| tasks.for_each(|t| task(t / num_kv, t % num_kv)));
     out
+}
+
+/// One sequence's keys and values for one KV head.
+struct HeadView<'a> {
+    kv: &'a LayerKv,
+    table: &'a [u32],
+    block_size: usize,
+    num_kv_heads: usize,
+    kvh: usize,
+    hd: usize,
+}
+
+impl HeadView<'_> {
+    #[inline(always)]
+    fn block_range(&self, b: usize) -> std::ops::Range<usize> {
+        let n = self.hd * self.block_size;
+        let first = (self.table[b] as usize * self.num_kv_heads + self.kvh) * n;
+        first..first + n
+    }
+
+    /// Keys of logical block `b`, transposed: `hd` rows of `block_size` slots.
+    #[inline(always)]
+    fn keys(&self, b: usize) -> &[f32] {
+        &self.kv.k[self.block_range(b)]
+    }
+
+    /// Values of logical block `b`: `block_size` rows of `hd`.
+    #[inline(always)]
+    fn values(&self, b: usize) -> &[f32] {
+        &self.kv.v[self.block_range(b)]
+    }
+}
+
+/// Asks for `data` to be brought into cache (a hint: no effect on results).
+#[inline(always)]
+fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: prefetching never faults.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr() as *const i8) };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn attend_avx512(kv: &HeadView, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
+    attend::<std::arch::x86_64::__m512, 8, 4, 4>(kv, qh, lo, pos, p, scratch, o)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(kv: &HeadView, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
+    attend::<super::lanes::Avx2x2, 4, 2, 2>(kv, qh, lo, pos, p, scratch, o)
+}
+
+/// The group's heads (`qh`: `group × hd`) attend to positions `lo..=pos`; writes `o`. Up to
+/// `SH` heads are scored against each loaded key vector; up to `VH` heads × `VC` vectors of
+/// the head dimension accumulate values in registers (sized to the register file).
+#[inline(always)]
+unsafe fn attend<L: Lanes, const SH: usize, const VH: usize, const VC: usize>(kv: &HeadView, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
+    let hd = kv.hd;
+    let group = qh.len() / hd;
+    let n = pos + 1 - lo;
+    let bs = kv.block_size;
+    let blocks = lo / bs..=pos / bs;
+    scratch.clear();
+    // The scores, then each head's sum of exponentials.
+    scratch.resize(group * n + group, 0.0);
+    let (scores, sums) = scratch.split_at_mut(group * n);
+    for b in blocks.clone() {
+        if b < *blocks.end() {
+            prefetch(kv.keys(b + 1));
+        }
+        let keys = kv.keys(b);
+        // Slots of this block inside lo..=pos.
+        let (first, last) = (lo.max(b * bs) - b * bs, pos.min(b * bs + bs - 1) - b * bs);
+        let mut c = first / LANES * LANES;
+        while c <= last {
+            let width = LANES.min(bs - c);
+            let mut lanes = [[0f32; LANES]; 8];
+            for h0 in (0..group).step_by(SH) {
+                let heads = SH.min(group - h0);
+                let qs = &qh[h0 * hd..(h0 + heads) * hd];
+                if width == LANES {
+                    macro_rules! score {
+                        ($($h:literal)*) => {
+                            match heads {
+                                $($h => score_lanes::<L, $h>(qs, hd, keys, bs, c, &mut lanes),)*
+                                _ => unreachable!(),
+                            }
+                        };
+                    }
+                    score!(1 2 3 4 5 6 7 8)
+                } else {
+                    score_lanes_partial(qs, heads, hd, keys, bs, c, width, &mut lanes);
+                }
+                for (h, lanes) in lanes.iter().enumerate().take(heads) {
+                    for l in first.max(c)..=last.min(c + width - 1) {
+                        let mut v = lanes[l - c] * p.scale;
+                        if let Some(cap) = p.softcap {
+                            v = cap * (v / cap).tanh();
+                        }
+                        scores[(h0 + h) * n + b * bs + l - lo] = v;
+                    }
+                }
+            }
+            c += LANES;
+        }
+    }
+    for (sc, sum) in scores.chunks_exact_mut(n).zip(sums.iter_mut()) {
+        let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut lanes = [0f32; LANES];
+        let mut chunks = sc.chunks_exact_mut(LANES);
+        for ch in &mut chunks {
+            for (l, s) in lanes.iter_mut().zip(ch.iter_mut()) {
+                *s = exp(*s - max);
+                *l += *s;
+            }
+        }
+        for (l, s) in lanes.iter_mut().zip(chunks.into_remainder()) {
+            *s = exp(*s - max);
+            *l += *s;
+        }
+        *sum = reduce(lanes);
+    }
+    // Weighted values, `VC` vectors of the head dimension at a time; a last part narrower
+    // than a vector goes lane by lane with the same arithmetic.
+    let mut c = 0;
+    while c < hd {
+        let chunks = VC.min((hd - c) / LANES);
+        for h0 in (0..group).step_by(VH) {
+            let heads = VH.min(group - h0);
+            let w = &scores[h0 * n..(h0 + heads) * n];
+            let (o, sums) = (&mut o[h0 * hd..(h0 + heads) * hd], &sums[h0..h0 + heads]);
+            macro_rules! values {
+                ($(($h:literal, $c:literal))*) => {
+                    match (heads, chunks) {
+                        $(($h, $c) => value_lanes::<L, $h, $c>(w, kv, lo, pos, c, sums, o),)*
+                        (_, 0) => value_lanes_partial(w, heads, kv, lo, pos, c, sums, o),
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            values!((1, 1) (1, 2) (1, 3) (1, 4) (2, 1) (2, 2) (2, 3) (2, 4) (3, 1) (3, 2) (3, 3) (3, 4) (4, 1) (4, 2) (4, 3) (4, 4))
+        }
+        c += if chunks == 0 { hd - c } else { chunks * LANES };
+    }
+}
+
+/// Unnormalized scores of slots `c..c + 16` of a block for `H` heads: per head and slot,
+/// `Σ_d q[d]·k[d]` accumulated over `d` in order with `mul_add`.
+#[inline(always)]
+unsafe fn score_lanes<L: Lanes, const H: usize>(qs: &[f32], hd: usize, keys: &[f32], bs: usize, c: usize, out: &mut [[f32; LANES]; 8]) {
+    let mut acc = [L::zero(); H];
+    for d in 0..hd {
+        let k = L::load(&keys[d * bs + c..d * bs + c + LANES]);
+        for (h, a) in acc.iter_mut().enumerate() {
+            *a = a.fma(L::splat(qs[h * hd + d]), k);
+        }
+    }
+    for (a, o) in acc.iter().zip(out.iter_mut()) {
+        a.store(o);
+    }
+}
+
+/// `score_lanes` for a block narrower than 16 slots: the same per-lane arithmetic.
+#[allow(clippy::too_many_arguments)]
+fn score_lanes_partial(qs: &[f32], heads: usize, hd: usize, keys: &[f32], bs: usize, c: usize, width: usize, out: &mut [[f32; LANES]; 8]) {
+    for (h, lanes) in out.iter_mut().enumerate().take(heads) {
+        for (l, a) in lanes.iter_mut().enumerate().take(width) {
+            let mut s = 0f32;
+            for d in 0..hd {
+                s = qs[h * hd + d].mul_add(keys[d * bs + c + l], s);
+            }
+            *a = s;
+        }
+    }
+}
+
+/// For `H` heads, dimensions `c..c + 16·C`: `Σ_j w[h][j]·v_j` over positions `lo..=pos` in
+/// order with `mul_add`, divided by the head's sum, into `o` (`H × hd`).
+#[inline(always)]
+unsafe fn value_lanes<L: Lanes, const H: usize, const C: usize>(w: &[f32], kv: &HeadView, lo: usize, pos: usize, c: usize, sums: &[f32], o: &mut [f32]) {
+    let (hd, bs, n) = (kv.hd, kv.block_size, pos + 1 - lo);
+    let mut acc = [[L::zero(); C]; H];
+    let blocks = lo / bs..=pos / bs;
+    for b in blocks.clone() {
+        if b < *blocks.end() {
+            prefetch(kv.values(b + 1));
+        }
+        let vals = kv.values(b);
+        for j in lo.max(b * bs)..=pos.min(b * bs + bs - 1) {
+            let row = &vals[(j - b * bs) * hd + c..(j - b * bs) * hd + c + C * LANES];
+            let mut v = [L::zero(); C];
+            for (cc, v) in v.iter_mut().enumerate() {
+                *v = L::load(&row[cc * LANES..]);
+            }
+            for (h, a) in acc.iter_mut().enumerate() {
+                let wh = L::splat(w[h * n + j - lo]);
+                for (a, v) in a.iter_mut().zip(&v) {
+                    *a = a.fma(wh, *v);
+                }
+            }
+        }
+    }
+    for (h, a) in acc.iter().enumerate() {
+        let inv = L::splat(1.0 / sums[h]);
+        for (cc, a) in a.iter().enumerate() {
+            a.mul(inv).store(&mut o[h * hd + c + cc * LANES..]);
+        }
+    }
+}
+
+/// `value_lanes` for the last dimensions of a head, fewer than 16.
+#[allow(clippy::too_many_arguments)]
+fn value_lanes_partial(w: &[f32], heads: usize, kv: &HeadView, lo: usize, pos: usize, c: usize, sums: &[f32], o: &mut [f32]) {
+    let (hd, bs, n) = (kv.hd, kv.block_size, pos + 1 - lo);
+    for h in 0..heads {
+        for l in c..hd {
+            let mut a = 0f32;
+            for j in lo..=pos {
+                a = w[h * n + j - lo].mul_add(kv.values(j / bs)[(j % bs) * hd + l], a);
+            }
+            o[h * hd + l] = a * (1.0 / sums[h]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::KvCache;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    struct Case {
+        heads: usize,
+        kv_heads: usize,
+        hd: usize,
+        bs: usize,
+        len: usize,
+        window: Option<usize>,
+        softcap: Option<f32>,
+    }
+
+    /// Scores, softmax and weighted values in f64, straight from the definition.
+    fn naive(q: &[f32], k: &[Vec<f32>], v: &[Vec<f32>], c: &Case, pos: usize, scale: f32) -> Vec<f64> {
+        let (hd, group) = (c.hd, c.heads / c.kv_heads);
+        let lo = c.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let mut out = vec![0f64; c.heads * hd];
+        for h in 0..c.heads {
+            let kvh = h / group;
+            let s: Vec<f64> = (lo..=pos)
+                .map(|j| {
+                    let mut x = (0..hd).map(|d| q[h * hd + d] as f64 * k[j][kvh * hd + d] as f64).sum::<f64>() * scale as f64;
+                    if let Some(cap) = c.softcap {
+                        x = cap as f64 * (x / cap as f64).tanh();
+                    }
+                    x
+                })
+                .collect();
+            let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for (i, j) in (lo..=pos).enumerate() {
+                for d in 0..hd {
+                    out[h * hd + d] += e[i] / sum * v[j][kvh * hd + d] as f64;
+                }
+            }
+        }
+        out
+    }
+
+    /// Every level's kernel against the f64 definition, and against each other bit for bit,
+    /// over block sizes narrower and wider than a vector, head sizes that are not a multiple
+    /// of 16, query groups wider than a register group, windows and soft-capping.
+    #[test]
+    fn matches_definition_and_every_level_gives_the_same_bits() {
+        let cases = [
+            Case { heads: 14, kv_heads: 2, hd: 64, bs: 16, len: 37, window: None, softcap: None },
+            Case { heads: 4, kv_heads: 4, hd: 80, bs: 4, len: 23, window: None, softcap: None },
+            Case { heads: 9, kv_heads: 1, hd: 24, bs: 32, len: 70, window: Some(19), softcap: None },
+            Case { heads: 8, kv_heads: 2, hd: 256, bs: 16, len: 33, window: Some(40), softcap: Some(50.0) },
+            Case { heads: 2, kv_heads: 1, hd: 16, bs: 24, len: 5, window: None, softcap: None },
+        ];
+        let mut seed = 7;
+        for c in &cases {
+            let kv_dim = c.kv_heads * c.hd;
+            let num_blocks = c.len.div_ceil(c.bs) + 3;
+            let mut cache = KvCache::new(1, num_blocks, c.bs, c.kv_heads, c.hd);
+            // A scattered block table: logical block i lives in physical block (i·2 + 1) mod n.
+            let table: Vec<u32> = (0..c.len.div_ceil(c.bs)).map(|i| ((i * 2 + 1) % num_blocks) as u32).collect();
+            let k: Vec<Vec<f32>> = (0..c.len).map(|_| (0..kv_dim).map(|_| lcg(&mut seed) * 2.0).collect()).collect();
+            let v: Vec<Vec<f32>> = (0..c.len).map(|_| (0..kv_dim).map(|_| lcg(&mut seed)).collect()).collect();
+            let slots: Vec<usize> = (0..c.len).map(|j| table[j / c.bs] as usize * c.bs + j % c.bs).collect();
+            cache.write(0, &slots, &k.concat(), &v.concat());
+            let p = AttentionParams { num_heads: c.heads, num_kv_heads: c.kv_heads, head_dim: c.hd, scale: 1.0 / (c.hd as f32).sqrt(), softcap: c.softcap, window: c.window };
+            let q: Vec<f32> = (0..c.heads * c.hd).map(|_| lcg(&mut seed)).collect();
+            let group = c.heads / c.kv_heads;
+            for pos in [0, c.len / 2, c.len - 1] {
+                let lo = c.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let want = naive(&q, &k, &v, c, pos, p.scale);
+                let mut results: Vec<Vec<f32>> = Vec::new();
+                let mut levels: Vec<(&str, Box<dyn Fn(&HeadView, &[f32], &mut Vec<f32>, &mut [f32])>)> = vec![("portable", Box::new(|h, qh, s, o| unsafe { attend::<[f32; LANES], 4, 2, 2>(h, qh, lo, pos, &p, s, o) }))];
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                        levels.push(("avx2", Box::new(|h, qh, s, o| unsafe { attend_avx2(h, qh, lo, pos, &p, s, o) })));
+                    }
+                    if detected_level() == Level::Avx512Vnni {
+                        levels.push(("avx512", Box::new(|h, qh, s, o| unsafe { attend_avx512(h, qh, lo, pos, &p, s, o) })));
+                    }
+                }
+                for (name, run) in &levels {
+                    let mut out = vec![0f32; c.heads * c.hd];
+                    for kvh in 0..c.kv_heads {
+                        let head = HeadView { kv: cache.layer(0), table: &table, block_size: c.bs, num_kv_heads: c.kv_heads, kvh, hd: c.hd };
+                        run(&head, &q[kvh * group * c.hd..(kvh + 1) * group * c.hd], &mut Vec::new(), &mut out[kvh * group * c.hd..(kvh + 1) * group * c.hd]);
+                    }
+                    for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                        assert!((*g as f64 - w).abs() < 1e-5, "{name} hd {} bs {} pos {pos} [{i}]: {g} vs {w}", c.hd, c.bs);
+                    }
+                    results.push(out);
+                }
+                for ((name, _), r) in levels.iter().zip(&results).skip(1) {
+                    assert!(r.iter().zip(&results[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} differs from portable (hd {}, bs {})", c.hd, c.bs);
+                }
+            }
+        }
+    }
 }

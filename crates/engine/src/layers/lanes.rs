@@ -1,0 +1,117 @@
+//! `Lanes`: 16 f32 lanes as one value, as a 512-bit AVX-512 register, a pair of AVX2
+//! registers, or a plain array. Kernels that are not quantized matmuls (attention, and the
+//! elementwise activations) are written once over it and built for each level inside a
+//! `#[target_feature]` function. Every operation is lane-wise IEEE arithmetic (`fma` is one
+//! rounding), so all three give the same bits.
+
+/// 16 f32 lanes. `unsafe` because the x86 implementations need their CPU features: call only
+/// from code built (or dispatched) for them.
+pub trait Lanes: Copy {
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    /// Loads 16 values from `p[..16]`.
+    unsafe fn load(p: &[f32]) -> Self;
+    unsafe fn store(self, p: &mut [f32]);
+    /// `self + a·b` with one rounding.
+    unsafe fn fma(self, a: Self, b: Self) -> Self;
+    unsafe fn mul(self, b: Self) -> Self;
+}
+
+impl Lanes for [f32; 16] {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        [0.0; 16]
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        [x; 16]
+    }
+    #[inline(always)]
+    unsafe fn load(p: &[f32]) -> Self {
+        p[..16].try_into().expect("16 lanes")
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: &mut [f32]) {
+        p[..16].copy_from_slice(&self)
+    }
+    #[inline(always)]
+    unsafe fn fma(self, a: Self, b: Self) -> Self {
+        std::array::from_fn(|i| a[i].mul_add(b[i], self[i]))
+    }
+    #[inline(always)]
+    unsafe fn mul(self, b: Self) -> Self {
+        std::array::from_fn(|i| self[i] * b[i])
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Lanes;
+    use std::arch::x86_64::*;
+
+    impl Lanes for __m512 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            _mm512_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: &[f32]) -> Self {
+            assert!(p.len() >= 16);
+            _mm512_loadu_ps(p.as_ptr())
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: &mut [f32]) {
+            assert!(p.len() >= 16);
+            _mm512_storeu_ps(p.as_mut_ptr(), self)
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            _mm512_fmadd_ps(a, b, self)
+        }
+        #[inline(always)]
+        unsafe fn mul(self, b: Self) -> Self {
+            _mm512_mul_ps(self, b)
+        }
+    }
+
+    /// Two AVX2 registers: lanes 0–7 and 8–15.
+    #[derive(Clone, Copy)]
+    pub struct Avx2x2(__m256, __m256);
+
+    impl Lanes for Avx2x2 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx2x2(_mm256_setzero_ps(), _mm256_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            Avx2x2(_mm256_set1_ps(x), _mm256_set1_ps(x))
+        }
+        #[inline(always)]
+        unsafe fn load(p: &[f32]) -> Self {
+            assert!(p.len() >= 16);
+            Avx2x2(_mm256_loadu_ps(p.as_ptr()), _mm256_loadu_ps(p.as_ptr().add(8)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: &mut [f32]) {
+            assert!(p.len() >= 16);
+            _mm256_storeu_ps(p.as_mut_ptr(), self.0);
+            _mm256_storeu_ps(p.as_mut_ptr().add(8), self.1)
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            Avx2x2(_mm256_fmadd_ps(a.0, b.0, self.0), _mm256_fmadd_ps(a.1, b.1, self.1))
+        }
+        #[inline(always)]
+        unsafe fn mul(self, b: Self) -> Self {
+            Avx2x2(_mm256_mul_ps(self.0, b.0), _mm256_mul_ps(self.1, b.1))
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use x86::Avx2x2;
