@@ -217,47 +217,34 @@ pub struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes `m` rows of `k` values as ggml does: with `act_block` 32 like
-    /// `quantize_row_q8_0` (scale amax/127 stored as f16, round half away from zero), with 256
-    /// like `quantize_row_q8_K` (scale from the signed extreme, f32, round half to even).
+    /// Quantizes `m` rows of `k` values as ggml does on x86: with `act_block` 32 like
+    /// `quantize_row_q8_0` (scale amax/127 stored as f16, values times 127/amax rounded half
+    /// to even), with 256 like `quantize_row_q8_K` (scale from the first signed extreme, f32,
+    /// round half to even). Written so the loops vectorize.
     pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, sub: usize, offset: i32, act_block: usize) {
         self.num_subs = k / sub;
         self.qs.resize(m * k, 0);
         self.d.resize(m * k / QK, 0.0);
         self.init.resize(m * k / sub, 0);
         self.sums.resize(m * k / sub, 0.0);
-        if act_block == QK {
-            for (b, (xs, qs)) in x.chunks_exact(QK).zip(self.qs.chunks_exact_mut(QK)).enumerate() {
-                let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let per = act_block / QK;
+        for (b, (xs, qs)) in x.chunks_exact(act_block).zip(self.qs.chunks_exact_mut(act_block)).enumerate() {
+            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let (d, id) = if act_block == QK {
                 let d = amax / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                for (q, v) in qs.iter_mut().zip(xs) {
-                    *q = (v * id).round() as i8;
-                }
-                self.d[b] = half::f16::from_f32(d).to_f32();
+                (half::f16::from_f32(d).to_f32(), if amax != 0.0 { 127.0 / amax } else { 0.0 })
+            } else if amax == 0.0 {
+                (0.0, 0.0)
+            } else {
+                // The first value whose magnitude is amax, with its sign.
+                let max = *xs.iter().find(|v| v.abs() == amax).expect("amax is one of the values");
+                let iscale = -127.0 / max;
+                (1.0 / iscale, iscale)
+            };
+            for (q, v) in qs.iter_mut().zip(xs) {
+                *q = ((v * id).round_ties_even() as i32).min(127) as i8;
             }
-        } else {
-            let per = act_block / QK;
-            for (b, (xs, qs)) in x.chunks_exact(act_block).zip(self.qs.chunks_exact_mut(act_block)).enumerate() {
-                let (mut amax, mut max) = (0f32, 0f32);
-                for &v in xs {
-                    if v.abs() > amax {
-                        amax = v.abs();
-                        max = v;
-                    }
-                }
-                let d = if amax == 0.0 {
-                    qs.iter_mut().for_each(|q| *q = 0);
-                    0.0
-                } else {
-                    let iscale = -127.0 / max;
-                    for (q, v) in qs.iter_mut().zip(xs) {
-                        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
-                    }
-                    1.0 / iscale
-                };
-                self.d[b * per..(b + 1) * per].iter_mut().for_each(|x| *x = d);
-            }
+            self.d[b * per..(b + 1) * per].iter_mut().for_each(|x| *x = d);
         }
         for (s, qs) in self.qs.chunks_exact(sub).enumerate() {
             let sum: i32 = qs.iter().map(|&v| v as i32).sum();
