@@ -2,9 +2,11 @@
 //! forward pass's fork-joins (matmul tiles, attention heads). A decode step makes ~200 of
 //! them for a 0.5B model, each a few microseconds of work per core: a work-stealing pool's
 //! per-call cost (waking threads, splitting and stealing tasks) was a large share of that.
-//! Here a call publishes one job, every thread takes its fixed contiguous share, and workers
-//! spin briefly between calls before they sleep. Shares never change what a task computes,
-//! so results do not depend on the number of threads.
+//! Here a call publishes one job; every thread takes contiguous chunks (about a quarter of
+//! an even share each) from one atomic counter until none are left, so a thread slowed by
+//! another process on a small machine does not hold up the rest. Workers spin briefly
+//! between calls before they sleep. Who runs a chunk never changes what a task computes, so
+//! results do not depend on the number of threads or on timing.
 
 use std::cell::UnsafeCell;
 use std::ops::Range;
@@ -31,6 +33,8 @@ struct Shared {
     num_threads: usize,
     job: UnsafeCell<Job>,
     generation: AtomicU64,
+    /// The first task not yet taken by any thread.
+    next: AtomicUsize,
     pending: AtomicUsize,
     sleeping: AtomicUsize,
     panicked: AtomicBool,
@@ -50,8 +54,16 @@ pub struct Pool {
     calls: Mutex<()>,
 }
 
-fn share(n: usize, threads: usize, w: usize) -> Range<usize> {
-    n * w / threads..n * (w + 1) / threads
+/// Runs chunks of `0..n` taken from `next` until it passes `n`.
+fn take_chunks(next: &AtomicUsize, n: usize, threads: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
+    let chunk = n.div_ceil(threads * 4).max(1);
+    loop {
+        let start = next.fetch_add(chunk, Ordering::Relaxed);
+        if start >= n {
+            return;
+        }
+        f(start..(start + chunk).min(n));
+    }
 }
 
 impl Pool {
@@ -62,6 +74,7 @@ impl Pool {
             num_threads,
             job: UnsafeCell::new(Job { f: noop as *const _, n: 0 }),
             generation: AtomicU64::new(0),
+            next: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             sleeping: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
@@ -70,7 +83,7 @@ impl Pool {
         });
         for w in 1..num_threads {
             let s = shared.clone();
-            std::thread::Builder::new().name(format!("slm-worker-{w}")).spawn(move || worker(s, w)).expect("cannot start a worker thread");
+            std::thread::Builder::new().name(format!("slm-worker-{w}")).spawn(move || worker(s)).expect("cannot start a worker thread");
         }
         Self { shared, calls: Mutex::new(()) }
     }
@@ -99,6 +112,7 @@ impl Pool {
         // SAFETY: see `Shared`; the lifetime is erased because we wait below.
         let f_static: *const (dyn Fn(Range<usize>) + Sync) = unsafe { std::mem::transmute(f as *const (dyn Fn(Range<usize>) + Sync + '_)) };
         unsafe { *s.job.get() = Job { f: f_static, n } };
+        s.next.store(0, Ordering::Relaxed);
         s.pending.store(s.num_threads - 1, Ordering::SeqCst);
         s.generation.fetch_add(1, Ordering::SeqCst);
         if s.sleeping.load(Ordering::SeqCst) > 0 {
@@ -107,7 +121,7 @@ impl Pool {
         }
         // The workers borrow `f`: even if our share panics, wait for them before unwinding.
         IN_POOL.with(|c| c.set(true));
-        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(share(n, s.num_threads, 0))));
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_chunks(&s.next, n, s.num_threads, f)));
         IN_POOL.with(|c| c.set(false));
         while s.pending.load(Ordering::Acquire) != 0 {
             std::hint::spin_loop();
@@ -122,7 +136,7 @@ impl Pool {
     }
 }
 
-fn worker(s: Arc<Shared>, w: usize) {
+fn worker(s: Arc<Shared>) {
     IN_POOL.with(|c| c.set(true));
     let mut seen = 0u64;
     loop {
@@ -148,7 +162,7 @@ fn worker(s: Arc<Shared>, w: usize) {
         // SAFETY: published before the generation bump we observed.
         let job = unsafe { *s.job.get() };
         let f = unsafe { &*job.f };
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(share(job.n, s.num_threads, w)))).is_err() {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_chunks(&s.next, job.n, s.num_threads, f))).is_err() {
             s.panicked.store(true, Ordering::SeqCst);
         }
         s.pending.fetch_sub(1, Ordering::Release);

@@ -61,13 +61,18 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// e^x in f32 with Cephes' `expf` polynomial (within 2 ulp), written with `mul_add` and integer
-/// ops so a loop of it vectorizes. Inputs are clamped to [-87.33, 88]: below, the true result
-/// is under f32's smallest normal and this returns ~1.2e-38; NaN stays NaN.
+/// e^x in f32 with Cephes' `expf` polynomial (within 2 ulp), written with `mul_add` and bit
+/// operations only, so a loop of it vectorizes. Inputs are clamped to [-87.33, 88]: below,
+/// the true result is under f32's smallest normal and this returns ~1.2e-38; NaN stays NaN.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    // Adding 1.5·2^23 rounds to an integer (half to even) and leaves it in the low mantissa
+    // bits: n without a float-to-int conversion (whose saturating form does not vectorize).
+    const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.33, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let ni = t.to_bits().wrapping_sub(MAGIC.to_bits());
     // x - n·ln 2 in two parts, so r is exact to f32 precision.
     let r = n.mul_add(-0.693_359_4, x);
     let r = n.mul_add(2.121_944_4e-4, r);
@@ -78,7 +83,7 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 5.000_000_1e-1);
     let y = p.mul_add(r * r, r) + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    y * f32::from_bits(ni.wrapping_add(127) << 23)
 }
 
 #[cfg(test)]

@@ -229,7 +229,7 @@ impl QuantizedRows {
         self.sums.resize(m * k / sub, 0.0);
         let per = act_block / QK;
         for (b, (xs, qs)) in x.chunks_exact(act_block).zip(self.qs.chunks_exact_mut(act_block)).enumerate() {
-            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let amax = abs_max(xs);
             let (d, id) = if act_block == QK {
                 let d = amax / 127.0;
                 (half::f16::from_f32(d).to_f32(), if amax != 0.0 { 127.0 / amax } else { 0.0 })
@@ -241,9 +241,7 @@ impl QuantizedRows {
                 let iscale = -127.0 / max;
                 (1.0 / iscale, iscale)
             };
-            for (q, v) in qs.iter_mut().zip(xs) {
-                *q = ((v * id).round_ties_even() as i32).min(127) as i8;
-            }
+            scale_round(xs, id, qs);
             self.d[b * per..(b + 1) * per].iter_mut().for_each(|x| *x = d);
         }
         for (s, qs) in self.qs.chunks_exact(sub).enumerate() {
@@ -251,6 +249,55 @@ impl QuantizedRows {
             self.init[s] = -offset * sum;
             self.sums[s] = sum as f32;
         }
+    }
+}
+
+/// The largest magnitude in `xs` (a multiple of 32 values long).
+#[inline]
+fn abs_max(xs: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 is enabled for the whole build; loads stay inside `xs`.
+        unsafe {
+            let sign = _mm256_set1_ps(-0.0);
+            let mut m = _mm256_setzero_ps();
+            for c in xs.chunks_exact(8) {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(c.as_ptr())));
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            lanes.iter().fold(0f32, |a, &v| a.max(v))
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    xs.iter().fold(0f32, |a, v| a.max(v.abs()))
+}
+
+/// `qs[i] = min(127, round_half_even(xs[i] · id))` (values are within ±127.5 by construction).
+#[inline]
+fn scale_round(xs: &[f32], id: f32, qs: &mut [i8]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        use std::arch::x86_64::*;
+        assert_eq!(xs.len() % 32, 0);
+        assert_eq!(qs.len(), xs.len());
+        // SAFETY: AVX2 is enabled for the whole build; loads and stores stay in bounds.
+        unsafe {
+            let mul = _mm256_set1_ps(id);
+            // cvtps rounds half to even (the default MXCSR mode); the packs saturate to
+            // [-128, 127], and the permute undoes their per-128-bit interleave.
+            let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            for (x, q) in xs.chunks_exact(32).zip(qs.chunks_exact_mut(32)) {
+                let i: [__m256i; 4] = std::array::from_fn(|j| _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * j)), mul)));
+                let w = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+                _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, _mm256_permutevar8x32_epi32(w, order));
+            }
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    for (q, v) in qs.iter_mut().zip(xs) {
+        *q = ((v * id).round_ties_even() as i32).min(127) as i8;
     }
 }
 
