@@ -9,9 +9,6 @@ use std::arch::x86_64::*;
 
 use super::{PackedWeights, QuantizedRows, QK, TILE};
 
-/// Rows handled together while a tile's sub-block is in registers.
-const ROWS: usize = 4;
-
 /// How far ahead of the sub-block being multiplied its weight bytes are prefetched. A single
 /// row's matmul reads each weight byte once, straight from memory; the hardware prefetcher
 /// alone kept only ~20 GB/s of this machine's ~39 in flight (`slm bench-kernels
@@ -56,14 +53,22 @@ pub unsafe fn tiles_vnni(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usi
 unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     for t in t0..t1 {
         let mut r = 0;
+        // Rows in groups of 8 (4 for Q4_K, whose mins need more registers), then 4, 2, 1:
+        // each row's arithmetic is the same in any group.
         while r < m {
-            if m - r >= ROWS {
-                tile_vnni::<G, MIN, NIB, EXTRA, ROWS>(w, q, t, r, out);
-                r += ROWS;
-            } else {
-                tile_vnni::<G, MIN, NIB, EXTRA, 1>(w, q, t, r, out);
-                r += 1;
+            let rows = match m - r {
+                8.. if !MIN => 8,
+                4.. => 4,
+                2..=3 => 2,
+                _ => 1,
+            };
+            match rows {
+                8 => tile_vnni::<G, MIN, NIB, EXTRA, 8>(w, q, t, r, out),
+                4 => tile_vnni::<G, MIN, NIB, EXTRA, 4>(w, q, t, r, out),
+                2 => tile_vnni::<G, MIN, NIB, EXTRA, 2>(w, q, t, r, out),
+                _ => tile_vnni::<G, MIN, NIB, EXTRA, 1>(w, q, t, r, out),
             }
+            r += rows;
         }
     }
 }
