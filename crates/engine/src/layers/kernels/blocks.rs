@@ -1,5 +1,6 @@
 //! The GGUF block formats the kernels repack (Q5_0, Q8_0, Q4_K, Q6_K) and how each decodes
-//! into unsigned values, scales and mins (`WeightBlock`); used by `PackedWeights::pack`.
+//! into unsigned values, the file's f16 scale (and min), and the K-quants' per-sub-block
+//! integer scales and mins (`WeightBlock`); used by `PackedWeights::pack`.
 
 /// GGUF Q5_0 block: 32 weights, 5 bits each (low nibbles in `qs`, high bits in `qh`), value
 /// = q - 16, times `d`.
@@ -23,25 +24,26 @@ const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22 && std::mem::size_o
 
 pub const QK: usize = 32;
 
-/// A GGUF block type the kernels can repack: `VALUES` weights per block, in sub-blocks of
-/// `SUB` values that share a scale (and a min, for Q4_K).
+/// A GGUF block type the kernels can repack: `VALUES` weights per block (the super-block),
+/// in sub-blocks of `SUB` values. A weight is `d · value` (Q5_0, Q8_0), `d · sc · value`
+/// (Q6_K) or `d · sc · value − dmin · m` (Q4_K), with `d` and `dmin` f16 per block and `sc`,
+/// `m` small integers per sub-block.
 pub trait WeightBlock: Copy + Send + Sync + 'static {
     const VALUES: usize;
     const SUB: usize;
     /// Added to every value so it fits an unsigned byte (undone through the activation sums).
     const OFFSET: i32;
     const HAS_MIN: bool;
+    /// Per-sub-block integer scales (the K-quants).
+    const INT_SCALES: bool;
     /// Bits of `value + OFFSET`: 4 to 6 are packed as nibbles plus bit planes, 8 as bytes.
     const BITS: u32;
-    /// Every scale is an f16 of the file (Q5_0, Q8_0), so the tiles store it as f16: exact,
-    /// and half the bytes. K-quant scales are products computed in f32 and stay f32.
-    const HALF_SCALES: bool = false;
     /// Activations are quantized as ggml does for this type: Q8_0 (32 values per f16 scale)
     /// for the legacy quants, Q8_K (256 values per f32 scale) for the K-quants.
     const ACT_BLOCK: usize = QK;
-    /// `u[i] = value_i + OFFSET`; per sub-block, its scale and (if any) `-min`, so that
-    /// weight = scale × value + (-min).
-    fn decode(&self, u: &mut [u8], scales: &mut [f32], neg_mins: &mut [f32]);
+    /// `u[i] = value_i + OFFSET`; per sub-block, its integer scale and min (K-quants);
+    /// returns the f16 bits of `d` and `dmin` (0 without mins).
+    fn decode(&self, u: &mut [u8], scales: &mut [i8], mins: &mut [i8]) -> (u16, u16);
 }
 
 impl WeightBlock for BlockQ5_0 {
@@ -49,15 +51,15 @@ impl WeightBlock for BlockQ5_0 {
     const SUB: usize = 32;
     const OFFSET: i32 = 16;
     const HAS_MIN: bool = false;
+    const INT_SCALES: bool = false;
     const BITS: u32 = 5;
-    const HALF_SCALES: bool = true;
-    fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
+    fn decode(&self, u: &mut [u8], _: &mut [i8], _: &mut [i8]) -> (u16, u16) {
         let qh = u32::from_le_bytes(self.qh);
         for j in 0..16 {
             u[j] = (self.qs[j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
             u[j + 16] = (self.qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
         }
-        scales[0] = half::f16::from_bits(self.d).to_f32();
+        (self.d, 0)
     }
 }
 
@@ -66,13 +68,13 @@ impl WeightBlock for BlockQ8_0 {
     const SUB: usize = 32;
     const OFFSET: i32 = 128;
     const HAS_MIN: bool = false;
+    const INT_SCALES: bool = false;
     const BITS: u32 = 8;
-    const HALF_SCALES: bool = true;
-    fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
+    fn decode(&self, u: &mut [u8], _: &mut [i8], _: &mut [i8]) -> (u16, u16) {
         for j in 0..32 {
             u[j] = (self.qs[j] as i32 + 128) as u8;
         }
-        scales[0] = half::f16::from_bits(self.d).to_f32();
+        (self.d, 0)
     }
 }
 
@@ -104,16 +106,15 @@ impl WeightBlock for BlockQ4K {
     const SUB: usize = 32;
     const OFFSET: i32 = 0;
     const HAS_MIN: bool = true;
+    const INT_SCALES: bool = true;
     const BITS: u32 = 4;
-    fn decode(&self, u: &mut [u8], scales: &mut [f32], neg_mins: &mut [f32]) {
-        let d = half::f16::from_bits(self.d).to_f32();
-        let dmin = half::f16::from_bits(self.dmin).to_f32();
+    fn decode(&self, u: &mut [u8], scales: &mut [i8], mins: &mut [i8]) -> (u16, u16) {
         let q = &self.scales;
         for j in 0..8 {
-            // ggml's get_scale_min_k4.
+            // ggml's get_scale_min_k4: 6-bit values, so they fit an i8.
             let (sc, m) = if j < 4 { (q[j] & 63, q[j + 4] & 63) } else { ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)) };
-            scales[j] = d * sc as f32;
-            neg_mins[j] = -(dmin * m as f32);
+            scales[j] = sc as i8;
+            mins[j] = m as i8;
         }
         for c in 0..4 {
             for l in 0..32 {
@@ -121,6 +122,7 @@ impl WeightBlock for BlockQ4K {
                 u[c * 64 + 32 + l] = self.qs[c * 32 + l] >> 4;
             }
         }
+        (self.d, self.dmin)
     }
 }
 
@@ -130,12 +132,10 @@ impl WeightBlock for BlockQ6K {
     const SUB: usize = 16;
     const OFFSET: i32 = 32;
     const HAS_MIN: bool = false;
+    const INT_SCALES: bool = true;
     const BITS: u32 = 6;
-    fn decode(&self, u: &mut [u8], scales: &mut [f32], _: &mut [f32]) {
-        let d = half::f16::from_bits(self.d).to_f32();
-        for (s, sc) in scales.iter_mut().zip(&self.scales) {
-            *s = d * *sc as f32;
-        }
+    fn decode(&self, u: &mut [u8], scales: &mut [i8], _: &mut [i8]) -> (u16, u16) {
+        scales[..16].copy_from_slice(&self.scales);
         // ggml's dequantize_row_q6_K layout: two halves of 128 values.
         for h in 0..2 {
             let (ql, qh, y) = (&self.ql[h * 64..], &self.qh[h * 32..], h * 128);
@@ -146,5 +146,6 @@ impl WeightBlock for BlockQ6K {
                 u[y + l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
             }
         }
+        (self.d, 0)
     }
 }

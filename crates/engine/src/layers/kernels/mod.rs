@@ -5,16 +5,20 @@
 //! each, and the 16 scales (and mins). Decode reads every weight once per token, so the
 //! packing keeps the file's bits: Q8_0 as bytes; Q4_K, Q5_0 and Q6_K as nibbles (two groups
 //! of 64 values per 64-byte line, low and high nibble) plus one 64-bit mask per extra bit and
-//! group (Q5_0: one, Q6_K: two), expanded in registers (`vpaddb` under a mask). A row of activations is quantized once to 8 bits (Q8_0
-//! or Q8_K, as ggml does for the weight type) and broadcast against a tile, so each
-//! output lane is one column: no horizontal sums, and every weight byte loaded is used for all
-//! rows of the call.
+//! group (Q5_0: one, Q6_K: two), expanded in registers (`vpaddb` under a mask). Scales stay as
+//! the file has them: f16 per block, and for the K-quants 8-bit integer scales (and mins) per
+//! sub-block, so a packed weight is no larger than the file's. A row of activations is
+//! quantized once to 8 bits (Q8_0 or Q8_K, as ggml does for the weight type) and broadcast
+//! against a tile, so each output lane is one column: no horizontal sums, and every weight
+//! byte loaded is used for all rows of the call.
 //!
 //! Batch invariance and dispatch levels: an output element is computed as, per block in order,
-//! the exact integer dot product of its 32 weights and activations, converted to f32 and
-//! fused-multiply-added with `d_w × d_x` into one f32 accumulator. That sequence is the same
-//! for any number of rows, any tile, and AVX-512 VNNI, AVX2 or the portable path: results are
-//! bit-identical across all of them.
+//! the exact integer dot product of its weights and activations (for the K-quants, the sum
+//! over its sub-blocks of each sub-block's dot product times its integer scale, as ggml does),
+//! converted to f32 and fused-multiply-added with `d_w × d_x` into one f32 accumulator (then
+//! Q4_K's min term, `Σ m·Σx` times `-dmin_w × d_x`). That sequence is the same for any number
+//! of rows, any tile, and AVX-512 VNNI, AVX2 or the portable path: results are bit-identical
+//! across all of them.
 
 pub mod bench;
 mod blocks;
@@ -37,23 +41,28 @@ struct Line([u8; 64]);
 /// Weights repacked for the kernels: per tile of 16 columns and sub-block of `sub` values,
 /// `sub / 4` groups of 64 values (16 columns × 4 consecutive values, value `lane·4 + j`) —
 /// as 64-byte lines of bytes, or of nibble pairs (group 2i low, 2i+1 high) with `bits − 4`
-/// masks per group for the high bits — then 16 scales (and 16 negated mins).
+/// masks per group for the high bits — and for the K-quants 16 integer scales (and mins);
+/// per tile and block, the 16 columns' f16 `d` (and negated `dmin`).
 pub struct PackedWeights {
     pub n: usize,
     pub k: usize,
     pub sub: usize,
+    /// Sub-blocks per block (1 for Q5_0 and Q8_0).
+    pub subs_per_block: usize,
     pub offset: i32,
     pub has_min: bool,
+    pub int_scales: bool,
     pub act_block: usize,
     pub bits: u32,
     lines: Vec<Line>,
     /// Per tile and sub-block: `(bits − 4)` planes × groups of 64-bit masks (nibble packing).
     planes: Vec<u64>,
-    /// f32 scales, or (`half_scales`) their f16 bits in `half`.
-    scales: Vec<f32>,
-    pub half_scales: bool,
-    half: Vec<u16>,
-    neg_mins: Vec<f32>,
+    /// Per tile and sub-block: 16 integer scales and (Q4_K) 16 mins (K-quants).
+    sub_scales: Vec<i8>,
+    sub_mins: Vec<i8>,
+    /// Per tile and block: 16 f16 scales and (Q4_K) 16 negated f16 mins, the file's bits.
+    d: Vec<u16>,
+    neg_dmin: Vec<u16>,
 }
 
 impl PackedWeights {
@@ -62,6 +71,7 @@ impl PackedWeights {
         let blocks = k / W::VALUES;
         assert_eq!(w.len(), n * blocks);
         let nsub = k / W::SUB;
+        let spb = W::VALUES / W::SUB;
         let tiles = n.div_ceil(TILE);
         let groups = W::SUB / 4;
         let nibbles = W::BITS < 8;
@@ -69,17 +79,23 @@ impl PackedWeights {
         let extra = if nibbles { (W::BITS - 4) as usize } else { 0 };
         let mut lines = vec![Line([0; 64]); tiles * nsub * lines_per_sub];
         let mut planes = vec![0u64; tiles * nsub * extra * groups];
-        let mut scales = vec![0f32; tiles * nsub * TILE];
-        let mut neg_mins = vec![0f32; if W::HAS_MIN { tiles * nsub * TILE } else { 0 }];
+        let mut sub_scales = vec![0i8; if W::INT_SCALES { tiles * nsub * TILE } else { 0 }];
+        let mut sub_mins = vec![0i8; if W::HAS_MIN { tiles * nsub * TILE } else { 0 }];
+        let mut d = vec![0u16; tiles * blocks * TILE];
+        let mut neg_dmin = vec![0u16; if W::HAS_MIN { tiles * blocks * TILE } else { 0 }];
         let mut u = vec![0u8; W::VALUES];
-        let mut sc = vec![0f32; W::VALUES / W::SUB];
-        let mut mn = vec![0f32; W::VALUES / W::SUB];
+        let (mut sc, mut mn) = (vec![0i8; spb], vec![0i8; spb]);
         for c in 0..n {
             let (t, lane) = (c / TILE, c % TILE);
             for b in 0..blocks {
-                w[c * blocks + b].decode(&mut u, &mut sc, &mut mn);
-                for j in 0..W::VALUES / W::SUB {
-                    let s = b * (W::VALUES / W::SUB) + j;
+                let (db, dminb) = w[c * blocks + b].decode(&mut u, &mut sc, &mut mn);
+                d[(t * blocks + b) * TILE + lane] = db;
+                if W::HAS_MIN {
+                    // Negating an f16 flips its sign bit: exact.
+                    neg_dmin[(t * blocks + b) * TILE + lane] = dminb ^ 0x8000;
+                }
+                for j in 0..spb {
+                    let s = b * spb + j;
                     let tsub = t * nsub + s;
                     for g in 0..groups {
                         for i in 0..4 {
@@ -95,20 +111,21 @@ impl PackedWeights {
                             }
                         }
                     }
-                    scales[tsub * TILE + lane] = sc[j];
+                    if W::INT_SCALES {
+                        sub_scales[tsub * TILE + lane] = sc[j];
+                    }
                     if W::HAS_MIN {
-                        neg_mins[tsub * TILE + lane] = mn[j];
+                        sub_mins[tsub * TILE + lane] = mn[j];
                     }
                 }
             }
         }
-        let (scales, half) = if W::HALF_SCALES { (Vec::new(), scales.iter().map(|&s| half::f16::from_f32(s).to_bits()).collect()) } else { (scales, Vec::new()) };
-        Self { n, k, sub: W::SUB, offset: W::OFFSET, has_min: W::HAS_MIN, act_block: W::ACT_BLOCK, bits: W::BITS, lines, planes, scales, half_scales: W::HALF_SCALES, half, neg_mins }
+        Self { n, k, sub: W::SUB, subs_per_block: spb, offset: W::OFFSET, has_min: W::HAS_MIN, int_scales: W::INT_SCALES, act_block: W::ACT_BLOCK, bits: W::BITS, lines, planes, sub_scales, sub_mins, d, neg_dmin }
     }
 
     /// Bytes the kernels read for one pass over this weight.
     pub fn num_bytes(&self) -> usize {
-        self.lines.len() * 64 + self.planes.len() * 8 + self.scales.len() * 4 + self.half.len() * 2 + self.neg_mins.len() * 4
+        self.lines.len() * 64 + self.planes.len() * 8 + self.sub_scales.len() + self.sub_mins.len() + (self.d.len() + self.neg_dmin.len()) * 2
     }
 
     /// Extra bit planes per group (0 for byte packing).
@@ -159,6 +176,10 @@ impl PackedWeights {
         self.k / self.sub
     }
 
+    pub fn num_blocks(&self) -> usize {
+        self.num_subs() / self.subs_per_block
+    }
+
     pub fn num_tiles(&self) -> usize {
         self.n.div_ceil(TILE)
     }
@@ -173,46 +194,44 @@ impl PackedWeights {
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr().add(first) as *const u8, lines * 64) }
     }
 
-    /// The 16 scales of tile `t`, sub-block `s` (f32 tiles only).
+    /// The 16 integer scales of tile `t`, sub-block `s` (K-quants).
     #[inline]
-    pub fn tile_scales(&self, t: usize, s: usize) -> &[f32] {
+    pub fn tile_sub_scales(&self, t: usize, s: usize) -> &[i8] {
         let i = (t * self.num_subs() + s) * TILE;
-        &self.scales[i..i + TILE]
+        &self.sub_scales[i..i + TILE]
     }
 
-    /// The 16 scales of tile `t`, sub-block `s` as f16 bits (`half_scales` tiles only).
+    /// The 16 integer mins of tile `t`, sub-block `s` (Q4_K).
     #[inline]
-    pub fn tile_half_scales(&self, t: usize, s: usize) -> &[u16] {
+    pub fn tile_sub_mins(&self, t: usize, s: usize) -> &[i8] {
         let i = (t * self.num_subs() + s) * TILE;
-        &self.half[i..i + TILE]
+        &self.sub_mins[i..i + TILE]
     }
 
-    /// One column's scale, whatever the storage.
+    /// The 16 f16 scales of tile `t`, block `b`.
     #[inline]
-    pub fn scale(&self, t: usize, s: usize, lane: usize) -> f32 {
-        if self.half_scales {
-            half::f16::from_bits(self.tile_half_scales(t, s)[lane]).to_f32()
-        } else {
-            self.tile_scales(t, s)[lane]
-        }
+    pub fn tile_d(&self, t: usize, b: usize) -> &[u16] {
+        let i = (t * self.num_blocks() + b) * TILE;
+        &self.d[i..i + TILE]
     }
 
+    /// The 16 negated f16 mins of tile `t`, block `b` (Q4_K).
     #[inline]
-    pub fn tile_neg_mins(&self, t: usize, s: usize) -> &[f32] {
-        let i = (t * self.num_subs() + s) * TILE;
-        &self.neg_mins[i..i + TILE]
+    pub fn tile_neg_dmin(&self, t: usize, b: usize) -> &[u16] {
+        let i = (t * self.num_blocks() + b) * TILE;
+        &self.neg_dmin[i..i + TILE]
     }
 }
 
-/// Activation rows quantized to 8 bits (`d` holds the scale of every 32 values), with per sub-block of the
-/// weights: `-offset × Σ bytes` (turns `(w + offset) · x` back into `w · x`) and `Σ bytes`
-/// (for the mins of Q4_K).
+/// Activation rows quantized to 8 bits (`d` holds the scale of every 32 values), with `Σ
+/// bytes` per sub-block of the weights: the kernels start a sub-block's dot product at
+/// `-offset × Σ` (which turns `(w + offset) · x` back into `w · x`), and Q4_K's min term
+/// multiplies it.
 #[derive(Default)]
 pub struct QuantizedRows {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
-    pub init: Vec<i32>,
-    pub sums: Vec<f32>,
+    pub isums: Vec<i32>,
     pub num_subs: usize,
 }
 
@@ -221,12 +240,11 @@ impl QuantizedRows {
     /// `quantize_row_q8_0` (scale amax/127 stored as f16, values times 127/amax rounded half
     /// to even), with 256 like `quantize_row_q8_K` (scale from the first signed extreme, f32,
     /// round half to even). Written so the loops vectorize.
-    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, sub: usize, offset: i32, act_block: usize) {
+    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, sub: usize, act_block: usize) {
         self.num_subs = k / sub;
         self.qs.resize(m * k, 0);
         self.d.resize(m * k / QK, 0.0);
-        self.init.resize(m * k / sub, 0);
-        self.sums.resize(m * k / sub, 0.0);
+        self.isums.resize(m * k / sub, 0);
         let per = act_block / QK;
         for (b, (xs, qs)) in x.chunks_exact(act_block).zip(self.qs.chunks_exact_mut(act_block)).enumerate() {
             let amax = abs_max(xs);
@@ -245,9 +263,7 @@ impl QuantizedRows {
             self.d[b * per..(b + 1) * per].iter_mut().for_each(|x| *x = d);
         }
         for (s, qs) in self.qs.chunks_exact(sub).enumerate() {
-            let sum: i32 = qs.iter().map(|&v| v as i32).sum();
-            self.init[s] = -offset * sum;
-            self.sums[s] = sum as f32;
+            self.isums[s] = qs.iter().map(|&v| v as i32).sum();
         }
     }
 }
@@ -341,7 +357,7 @@ pub fn matmul(w: &PackedWeights, x: &[f32], m: usize, out: &mut [f32], level: Le
     assert!(out.len() >= m * n);
     SCRATCH.with(|s| {
         let mut q = s.borrow_mut();
-        q.quantize(x, m, k, w.sub, w.offset, w.act_block);
+        q.quantize(x, m, k, w.sub, w.act_block);
         let q = &*q;
         let out_ptr = out.as_mut_ptr() as usize;
         let run = |tiles: std::ops::Range<usize>| {
@@ -391,10 +407,15 @@ mod tests {
 
     fn dequant<W: WeightBlock>(w: &[W]) -> Vec<f32> {
         let mut out = Vec::new();
-        let (mut u, mut sc, mut mn) = (vec![0u8; W::VALUES], vec![0f32; W::VALUES / W::SUB], vec![0f32; W::VALUES / W::SUB]);
+        let (mut u, mut sc, mut mn) = (vec![0u8; W::VALUES], vec![0i8; W::VALUES / W::SUB], vec![0i8; W::VALUES / W::SUB]);
         for b in w {
-            b.decode(&mut u, &mut sc, &mut mn);
-            out.extend(u.iter().enumerate().map(|(i, &v)| (v as i32 - W::OFFSET) as f32 * sc[i / W::SUB] + if W::HAS_MIN { mn[i / W::SUB] } else { 0.0 }));
+            let (d, dmin) = b.decode(&mut u, &mut sc, &mut mn);
+            let (d, dmin) = (half::f16::from_bits(d).to_f32(), half::f16::from_bits(dmin).to_f32());
+            out.extend(u.iter().enumerate().map(|(i, &v)| {
+                let j = i / W::SUB;
+                let scale = if W::INT_SCALES { d * sc[j] as f32 } else { d };
+                (v as i32 - W::OFFSET) as f32 * scale - if W::HAS_MIN { dmin * mn[j] as f32 } else { 0.0 }
+            }));
         }
         out
     }
@@ -406,7 +427,7 @@ mod tests {
         let wd = dequant(w);
         let packed = PackedWeights::pack(w, n, k);
         let mut q = QuantizedRows::default();
-        q.quantize(&x, m, k, W::SUB, W::OFFSET, W::ACT_BLOCK);
+        q.quantize(&x, m, k, W::SUB, W::ACT_BLOCK);
         let xq: Vec<f32> = (0..m * k).map(|i| q.qs[i] as f32 * q.d[i / QK]).collect();
         let mut levels = vec![Level::Scalar];
         #[cfg(target_arch = "x86_64")]

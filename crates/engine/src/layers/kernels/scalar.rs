@@ -1,34 +1,52 @@
-//! Portable kernel: per column, per sub-block in order, the exact integer dot product,
-//! converted to f32 and fused-multiply-added with `scale_w × d_x` (then, for Q4_K, the min
-//! term `Σx × (-min_w × d_x)`) — the very sequence the SIMD lanes run.
+//! Portable kernel: per column, per block in order, the exact integer dot product (for the
+//! K-quants, each sub-block's times its integer scale, summed over the block), converted to
+//! f32 and fused-multiply-added with `d_w × d_x`, then for Q4_K the min term `Σ m·Σx` times
+//! `-dmin_w × d_x` — the very sequence the SIMD lanes run.
+
+use half::f16;
 
 use super::{PackedWeights, QuantizedRows, QK, TILE};
 
 pub fn tiles(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     let nsub = w.num_subs();
+    let spb = w.subs_per_block;
     let groups = w.sub / 4;
-    let mut decoded = vec![[0u8; 64]; groups];
+    let mut decoded = vec![vec![[0u8; 64]; groups]; spb];
     for t in t0..t1 {
         let valid = (w.n - t * TILE).min(TILE);
         let mut acc = vec![[0f32; TILE]; m];
-        for s in 0..nsub {
-            for (g, d) in decoded.iter_mut().enumerate() {
-                *d = w.group(t, s, g);
+        for b in 0..w.num_blocks() {
+            for (j, dec) in decoded.iter_mut().enumerate() {
+                for (g, d) in dec.iter_mut().enumerate() {
+                    *d = w.group(t, b * spb + j, g);
+                }
             }
             for (r, acc) in acc.iter_mut().enumerate() {
-                let first = (r * nsub + s) * w.sub;
-                let xs = &q.qs[first..first + w.sub];
-                let dx = q.d[first / QK];
+                let dx = q.d[(r * nsub + b * spb) * w.sub / QK];
                 for (lane, a) in acc.iter_mut().enumerate().take(valid) {
-                    let mut isum = q.init[r * nsub + s];
-                    for (g, bytes) in decoded.iter().enumerate() {
-                        for j in 0..4 {
-                            isum += bytes[lane * 4 + j] as i32 * xs[g * 4 + j] as i32;
+                    let (mut isum_b, mut msum_b) = (0i32, 0i32);
+                    for (j, dec) in decoded.iter().enumerate() {
+                        let s = b * spb + j;
+                        let xs = &q.qs[(r * nsub + s) * w.sub..(r * nsub + s + 1) * w.sub];
+                        let xsum = q.isums[r * nsub + s];
+                        let mut isum = -w.offset * xsum;
+                        for (g, bytes) in dec.iter().enumerate() {
+                            for i in 0..4 {
+                                isum += bytes[lane * 4 + i] as i32 * xs[g * 4 + i] as i32;
+                            }
+                        }
+                        if w.int_scales {
+                            isum_b += isum * w.tile_sub_scales(t, s)[lane] as i32;
+                        } else {
+                            isum_b = isum;
+                        }
+                        if w.has_min {
+                            msum_b += w.tile_sub_mins(t, s)[lane] as i32 * xsum;
                         }
                     }
-                    *a = (isum as f32).mul_add(w.scale(t, s, lane) * dx, *a);
+                    *a = (isum_b as f32).mul_add(f16::from_bits(w.tile_d(t, b)[lane]).to_f32() * dx, *a);
                     if w.has_min {
-                        *a = q.sums[r * nsub + s].mul_add(w.tile_neg_mins(t, s)[lane] * dx, *a);
+                        *a = (msum_b as f32).mul_add(f16::from_bits(w.tile_neg_dmin(t, b)[lane]).to_f32() * dx, *a);
                     }
                 }
             }

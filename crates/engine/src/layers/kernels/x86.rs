@@ -2,8 +2,9 @@
 //! weights, `vpdpbusd` multiplies them with 4 broadcast activations; `sub / 4` of them cover a
 //! sub-block. AVX2: the same tile in two 8-column halves with `vpmaddubsw` + `vpmaddwd` (Q8_0
 //! through the sign trick, since `(w + 128) · x` pairs would saturate 16 bits). Both produce,
-//! per column and sub-block, the exact integer dot product, then the same f32 FMAs as the
-//! portable kernel.
+//! per column and sub-block, the exact integer dot product; the K-quants multiply it by the
+//! sub-block's integer scale and sum over the block in integers (`vpmulld`); then the same
+//! f32 FMAs per block as the portable kernel.
 
 use std::arch::x86_64::*;
 
@@ -18,7 +19,7 @@ const PREFETCH_BYTES: usize = 4096;
 /// Prefetches the lines, masks, scales and mins `PREFETCH_BYTES` ahead in each of the tile
 /// streams (a tile's sub-blocks, and then the next tile's, are contiguous in each).
 #[inline(always)]
-unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize>(w: &PackedWeights, t: usize, s: usize) {
+unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const INT: bool>(w: &PackedWeights, t: usize, s: usize) {
     let p = w.tile_sub(t, s).as_ptr() as *const i8;
     let lines = if NIB { G / 2 } else { G };
     for i in 0..lines {
@@ -26,31 +27,35 @@ unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const
     }
     // The side streams hold fewer bytes per sub-block: prefetch them proportionally ahead.
     let ahead = |bytes_per_sub: usize| PREFETCH_BYTES * bytes_per_sub / (lines * 64);
+    let fetch = |p: *const i8, bytes_per_sub: usize| _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead(bytes_per_sub)));
     if EXTRA > 0 {
-        _mm_prefetch::<_MM_HINT_T0>((w.tile_planes(t, s).as_ptr() as *const i8).wrapping_add(ahead(EXTRA * G * 8)));
+        fetch(w.tile_planes(t, s).as_ptr() as *const i8, EXTRA * G * 8);
     }
-    if w.half_scales {
-        _mm_prefetch::<_MM_HINT_T0>((w.tile_half_scales(t, s).as_ptr() as *const i8).wrapping_add(ahead(TILE * 2)));
-    } else {
-        _mm_prefetch::<_MM_HINT_T0>((w.tile_scales(t, s).as_ptr() as *const i8).wrapping_add(ahead(TILE * 4)));
+    if INT {
+        fetch(w.tile_sub_scales(t, s).as_ptr(), TILE);
     }
     if MIN {
-        _mm_prefetch::<_MM_HINT_T0>((w.tile_neg_mins(t, s).as_ptr() as *const i8).wrapping_add(ahead(TILE * 4)));
+        fetch(w.tile_sub_mins(t, s).as_ptr(), TILE);
+    }
+    let (b, spb) = (s / w.subs_per_block, w.subs_per_block);
+    fetch(w.tile_d(t, b).as_ptr() as *const i8, TILE * 2 / spb);
+    if MIN {
+        fetch(w.tile_neg_dmin(t, b).as_ptr() as *const i8, TILE * 2 / spb);
     }
 }
 
 pub unsafe fn tiles_vnni(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     match (w.sub, w.has_min, w.bits) {
-        (32, false, 8) => tiles_vnni_impl::<8, false, false, 0>(w, q, m, t0, t1, out),
-        (32, false, 5) => tiles_vnni_impl::<8, false, true, 1>(w, q, m, t0, t1, out),
-        (32, true, 4) => tiles_vnni_impl::<8, true, true, 0>(w, q, m, t0, t1, out),
-        (16, false, 6) => tiles_vnni_impl::<4, false, true, 2>(w, q, m, t0, t1, out),
+        (32, false, 8) => tiles_vnni_impl::<8, false, false, 0, false>(w, q, m, t0, t1, out),
+        (32, false, 5) => tiles_vnni_impl::<8, false, true, 1, false>(w, q, m, t0, t1, out),
+        (32, true, 4) => tiles_vnni_impl::<8, true, true, 0, true>(w, q, m, t0, t1, out),
+        (16, false, 6) => tiles_vnni_impl::<4, false, true, 2, true>(w, q, m, t0, t1, out),
         other => unreachable!("no kernel for packing {other:?}"),
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const INT: bool>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     for t in t0..t1 {
         let mut r = 0;
         // Rows in groups of 8 (4 for Q4_K, whose mins need more registers), then 4, 2, 1:
@@ -63,10 +68,10 @@ unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, cons
                 _ => 1,
             };
             match rows {
-                8 => tile_vnni::<G, MIN, NIB, EXTRA, 8>(w, q, t, r, out),
-                4 => tile_vnni::<G, MIN, NIB, EXTRA, 4>(w, q, t, r, out),
-                2 => tile_vnni::<G, MIN, NIB, EXTRA, 2>(w, q, t, r, out),
-                _ => tile_vnni::<G, MIN, NIB, EXTRA, 1>(w, q, t, r, out),
+                8 => tile_vnni::<G, MIN, NIB, EXTRA, INT, 8>(w, q, t, r, out),
+                4 => tile_vnni::<G, MIN, NIB, EXTRA, INT, 4>(w, q, t, r, out),
+                2 => tile_vnni::<G, MIN, NIB, EXTRA, INT, 2>(w, q, t, r, out),
+                _ => tile_vnni::<G, MIN, NIB, EXTRA, INT, 1>(w, q, t, r, out),
             }
             r += rows;
         }
@@ -74,49 +79,64 @@ unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, cons
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const R: usize>(w: &PackedWeights, q: &QuantizedRows, t: usize, r0: usize, out: &mut [f32]) {
+unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const INT: bool, const R: usize>(w: &PackedWeights, q: &QuantizedRows, t: usize, r0: usize, out: &mut [f32]) {
     let nsub = w.num_subs();
+    let spb = w.subs_per_block;
     let mut acc = [_mm512_setzero_ps(); R];
     let low = _mm512_set1_epi8(0x0F);
-    for s in 0..nsub {
-        let p = w.tile_sub(t, s).as_ptr();
-        prefetch_ahead::<G, MIN, NIB, EXTRA>(w, t, s);
-        let mut wv = [_mm512_setzero_si512(); G];
-        if NIB {
-            // Two groups per line (low and high nibbles), then each extra bit under its mask.
-            for i in 0..G / 2 {
-                let v = _mm512_load_si512(p.add(i * 64) as *const _);
-                wv[2 * i] = _mm512_and_si512(v, low);
-                wv[2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-            }
-            if EXTRA > 0 {
-                let planes = w.tile_planes(t, s).as_ptr();
-                for e in 0..EXTRA {
-                    let add = _mm512_set1_epi8((16 << e) as i8);
-                    for (g, v) in wv.iter_mut().enumerate() {
-                        *v = _mm512_mask_add_epi8(*v, *planes.add(e * G + g), *v, add);
+    for b in 0..nsub / spb {
+        // Per row: the block's integer dot product (scaled per sub-block for the K-quants)
+        // and, for Q4_K, Σ min × Σx.
+        let mut isb = [_mm512_setzero_si512(); R];
+        let mut msb = [_mm512_setzero_si512(); R];
+        for s in b * spb..(b + 1) * spb {
+            let p = w.tile_sub(t, s).as_ptr();
+            prefetch_ahead::<G, MIN, NIB, EXTRA, INT>(w, t, s);
+            let mut wv = [_mm512_setzero_si512(); G];
+            if NIB {
+                // Two groups per line (low and high nibbles), then each extra bit under its mask.
+                for i in 0..G / 2 {
+                    let v = _mm512_load_si512(p.add(i * 64) as *const _);
+                    wv[2 * i] = _mm512_and_si512(v, low);
+                    wv[2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                }
+                if EXTRA > 0 {
+                    let planes = w.tile_planes(t, s).as_ptr();
+                    for e in 0..EXTRA {
+                        let add = _mm512_set1_epi8((16 << e) as i8);
+                        for (g, v) in wv.iter_mut().enumerate() {
+                            *v = _mm512_mask_add_epi8(*v, *planes.add(e * G + g), *v, add);
+                        }
                     }
                 }
+            } else {
+                for (g, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_load_si512(p.add(g * 64) as *const _);
+                }
             }
-        } else {
-            for (g, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_load_si512(p.add(g * 64) as *const _);
+            let sc = if INT { _mm512_cvtepi8_epi32(_mm_loadu_si128(w.tile_sub_scales(t, s).as_ptr() as *const __m128i)) } else { _mm512_setzero_si512() };
+            let mn = if MIN { _mm512_cvtepi8_epi32(_mm_loadu_si128(w.tile_sub_mins(t, s).as_ptr() as *const __m128i)) } else { _mm512_setzero_si512() };
+            for (i, (ib, mb)) in isb.iter_mut().zip(msb.iter_mut()).enumerate() {
+                let qs = (r0 + i) * nsub + s;
+                let xsum = *q.isums.get_unchecked(qs);
+                let xp = q.qs.as_ptr().add(qs * G * 4) as *const i32;
+                let mut isum = _mm512_set1_epi32(-w.offset * xsum);
+                for (g, v) in wv.iter().enumerate() {
+                    isum = _mm512_dpbusd_epi32(isum, *v, _mm512_set1_epi32(xp.add(g).read_unaligned()));
+                }
+                *ib = if INT { _mm512_add_epi32(*ib, _mm512_mullo_epi32(isum, sc)) } else { isum };
+                if MIN {
+                    *mb = _mm512_add_epi32(*mb, _mm512_mullo_epi32(mn, _mm512_set1_epi32(xsum)));
+                }
             }
         }
-        let sw = if w.half_scales { _mm512_cvtph_ps(_mm256_loadu_si256(w.tile_half_scales(t, s).as_ptr() as *const __m256i)) } else { _mm512_loadu_ps(w.tile_scales(t, s).as_ptr()) };
-        let smin = if MIN { _mm512_loadu_ps(w.tile_neg_mins(t, s).as_ptr()) } else { _mm512_setzero_ps() };
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(w.tile_d(t, b).as_ptr() as *const __m256i));
+        let nd = if MIN { _mm512_cvtph_ps(_mm256_loadu_si256(w.tile_neg_dmin(t, b).as_ptr() as *const __m256i)) } else { _mm512_setzero_ps() };
         for (i, a) in acc.iter_mut().enumerate() {
-            let qs = (r0 + i) * nsub + s;
-            let first = qs * G * 4;
-            let xp = q.qs.as_ptr().add(first) as *const i32;
-            let mut isum = _mm512_set1_epi32(*q.init.get_unchecked(qs));
-            for (g, v) in wv.iter().enumerate() {
-                isum = _mm512_dpbusd_epi32(isum, *v, _mm512_set1_epi32(xp.add(g).read_unaligned()));
-            }
-            let dx = _mm512_set1_ps(*q.d.get_unchecked(first / QK));
-            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(sw, dx), *a);
+            let dx = _mm512_set1_ps(*q.d.get_unchecked(((r0 + i) * nsub + b * spb) * w.sub / QK));
+            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isb[i]), _mm512_mul_ps(d, dx), *a);
             if MIN {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(*q.sums.get_unchecked(qs)), _mm512_mul_ps(smin, dx), *a);
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msb[i]), _mm512_mul_ps(nd, dx), *a);
             }
         }
     }
@@ -130,17 +150,18 @@ unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTR
 
 pub unsafe fn tiles_avx2(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     match (w.sub, w.has_min, w.bits) {
-        (32, false, 8) => tiles_avx2_impl::<8, false, true, false, 0>(w, q, m, t0, t1, out),
-        (32, false, 5) => tiles_avx2_impl::<8, false, false, true, 1>(w, q, m, t0, t1, out),
-        (32, true, 4) => tiles_avx2_impl::<8, true, false, true, 0>(w, q, m, t0, t1, out),
-        (16, false, 6) => tiles_avx2_impl::<4, false, false, true, 2>(w, q, m, t0, t1, out),
+        (32, false, 8) => tiles_avx2_impl::<8, false, true, false, 0, false>(w, q, m, t0, t1, out),
+        (32, false, 5) => tiles_avx2_impl::<8, false, false, true, 1, false>(w, q, m, t0, t1, out),
+        (32, true, 4) => tiles_avx2_impl::<8, true, false, true, 0, true>(w, q, m, t0, t1, out),
+        (16, false, 6) => tiles_avx2_impl::<4, false, false, true, 2, true>(w, q, m, t0, t1, out),
         other => unreachable!("no kernel for packing {other:?}"),
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, const NIB: bool, const EXTRA: usize>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, const NIB: bool, const EXTRA: usize, const INT: bool>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     let nsub = w.num_subs();
+    let spb = w.subs_per_block;
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(-128);
     let low = _mm256_set1_epi8(0x0F);
@@ -152,62 +173,72 @@ unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, c
         let valid = (w.n - c0).min(TILE);
         for r in 0..m {
             let mut acc = [_mm256_setzero_ps(); 2];
-            for s in 0..nsub {
-                let p = w.tile_sub(t, s).as_ptr();
-                prefetch_ahead::<G, MIN, NIB, EXTRA>(w, t, s);
-                let qs = r * nsub + s;
-                let first = qs * G * 4;
-                let xp = q.qs.as_ptr().add(first) as *const i32;
-                let dx = _mm256_set1_ps(*q.d.get_unchecked(first / QK));
-                let sw = if w.half_scales {
-                    let hp = w.tile_half_scales(t, s).as_ptr();
-                    [_mm256_cvtph_ps(_mm_loadu_si128(hp as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128(hp.add(8) as *const __m128i))]
-                } else {
-                    let fp = w.tile_scales(t, s).as_ptr();
-                    [_mm256_loadu_ps(fp), _mm256_loadu_ps(fp.add(8))]
-                };
-                for (h, a) in acc.iter_mut().enumerate() {
-                    // This half's 8 columns of every group, as bytes.
-                    let mut wd = [_mm256_setzero_si256(); G];
-                    if NIB {
-                        for i in 0..G / 2 {
-                            let v = _mm256_load_si256(p.add(i * 64 + h * 32) as *const __m256i);
-                            wd[2 * i] = _mm256_and_si256(v, low);
-                            wd[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                        }
-                        if EXTRA > 0 {
-                            let planes = w.tile_planes(t, s).as_ptr();
-                            for e in 0..EXTRA {
-                                let add = _mm256_set1_epi8((16 << e) as i8);
-                                for (g, v) in wd.iter_mut().enumerate() {
-                                    let bits = (*planes.add(e * G + g) >> (32 * h)) as u32;
-                                    let b = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), spread);
-                                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(b, select), select);
-                                    *v = _mm256_add_epi8(*v, _mm256_and_si256(set, add));
+            for b in 0..nsub / spb {
+                let mut isb = [_mm256_setzero_si256(); 2];
+                let mut msb = [_mm256_setzero_si256(); 2];
+                for s in b * spb..(b + 1) * spb {
+                    let p = w.tile_sub(t, s).as_ptr();
+                    prefetch_ahead::<G, MIN, NIB, EXTRA, INT>(w, t, s);
+                    let qs = r * nsub + s;
+                    let xsum = *q.isums.get_unchecked(qs);
+                    let xp = q.qs.as_ptr().add(qs * G * 4) as *const i32;
+                    for h in 0..2 {
+                        // This half's 8 columns of every group, as bytes.
+                        let mut wd = [_mm256_setzero_si256(); G];
+                        if NIB {
+                            for i in 0..G / 2 {
+                                let v = _mm256_load_si256(p.add(i * 64 + h * 32) as *const __m256i);
+                                wd[2 * i] = _mm256_and_si256(v, low);
+                                wd[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                            }
+                            if EXTRA > 0 {
+                                let planes = w.tile_planes(t, s).as_ptr();
+                                for e in 0..EXTRA {
+                                    let add = _mm256_set1_epi8((16 << e) as i8);
+                                    for (g, v) in wd.iter_mut().enumerate() {
+                                        let bits = (*planes.add(e * G + g) >> (32 * h)) as u32;
+                                        let b = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), spread);
+                                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(b, select), select);
+                                        *v = _mm256_add_epi8(*v, _mm256_and_si256(set, add));
+                                    }
                                 }
                             }
-                        }
-                    } else {
-                        for (g, v) in wd.iter_mut().enumerate() {
-                            *v = _mm256_load_si256(p.add(g * 64 + h * 32) as *const __m256i);
-                        }
-                    }
-                    // Q8_0's signed path needs no offset correction (its init is 0 too).
-                    let mut isum = if SIGNED { _mm256_setzero_si256() } else { _mm256_set1_epi32(*q.init.get_unchecked(qs)) };
-                    for (g, &wu) in wd.iter().enumerate() {
-                        let xb = _mm256_set1_epi32(xp.add(g).read_unaligned());
-                        let prod = if SIGNED {
-                            let ws = _mm256_xor_si256(wu, flip);
-                            _mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws), _mm256_sign_epi8(xb, ws))
                         } else {
-                            _mm256_maddubs_epi16(wu, xb)
+                            for (g, v) in wd.iter_mut().enumerate() {
+                                *v = _mm256_load_si256(p.add(g * 64 + h * 32) as *const __m256i);
+                            }
+                        }
+                        // Q8_0's signed path multiplies the signed values: no offset correction.
+                        let mut isum = if SIGNED { _mm256_setzero_si256() } else { _mm256_set1_epi32(-w.offset * xsum) };
+                        for (g, &wu) in wd.iter().enumerate() {
+                            let xb = _mm256_set1_epi32(xp.add(g).read_unaligned());
+                            let prod = if SIGNED {
+                                let ws = _mm256_xor_si256(wu, flip);
+                                _mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws), _mm256_sign_epi8(xb, ws))
+                            } else {
+                                _mm256_maddubs_epi16(wu, xb)
+                            };
+                            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, ones));
+                        }
+                        isb[h] = if INT {
+                            let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.tile_sub_scales(t, s).as_ptr().add(h * 8) as *const __m128i));
+                            _mm256_add_epi32(isb[h], _mm256_mullo_epi32(isum, sc))
+                        } else {
+                            isum
                         };
-                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, ones));
+                        if MIN {
+                            let mn = _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.tile_sub_mins(t, s).as_ptr().add(h * 8) as *const __m128i));
+                            msb[h] = _mm256_add_epi32(msb[h], _mm256_mullo_epi32(mn, _mm256_set1_epi32(xsum)));
+                        }
                     }
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(sw[h], dx), *a);
+                }
+                let dx = _mm256_set1_ps(*q.d.get_unchecked((r * nsub + b * spb) * w.sub / QK));
+                for (h, a) in acc.iter_mut().enumerate() {
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(w.tile_d(t, b).as_ptr().add(h * 8) as *const __m128i));
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isb[h]), _mm256_mul_ps(d, dx), *a);
                     if MIN {
-                        let smin = _mm256_loadu_ps(w.tile_neg_mins(t, s).as_ptr().add(h * 8));
-                        *a = _mm256_fmadd_ps(_mm256_set1_ps(*q.sums.get_unchecked(qs)), _mm256_mul_ps(smin, dx), *a);
+                        let nd = _mm256_cvtph_ps(_mm_loadu_si128(w.tile_neg_dmin(t, b).as_ptr().add(h * 8) as *const __m128i));
+                        *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msb[h]), _mm256_mul_ps(nd, dx), *a);
                     }
                 }
             }
