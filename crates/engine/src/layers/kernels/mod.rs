@@ -54,6 +54,8 @@ pub struct PackedWeights {
     pub int_scales: bool,
     pub act_block: usize,
     pub bits: u32,
+    num_subs: usize,
+    num_blocks: usize,
     lines: Vec<Line>,
     /// Per tile and sub-block: `(bits − 4)` planes × groups of 64-bit masks (nibble packing).
     planes: Vec<u64>,
@@ -120,7 +122,7 @@ impl PackedWeights {
                 }
             }
         }
-        Self { n, k, sub: W::SUB, subs_per_block: spb, offset: W::OFFSET, has_min: W::HAS_MIN, int_scales: W::INT_SCALES, act_block: W::ACT_BLOCK, bits: W::BITS, lines, planes, sub_scales, sub_mins, d, neg_dmin }
+        Self { n, k, sub: W::SUB, subs_per_block: spb, offset: W::OFFSET, has_min: W::HAS_MIN, int_scales: W::INT_SCALES, act_block: W::ACT_BLOCK, bits: W::BITS, num_subs: nsub, num_blocks: blocks, lines, planes, sub_scales, sub_mins, d, neg_dmin }
     }
 
     /// Bytes the kernels read for one pass over this weight.
@@ -172,12 +174,14 @@ impl PackedWeights {
         out
     }
 
+    #[inline]
     pub fn num_subs(&self) -> usize {
-        self.k / self.sub
+        self.num_subs
     }
 
+    #[inline]
     pub fn num_blocks(&self) -> usize {
-        self.num_subs() / self.subs_per_block
+        self.num_blocks
     }
 
     pub fn num_tiles(&self) -> usize {

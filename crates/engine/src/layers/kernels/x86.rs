@@ -19,7 +19,7 @@ const PREFETCH_BYTES: usize = 4096;
 /// Prefetches the lines, masks, scales and mins `PREFETCH_BYTES` ahead in each of the tile
 /// streams (a tile's sub-blocks, and then the next tile's, are contiguous in each).
 #[inline(always)]
-unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const INT: bool>(w: &PackedWeights, t: usize, s: usize) {
+unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(w: &PackedWeights, t: usize, s: usize) {
     let p = w.tile_sub(t, s).as_ptr() as *const i8;
     let lines = if NIB { G / 2 } else { G };
     for i in 0..lines {
@@ -31,31 +31,30 @@ unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const
     if EXTRA > 0 {
         fetch(w.tile_planes(t, s).as_ptr() as *const i8, EXTRA * G * 8);
     }
-    if INT {
+    if SPB > 1 {
         fetch(w.tile_sub_scales(t, s).as_ptr(), TILE);
     }
     if MIN {
         fetch(w.tile_sub_mins(t, s).as_ptr(), TILE);
     }
-    let (b, spb) = (s / w.subs_per_block, w.subs_per_block);
-    fetch(w.tile_d(t, b).as_ptr() as *const i8, TILE * 2 / spb);
+    fetch(w.tile_d(t, s / SPB).as_ptr() as *const i8, TILE * 2 / SPB);
     if MIN {
-        fetch(w.tile_neg_dmin(t, b).as_ptr() as *const i8, TILE * 2 / spb);
+        fetch(w.tile_neg_dmin(t, s / SPB).as_ptr() as *const i8, TILE * 2 / SPB);
     }
 }
 
 pub unsafe fn tiles_vnni(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     match (w.sub, w.has_min, w.bits) {
-        (32, false, 8) => tiles_vnni_impl::<8, false, false, 0, false>(w, q, m, t0, t1, out),
-        (32, false, 5) => tiles_vnni_impl::<8, false, true, 1, false>(w, q, m, t0, t1, out),
-        (32, true, 4) => tiles_vnni_impl::<8, true, true, 0, true>(w, q, m, t0, t1, out),
-        (16, false, 6) => tiles_vnni_impl::<4, false, true, 2, true>(w, q, m, t0, t1, out),
+        (32, false, 8) => tiles_vnni_impl::<8, false, false, 0, 1>(w, q, m, t0, t1, out),
+        (32, false, 5) => tiles_vnni_impl::<8, false, true, 1, 1>(w, q, m, t0, t1, out),
+        (32, true, 4) => tiles_vnni_impl::<8, true, true, 0, 8>(w, q, m, t0, t1, out),
+        (16, false, 6) => tiles_vnni_impl::<4, false, true, 2, 16>(w, q, m, t0, t1, out),
         other => unreachable!("no kernel for packing {other:?}"),
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const INT: bool>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     for t in t0..t1 {
         let mut r = 0;
         // Rows in groups of 8 (4 for Q4_K, whose mins need more registers), then 4, 2, 1:
@@ -68,10 +67,10 @@ unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, cons
                 _ => 1,
             };
             match rows {
-                8 => tile_vnni::<G, MIN, NIB, EXTRA, INT, 8>(w, q, t, r, out),
-                4 => tile_vnni::<G, MIN, NIB, EXTRA, INT, 4>(w, q, t, r, out),
-                2 => tile_vnni::<G, MIN, NIB, EXTRA, INT, 2>(w, q, t, r, out),
-                _ => tile_vnni::<G, MIN, NIB, EXTRA, INT, 1>(w, q, t, r, out),
+                8 => tile_vnni::<G, MIN, NIB, EXTRA, SPB, 8>(w, q, t, r, out),
+                4 => tile_vnni::<G, MIN, NIB, EXTRA, SPB, 4>(w, q, t, r, out),
+                2 => tile_vnni::<G, MIN, NIB, EXTRA, SPB, 2>(w, q, t, r, out),
+                _ => tile_vnni::<G, MIN, NIB, EXTRA, SPB, 1>(w, q, t, r, out),
             }
             r += rows;
         }
@@ -79,11 +78,15 @@ unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, cons
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const INT: bool, const R: usize>(w: &PackedWeights, q: &QuantizedRows, t: usize, r0: usize, out: &mut [f32]) {
+unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize, const R: usize>(w: &PackedWeights, q: &QuantizedRows, t: usize, r0: usize, out: &mut [f32]) {
     let nsub = w.num_subs();
-    let spb = w.subs_per_block;
+    // Blocks of one sub-block (Q5_0, Q8_0) finish each row's sub-block right away, which
+    // keeps fewer registers live.
+    let spb = SPB;
     let mut acc = [_mm512_setzero_ps(); R];
     let low = _mm512_set1_epi8(0x0F);
+    let d1 = |b: usize| _mm512_cvtph_ps(_mm256_loadu_si256(w.tile_d(t, b).as_ptr() as *const __m256i));
+    let neg_offset = -w.offset;
     for b in 0..nsub / spb {
         // Per row: the block's integer dot product (scaled per sub-block for the K-quants)
         // and, for Q4_K, Σ min × Σx.
@@ -91,7 +94,7 @@ unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTR
         let mut msb = [_mm512_setzero_si512(); R];
         for s in b * spb..(b + 1) * spb {
             let p = w.tile_sub(t, s).as_ptr();
-            prefetch_ahead::<G, MIN, NIB, EXTRA, INT>(w, t, s);
+            prefetch_ahead::<G, MIN, NIB, EXTRA, SPB>(w, t, s);
             let mut wv = [_mm512_setzero_si512(); G];
             if NIB {
                 // Two groups per line (low and high nibbles), then each extra bit under its mask.
@@ -114,26 +117,35 @@ unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTR
                     *v = _mm512_load_si512(p.add(g * 64) as *const _);
                 }
             }
-            let sc = if INT { _mm512_cvtepi8_epi32(_mm_loadu_si128(w.tile_sub_scales(t, s).as_ptr() as *const __m128i)) } else { _mm512_setzero_si512() };
+            let sc = if SPB > 1 { _mm512_cvtepi8_epi32(_mm_loadu_si128(w.tile_sub_scales(t, s).as_ptr() as *const __m128i)) } else { _mm512_setzero_si512() };
             let mn = if MIN { _mm512_cvtepi8_epi32(_mm_loadu_si128(w.tile_sub_mins(t, s).as_ptr() as *const __m128i)) } else { _mm512_setzero_si512() };
+            let d = if SPB > 1 { _mm512_setzero_ps() } else { d1(b) };
             for (i, (ib, mb)) in isb.iter_mut().zip(msb.iter_mut()).enumerate() {
                 let qs = (r0 + i) * nsub + s;
                 let xsum = *q.isums.get_unchecked(qs);
                 let xp = q.qs.as_ptr().add(qs * G * 4) as *const i32;
-                let mut isum = _mm512_set1_epi32(-w.offset * xsum);
+                let mut isum = _mm512_set1_epi32(neg_offset * xsum);
                 for (g, v) in wv.iter().enumerate() {
                     isum = _mm512_dpbusd_epi32(isum, *v, _mm512_set1_epi32(xp.add(g).read_unaligned()));
                 }
-                *ib = if INT { _mm512_add_epi32(*ib, _mm512_mullo_epi32(isum, sc)) } else { isum };
+                if SPB == 1 {
+                    let dx = _mm512_set1_ps(*q.d.get_unchecked(qs * G * 4 / QK));
+                    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, dx), acc[i]);
+                    continue;
+                }
+                *ib = _mm512_add_epi32(*ib, _mm512_mullo_epi32(isum, sc));
                 if MIN {
                     *mb = _mm512_add_epi32(*mb, _mm512_mullo_epi32(mn, _mm512_set1_epi32(xsum)));
                 }
             }
         }
-        let d = _mm512_cvtph_ps(_mm256_loadu_si256(w.tile_d(t, b).as_ptr() as *const __m256i));
+        if SPB == 1 {
+            continue;
+        }
+        let d = d1(b);
         let nd = if MIN { _mm512_cvtph_ps(_mm256_loadu_si256(w.tile_neg_dmin(t, b).as_ptr() as *const __m256i)) } else { _mm512_setzero_ps() };
         for (i, a) in acc.iter_mut().enumerate() {
-            let dx = _mm512_set1_ps(*q.d.get_unchecked(((r0 + i) * nsub + b * spb) * w.sub / QK));
+            let dx = _mm512_set1_ps(*q.d.get_unchecked(((r0 + i) * nsub + b * spb) * G * 4 / QK));
             *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isb[i]), _mm512_mul_ps(d, dx), *a);
             if MIN {
                 *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msb[i]), _mm512_mul_ps(nd, dx), *a);
@@ -150,18 +162,18 @@ unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTR
 
 pub unsafe fn tiles_avx2(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     match (w.sub, w.has_min, w.bits) {
-        (32, false, 8) => tiles_avx2_impl::<8, false, true, false, 0, false>(w, q, m, t0, t1, out),
-        (32, false, 5) => tiles_avx2_impl::<8, false, false, true, 1, false>(w, q, m, t0, t1, out),
-        (32, true, 4) => tiles_avx2_impl::<8, true, false, true, 0, true>(w, q, m, t0, t1, out),
-        (16, false, 6) => tiles_avx2_impl::<4, false, false, true, 2, true>(w, q, m, t0, t1, out),
+        (32, false, 8) => tiles_avx2_impl::<8, false, true, false, 0, 1>(w, q, m, t0, t1, out),
+        (32, false, 5) => tiles_avx2_impl::<8, false, false, true, 1, 1>(w, q, m, t0, t1, out),
+        (32, true, 4) => tiles_avx2_impl::<8, true, false, true, 0, 8>(w, q, m, t0, t1, out),
+        (16, false, 6) => tiles_avx2_impl::<4, false, false, true, 2, 16>(w, q, m, t0, t1, out),
         other => unreachable!("no kernel for packing {other:?}"),
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, const NIB: bool, const EXTRA: usize, const INT: bool>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
     let nsub = w.num_subs();
-    let spb = w.subs_per_block;
+    let spb = SPB;
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(-128);
     let low = _mm256_set1_epi8(0x0F);
@@ -178,7 +190,7 @@ unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, c
                 let mut msb = [_mm256_setzero_si256(); 2];
                 for s in b * spb..(b + 1) * spb {
                     let p = w.tile_sub(t, s).as_ptr();
-                    prefetch_ahead::<G, MIN, NIB, EXTRA, INT>(w, t, s);
+                    prefetch_ahead::<G, MIN, NIB, EXTRA, SPB>(w, t, s);
                     let qs = r * nsub + s;
                     let xsum = *q.isums.get_unchecked(qs);
                     let xp = q.qs.as_ptr().add(qs * G * 4) as *const i32;
@@ -220,7 +232,7 @@ unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, c
                             };
                             isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, ones));
                         }
-                        isb[h] = if INT {
+                        isb[h] = if SPB > 1 {
                             let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.tile_sub_scales(t, s).as_ptr().add(h * 8) as *const __m128i));
                             _mm256_add_epi32(isb[h], _mm256_mullo_epi32(isum, sc))
                         } else {
