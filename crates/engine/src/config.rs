@@ -1,6 +1,7 @@
 //! `EngineConfig`: the knobs of one engine (KV-cache size, batching limits), checked once.
 
 use crate::error::{EngineError, Result};
+pub use crate::kv_cache::KvDtype;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
@@ -10,6 +11,8 @@ pub struct EngineConfig {
     pub kv_cache_mb: usize,
     /// Exact number of KV blocks, overriding `kv_cache_mb`.
     pub num_kv_blocks: Option<usize>,
+    /// Element type of the KV cache (f16 unless set).
+    pub kv_dtype: KvDtype,
     /// Token budget of one step (decode tokens plus prefill chunks).
     pub max_batched_tokens: usize,
     /// Most sequences running at once.
@@ -23,7 +26,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { block_size: 16, kv_cache_mb: 1024, num_kv_blocks: None, max_batched_tokens: 512, max_seqs: 32, max_model_len: None, prefix_caching: true, max_waiting: 256 }
+        Self { block_size: 16, kv_cache_mb: 1024, num_kv_blocks: None, kv_dtype: KvDtype::F16, max_batched_tokens: 512, max_seqs: 32, max_model_len: None, prefix_caching: true, max_waiting: 256 }
     }
 }
 

@@ -48,7 +48,7 @@ impl EngineHandle {
     /// Starts the engine thread for `model`.
     pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<Self> {
         config.validate()?;
-        let num_blocks = config.num_blocks(model.kv_bytes_per_block(config.block_size));
+        let num_blocks = config.num_blocks(model.kv_bytes_per_block(config.block_size, config.kv_dtype));
         let max_model_len = config.max_model_len.unwrap_or(usize::MAX).min(model.context_length());
         let shared = Arc::new(Shared { model, config, num_blocks, max_model_len, next_id: AtomicU64::new(1), num_unadmitted: AtomicU64::new(0), stats: EngineStats::default() });
         let (tx, rx) = mpsc::channel();
@@ -165,7 +165,7 @@ impl EngineLoop {
         let c = &shared.config;
         let blocks = BlockManager::with_prefix_caching(shared.num_blocks, c.block_size, c.prefix_caching);
         let scheduler = Scheduler::new(blocks, c.max_batched_tokens, c.max_seqs);
-        let runner = ModelRunner { kv: shared.model.new_kv_cache(shared.num_blocks, c.block_size) };
+        let runner = ModelRunner { kv: shared.model.new_kv_cache_of(shared.num_blocks, c.block_size, c.kv_dtype) };
         EngineStats::set(&shared.stats.kv_blocks_total, shared.num_blocks as u64);
         Self { shared, commands, scheduler, runner }
     }

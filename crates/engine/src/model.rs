@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::chat_template::ChatTemplate;
 use crate::error::Result;
 use crate::grammar::GrammarCompiler;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvDtype};
 use crate::loader::Gguf;
 use crate::models::{self, Decoder};
 use crate::tokenizer::Tokenizer;
@@ -37,15 +37,19 @@ impl Model {
         self.decoder.config.context_length
     }
 
-    /// A KV cache for this model holding `num_blocks` blocks of `block_size` tokens.
+    /// A KV cache for this model holding `num_blocks` blocks of `block_size` tokens (f16).
     pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> KvCache {
+        self.new_kv_cache_of(num_blocks, block_size, KvDtype::default())
+    }
+
+    pub fn new_kv_cache_of(&self, num_blocks: usize, block_size: usize, dtype: KvDtype) -> KvCache {
         let c = &self.decoder.config;
-        KvCache::new(c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim)
+        KvCache::new(c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim, dtype)
     }
 
     /// Bytes one KV block of `block_size` tokens takes for this model.
-    pub fn kv_bytes_per_block(&self, block_size: usize) -> usize {
+    pub fn kv_bytes_per_block(&self, block_size: usize, dtype: KvDtype) -> usize {
         let c = &self.decoder.config;
-        KvCache::bytes_per_block(c.num_layers, block_size, c.kv_dim())
+        KvCache::bytes_per_block(c.num_layers, block_size, c.kv_dim(), dtype)
     }
 }

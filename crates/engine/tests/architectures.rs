@@ -149,7 +149,8 @@ fn slm_run(model: &Model, seqs: &[Vec<u32>], prompt_lens: &[usize], batched: boo
     let vocab = model.decoder.config.vocab_size;
     let mut blocks = BlockManager::with_prefix_caching(64, BS, false);
     let tables: Vec<Vec<u32>> = seqs.iter().map(|s| blocks.allocate(s, s.len()).0).collect();
-    let mut kv = model.new_kv_cache(64, BS);
+    // f32 keys and values: the comparison with F32 weights is to 1e-4.
+    let mut kv = model.new_kv_cache_of(64, BS, slm_engine::config::KvDtype::F32);
     let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::new(); seqs.len()];
     let groups: Vec<Vec<usize>> = if batched { vec![(0..seqs.len()).collect()] } else { (0..seqs.len()).map(|i| vec![i]).collect() };
     for group in &groups {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+use slm_engine::config::KvDtype;
 use slm_engine::EngineConfig;
 
 pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m";
@@ -30,8 +31,17 @@ pub struct ModelEntry {
     pub path: String,
     pub context_length: Option<usize>,
     pub kv_cache_mb: Option<usize>,
+    /// Element type of the KV cache: "f16" (default, as llama.cpp) or "f32".
+    pub kv_cache_dtype: Option<KvCacheDtype>,
     pub max_seqs: Option<usize>,
     pub max_batched_tokens: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvCacheDtype {
+    F16,
+    F32,
 }
 
 /// Flags of `slm serve`.
@@ -84,6 +94,11 @@ fn engine_config(e: Option<&ModelEntry>, queue_limit: Option<usize>) -> EngineCo
     let d = EngineConfig::default();
     EngineConfig {
         kv_cache_mb: e.and_then(|e| e.kv_cache_mb).unwrap_or(d.kv_cache_mb),
+        kv_dtype: match e.and_then(|e| e.kv_cache_dtype) {
+            Some(KvCacheDtype::F32) => KvDtype::F32,
+            Some(KvCacheDtype::F16) => KvDtype::F16,
+            None => d.kv_dtype,
+        },
         max_seqs: e.and_then(|e| e.max_seqs).unwrap_or(d.max_seqs),
         max_batched_tokens: e.and_then(|e| e.max_batched_tokens).unwrap_or(d.max_batched_tokens),
         max_model_len: e.and_then(|e| e.context_length),
@@ -167,6 +182,14 @@ mod tests {
         let c: FileConfig = toml::from_str(&text).unwrap();
         assert_eq!(c.port, Some(8080));
         assert!(!c.models.is_empty());
+    }
+
+    #[test]
+    fn kv_cache_dtype_is_read_and_checked() {
+        let c: FileConfig = toml::from_str("[[models]]\npath = \"m.gguf\"\nkv_cache_dtype = \"f32\"").unwrap();
+        assert_eq!(engine_config(c.models.first(), None).kv_dtype, KvDtype::F32);
+        assert_eq!(engine_config(None, None).kv_dtype, KvDtype::F16);
+        assert!(toml::from_str::<FileConfig>("[[models]]\npath = \"m.gguf\"\nkv_cache_dtype = \"q8\"").is_err());
     }
 
     #[test]

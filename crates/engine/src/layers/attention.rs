@@ -4,7 +4,8 @@
 //! prompt was chunked, because the K/V of every earlier position is already in the cache.
 //!
 //! The cache keeps each block's keys for one KV head transposed (dimension-major, one lane per
-//! slot) and its values row-major, each 4 KB contiguous at 16 slots × 64 dims (`kv_cache`).
+//! slot) and its values row-major, each 2 KB contiguous at 16 slots × 64 dims in f16
+//! (`kv_cache`; widened to f32 on load, exactly).
 //! So the scores of 16 slots are one vector accumulated over the head dimension with no
 //! horizontal sums, and the query heads that share a KV head (grouped-query attention) each
 //! keep an accumulator in registers against the same loaded key or value vector. The next
@@ -15,10 +16,10 @@
 
 use super::pool::Pool;
 use super::kernels::{detected_level, Level};
-use super::lanes::Lanes;
+use super::lanes::{KvElem, Lanes};
 use super::vecmath::{exp, reduce};
 use crate::batch::BatchInput;
-use crate::kv_cache::LayerKv;
+use crate::kv_cache::{KvData, LayerKv};
 
 #[derive(Debug, Clone)]
 pub struct AttentionParams {
@@ -43,6 +44,14 @@ thread_local! {
 pub fn paged_attention(q: &[f32], batch: &BatchInput, kv: &LayerKv, block_size: usize, p: &AttentionParams) -> Vec<f32> {
     let _span = tracing::trace_span!("attention", rows = batch.num_rows()).entered();
     let _timer = crate::profile::timer(crate::profile::Op::Attention);
+    match (&kv.k, &kv.v) {
+        (KvData::F16(k), KvData::F16(v)) => attention_over(q, batch, k, v, block_size, p),
+        (KvData::F32(k), KvData::F32(v)) => attention_over(q, batch, k, v, block_size, p),
+        _ => unreachable!("keys and values share one type"),
+    }
+}
+
+fn attention_over<E: KvElem>(q: &[f32], batch: &BatchInput, k: &[E], v: &[E], block_size: usize, p: &AttentionParams) -> Vec<f32> {
     let hd = p.head_dim;
     let q_dim = p.num_heads * hd;
     let group = p.num_heads / p.num_kv_heads;
@@ -58,7 +67,7 @@ pub fn paged_attention(q: &[f32], batch: &BatchInput, kv: &LayerKv, block_size: 
             None => 0,
         };
         let qh = &q[row * q_dim + kvh * group * hd..row * q_dim + (kvh + 1) * group * hd];
-        let head = HeadView { kv, table: &batch.block_tables[batch.row_seq[row]], block_size, num_kv_heads: p.num_kv_heads, kvh, hd };
+        let head = HeadView { k, v, table: &batch.block_tables[batch.row_seq[row]], block_size, num_kv_heads: p.num_kv_heads, kvh, hd };
         SCORES.with(|s| {
             let s = &mut s.borrow_mut();
             // SAFETY: each level is only reported when the CPU has its features.
@@ -67,7 +76,7 @@ pub fn paged_attention(q: &[f32], batch: &BatchInput, kv: &LayerKv, block_size: 
                 Level::Avx512Vnni => unsafe { attend_avx512(&head, qh, lo, pos, p, s, o) },
                 #[cfg(target_arch = "x86_64")]
                 Level::Avx2 => unsafe { attend_avx2(&head, qh, lo, pos, p, s, o) },
-                _ => unsafe { attend::<[f32; LANES], 4, 2, 2>(&head, qh, lo, pos, p, s, o) },
+                _ => unsafe { attend::<[f32; LANES], E, 4, 2, 2>(&head, qh, lo, pos, p, s, o) },
             }
         });
     };
@@ -77,8 +86,9 @@ pub fn paged_attention(q: &[f32], batch: &BatchInput, kv: &LayerKv, block_size: 
 }
 
 /// One sequence's keys and values for one KV head.
-struct HeadView<'a> {
-    kv: &'a LayerKv,
+struct HeadView<'a, E> {
+    k: &'a [E],
+    v: &'a [E],
     table: &'a [u32],
     block_size: usize,
     num_kv_heads: usize,
@@ -86,7 +96,7 @@ struct HeadView<'a> {
     hd: usize,
 }
 
-impl HeadView<'_> {
+impl<E: KvElem> HeadView<'_, E> {
     #[inline(always)]
     fn block_range(&self, b: usize) -> std::ops::Range<usize> {
         let n = self.hd * self.block_size;
@@ -96,22 +106,22 @@ impl HeadView<'_> {
 
     /// Keys of logical block `b`, transposed: `hd` rows of `block_size` slots.
     #[inline(always)]
-    fn keys(&self, b: usize) -> &[f32] {
-        &self.kv.k[self.block_range(b)]
+    fn keys(&self, b: usize) -> &[E] {
+        &self.k[self.block_range(b)]
     }
 
     /// Values of logical block `b`: `block_size` rows of `hd`.
     #[inline(always)]
-    fn values(&self, b: usize) -> &[f32] {
-        &self.kv.v[self.block_range(b)]
+    fn values(&self, b: usize) -> &[E] {
+        &self.v[self.block_range(b)]
     }
 }
 
 /// Asks for `data` to be brought into cache (a hint: no effect on results).
 #[inline(always)]
-fn prefetch(data: &[f32]) {
+fn prefetch<E>(data: &[E]) {
     #[cfg(target_arch = "x86_64")]
-    for line in data.chunks(16) {
+    for line in data.chunks(64 / std::mem::size_of::<E>()) {
         // SAFETY: prefetching never faults.
         unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr() as *const i8) };
     }
@@ -119,21 +129,21 @@ fn prefetch(data: &[f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn attend_avx512(kv: &HeadView, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
-    attend::<std::arch::x86_64::__m512, 8, 4, 4>(kv, qh, lo, pos, p, scratch, o)
+unsafe fn attend_avx512<E: KvElem>(kv: &HeadView<E>, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
+    attend::<std::arch::x86_64::__m512, E, 8, 4, 4>(kv, qh, lo, pos, p, scratch, o)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(kv: &HeadView, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
-    attend::<super::lanes::Avx2x2, 4, 2, 2>(kv, qh, lo, pos, p, scratch, o)
+unsafe fn attend_avx2<E: KvElem>(kv: &HeadView<E>, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
+    attend::<super::lanes::Avx2x2, E, 4, 2, 2>(kv, qh, lo, pos, p, scratch, o)
 }
 
 /// The group's heads (`qh`: `group × hd`) attend to positions `lo..=pos`; writes `o`. Up to
 /// `SH` heads are scored against each loaded key vector; up to `VH` heads × `VC` vectors of
 /// the head dimension accumulate values in registers (sized to the register file).
 #[inline(always)]
-unsafe fn attend<L: Lanes, const SH: usize, const VH: usize, const VC: usize>(kv: &HeadView, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
+unsafe fn attend<L: Lanes, E: KvElem, const SH: usize, const VH: usize, const VC: usize>(kv: &HeadView<E>, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
     let hd = kv.hd;
     let group = qh.len() / hd;
     let n = pos + 1 - lo;
@@ -161,7 +171,7 @@ unsafe fn attend<L: Lanes, const SH: usize, const VH: usize, const VC: usize>(kv
                     macro_rules! score {
                         ($($h:literal)*) => {
                             match heads {
-                                $($h => score_lanes::<L, $h>(qs, hd, keys, bs, c, &mut lanes),)*
+                                $($h => score_lanes::<L, E, $h>(qs, hd, keys, bs, c, &mut lanes),)*
                                 _ => unreachable!(),
                             }
                         };
@@ -211,7 +221,7 @@ unsafe fn attend<L: Lanes, const SH: usize, const VH: usize, const VC: usize>(kv
             macro_rules! values {
                 ($(($h:literal, $c:literal))*) => {
                     match (heads, chunks) {
-                        $(($h, $c) => value_lanes::<L, $h, $c>(w, kv, lo, pos, c, sums, o),)*
+                        $(($h, $c) => value_lanes::<L, E, $h, $c>(w, kv, lo, pos, c, sums, o),)*
                         (_, 0) => value_lanes_partial(w, heads, kv, lo, pos, c, sums, o),
                         _ => unreachable!(),
                     }
@@ -226,10 +236,10 @@ unsafe fn attend<L: Lanes, const SH: usize, const VH: usize, const VC: usize>(kv
 /// Unnormalized scores of slots `c..c + 16` of a block for `H` heads: per head and slot,
 /// `Σ_d q[d]·k[d]` accumulated over `d` in order with `mul_add`.
 #[inline(always)]
-unsafe fn score_lanes<L: Lanes, const H: usize>(qs: &[f32], hd: usize, keys: &[f32], bs: usize, c: usize, out: &mut [[f32; LANES]; 8]) {
+unsafe fn score_lanes<L: Lanes, E: KvElem, const H: usize>(qs: &[f32], hd: usize, keys: &[E], bs: usize, c: usize, out: &mut [[f32; LANES]; 8]) {
     let mut acc = [L::zero(); H];
     for d in 0..hd {
-        let k = L::load(&keys[d * bs + c..d * bs + c + LANES]);
+        let k: L = E::load(&keys[d * bs + c..d * bs + c + LANES]);
         for (h, a) in acc.iter_mut().enumerate() {
             *a = a.fma(L::splat(qs[h * hd + d]), k);
         }
@@ -241,12 +251,12 @@ unsafe fn score_lanes<L: Lanes, const H: usize>(qs: &[f32], hd: usize, keys: &[f
 
 /// `score_lanes` for a block narrower than 16 slots: the same per-lane arithmetic.
 #[allow(clippy::too_many_arguments)]
-fn score_lanes_partial(qs: &[f32], heads: usize, hd: usize, keys: &[f32], bs: usize, c: usize, width: usize, out: &mut [[f32; LANES]; 8]) {
+fn score_lanes_partial<E: KvElem>(qs: &[f32], heads: usize, hd: usize, keys: &[E], bs: usize, c: usize, width: usize, out: &mut [[f32; LANES]; 8]) {
     for (h, lanes) in out.iter_mut().enumerate().take(heads) {
         for (l, a) in lanes.iter_mut().enumerate().take(width) {
             let mut s = 0f32;
             for d in 0..hd {
-                s = qs[h * hd + d].mul_add(keys[d * bs + c + l], s);
+                s = qs[h * hd + d].mul_add(keys[d * bs + c + l].to_f32(), s);
             }
             *a = s;
         }
@@ -256,7 +266,7 @@ fn score_lanes_partial(qs: &[f32], heads: usize, hd: usize, keys: &[f32], bs: us
 /// For `H` heads, dimensions `c..c + 16·C`: `Σ_j w[h][j]·v_j` over positions `lo..=pos` in
 /// order with `mul_add`, divided by the head's sum, into `o` (`H × hd`).
 #[inline(always)]
-unsafe fn value_lanes<L: Lanes, const H: usize, const C: usize>(w: &[f32], kv: &HeadView, lo: usize, pos: usize, c: usize, sums: &[f32], o: &mut [f32]) {
+unsafe fn value_lanes<L: Lanes, E: KvElem, const H: usize, const C: usize>(w: &[f32], kv: &HeadView<E>, lo: usize, pos: usize, c: usize, sums: &[f32], o: &mut [f32]) {
     let (hd, bs, n) = (kv.hd, kv.block_size, pos + 1 - lo);
     let mut acc = [[L::zero(); C]; H];
     let blocks = lo / bs..=pos / bs;
@@ -269,7 +279,7 @@ unsafe fn value_lanes<L: Lanes, const H: usize, const C: usize>(w: &[f32], kv: &
             let row = &vals[(j - b * bs) * hd + c..(j - b * bs) * hd + c + C * LANES];
             let mut v = [L::zero(); C];
             for (cc, v) in v.iter_mut().enumerate() {
-                *v = L::load(&row[cc * LANES..]);
+                *v = E::load(&row[cc * LANES..]);
             }
             for (h, a) in acc.iter_mut().enumerate() {
                 let wh = L::splat(w[h * n + j - lo]);
@@ -289,13 +299,13 @@ unsafe fn value_lanes<L: Lanes, const H: usize, const C: usize>(w: &[f32], kv: &
 
 /// `value_lanes` for the last dimensions of a head, fewer than 16.
 #[allow(clippy::too_many_arguments)]
-fn value_lanes_partial(w: &[f32], heads: usize, kv: &HeadView, lo: usize, pos: usize, c: usize, sums: &[f32], o: &mut [f32]) {
+fn value_lanes_partial<E: KvElem>(w: &[f32], heads: usize, kv: &HeadView<E>, lo: usize, pos: usize, c: usize, sums: &[f32], o: &mut [f32]) {
     let (hd, bs, n) = (kv.hd, kv.block_size, pos + 1 - lo);
     for h in 0..heads {
         for l in c..hd {
             let mut a = 0f32;
             for j in lo..=pos {
-                a = w[h * n + j - lo].mul_add(kv.values(j / bs)[(j % bs) * hd + l], a);
+                a = w[h * n + j - lo].mul_add(kv.values(j / bs)[(j % bs) * hd + l].to_f32(), a);
             }
             o[h * hd + l] = a * (1.0 / sums[h]);
         }
@@ -305,7 +315,7 @@ fn value_lanes_partial(w: &[f32], heads: usize, kv: &HeadView, lo: usize, pos: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv_cache::KvCache;
+    use crate::kv_cache::{KvCache, KvDtype};
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -350,9 +360,38 @@ mod tests {
         out
     }
 
+    /// Runs every level's kernel on one row; returns (level, output).
+    #[allow(clippy::too_many_arguments)]
+    fn run_levels<E: KvElem>(c: &Case, k: &[E], v: &[E], table: &[u32], q: &[f32], p: &AttentionParams, lo: usize, pos: usize) -> Vec<(&'static str, Vec<f32>)> {
+        let group = c.heads / c.kv_heads;
+        type Run<'a, E> = Box<dyn Fn(&HeadView<E>, &[f32], &mut Vec<f32>, &mut [f32]) + 'a>;
+        let mut levels: Vec<(&str, Run<E>)> = vec![("portable", Box::new(|h, qh, s, o| unsafe { attend::<[f32; LANES], E, 4, 2, 2>(h, qh, lo, pos, p, s, o) }))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                levels.push(("avx2", Box::new(|h, qh, s, o| unsafe { attend_avx2(h, qh, lo, pos, p, s, o) })));
+            }
+            if detected_level() == Level::Avx512Vnni {
+                levels.push(("avx512", Box::new(|h, qh, s, o| unsafe { attend_avx512(h, qh, lo, pos, p, s, o) })));
+            }
+        }
+        levels
+            .iter()
+            .map(|(name, run)| {
+                let mut out = vec![0f32; c.heads * c.hd];
+                for kvh in 0..c.kv_heads {
+                    let head = HeadView { k, v, table, block_size: c.bs, num_kv_heads: c.kv_heads, kvh, hd: c.hd };
+                    run(&head, &q[kvh * group * c.hd..(kvh + 1) * group * c.hd], &mut Vec::new(), &mut out[kvh * group * c.hd..(kvh + 1) * group * c.hd]);
+                }
+                (*name, out)
+            })
+            .collect()
+    }
+
     /// Every level's kernel against the f64 definition, and against each other bit for bit,
-    /// over block sizes narrower and wider than a vector, head sizes that are not a multiple
-    /// of 16, query groups wider than a register group, windows and soft-capping.
+    /// for f16 and f32 caches, over block sizes narrower and wider than a vector, head sizes
+    /// that are not a multiple of 16, query groups wider than a register group, windows and
+    /// soft-capping.
     #[test]
     fn matches_definition_and_every_level_gives_the_same_bits() {
         let cases = [
@@ -363,46 +402,37 @@ mod tests {
             Case { heads: 2, kv_heads: 1, hd: 16, bs: 24, len: 5, window: None, softcap: None },
         ];
         let mut seed = 7;
-        for c in &cases {
-            let kv_dim = c.kv_heads * c.hd;
-            let num_blocks = c.len.div_ceil(c.bs) + 3;
-            let mut cache = KvCache::new(1, num_blocks, c.bs, c.kv_heads, c.hd);
-            // A scattered block table: logical block i lives in physical block (i·2 + 1) mod n.
-            let table: Vec<u32> = (0..c.len.div_ceil(c.bs)).map(|i| ((i * 2 + 1) % num_blocks) as u32).collect();
-            let k: Vec<Vec<f32>> = (0..c.len).map(|_| (0..kv_dim).map(|_| lcg(&mut seed) * 2.0).collect()).collect();
-            let v: Vec<Vec<f32>> = (0..c.len).map(|_| (0..kv_dim).map(|_| lcg(&mut seed)).collect()).collect();
-            let slots: Vec<usize> = (0..c.len).map(|j| table[j / c.bs] as usize * c.bs + j % c.bs).collect();
-            cache.write(0, &slots, &k.concat(), &v.concat());
-            let p = AttentionParams { num_heads: c.heads, num_kv_heads: c.kv_heads, head_dim: c.hd, scale: 1.0 / (c.hd as f32).sqrt(), softcap: c.softcap, window: c.window };
-            let q: Vec<f32> = (0..c.heads * c.hd).map(|_| lcg(&mut seed)).collect();
-            let group = c.heads / c.kv_heads;
-            for pos in [0, c.len / 2, c.len - 1] {
-                let lo = c.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let want = naive(&q, &k, &v, c, pos, p.scale);
-                let mut results: Vec<Vec<f32>> = Vec::new();
-                let mut levels: Vec<(&str, Box<dyn Fn(&HeadView, &[f32], &mut Vec<f32>, &mut [f32])>)> = vec![("portable", Box::new(|h, qh, s, o| unsafe { attend::<[f32; LANES], 4, 2, 2>(h, qh, lo, pos, &p, s, o) }))];
-                #[cfg(target_arch = "x86_64")]
-                {
-                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                        levels.push(("avx2", Box::new(|h, qh, s, o| unsafe { attend_avx2(h, qh, lo, pos, &p, s, o) })));
+        for dtype in [KvDtype::F16, KvDtype::F32] {
+            // Values the cache holds exactly, so the definition sees what the kernel sees.
+            let r = |x: f32| if dtype == KvDtype::F16 { half::f16::from_f32(x).to_f32() } else { x };
+            for c in &cases {
+                let kv_dim = c.kv_heads * c.hd;
+                let num_blocks = c.len.div_ceil(c.bs) + 3;
+                let mut cache = KvCache::new(1, num_blocks, c.bs, c.kv_heads, c.hd, dtype);
+                // A scattered block table: logical block i lives in physical block (i·2 + 1) mod n.
+                let table: Vec<u32> = (0..c.len.div_ceil(c.bs)).map(|i| ((i * 2 + 1) % num_blocks) as u32).collect();
+                let k: Vec<Vec<f32>> = (0..c.len).map(|_| (0..kv_dim).map(|_| r(lcg(&mut seed) * 2.0)).collect()).collect();
+                let v: Vec<Vec<f32>> = (0..c.len).map(|_| (0..kv_dim).map(|_| r(lcg(&mut seed))).collect()).collect();
+                let slots: Vec<usize> = (0..c.len).map(|j| table[j / c.bs] as usize * c.bs + j % c.bs).collect();
+                cache.write(0, &slots, &k.concat(), &v.concat());
+                let p = AttentionParams { num_heads: c.heads, num_kv_heads: c.kv_heads, head_dim: c.hd, scale: 1.0 / (c.hd as f32).sqrt(), softcap: c.softcap, window: c.window };
+                let q: Vec<f32> = (0..c.heads * c.hd).map(|_| lcg(&mut seed)).collect();
+                for pos in [0, c.len / 2, c.len - 1] {
+                    let lo = c.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    let want = naive(&q, &k, &v, c, pos, p.scale);
+                    let results = match (&cache.layer(0).k, &cache.layer(0).v) {
+                        (KvData::F16(kc), KvData::F16(vc)) => run_levels(c, kc, vc, &table, &q, &p, lo, pos),
+                        (KvData::F32(kc), KvData::F32(vc)) => run_levels(c, kc, vc, &table, &q, &p, lo, pos),
+                        _ => unreachable!(),
+                    };
+                    for (name, out) in &results {
+                        for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                            assert!((*g as f64 - w).abs() < 1e-5, "{dtype:?} {name} hd {} bs {} pos {pos} [{i}]: {g} vs {w}", c.hd, c.bs);
+                        }
                     }
-                    if detected_level() == Level::Avx512Vnni {
-                        levels.push(("avx512", Box::new(|h, qh, s, o| unsafe { attend_avx512(h, qh, lo, pos, &p, s, o) })));
+                    for (name, r) in results.iter().skip(1) {
+                        assert!(r.iter().zip(&results[0].1).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype:?} {name} differs from portable (hd {}, bs {})", c.hd, c.bs);
                     }
-                }
-                for (name, run) in &levels {
-                    let mut out = vec![0f32; c.heads * c.hd];
-                    for kvh in 0..c.kv_heads {
-                        let head = HeadView { kv: cache.layer(0), table: &table, block_size: c.bs, num_kv_heads: c.kv_heads, kvh, hd: c.hd };
-                        run(&head, &q[kvh * group * c.hd..(kvh + 1) * group * c.hd], &mut Vec::new(), &mut out[kvh * group * c.hd..(kvh + 1) * group * c.hd]);
-                    }
-                    for (i, (g, w)) in out.iter().zip(&want).enumerate() {
-                        assert!((*g as f64 - w).abs() < 1e-5, "{name} hd {} bs {} pos {pos} [{i}]: {g} vs {w}", c.hd, c.bs);
-                    }
-                    results.push(out);
-                }
-                for ((name, _), r) in levels.iter().zip(&results).skip(1) {
-                    assert!(r.iter().zip(&results[0]).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} differs from portable (hd {}, bs {})", c.hd, c.bs);
                 }
             }
         }

@@ -4,6 +4,8 @@
 //! `#[target_feature]` function. Every operation is lane-wise IEEE arithmetic (`fma` is one
 //! rounding), so all three give the same bits.
 
+use half::f16;
+
 /// 16 f32 lanes. `unsafe` because the x86 implementations need their CPU features: call only
 /// from code built (or dispatched) for them.
 pub trait Lanes: Copy {
@@ -11,6 +13,8 @@ pub trait Lanes: Copy {
     unsafe fn splat(x: f32) -> Self;
     /// Loads 16 values from `p[..16]`.
     unsafe fn load(p: &[f32]) -> Self;
+    /// Loads 16 f16 values from `p[..16]`, widened exactly.
+    unsafe fn load_f16(p: &[f16]) -> Self;
     unsafe fn store(self, p: &mut [f32]);
     /// `self + a·b` with one rounding.
     unsafe fn fma(self, a: Self, b: Self) -> Self;
@@ -31,6 +35,10 @@ impl Lanes for [f32; 16] {
         p[..16].try_into().expect("16 lanes")
     }
     #[inline(always)]
+    unsafe fn load_f16(p: &[f16]) -> Self {
+        std::array::from_fn(|i| p[i].to_f32())
+    }
+    #[inline(always)]
     unsafe fn store(self, p: &mut [f32]) {
         p[..16].copy_from_slice(&self)
     }
@@ -47,6 +55,7 @@ impl Lanes for [f32; 16] {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Lanes;
+    use half::f16;
     use std::arch::x86_64::*;
 
     impl Lanes for __m512 {
@@ -62,6 +71,11 @@ mod x86 {
         unsafe fn load(p: &[f32]) -> Self {
             assert!(p.len() >= 16);
             _mm512_loadu_ps(p.as_ptr())
+        }
+        #[inline(always)]
+        unsafe fn load_f16(p: &[f16]) -> Self {
+            assert!(p.len() >= 16);
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.as_ptr() as *const __m256i))
         }
         #[inline(always)]
         unsafe fn store(self, p: &mut [f32]) {
@@ -97,6 +111,11 @@ mod x86 {
             Avx2x2(_mm256_loadu_ps(p.as_ptr()), _mm256_loadu_ps(p.as_ptr().add(8)))
         }
         #[inline(always)]
+        unsafe fn load_f16(p: &[f16]) -> Self {
+            assert!(p.len() >= 16);
+            Avx2x2(_mm256_cvtph_ps(_mm_loadu_si128(p.as_ptr() as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128(p.as_ptr().add(8) as *const __m128i)))
+        }
+        #[inline(always)]
         unsafe fn store(self, p: &mut [f32]) {
             assert!(p.len() >= 16);
             _mm256_storeu_ps(p.as_mut_ptr(), self.0);
@@ -115,3 +134,41 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub use x86::Avx2x2;
+
+/// An element type the KV cache can store: f16 (the default, as llama.cpp's) or f32.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// Loads 16 elements as f32 lanes.
+    unsafe fn load<L: Lanes>(p: &[Self]) -> L;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    unsafe fn load<L: Lanes>(p: &[Self]) -> L {
+        L::load(p)
+    }
+}
+
+impl KvElem for f16 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    unsafe fn load<L: Lanes>(p: &[Self]) -> L {
+        L::load_f16(p)
+    }
+}
