@@ -89,12 +89,13 @@ pub struct QLinear {
     /// replaces them, so memory is not doubled).
     w: Option<QWeight>,
     /// The weights repacked for slm's kernels (Q5_0, Q8_0, Q4_K, Q6_K); candle's serve the rest.
-    packed: Option<kernels::PackedWeights>,
+    /// Shared with a tied embedding table.
+    packed: Option<Arc<kernels::PackedWeights>>,
     bias: Option<Vec<f32>>,
     profile_op: Op,
 }
 
-fn pack(w: &QWeight) -> Option<kernels::PackedWeights> {
+fn pack(w: &QWeight) -> Option<Arc<kernels::PackedWeights>> {
     let (n, k) = (w.out_dim, w.in_dim);
     match w.dtype {
         GgmlDType::Q5_0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ5_0>(), n, k)),
@@ -103,6 +104,7 @@ fn pack(w: &QWeight) -> Option<kernels::PackedWeights> {
         GgmlDType::Q6K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ6K>(), n, k)),
         _ => None,
     }
+    .map(Arc::new)
 }
 
 impl QLinear {
@@ -175,46 +177,72 @@ impl QLinear {
     }
 }
 
-/// A token-embedding table kept quantized; rows are dequantized on lookup.
+/// A token-embedding table kept quantized; rows are dequantized on lookup. Tied to the output
+/// projection, it reads the projection's packed copy, so the model holds the table once.
 pub struct QEmbedding {
-    w: QWeight,
+    w: EmbedSource,
+    vocab_size: usize,
+    dim: usize,
+}
+
+enum EmbedSource {
+    File(QWeight),
+    Packed(Arc<kernels::PackedWeights>),
 }
 
 impl QEmbedding {
     pub fn new(weight: QTensor, name: &str, path: &str) -> Result<Self> {
-        Ok(Self { w: QWeight::new(weight, name, path)? })
+        let w = QWeight::new(weight, name, path)?;
+        Ok(Self { vocab_size: w.out_dim, dim: w.in_dim, w: EmbedSource::File(w) })
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.w.out_dim
+        self.vocab_size
     }
 
     pub fn dim(&self) -> usize {
-        self.w.in_dim
+        self.dim
     }
 
     /// Writes the embedding of each token into consecutive rows of the result.
     pub fn lookup(&self, tokens: &[u32]) -> Vec<f32> {
-        let d = self.w.in_dim;
+        let d = self.dim;
         let mut out = vec![0f32; tokens.len() * d];
-        with_block_type!(
-            self.w.dtype,
-            T,
-            {
-                let blocks = self.w.blocks::<T>();
-                let per_row = d / T::BLCK_SIZE;
+        match &self.w {
+            EmbedSource::Packed(p) => {
                 for (row, &t) in out.chunks_exact_mut(d).zip(tokens) {
-                    let t = t as usize;
-                    T::to_float(&blocks[t * per_row..(t + 1) * per_row], row);
+                    p.dequantize_column(t as usize, row);
                 }
-            },
-            unreachable!("dtype checked at load")
-        );
+            }
+            EmbedSource::File(w) => with_block_type!(
+                w.dtype,
+                T,
+                {
+                    let blocks = w.blocks::<T>();
+                    let per_row = d / T::BLCK_SIZE;
+                    for (row, &t) in out.chunks_exact_mut(d).zip(tokens) {
+                        let t = t as usize;
+                        T::to_float(&blocks[t * per_row..(t + 1) * per_row], row);
+                    }
+                },
+                unreachable!("dtype checked at load")
+            ),
+        }
         out
     }
 
-    /// The same table as the output projection (tied embeddings).
-    pub fn as_linear(&self) -> QLinear {
-        QLinear::from_weight(self.w.clone(), None)
+    /// The same table as the output projection (tied embeddings). When the kernels pack it,
+    /// lookups move to the packed copy (the same values, bit for bit) and the file's copy is
+    /// dropped.
+    pub fn tie_output(&mut self) -> QLinear {
+        let EmbedSource::File(w) = &self.w else {
+            unreachable!("an embedding is tied once")
+        };
+        let linear = QLinear::from_weight(w.clone(), None);
+        if let Some(p) = &linear.packed {
+            self.w = EmbedSource::Packed(p.clone());
+        }
+        linear
     }
 }
+

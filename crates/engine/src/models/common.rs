@@ -93,14 +93,14 @@ impl ArchReader {
         self.config.activation = activation;
         self.config.embed_scale = embed_scale;
         self.config.final_softcap = final_softcap;
-        let embed = QEmbedding::new(g.tensor("token_embd.weight")?, "token_embd.weight", &path)?;
+        let mut embed = QEmbedding::new(g.tensor("token_embd.weight")?, "token_embd.weight", &path)?;
         self.config.vocab_size = embed.vocab_size();
         let output = match g.opt_tensor("output.weight")? {
             Some(t) => {
                 let bias = g.opt_vector("output.bias")?;
                 QLinear::new(t, bias, "output.weight", &path)?
             }
-            None => embed.as_linear(),
+            None => embed.tie_output(),
         }
         .with_profile_op(crate::profile::Op::Output);
         let parallel = self.parallel_layer_norm;

@@ -157,26 +157,50 @@ impl PackedWeights {
 
     /// Group `g` of tile `t`, sub-block `s`, decoded to bytes (the portable kernel's view).
     pub fn group(&self, t: usize, s: usize, g: usize) -> [u8; 64] {
+        std::array::from_fn(|i| self.value(t, s, g, i))
+    }
+
+    /// Byte `i` (column `i / 4`, value `i % 4`) of group `g` of tile `t`, sub-block `s`.
+    #[inline]
+    pub fn value(&self, t: usize, s: usize, g: usize, i: usize) -> u8 {
         let line = self.tile_sub(t, s);
-        let mut out = [0u8; 64];
         if self.bits == 8 {
-            out.copy_from_slice(&line[g * 64..g * 64 + 64]);
-            return out;
+            return line[g * 64 + i];
         }
         let planes = self.tile_planes(t, s);
-        for (i, o) in out.iter_mut().enumerate() {
-            let mut v = (line[(g / 2) * 64 + i] >> (4 * (g % 2))) & 0x0F;
-            for p in 0..self.num_planes() {
-                v |= (((planes[p * self.sub / 4 + g] >> i) & 1) as u8) << (4 + p);
-            }
-            *o = v;
+        let mut v = (line[(g / 2) * 64 + i] >> (4 * (g % 2))) & 0x0F;
+        for p in 0..self.num_planes() {
+            v |= (((planes[p * self.sub / 4 + g] >> i) & 1) as u8) << (4 + p);
         }
-        out
+        v
     }
 
     #[inline]
     pub fn num_subs(&self) -> usize {
         self.num_subs
+    }
+
+    /// The dequantized weights of column `c` (`k` values), with the very arithmetic of
+    /// candle's (and ggml's) `to_float`: `q·d`, `(d·sc)·q`, or `(d·sc)·q − dmin·m`. Serves
+    /// an embedding table tied to the output projection from the packed copy alone.
+    pub fn dequantize_column(&self, c: usize, out: &mut [f32]) {
+        let (t, lane) = (c / TILE, c % TILE);
+        let spb = self.subs_per_block;
+        for b in 0..self.num_blocks {
+            let d = half::f16::from_bits(self.tile_d(t, b)[lane]).to_f32();
+            let neg_dmin = if self.has_min { half::f16::from_bits(self.tile_neg_dmin(t, b)[lane]).to_f32() } else { 0.0 };
+            for s in b * spb..(b + 1) * spb {
+                let scale = if self.int_scales { d * self.tile_sub_scales(t, s)[lane] as f32 } else { d };
+                // −(dmin·m), exactly: negation commutes with rounding.
+                let neg_min = if self.has_min { neg_dmin * self.tile_sub_mins(t, s)[lane] as f32 } else { 0.0 };
+                for g in 0..self.sub / 4 {
+                    for i in 0..4 {
+                        let v = (self.value(t, s, g, lane * 4 + i) as i32 - self.offset) as f32;
+                        out[s * self.sub + g * 4 + i] = if self.has_min { scale * v + neg_min } else { scale * v };
+                    }
+                }
+            }
+        }
     }
 
     #[inline]
@@ -506,6 +530,35 @@ mod tests {
                 } else {
                     check(&k_blocks::<BlockQ6K>(dtype, n, k, 7), m, k, n, &mut seed);
                 }
+            }
+        }
+    }
+
+    /// A packed column dequantizes to candle's `to_float` of the file's row, bit for bit.
+    #[test]
+    fn packed_columns_dequantize_like_candle() {
+        use candle_core::quantized::GgmlDType;
+        let (n, k) = (21, 512);
+        let mut s = 11;
+        let v: Vec<f32> = (0..n * k).map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0).collect();
+        let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
+            let want: Vec<f32> = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let bytes = q.data().unwrap();
+            fn cast<W: WeightBlock>(b: &[u8]) -> Vec<W> {
+                (0..b.len() / std::mem::size_of::<W>()).map(|i| unsafe { std::ptr::read_unaligned(b.as_ptr().add(i * std::mem::size_of::<W>()) as *const W) }).collect()
+            }
+            let packed = match dtype {
+                GgmlDType::Q8_0 => PackedWeights::pack(&cast::<BlockQ8_0>(&bytes), n, k),
+                GgmlDType::Q5_0 => PackedWeights::pack(&cast::<BlockQ5_0>(&bytes), n, k),
+                GgmlDType::Q4K => PackedWeights::pack(&cast::<BlockQ4K>(&bytes), n, k),
+                _ => PackedWeights::pack(&cast::<BlockQ6K>(&bytes), n, k),
+            };
+            let mut row = vec![0f32; k];
+            for c in 0..n {
+                packed.dequantize_column(c, &mut row);
+                assert!(row.iter().zip(&want[c * k..(c + 1) * k]).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype:?} column {c}");
             }
         }
     }
