@@ -5,7 +5,7 @@
 pub mod activation;
 pub mod attention;
 pub mod kernels;
-pub mod lanes;
+pub(crate) mod lanes;
 pub mod norm;
 pub mod pool;
 pub mod qlinear;
