@@ -114,12 +114,14 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::BenchKernels { n, k, streaming_only, stream_mb } => {
             println!("quantized matmul, weight {n} x {k}, kernel level {:?}", slm_engine::layers::kernels::detected_level());
-            println!("GF/s per kernel; rowwise = candle's k_quants::matmul (batch-invariant, what slm used before), QMatMul = candle's dispatch (repacked AVX-512 kernels, not batch-invariant)");
-            println!("{:>6} {:>5} {:>14} {:>14} {:>10} {:>10} {:>17}", "type", "rows", "candle rowwise", "candle QMatMul", "slm", "slm ms", "slm vs rowwise");
-            for t in if streaming_only { Vec::new() } else { slm_engine::layers::kernels::bench::run(n, k)? } {
-                let gf = |ms: f64| t.flops / ms / 1e6;
-                let slm = t.slm_ms.unwrap_or(f64::NAN);
-                println!("{:>6} {:>5} {:>14.1} {:>14.1} {:>10.1} {:>10.3} {:>16.2}x", t.dtype, t.rows, gf(t.candle_rowwise_ms), gf(t.candle_ms), gf(slm), slm, t.candle_rowwise_ms / slm);
+            if !streaming_only {
+                println!("GF/s per kernel; rowwise = candle's k_quants::matmul (batch-invariant, what slm used before), QMatMul = candle's dispatch (repacked AVX-512 kernels, not batch-invariant)");
+                println!("{:>6} {:>5} {:>14} {:>14} {:>10} {:>10} {:>17}", "type", "rows", "candle rowwise", "candle QMatMul", "slm", "slm ms", "slm vs rowwise");
+                for t in slm_engine::layers::kernels::bench::run(n, k)? {
+                    let gf = |ms: f64| t.flops / ms / 1e6;
+                    let slm = t.slm_ms.unwrap_or(f64::NAN);
+                    println!("{:>6} {:>5} {:>14.1} {:>14.1} {:>10.1} {:>10.3} {:>16.2}x", t.dtype, t.rows, gf(t.candle_rowwise_ms), gf(t.candle_ms), gf(slm), slm, t.candle_rowwise_ms / slm);
+                }
             }
             println!("one row, weights streamed from memory (copies of the weight, {stream_mb} MB in all, used in turn as decode does)");
             println!("{:>6} {:>10} {:>10}", "type", "slm ms", "GB/s");

@@ -67,18 +67,22 @@ impl QWeight {
         Ok(Self { tensor: Arc::new(tensor), dtype, in_dim, out_dim })
     }
 
-    /// The weight blocks, borrowed from candle's CPU storage (allocated as a `Vec<T>`, so the
-    /// pointer is aligned for `T`).
     fn blocks<T>(&self) -> &[T] {
-        let bytes = self.tensor.data().expect("cpu tensor data");
-        let std::borrow::Cow::Borrowed(bytes) = bytes else {
-            panic!("quantized CPU storage is expected to be borrowed")
-        };
-        let n = bytes.len() / std::mem::size_of::<T>();
-        assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
-        // SAFETY: candle stores CPU quantized tensors as Vec<T> of this block type.
-        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) }
+        tensor_blocks(&self.tensor)
     }
+}
+
+/// The blocks of a quantized tensor whose block type is `T`, borrowed from candle's CPU
+/// storage (allocated as a `Vec<T>`, so the pointer is aligned for `T`).
+pub(crate) fn tensor_blocks<T>(tensor: &QTensor) -> &[T] {
+    let bytes = tensor.data().expect("cpu tensor data");
+    let std::borrow::Cow::Borrowed(bytes) = bytes else {
+        panic!("quantized CPU storage is expected to be borrowed")
+    };
+    let n = bytes.len() / std::mem::size_of::<T>();
+    assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+    // SAFETY: candle stores CPU quantized tensors as Vec<T> of this block type.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) }
 }
 
 pub struct QLinear {

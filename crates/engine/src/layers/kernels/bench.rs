@@ -6,6 +6,7 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+use crate::layers::qlinear::tensor_blocks;
 use crate::layers::QLinear;
 
 pub struct KernelTiming {
@@ -61,10 +62,7 @@ pub fn run(n: usize, k: usize) -> candle_core::Result<Vec<KernelTiming>> {
 fn rowwise(q: &QTensor, x: &[f32], m: usize, k: usize, n: usize, dst: &mut [f32]) {
     use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType};
     fn run<T: GgmlType>(q: &QTensor, x: &[f32], m: usize, k: usize, n: usize, dst: &mut [f32]) {
-        let bytes = q.data().unwrap();
-        // SAFETY: candle stores CPU quantized tensors as Vec<T> of this block type.
-        let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / std::mem::size_of::<T>()) };
-        k_quants::matmul::<T>((m, k, n), x, blocks, dst).unwrap();
+        k_quants::matmul::<T>((m, k, n), x, tensor_blocks::<T>(q), dst).unwrap();
     }
     match q.dtype() {
         GgmlDType::Q4K => run::<BlockQ4K>(q, x, m, k, n, dst),
@@ -87,9 +85,7 @@ pub struct StreamTiming {
 pub fn run_streaming(n: usize, k: usize, total_mb: usize) -> candle_core::Result<Vec<StreamTiming>> {
     use super::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, PackedWeights, WeightBlock};
     fn packs<W: WeightBlock>(q: &QTensor, n: usize, k: usize, total_mb: usize) -> Vec<PackedWeights> {
-        let bytes = q.data().unwrap();
-        // SAFETY: candle stores CPU quantized tensors as Vec<T> of this block type.
-        let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const W, bytes.len() / std::mem::size_of::<W>()) };
+        let blocks = tensor_blocks::<W>(q);
         let first = PackedWeights::pack(blocks, n, k);
         let copies = (total_mb << 20).div_ceil(first.num_bytes()).max(2);
         std::iter::once(first).chain((1..copies).map(|_| PackedWeights::pack(blocks, n, k))).collect()
@@ -107,18 +103,8 @@ pub fn run_streaming(n: usize, k: usize, total_mb: usize) -> candle_core::Result
         };
         let mut y = vec![0f32; n];
         let level = super::detected_level();
-        let pass = |y: &mut [f32]| ws.iter().for_each(|p| super::matmul(p, &x, 1, y, level));
-        pass(&mut y);
-        // The best of several passes: other processes on a small machine only ever slow a pass.
-        let secs = (0..10)
-            .map(|_| {
-                let t = Instant::now();
-                pass(&mut y);
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min)
-            / ws.len() as f64;
-        out.push(StreamTiming { dtype: name, ms_per_call: secs * 1e3, gb_per_s: ws[0].num_bytes() as f64 / secs / 1e9 });
+        let ms = time(|| ws.iter().for_each(|p| super::matmul(p, &x, 1, &mut y, level)), 10) / ws.len() as f64;
+        out.push(StreamTiming { dtype: name, ms_per_call: ms, gb_per_s: ws[0].num_bytes() as f64 / ms / 1e6 });
     }
     Ok(out)
 }

@@ -27,21 +27,20 @@ pub const QK: usize = 32;
 /// A GGUF block type the kernels can repack: `VALUES` weights per block (the super-block),
 /// in sub-blocks of `SUB` values. A weight is `d · value` (Q5_0, Q8_0), `d · sc · value`
 /// (Q6_K) or `d · sc · value − dmin · m` (Q4_K), with `d` and `dmin` f16 per block and `sc`,
-/// `m` small integers per sub-block.
+/// `m` small integers per sub-block: exactly the types whose blocks hold several sub-blocks.
 pub trait WeightBlock: Copy + Send + Sync + 'static {
     const VALUES: usize;
     const SUB: usize;
     /// Added to every value so it fits an unsigned byte (undone through the activation sums).
     const OFFSET: i32;
     const HAS_MIN: bool;
-    /// Per-sub-block integer scales (the K-quants).
-    const INT_SCALES: bool;
     /// Bits of `value + OFFSET`: 4 to 6 are packed as nibbles plus bit planes, 8 as bytes.
     const BITS: u32;
     /// Activations are quantized as ggml does for this type: Q8_0 (32 values per f16 scale)
     /// for the legacy quants, Q8_K (256 values per f32 scale) for the K-quants.
     const ACT_BLOCK: usize = QK;
-    /// `u[i] = value_i + OFFSET`; per sub-block, its integer scale and min (K-quants);
+    /// `u[i] = value_i + OFFSET`; per sub-block, its integer scale and min (when a block has
+    /// several sub-blocks);
     /// returns the f16 bits of `d` and `dmin` (0 without mins).
     fn decode(&self, u: &mut [u8], scales: &mut [i8], mins: &mut [i8]) -> (u16, u16);
 }
@@ -51,7 +50,6 @@ impl WeightBlock for BlockQ5_0 {
     const SUB: usize = 32;
     const OFFSET: i32 = 16;
     const HAS_MIN: bool = false;
-    const INT_SCALES: bool = false;
     const BITS: u32 = 5;
     fn decode(&self, u: &mut [u8], _: &mut [i8], _: &mut [i8]) -> (u16, u16) {
         let qh = u32::from_le_bytes(self.qh);
@@ -68,7 +66,6 @@ impl WeightBlock for BlockQ8_0 {
     const SUB: usize = 32;
     const OFFSET: i32 = 128;
     const HAS_MIN: bool = false;
-    const INT_SCALES: bool = false;
     const BITS: u32 = 8;
     fn decode(&self, u: &mut [u8], _: &mut [i8], _: &mut [i8]) -> (u16, u16) {
         for j in 0..32 {
@@ -106,7 +103,6 @@ impl WeightBlock for BlockQ4K {
     const SUB: usize = 32;
     const OFFSET: i32 = 0;
     const HAS_MIN: bool = true;
-    const INT_SCALES: bool = true;
     const BITS: u32 = 4;
     fn decode(&self, u: &mut [u8], scales: &mut [i8], mins: &mut [i8]) -> (u16, u16) {
         let q = &self.scales;
@@ -132,7 +128,6 @@ impl WeightBlock for BlockQ6K {
     const SUB: usize = 16;
     const OFFSET: i32 = 32;
     const HAS_MIN: bool = false;
-    const INT_SCALES: bool = true;
     const BITS: u32 = 6;
     fn decode(&self, u: &mut [u8], scales: &mut [i8], _: &mut [i8]) -> (u16, u16) {
         scales[..16].copy_from_slice(&self.scales);

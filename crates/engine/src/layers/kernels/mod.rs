@@ -47,13 +47,15 @@ pub struct PackedWeights {
     pub n: usize,
     pub k: usize,
     pub sub: usize,
-    /// Sub-blocks per block (1 for Q5_0 and Q8_0).
+    /// Sub-blocks per block: 1 for Q5_0 and Q8_0; more for the K-quants, whose sub-blocks
+    /// carry integer scales (`int_scales`).
     pub subs_per_block: usize,
     pub offset: i32,
     pub has_min: bool,
-    pub int_scales: bool,
     pub act_block: usize,
     pub bits: u32,
+    /// `k / sub` and `num_subs / subs_per_block`, kept so the kernels' index arithmetic has no
+    /// divisions.
     num_subs: usize,
     num_blocks: usize,
     lines: Vec<Line>,
@@ -81,7 +83,7 @@ impl PackedWeights {
         let extra = if nibbles { (W::BITS - 4) as usize } else { 0 };
         let mut lines = vec![Line([0; 64]); tiles * nsub * lines_per_sub];
         let mut planes = vec![0u64; tiles * nsub * extra * groups];
-        let mut sub_scales = vec![0i8; if W::INT_SCALES { tiles * nsub * TILE } else { 0 }];
+        let mut sub_scales = vec![0i8; if spb > 1 { tiles * nsub * TILE } else { 0 }];
         let mut sub_mins = vec![0i8; if W::HAS_MIN { tiles * nsub * TILE } else { 0 }];
         let mut d = vec![0u16; tiles * blocks * TILE];
         let mut neg_dmin = vec![0u16; if W::HAS_MIN { tiles * blocks * TILE } else { 0 }];
@@ -113,7 +115,7 @@ impl PackedWeights {
                             }
                         }
                     }
-                    if W::INT_SCALES {
+                    if spb > 1 {
                         sub_scales[tsub * TILE + lane] = sc[j];
                     }
                     if W::HAS_MIN {
@@ -122,7 +124,7 @@ impl PackedWeights {
                 }
             }
         }
-        Self { n, k, sub: W::SUB, subs_per_block: spb, offset: W::OFFSET, has_min: W::HAS_MIN, int_scales: W::INT_SCALES, act_block: W::ACT_BLOCK, bits: W::BITS, num_subs: nsub, num_blocks: blocks, lines, planes, sub_scales, sub_mins, d, neg_dmin }
+        Self { n, k, sub: W::SUB, subs_per_block: spb, offset: W::OFFSET, has_min: W::HAS_MIN, act_block: W::ACT_BLOCK, bits: W::BITS, num_subs: nsub, num_blocks: blocks, lines, planes, sub_scales, sub_mins, d, neg_dmin }
     }
 
     /// Bytes the kernels read for one pass over this weight.
@@ -190,7 +192,7 @@ impl PackedWeights {
             let d = half::f16::from_bits(self.tile_d(t, b)[lane]).to_f32();
             let neg_dmin = if self.has_min { half::f16::from_bits(self.tile_neg_dmin(t, b)[lane]).to_f32() } else { 0.0 };
             for s in b * spb..(b + 1) * spb {
-                let scale = if self.int_scales { d * self.tile_sub_scales(t, s)[lane] as f32 } else { d };
+                let scale = if self.int_scales() { d * self.tile_sub_scales(t, s)[lane] as f32 } else { d };
                 // −(dmin·m), exactly: negation commutes with rounding.
                 let neg_min = if self.has_min { neg_dmin * self.tile_sub_mins(t, s)[lane] as f32 } else { 0.0 };
                 for g in 0..self.sub / 4 {
@@ -222,33 +224,41 @@ impl PackedWeights {
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr().add(first) as *const u8, lines * 64) }
     }
 
+    /// Whether sub-blocks carry integer scales (the K-quants).
+    #[inline]
+    pub fn int_scales(&self) -> bool {
+        self.subs_per_block > 1
+    }
+
     /// The 16 integer scales of tile `t`, sub-block `s` (K-quants).
     #[inline]
     pub fn tile_sub_scales(&self, t: usize, s: usize) -> &[i8] {
-        let i = (t * self.num_subs() + s) * TILE;
-        &self.sub_scales[i..i + TILE]
+        tile_columns(&self.sub_scales, t * self.num_subs + s)
     }
 
     /// The 16 integer mins of tile `t`, sub-block `s` (Q4_K).
     #[inline]
     pub fn tile_sub_mins(&self, t: usize, s: usize) -> &[i8] {
-        let i = (t * self.num_subs() + s) * TILE;
-        &self.sub_mins[i..i + TILE]
+        tile_columns(&self.sub_mins, t * self.num_subs + s)
     }
 
     /// The 16 f16 scales of tile `t`, block `b`.
     #[inline]
     pub fn tile_d(&self, t: usize, b: usize) -> &[u16] {
-        let i = (t * self.num_blocks() + b) * TILE;
-        &self.d[i..i + TILE]
+        tile_columns(&self.d, t * self.num_blocks + b)
     }
 
     /// The 16 negated f16 mins of tile `t`, block `b` (Q4_K).
     #[inline]
     pub fn tile_neg_dmin(&self, t: usize, b: usize) -> &[u16] {
-        let i = (t * self.num_blocks() + b) * TILE;
-        &self.neg_dmin[i..i + TILE]
+        tile_columns(&self.neg_dmin, t * self.num_blocks + b)
     }
+}
+
+/// Entry `i` of a per-column array stored 16 columns (one tile) at a time.
+#[inline]
+fn tile_columns<T>(v: &[T], i: usize) -> &[T] {
+    &v[i * TILE..(i + 1) * TILE]
 }
 
 /// Activation rows quantized to 8 bits (`d` holds the scale of every 32 values), with `Σ
@@ -441,7 +451,7 @@ mod tests {
             let (d, dmin) = (half::f16::from_bits(d).to_f32(), half::f16::from_bits(dmin).to_f32());
             out.extend(u.iter().enumerate().map(|(i, &v)| {
                 let j = i / W::SUB;
-                let scale = if W::INT_SCALES { d * sc[j] as f32 } else { d };
+                let scale = if W::VALUES > W::SUB { d * sc[j] as f32 } else { d };
                 (v as i32 - W::OFFSET) as f32 * scale - if W::HAS_MIN { dmin * mn[j] as f32 } else { 0.0 }
             }));
         }

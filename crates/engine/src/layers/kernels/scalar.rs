@@ -35,7 +35,7 @@ pub fn tiles(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usiz
                                 isum += bytes[lane * 4 + i] as i32 * xs[g * 4 + i] as i32;
                             }
                         }
-                        if w.int_scales {
+                        if w.int_scales() {
                             isum_b += isum * w.tile_sub_scales(t, s)[lane] as i32;
                         } else {
                             isum_b = isum;
