@@ -26,7 +26,14 @@ impl BatchInput {
     }
 
     /// Appends one sequence's tokens at `first_pos..`; slots come from its block table.
-    pub fn push_seq(&mut self, tokens: &[u32], first_pos: usize, block_table: &[u32], block_size: usize, want_logits: bool) {
+    pub fn push_seq(
+        &mut self,
+        tokens: &[u32],
+        first_pos: usize,
+        block_table: &[u32],
+        block_size: usize,
+        want_logits: bool,
+    ) {
         let seq = self.block_tables.len();
         self.block_tables.push(block_table.to_vec());
         for (i, &t) in tokens.iter().enumerate() {

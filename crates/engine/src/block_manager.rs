@@ -50,7 +50,14 @@ impl BlockManager {
     }
 
     pub fn with_prefix_caching(num_blocks: usize, block_size: usize, prefix_caching: bool) -> Self {
-        let mut m = Self { block_size, blocks: vec![Block::default(); num_blocks], free_lru: BTreeMap::new(), next_stamp: 0, cached: HashMap::new(), prefix_caching };
+        let mut m = Self {
+            block_size,
+            blocks: vec![Block::default(); num_blocks],
+            free_lru: BTreeMap::new(),
+            next_stamp: 0,
+            cached: HashMap::new(),
+            prefix_caching,
+        };
         for b in 0..num_blocks as BlockId {
             m.push_free(b);
         }

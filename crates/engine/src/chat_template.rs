@@ -39,7 +39,9 @@ impl ChatTemplate {
             None if arch.starts_with("gemma") => (GEMMA_TEMPLATE.to_string(), false),
             None => (CHATML_TEMPLATE.to_string(), false),
         };
-        let text = |id: Option<u32>| id.map(|i| String::from_utf8_lossy(tok.token_bytes(i, true)).into_owned()).unwrap_or_default();
+        let text = |id: Option<u32>| {
+            id.map(|i| String::from_utf8_lossy(tok.token_bytes(i, true)).into_owned()).unwrap_or_default()
+        };
         Self::new(source, text(tok.bos), text(tok.eos), from_gguf)
     }
 
@@ -47,10 +49,13 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<JValue, JError> { Err(JError::new(ErrorKind::InvalidOperation, msg)) });
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<JValue, JError> {
+            Err(JError::new(ErrorKind::InvalidOperation, msg))
+        });
         env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
         let renders_tools = source.contains("tools");
-        env.add_template_owned("chat", source).map_err(|e| EngineError::ChatTemplate(format!("cannot parse the template: {e}")))?;
+        env.add_template_owned("chat", source)
+            .map_err(|e| EngineError::ChatTemplate(format!("cannot parse the template: {e}")))?;
         Ok(Self { env, bos_token, eos_token, from_gguf, renders_tools })
     }
 
@@ -131,7 +136,10 @@ fn with_tools_as_text(messages: Vec<Value>, tools: &[Value]) -> Vec<Value> {
                     let call = serde_json::json!({"name": f.get("name").cloned().unwrap_or_default(), "arguments": f.get("arguments").cloned().unwrap_or_default()});
                     let mut json = String::new();
                     write_py_json(&call, None, 0, &mut json);
-                    text.push_str(&format!("{}<tool_call>\n{json}\n</tool_call>", if text.is_empty() { "" } else { "\n" }));
+                    text.push_str(&format!(
+                        "{}<tool_call>\n{json}\n</tool_call>",
+                        if text.is_empty() { "" } else { "\n" }
+                    ));
                 }
                 m["content"] = Value::String(text);
                 m.as_object_mut().expect("a message is an object").remove("tool_calls");
@@ -260,7 +268,20 @@ fn strftime_now(fmt: &str) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     fmt.replace("%Y", &y.to_string())
         .replace("%m", &format!("{m:02}"))
         .replace("%d", &format!("{d:02}"))
@@ -287,15 +308,21 @@ mod tests {
     fn gemma_fallback_folds_system_into_first_turn() {
         let t = ChatTemplate::new(GEMMA_TEMPLATE.into(), "<bos>".into(), "<eos>".into(), false).unwrap();
         let out = t
-            .render(&[json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "Hi"})], None, true)
+            .render(
+                &[json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "Hi"})],
+                None,
+                true,
+            )
             .unwrap();
         assert_eq!(out, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n");
     }
 
     #[test]
     fn text_parts_are_joined_and_arguments_parsed() {
-        let m = normalize_message(&json!({"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
-            "tool_calls": [{"function": {"name": "f", "arguments": "{\"x\": 1}"}}]}));
+        let m = normalize_message(
+            &json!({"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+            "tool_calls": [{"function": {"name": "f", "arguments": "{\"x\": 1}"}}]}),
+        );
         assert_eq!(m["content"], "a\nb");
         assert_eq!(m["tool_calls"][0]["function"]["arguments"]["x"], 1);
     }
@@ -304,7 +331,8 @@ mod tests {
     fn templates_without_tools_get_them_as_text() {
         let t = ChatTemplate::new(GEMMA_TEMPLATE.into(), "<bos>".into(), "<eos>".into(), false).unwrap();
         assert!(!t.renders_tools);
-        let tools = [json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}})];
+        let tools =
+            [json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}})];
         let msgs = [
             json!({"role": "user", "content": "Weather in Hanoi?"}),
             json!({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Hanoi\"}"}}]}),

@@ -26,7 +26,17 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { block_size: 16, kv_cache_mb: 1024, num_kv_blocks: None, kv_dtype: KvDtype::F16, max_batched_tokens: 512, max_seqs: 32, max_model_len: None, prefix_caching: true, max_waiting: 256 }
+        Self {
+            block_size: 16,
+            kv_cache_mb: 1024,
+            num_kv_blocks: None,
+            kv_dtype: KvDtype::F16,
+            max_batched_tokens: 512,
+            max_seqs: 32,
+            max_model_len: None,
+            prefix_caching: true,
+            max_waiting: 256,
+        }
     }
 }
 

@@ -50,7 +50,15 @@ impl EngineHandle {
         config.validate()?;
         let num_blocks = config.num_blocks(model.kv_bytes_per_block(config.block_size, config.kv_dtype));
         let max_model_len = config.max_model_len.unwrap_or(usize::MAX).min(model.context_length());
-        let shared = Arc::new(Shared { model, config, num_blocks, max_model_len, next_id: AtomicU64::new(1), num_unadmitted: AtomicU64::new(0), stats: EngineStats::default() });
+        let shared = Arc::new(Shared {
+            model,
+            config,
+            num_blocks,
+            max_model_len,
+            next_id: AtomicU64::new(1),
+            num_unadmitted: AtomicU64::new(0),
+            stats: EngineStats::default(),
+        });
         let (tx, rx) = mpsc::channel();
         let s = shared.clone();
         std::thread::Builder::new()
@@ -92,7 +100,12 @@ impl EngineHandle {
         }
         let needed = req.prompt.len() + req.max_tokens;
         if needed > s.max_model_len {
-            return Err(EngineError::ContextLengthExceeded { max: s.max_model_len, needed, prompt: req.prompt.len(), max_tokens: req.max_tokens });
+            return Err(EngineError::ContextLengthExceeded {
+                max: s.max_model_len,
+                needed,
+                prompt: req.prompt.len(),
+                max_tokens: req.max_tokens,
+            });
         }
         let capacity = s.num_blocks * s.config.block_size;
         if req.prompt.len() + 1 > capacity {
@@ -249,7 +262,8 @@ impl EngineLoop {
         EngineStats::add(&st.step_seqs_total, batch.items.len() as u64);
 
         let model = self.shared.model.clone();
-        let run = std::panic::catch_unwind(AssertUnwindSafe(|| self.runner.run(&model, &batch, &self.scheduler.running)));
+        let run =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.runner.run(&model, &batch, &self.scheduler.running)));
         let t2 = Instant::now();
         EngineStats::add(&st.forward_ns, (t2 - t1).as_nanos() as u64);
         let logits = match run {
@@ -257,12 +271,18 @@ impl EngineLoop {
             Err(panic) => {
                 // A bug in a kernel must not take the server down: fail this step's requests
                 // (their cache contents are suspect) and keep serving the others.
-                let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
                 tracing::error!("model forward panicked: {msg}");
                 let ids: Vec<SeqId> = batch.items.iter().map(|i| self.scheduler.running[i.seq].id).collect();
                 for id in ids {
                     if let Some(seq) = self.scheduler.remove(id) {
-                        let _ = seq.events.send(Event::Error(EngineError::Internal(format!("model forward failed: {msg}"))));
+                        let _ = seq
+                            .events
+                            .send(Event::Error(EngineError::Internal(format!("model forward failed: {msg}"))));
                         EngineStats::add(&st.requests_failed_total, 1);
                     }
                 }
@@ -292,7 +312,9 @@ impl EngineLoop {
             let seq = &mut self.scheduler.running[item.seq];
             let s = sampled[item.seq].clone().expect("sampled above");
             EngineStats::add(&st.generated_tokens_total, 1);
-            let token_event = |text: String| Event::Token(TokenEvent { token: s.token, text, logprob: s.logprob, top_logprobs: s.top.clone() });
+            let token_event = |text: String| {
+                Event::Token(TokenEvent { token: s.token, text, logprob: s.logprob, top_logprobs: s.top.clone() })
+            };
             let sent = match seq.append(s.token, &model.tokenizer) {
                 Appended::Continue(text) => seq.events.send(token_event(text)).is_ok(),
                 Appended::Finished { reason, text, stop_token } => {
@@ -302,7 +324,14 @@ impl EngineLoop {
                     } else {
                         text
                     };
-                    let fin = Finished { reason, text: tail, num_prompt_tokens: seq.num_prompt_tokens, num_generated_tokens: seq.num_generated_tokens(), num_cached_tokens: seq.num_cached_tokens, stop_token };
+                    let fin = Finished {
+                        reason,
+                        text: tail,
+                        num_prompt_tokens: seq.num_prompt_tokens,
+                        num_generated_tokens: seq.num_generated_tokens(),
+                        num_cached_tokens: seq.num_cached_tokens,
+                        stop_token,
+                    };
                     let _ = seq.events.send(Event::Finished(fin));
                     done.push((seq.id, true));
                     continue;

@@ -27,18 +27,31 @@ impl<'m> Generator<'m> {
     /// A generator whose cache holds `max_tokens_in_cache` tokens.
     pub fn new(model: &'m Model, max_tokens_in_cache: usize) -> Self {
         let num_blocks = max_tokens_in_cache.div_ceil(BLOCK_SIZE);
-        Self { model, kv: model.new_kv_cache(num_blocks, BLOCK_SIZE), blocks: BlockManager::with_prefix_caching(num_blocks, BLOCK_SIZE, false) }
+        Self {
+            model,
+            kv: model.new_kv_cache(num_blocks, BLOCK_SIZE),
+            blocks: BlockManager::with_prefix_caching(num_blocks, BLOCK_SIZE, false),
+        }
     }
 
     /// Runs the prompt, then samples up to `max_tokens` tokens; `on_token` sees each one and
     /// may stop early by returning false. Stops at the tokenizer's end-of-generation tokens.
-    pub fn generate(&mut self, prompt: &[u32], params: SamplingParams, max_tokens: usize, mut on_token: impl FnMut(&Sampled) -> bool) -> Result<Generation> {
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: SamplingParams,
+        max_tokens: usize,
+        mut on_token: impl FnMut(&Sampled) -> bool,
+    ) -> Result<Generation> {
         if prompt.is_empty() {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
         }
         let total = prompt.len() + max_tokens;
         if !self.blocks.can_allocate(prompt, total) {
-            return Err(EngineError::KvCacheTooSmall { needed: total, capacity: self.blocks.num_blocks() * BLOCK_SIZE });
+            return Err(EngineError::KvCacheTooSmall {
+                needed: total,
+                capacity: self.blocks.num_blocks() * BLOCK_SIZE,
+            });
         }
         let (table, _) = self.blocks.allocate(prompt, total);
         let result = self.run(prompt, &table, params, max_tokens, &mut on_token);
@@ -46,7 +59,14 @@ impl<'m> Generator<'m> {
         result
     }
 
-    fn run(&mut self, prompt: &[u32], table: &[u32], params: SamplingParams, max_tokens: usize, on_token: &mut dyn FnMut(&Sampled) -> bool) -> Result<Generation> {
+    fn run(
+        &mut self,
+        prompt: &[u32],
+        table: &[u32],
+        params: SamplingParams,
+        max_tokens: usize,
+        on_token: &mut dyn FnMut(&Sampled) -> bool,
+    ) -> Result<Generation> {
         let mut sampler = Sampler::new(params);
         let mut context = prompt.to_vec();
         let mut b = BatchInput::default();
@@ -76,7 +96,10 @@ impl<'m> Generator<'m> {
     /// Logits of the last prompt position (for parity checks).
     pub fn prompt_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
         if !self.blocks.can_allocate(prompt, prompt.len()) {
-            return Err(EngineError::KvCacheTooSmall { needed: prompt.len(), capacity: self.blocks.num_blocks() * BLOCK_SIZE });
+            return Err(EngineError::KvCacheTooSmall {
+                needed: prompt.len(),
+                capacity: self.blocks.num_blocks() * BLOCK_SIZE,
+            });
         }
         let (table, _) = self.blocks.allocate(prompt, prompt.len());
         let mut b = BatchInput::default();

@@ -133,10 +133,18 @@ impl GrammarCompiler {
         }
         let trigger = match spec.triggers.is_empty() {
             true => None,
-            false => Some(regex::Regex::new(&spec.triggers.iter().map(|t| format!("(?:{t})")).collect::<Vec<_>>().join("|")).map_err(|e| EngineError::InvalidGrammar(format!("trigger: {e}")))?),
+            false => Some(
+                regex::Regex::new(&spec.triggers.iter().map(|t| format!("(?:{t})")).collect::<Vec<_>>().join("|"))
+                    .map_err(|e| EngineError::InvalidGrammar(format!("trigger: {e}")))?,
+            ),
         };
         let env = self.factory().tok_env().clone();
-        Ok(Constraint { matcher, trigger, state: if spec.triggers.is_empty() { State::Active } else { State::Waiting }, env })
+        Ok(Constraint {
+            matcher,
+            trigger,
+            state: if spec.triggers.is_empty() { State::Active } else { State::Waiting },
+            env,
+        })
     }
 }
 

@@ -59,9 +59,17 @@ pub struct LayerKv {
 }
 
 impl KvCache {
-    pub fn new(num_layers: usize, num_blocks: usize, block_size: usize, num_kv_heads: usize, head_dim: usize, dtype: KvDtype) -> Self {
+    pub fn new(
+        num_layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        dtype: KvDtype,
+    ) -> Self {
         let slots = num_blocks * block_size * num_kv_heads * head_dim;
-        let layers = (0..num_layers).map(|_| LayerKv { k: KvData::new(dtype, slots), v: KvData::new(dtype, slots) }).collect();
+        let layers =
+            (0..num_layers).map(|_| LayerKv { k: KvData::new(dtype, slots), v: KvData::new(dtype, slots) }).collect();
         Self { block_size, num_blocks, num_kv_heads, head_dim, layers }
     }
 
@@ -99,11 +107,22 @@ impl KvCache {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_rows<E: KvElem>(kc: &mut [E], vc: &mut [E], slots: &[usize], k: &[f32], v: &[f32], nkv: usize, hd: usize, bs: usize) {
+fn write_rows<E: KvElem>(
+    kc: &mut [E],
+    vc: &mut [E],
+    slots: &[usize],
+    k: &[f32],
+    v: &[f32],
+    nkv: usize,
+    hd: usize,
+    bs: usize,
+) {
     let d = nkv * hd;
     for (i, &slot) in slots.iter().enumerate() {
         let (block, at) = (slot / bs, slot % bs);
-        for (h, (key, value)) in k[i * d..(i + 1) * d].chunks_exact(hd).zip(v[i * d..(i + 1) * d].chunks_exact(hd)).enumerate() {
+        for (h, (key, value)) in
+            k[i * d..(i + 1) * d].chunks_exact(hd).zip(v[i * d..(i + 1) * d].chunks_exact(hd)).enumerate()
+        {
             let first = (block * nkv + h) * hd * bs;
             for (j, &x) in key.iter().enumerate() {
                 kc[first + j * bs + at] = E::from_f32(x);

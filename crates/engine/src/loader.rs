@@ -76,9 +76,7 @@ impl Gguf {
             Value::I64(x) => *x as i128,
             other => return Err(self.bad(format!("metadata `{key}` is not an integer: {other:?}"))),
         };
-        usize::try_from(n)
-            .map(Some)
-            .map_err(|_| self.bad(format!("metadata `{key}` is negative: {n}")))
+        usize::try_from(n).map(Some).map_err(|_| self.bad(format!("metadata `{key}` is negative: {n}")))
     }
 
     pub fn usize(&self, key: &str) -> Result<usize> {

@@ -17,7 +17,13 @@ impl ModelRunner {
         let mut input = BatchInput::default();
         for item in &batch.items {
             let seq = &running[item.seq];
-            input.push_seq(&seq.tokens[item.start..item.start + item.len], item.start, &seq.block_table, self.kv.block_size(), item.sample);
+            input.push_seq(
+                &seq.tokens[item.start..item.start + item.len],
+                item.start,
+                &seq.block_table,
+                self.kv.block_size(),
+                item.sample,
+            );
         }
         model.decoder.forward(&input, &mut self.kv)
     }

@@ -22,7 +22,15 @@ pub struct Request {
 
 impl Request {
     pub fn new(prompt: Vec<u32>, params: SamplingParams, max_tokens: usize) -> Self {
-        Self { prompt, params, max_tokens, stop_token_ids: Vec::new(), stop_strings: Vec::new(), ignore_eos: false, constraint: None }
+        Self {
+            prompt,
+            params,
+            max_tokens,
+            stop_token_ids: Vec::new(),
+            stop_strings: Vec::new(),
+            ignore_eos: false,
+            constraint: None,
+        }
     }
 }
 

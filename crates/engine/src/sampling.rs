@@ -90,7 +90,10 @@ impl Sampler {
     /// Picks the next token. `context` is every token so far (prompt + generated), for the
     /// repetition penalty.
     pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> Sampled {
-        let adjusted = !self.params.logit_bias.is_empty() || self.params.repetition_penalty != 1.0 || self.params.frequency_penalty != 0.0 || self.params.presence_penalty != 0.0;
+        let adjusted = !self.params.logit_bias.is_empty()
+            || self.params.repetition_penalty != 1.0
+            || self.params.frequency_penalty != 0.0
+            || self.params.presence_penalty != 0.0;
         let token = match (adjusted, self.params.is_greedy()) {
             (false, true) => argmax(logits),
             (false, false) => self.draw(logits),
@@ -139,7 +142,8 @@ impl Sampler {
 
     fn draw(&mut self, l: &[f32]) -> u32 {
         let p = &self.params;
-        let mut cand: Vec<(u32, f32)> = l.iter().enumerate().filter(|(_, x)| x.is_finite()).map(|(i, &x)| (i as u32, x)).collect();
+        let mut cand: Vec<(u32, f32)> =
+            l.iter().enumerate().filter(|(_, x)| x.is_finite()).map(|(i, &x)| (i as u32, x)).collect();
         if cand.is_empty() {
             return argmax(l);
         }

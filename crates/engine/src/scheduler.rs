@@ -99,7 +99,10 @@ impl Scheduler {
             // Room for the whole sequence plus one generated token, alone in the pool.
             if self.blocks.blocks_for(seq.tokens.len() + 1) > self.blocks.num_blocks() {
                 let seq = self.waiting.pop_front().unwrap();
-                let err = EngineError::KvCacheTooSmall { needed: seq.tokens.len() + 1, capacity: self.blocks.num_blocks() * self.blocks.block_size() };
+                let err = EngineError::KvCacheTooSmall {
+                    needed: seq.tokens.len() + 1,
+                    capacity: self.blocks.num_blocks() * self.blocks.block_size(),
+                };
                 batch.rejected.push((seq, err));
                 continue;
             }
@@ -121,7 +124,12 @@ impl Scheduler {
             }
             seq.status = SeqStatus::Running;
             let start = seq.num_computed_tokens;
-            batch.items.push(ScheduledItem { seq: self.running.len(), start, len: n, sample: start + n == seq.tokens.len() });
+            batch.items.push(ScheduledItem {
+                seq: self.running.len(),
+                start,
+                len: n,
+                sample: start + n == seq.tokens.len(),
+            });
             self.running.push(seq);
             budget -= n;
         }

@@ -45,7 +45,8 @@ fn reference(arch: Arch, path: &Path) -> Reference {
     let dev = Device::Cpu;
     let mut f = File::open(path).unwrap();
     let ct = gguf_file::Content::read(&mut f).unwrap();
-    let logits = |t: candle_core::Result<Tensor>| -> Vec<f32> { t.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap() };
+    let logits =
+        |t: candle_core::Result<Tensor>| -> Vec<f32> { t.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap() };
     let input = move |tok: u32| Tensor::new(&[[tok]], &Device::Cpu).unwrap();
     match arch {
         Arch::Llama => {
@@ -110,7 +111,8 @@ fn hf_gemma(arch: Arch, ct: gguf_file::Content, f: &mut File) -> Reference {
         "num_hidden_layers": s.layers, "num_key_value_heads": s.kv_heads, "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0, "vocab_size": tiny_gguf::vocab_size(), "max_position_embeddings": 512,
     });
-    let logits = |t: candle_core::Result<Tensor>| -> Vec<f32> { t.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap() };
+    let logits =
+        |t: candle_core::Result<Tensor>| -> Vec<f32> { t.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap() };
     let input = |tok: u32| Tensor::new(&[[tok]], &Device::Cpu).unwrap();
     if arch == Arch::Gemma {
         cfg["hidden_act"] = serde_json::Value::Null;
@@ -152,7 +154,8 @@ fn slm_run(model: &Model, seqs: &[Vec<u32>], prompt_lens: &[usize], batched: boo
     // f32 keys and values: the comparison with F32 weights is to 1e-4.
     let mut kv = model.new_kv_cache_of(64, BS, slm_engine::config::KvDtype::F32);
     let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::new(); seqs.len()];
-    let groups: Vec<Vec<usize>> = if batched { vec![(0..seqs.len()).collect()] } else { (0..seqs.len()).map(|i| vec![i]).collect() };
+    let groups: Vec<Vec<usize>> =
+        if batched { vec![(0..seqs.len()).collect()] } else { (0..seqs.len()).map(|i| vec![i]).collect() };
     for group in &groups {
         // Prefill: every prompt position gets logits.
         let mut b = BatchInput::default();
@@ -197,7 +200,8 @@ fn check(arch: Arch, quantized: bool) {
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
     let n_vocab = tiny_gguf::vocab_size() as u32;
-    let prompts: Vec<Vec<u32>> = [9, 23, 5].iter().map(|&n| (0..n).map(|_| rng.random_range(0..n_vocab - 3)).collect()).collect();
+    let prompts: Vec<Vec<u32>> =
+        [9, 23, 5].iter().map(|&n| (0..n).map(|_| rng.random_range(0..n_vocab - 3)).collect()).collect();
     let mut r = reference(arch, &path);
     let mut seqs = Vec::new();
     let mut refs = Vec::new();
@@ -223,7 +227,10 @@ fn check(arch: Arch, quantized: bool) {
             let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
             let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
             worst = worst.max(diff / scale);
-            assert!(diff <= tolerance * scale, "{arch:?} (quantized: {quantized}) seq {i} pos {pos}: max |Δ| {diff} vs logit scale {scale}");
+            assert!(
+                diff <= tolerance * scale,
+                "{arch:?} (quantized: {quantized}) seq {i} pos {pos}: max |Δ| {diff} vs logit scale {scale}"
+            );
             let mut top = b.clone();
             top.sort_by(|x, y| y.total_cmp(x));
             let decided = !quantized || top[0] - top[1] >= DECIDED_MARGIN * scale;
@@ -282,7 +289,12 @@ fn loading_errors_name_what_is_missing_and_the_file() {
 
     let p = tiny_gguf::write_with(Arch::Llama, &dir, true, |md, _| md[0].1 = Value::String("mamba".into()));
     let e = err(&p);
-    assert!(e.contains("unsupported architecture `mamba`") && e.contains("llama, qwen2") && e.contains(&*p.to_string_lossy()), "{e}");
+    assert!(
+        e.contains("unsupported architecture `mamba`")
+            && e.contains("llama, qwen2")
+            && e.contains(&*p.to_string_lossy()),
+        "{e}"
+    );
 
     let p = tiny_gguf::write_with(Arch::Qwen3, &dir, true, |_, t| t.retain(|(n, _)| n != "blk.1.attn_k_norm.weight"));
     let e = err(&p);
@@ -294,6 +306,9 @@ fn loading_errors_name_what_is_missing_and_the_file() {
         t[i].1 = QTensor::quantize(&dense, GgmlDType::BF16).unwrap();
     });
     let e = err(&p);
-    assert!(e.contains("`blk.0.ffn_up.weight` has unsupported quantization BF16") && e.contains(&*p.to_string_lossy()), "{e}");
+    assert!(
+        e.contains("`blk.0.ffn_up.weight` has unsupported quantization BF16") && e.contains(&*p.to_string_lossy()),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

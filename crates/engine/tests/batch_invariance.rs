@@ -10,10 +10,15 @@ use slm_engine::block_manager::BlockManager;
 const BS: usize = 16;
 
 fn prompts(m: &slm_engine::Model) -> Vec<Vec<u32>> {
-    ["The capital of France is", "def fibonacci(n):\n    if n < 2:\n        return n\n", "Xin chào", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,"]
-        .iter()
-        .map(|p| m.tokenizer.encode(p, true, false).unwrap())
-        .collect()
+    [
+        "The capital of France is",
+        "def fibonacci(n):\n    if n < 2:\n        return n\n",
+        "Xin chào",
+        "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,",
+    ]
+    .iter()
+    .map(|p| m.tokenizer.encode(p, true, false).unwrap())
+    .collect()
 }
 
 #[test]
@@ -47,7 +52,11 @@ fn logits_do_not_depend_on_batch_or_chunking() {
         }
         let together = m.decoder.forward(&b, &mut kv);
         for (i, a) in alone.iter().enumerate() {
-            assert_eq!(bits(&together[i * vocab..(i + 1) * vocab]), bits(a), "{name}: prompt {i} differs inside a batch");
+            assert_eq!(
+                bits(&together[i * vocab..(i + 1) * vocab]),
+                bits(a),
+                "{name}: prompt {i} differs inside a batch"
+            );
         }
 
         // Chunked prefill (chunks of 3 tokens, interleaved with the other prompts' chunks).

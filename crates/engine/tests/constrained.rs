@@ -7,9 +7,17 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use slm_engine::{ConstraintSpec, EngineConfig, EngineError, EngineHandle, Event, FinishReason, Grammar, Request, SamplingParams};
+use slm_engine::{
+    ConstraintSpec, EngineConfig, EngineError, EngineHandle, Event, FinishReason, Grammar, Request, SamplingParams,
+};
 
-fn request(e: &EngineHandle, prompt: &str, params: SamplingParams, max_tokens: usize, constraint: Option<ConstraintSpec>) -> Request {
+fn request(
+    e: &EngineHandle,
+    prompt: &str,
+    params: SamplingParams,
+    max_tokens: usize,
+    constraint: Option<ConstraintSpec>,
+) -> Request {
     let m = e.model();
     let msgs = [json!({"role": "user", "content": prompt})];
     let text = m.chat_template.render_prompt(&m.tokenizer, &msgs, None).unwrap();
@@ -49,13 +57,33 @@ fn outputs_follow_their_grammars_and_batching_changes_nothing() {
     let e = EngineHandle::start(model(QWEN), EngineConfig::default()).unwrap();
     let person = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 120}, "admin": {"type": "boolean"}}, "required": ["name", "age", "admin"], "additionalProperties": false});
     let colors = json!({"type": "array", "items": {"type": "string", "enum": ["red", "green", "blue"]}, "minItems": 2, "maxItems": 4});
-    let seeded = |seed| SamplingParams { temperature: 0.8, top_p: 0.95, seed: Some(seed), top_logprobs: 3, ..Default::default() };
+    let seeded = |seed| SamplingParams {
+        temperature: 0.8,
+        top_p: 0.95,
+        seed: Some(seed),
+        top_logprobs: 3,
+        ..Default::default()
+    };
     let reqs = vec![
         request(&e, "Describe a user called Kim as JSON.", SamplingParams::greedy(), 60, schema(person.clone())),
         request(&e, "Describe a user called Kim as JSON.", seeded(7), 60, schema(person.clone())),
         request(&e, "Pick some colors.", seeded(11), 40, schema(colors)),
-        request(&e, "Is water wet? Answer yes or no.", SamplingParams::greedy(), 10, Some(ConstraintSpec::new(Grammar::Regex("(yes|no)\\.".into())))),
-        request(&e, "Name an animal.", seeded(3), 10, Some(ConstraintSpec::new(Grammar::Lark("start: \"The \" ANIMAL \".\"\nANIMAL: \"cat\" | \"dog\" | \"owl\"".into())))),
+        request(
+            &e,
+            "Is water wet? Answer yes or no.",
+            SamplingParams::greedy(),
+            10,
+            Some(ConstraintSpec::new(Grammar::Regex("(yes|no)\\.".into()))),
+        ),
+        request(
+            &e,
+            "Name an animal.",
+            seeded(3),
+            10,
+            Some(ConstraintSpec::new(Grammar::Lark(
+                "start: \"The \" ANIMAL \".\"\nANIMAL: \"cat\" | \"dog\" | \"owl\"".into(),
+            ))),
+        ),
         request(&e, "Write a haiku about rain.", SamplingParams::greedy(), 24, None),
         request(&e, "Write a haiku about snow.", seeded(5), 24, None),
     ];
@@ -72,7 +100,10 @@ fn outputs_follow_their_grammars_and_batching_changes_nothing() {
     }
     let v: Value = serde_json::from_str(&alone[2].2).unwrap();
     let items = v.as_array().unwrap();
-    assert!((2..=4).contains(&items.len()) && items.iter().all(|c| ["red", "green", "blue"].contains(&c.as_str().unwrap())), "{v}");
+    assert!(
+        (2..=4).contains(&items.len()) && items.iter().all(|c| ["red", "green", "blue"].contains(&c.as_str().unwrap())),
+        "{v}"
+    );
     assert!(["yes.", "no."].contains(&alone[3].2.as_str()), "{}", alone[3].2);
     assert!(["The cat.", "The dog.", "The owl."].contains(&alone[4].2.as_str()), "{}", alone[4].2);
     // The engine updates its gauges after it sends the last events.
@@ -86,7 +117,8 @@ fn a_trigger_leaves_text_free_until_it_matches() {
     let free = run(&e, &[request(&e, prompt, SamplingParams::greedy(), 40, None)]).remove(0).2;
     assert!(free.contains("6, 7"), "{free}");
     // From the first "6," on, the grammar takes over and ends the output.
-    let spec = ConstraintSpec { grammar: Grammar::Lark("start: \"6,\" \" and so on.\"".into()), triggers: vec!["6,".into()] };
+    let spec =
+        ConstraintSpec { grammar: Grammar::Lark("start: \"6,\" \" and so on.\"".into()), triggers: vec!["6,".into()] };
     let (_, _, text, reason) = run(&e, &[request(&e, prompt, SamplingParams::greedy(), 40, Some(spec))]).remove(0);
     let cut = free.find("6,").unwrap();
     assert_eq!(text, format!("{}6, and so on.", &free[..cut]));

@@ -35,7 +35,14 @@ fn requests(tok: &slm_engine::Tokenizer) -> Vec<Request> {
             let params = if i % 2 == 0 {
                 SamplingParams { top_logprobs: 5, ..SamplingParams::greedy() }
             } else {
-                SamplingParams { temperature: 0.9, top_p: 0.95, top_k: 40, seed: Some(1000 + i as u64), top_logprobs: 5, ..Default::default() }
+                SamplingParams {
+                    temperature: 0.9,
+                    top_p: 0.95,
+                    top_k: 40,
+                    seed: Some(1000 + i as u64),
+                    top_logprobs: 5,
+                    ..Default::default()
+                }
             };
             Request::new(tok.encode(p, true, false).unwrap(), params, 12)
         })
@@ -43,7 +50,8 @@ fn requests(tok: &slm_engine::Tokenizer) -> Vec<Request> {
 }
 
 fn collect(mut s: slm_engine::RequestStream) -> Outcome {
-    let mut o = Outcome { tokens: vec![], logprob_bits: vec![], text: String::new(), reason: FinishReason::Length, cached: 0 };
+    let mut o =
+        Outcome { tokens: vec![], logprob_bits: vec![], text: String::new(), reason: FinishReason::Length, cached: 0 };
     while let Some(e) = s.blocking_next() {
         match e {
             Event::Token(t) => {
@@ -118,7 +126,13 @@ fn outputs_are_identical_alone_batched_chunked_cached_and_preempted() {
 fn dropping_a_stream_aborts_and_frees_its_blocks() {
     let e = engine(EngineConfig { prefix_caching: false, ..Default::default() });
     let m = model(QWEN);
-    let mut s = e.submit(Request::new(m.tokenizer.encode("Count to one hundred:", true, false).unwrap(), SamplingParams::greedy(), 200)).unwrap();
+    let mut s = e
+        .submit(Request::new(
+            m.tokenizer.encode("Count to one hundred:", true, false).unwrap(),
+            SamplingParams::greedy(),
+            200,
+        ))
+        .unwrap();
     assert!(matches!(s.blocking_next(), Some(Event::Token(_))));
     assert!(e.stats().kv_blocks_used > 0);
     drop(s);
@@ -139,7 +153,8 @@ fn stop_strings_end_the_text_before_them() {
 
 #[test]
 fn bad_requests_are_refused_and_change_nothing() {
-    let e = engine(EngineConfig { max_model_len: Some(64), num_kv_blocks: Some(8), block_size: 4, ..Default::default() });
+    let e =
+        engine(EngineConfig { max_model_len: Some(64), num_kv_blocks: Some(8), block_size: 4, ..Default::default() });
     let err = |r| e.submit(r).err().expect("refused");
     assert!(matches!(err(Request::new(vec![], SamplingParams::greedy(), 4)), EngineError::InvalidRequest(_)));
     assert!(matches!(err(Request::new(vec![1, 2], SamplingParams::greedy(), 0)), EngineError::InvalidRequest(_)));
@@ -154,4 +169,3 @@ fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(o.tokens.len(), 3);
     wait_for(|| e.stats().kv_blocks_used == 0);
 }
-

@@ -14,7 +14,9 @@ fn check_tokenizer(name: &str) {
     let mut failures = Vec::new();
     for case in r["tokenize"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        for (key, add, parse) in [("ids", false, false), ("ids_parse_special", false, true), ("ids_add_special", true, true)] {
+        for (key, add, parse) in
+            [("ids", false, false), ("ids_parse_special", false, true), ("ids_add_special", true, true)]
+        {
             let got = m.tokenizer.encode(text, add, parse).unwrap();
             let want = ids(&case[key]);
             if got != want {
@@ -90,7 +92,19 @@ fn free_running_matches(name: &str) -> (usize, usize) {
         });
         equal += same as usize;
         equal_or_tie += (same || tie) as usize;
-        eprintln!("{name} {:?}: {}\n  slm:   {:?}\n  llama: {:?}", case["prompt"].as_str().unwrap(), if same { "match" } else if tie { "differs at a near tie" } else { "DIFF" }, m.tokenizer.decode(&got, false), case["greedy_text16"].as_str().unwrap_or(""));
+        eprintln!(
+            "{name} {:?}: {}\n  slm:   {:?}\n  llama: {:?}",
+            case["prompt"].as_str().unwrap(),
+            if same {
+                "match"
+            } else if tie {
+                "differs at a near tie"
+            } else {
+                "DIFF"
+            },
+            m.tokenizer.decode(&got, false),
+            case["greedy_text16"].as_str().unwrap_or("")
+        );
     }
     eprintln!("{name}: free-running greedy, first 16 tokens equal llama.cpp's for {equal}/12 prompts; equal or first differing at a near tie for {equal_or_tie}/12");
     (equal, equal_or_tie)
@@ -120,7 +134,18 @@ struct TeacherForced {
 fn teacher_forced(name: &str) -> TeacherForced {
     let m = model(name);
     let r = reference(name);
-    let mut t = TeacherForced { first_step_within_01: 0, first_step_same_ids: 0, argmax_agree: 0, steps: 0, clear_steps: 0, clear_agree: 0, decided_steps: 0, decided_agree: 0, mean_abs_delta: 0.0, max_abs_delta: 0.0 };
+    let mut t = TeacherForced {
+        first_step_within_01: 0,
+        first_step_same_ids: 0,
+        argmax_agree: 0,
+        steps: 0,
+        clear_steps: 0,
+        clear_agree: 0,
+        decided_steps: 0,
+        decided_agree: 0,
+        mean_abs_delta: 0.0,
+        max_abs_delta: 0.0,
+    };
     let mut n_delta = 0;
     let vocab = m.decoder.config.vocab_size;
     for case in r["greedy"].as_array().unwrap() {
@@ -129,7 +154,8 @@ fn teacher_forced(name: &str) -> TeacherForced {
         let top5 = case["top5"].as_array().unwrap();
         let mut seq = prompt.clone();
         seq.extend_from_slice(&greedy[..top5.len() - 1]);
-        let mut blocks = slm_engine::block_manager::BlockManager::with_prefix_caching(seq.len().div_ceil(16), 16, false);
+        let mut blocks =
+            slm_engine::block_manager::BlockManager::with_prefix_caching(seq.len().div_ceil(16), 16, false);
         let (table, _) = blocks.allocate(&seq, seq.len());
         let mut kv = m.new_kv_cache(table.len(), 16);
         let mut b = slm_engine::batch::BatchInput::default();
@@ -140,7 +166,12 @@ fn teacher_forced(name: &str) -> TeacherForced {
             let l = &logits[step * vocab..(step + 1) * vocab];
             let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let lse = max + l.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
-            let want: Vec<(u32, f64)> = want.as_array().unwrap().iter().map(|e| (e["id"].as_u64().unwrap() as u32, e["logprob"].as_f64().unwrap())).collect();
+            let want: Vec<(u32, f64)> = want
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e["id"].as_u64().unwrap() as u32, e["logprob"].as_f64().unwrap()))
+                .collect();
             let deltas: Vec<f64> = want.iter().map(|(id, lp)| ((l[*id as usize] - lse) as f64 - lp).abs()).collect();
             for d in &deltas {
                 t.mean_abs_delta += d;
@@ -209,7 +240,12 @@ fn gemma_greedy_matches_llama_cpp() {
 fn qwen_distribution_matches_llama_cpp() {
     let t = teacher_forced(QWEN);
     assert_eq!(t.decided_agree, t.decided_steps, "argmax differs where llama.cpp's choice is decided");
-    assert!(t.clear_agree * 100 >= t.clear_steps * 99, "argmax agrees on {}/{} clear steps", t.clear_agree, t.clear_steps);
+    assert!(
+        t.clear_agree * 100 >= t.clear_steps * 99,
+        "argmax agrees on {}/{} clear steps",
+        t.clear_agree,
+        t.clear_steps
+    );
     assert!(t.argmax_agree * 100 >= t.steps * 98);
     assert!(t.mean_abs_delta <= 0.08, "mean |Δlogprob| {}", t.mean_abs_delta);
 }
@@ -218,6 +254,11 @@ fn qwen_distribution_matches_llama_cpp() {
 fn gemma_distribution_matches_llama_cpp() {
     let t = teacher_forced(GEMMA);
     assert_eq!(t.decided_agree, t.decided_steps, "argmax differs where llama.cpp's choice is decided");
-    assert!(t.clear_agree * 100 >= t.clear_steps * 98, "argmax agrees on {}/{} clear steps", t.clear_agree, t.clear_steps);
+    assert!(
+        t.clear_agree * 100 >= t.clear_steps * 98,
+        "argmax agrees on {}/{} clear steps",
+        t.clear_agree,
+        t.clear_steps
+    );
     assert!(t.mean_abs_delta <= 0.15, "mean |Δlogprob| {}", t.mean_abs_delta);
 }

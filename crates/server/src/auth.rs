@@ -21,7 +21,12 @@ pub async fn require_api_key(State(state): State<AppState>, req: Request, next: 
     if keys.is_empty() || req.uri().path() == "/health" {
         return next.run(req).await;
     }
-    let given = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
     match given {
         None => ApiError::unauthorized("Missing API key: send `Authorization: Bearer <key>`.").into_response(),
         Some(k) => {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use slm_engine::{profile, ConstraintSpec, EngineConfig, Grammar, EngineHandle, Event, Model, Request, SamplingParams, StatsSnapshot};
+use slm_engine::{
+    profile, ConstraintSpec, EngineConfig, EngineHandle, Event, Grammar, Model, Request, SamplingParams, StatsSnapshot,
+};
 
 pub struct BenchArgs {
     pub model: String,
@@ -38,7 +40,12 @@ struct RunResult {
     stats: StatsSnapshot,
 }
 
-fn run(engine: &EngineHandle, prompts: &[Vec<u32>], gen: usize, schema: Option<&serde_json::Value>) -> Result<RunResult> {
+fn run(
+    engine: &EngineHandle,
+    prompts: &[Vec<u32>],
+    gen: usize,
+    schema: Option<&serde_json::Value>,
+) -> Result<RunResult> {
     let before = engine.stats();
     let start = Instant::now();
     let streams: Vec<_> = prompts
@@ -102,7 +109,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let config = EngineConfig { prefix_caching: false, max_seqs: max_c.max(1), ..EngineConfig::default() };
     let engine = EngineHandle::start(model.clone(), config.clone())?;
     let all = prompts(&model, max_c + 1, args.prompt_tokens);
-    println!("slm bench: {} ({} threads), prompts of {} tokens, {} generated tokens each, max_batched_tokens {}", args.model, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), args.prompt_tokens, args.gen_tokens, config.max_batched_tokens);
+    println!(
+        "slm bench: {} ({} threads), prompts of {} tokens, {} generated tokens each, max_batched_tokens {}",
+        args.model,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        args.prompt_tokens,
+        args.gen_tokens,
+        config.max_batched_tokens
+    );
     if let Some(s) = &args.json_schema {
         model.grammar.warm_up();
         println!("every sequence constrained to the JSON Schema {s}");
@@ -112,9 +126,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     run(&engine, &all[max_c..], 2, None)?;
     let r = run(&engine, &all[..1], 1, None)?;
     let prefill_tps = args.prompt_tokens as f64 / (r.stats.forward_ns as f64 / 1e9);
-    println!("prefill: {:.1} tok/s ({} tokens in {:.1} ms of forward time)\n", prefill_tps, args.prompt_tokens, r.stats.forward_ns as f64 / 1e6);
+    println!(
+        "prefill: {:.1} tok/s ({} tokens in {:.1} ms of forward time)\n",
+        prefill_tps,
+        args.prompt_tokens,
+        r.stats.forward_ns as f64 / 1e6
+    );
 
-    println!("{:>5} {:>12} {:>12} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}", "seqs", "agg tok/s", "seq tok/s", "wall s", "steps", "rows/step", "forward%", "sample%", "sched+post%");
+    println!(
+        "{:>5} {:>12} {:>12} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "seqs", "agg tok/s", "seq tok/s", "wall s", "steps", "rows/step", "forward%", "sample%", "sched+post%"
+    );
     let mut breakdown = Vec::new();
     let mut results = Vec::new();
     for &c in &args.concurrency {
@@ -164,7 +186,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 }
 
 /// Runs `cmd` and prints its prefill (`ppN`) and decode (`tgN`) rates beside slm's.
-fn side_by_side(cmd: &str, prompt_tokens: usize, prefill_tps: f64, gen_tokens: usize, decode_tps: Option<f64>) -> Result<()> {
+fn side_by_side(
+    cmd: &str,
+    prompt_tokens: usize,
+    prefill_tps: f64,
+    gen_tokens: usize,
+    decode_tps: Option<f64>,
+) -> Result<()> {
     println!("\nrunning: {cmd}");
     let out = std::process::Command::new("sh").arg("-c").arg(cmd).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -198,7 +226,9 @@ fn llama_bench_rates(text: &str) -> Vec<(String, f64)> {
         .filter(|l| l.trim_start().starts_with('|'))
         .filter_map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
-            let test = cells.iter().find(|c| (c.starts_with("pp") || c.starts_with("tg")) && c[2..].parse::<usize>().is_ok())?;
+            let test = cells
+                .iter()
+                .find(|c| (c.starts_with("pp") || c.starts_with("tg")) && c[2..].parse::<usize>().is_ok())?;
             let rate = cells.last()?.split_whitespace().next()?.parse::<f64>().ok()?;
             Some((test.to_string(), rate))
         })

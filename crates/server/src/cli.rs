@@ -103,24 +103,52 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { models, config, host, port, api_keys } => {
-            let cfg = slm_server::config::resolve(slm_server::config::ServeFlags { models, config, host, port, api_keys })?;
+            let cfg =
+                slm_server::config::resolve(slm_server::config::ServeFlags { models, config, host, port, api_keys })?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(slm_server::serve::serve(cfg))
         }
-        Command::Generate { model, prompt, max_tokens, temperature, seed, chat } => generate(&model, &prompt, max_tokens, temperature, seed, chat),
+        Command::Generate { model, prompt, max_tokens, temperature, seed, chat } => {
+            generate(&model, &prompt, max_tokens, temperature, seed, chat)
+        }
         Command::Bench { model, concurrency, prompt_tokens, gen_tokens, json_schema, compare } => {
-            let json_schema = json_schema.map(|s| serde_json::from_str(&s)).transpose().map_err(|e| anyhow::anyhow!("--json-schema is not JSON: {e}"))?;
-            crate::bench::bench(crate::bench::BenchArgs { model, concurrency, prompt_tokens, gen_tokens, json_schema, compare })
+            let json_schema = json_schema
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--json-schema is not JSON: {e}"))?;
+            crate::bench::bench(crate::bench::BenchArgs {
+                model,
+                concurrency,
+                prompt_tokens,
+                gen_tokens,
+                json_schema,
+                compare,
+            })
         }
         Command::BenchKernels { n, k, streaming_only, stream_mb } => {
-            println!("quantized matmul, weight {n} x {k}, kernel level {:?}", slm_engine::layers::kernels::detected_level());
+            println!(
+                "quantized matmul, weight {n} x {k}, kernel level {:?}",
+                slm_engine::layers::kernels::detected_level()
+            );
             if !streaming_only {
                 println!("GF/s per kernel; rowwise = candle's k_quants::matmul (batch-invariant, what slm used before), QMatMul = candle's dispatch (repacked AVX-512 kernels, not batch-invariant)");
-                println!("{:>6} {:>5} {:>14} {:>14} {:>10} {:>10} {:>17}", "type", "rows", "candle rowwise", "candle QMatMul", "slm", "slm ms", "slm vs rowwise");
+                println!(
+                    "{:>6} {:>5} {:>14} {:>14} {:>10} {:>10} {:>17}",
+                    "type", "rows", "candle rowwise", "candle QMatMul", "slm", "slm ms", "slm vs rowwise"
+                );
                 for t in slm_engine::layers::kernels::bench::run(n, k)? {
                     let gf = |ms: f64| t.flops / ms / 1e6;
                     let slm = t.slm_ms.unwrap_or(f64::NAN);
-                    println!("{:>6} {:>5} {:>14.1} {:>14.1} {:>10.1} {:>10.3} {:>16.2}x", t.dtype, t.rows, gf(t.candle_rowwise_ms), gf(t.candle_ms), gf(slm), slm, t.candle_rowwise_ms / slm);
+                    println!(
+                        "{:>6} {:>5} {:>14.1} {:>14.1} {:>10.1} {:>10.3} {:>16.2}x",
+                        t.dtype,
+                        t.rows,
+                        gf(t.candle_rowwise_ms),
+                        gf(t.candle_ms),
+                        gf(slm),
+                        slm,
+                        t.candle_rowwise_ms / slm
+                    );
                 }
             }
             println!("one row, weights streamed from memory (copies of the weight, {stream_mb} MB in all, used in turn as decode does)");
@@ -139,7 +167,14 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn generate(path: &str, prompt: &str, max_tokens: usize, temperature: f32, seed: Option<u64>, chat: bool) -> Result<()> {
+fn generate(
+    path: &str,
+    prompt: &str,
+    max_tokens: usize,
+    temperature: f32,
+    seed: Option<u64>,
+    chat: bool,
+) -> Result<()> {
     let model = Model::load(path).with_context(|| format!("loading {path}"))?;
     let ids = if chat {
         let messages = [serde_json::json!({"role": "user", "content": prompt})];

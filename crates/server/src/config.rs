@@ -87,7 +87,9 @@ fn expand_home(p: &str) -> PathBuf {
 }
 
 fn alias_of(path: &Path) -> String {
-    path.file_name().map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_string()).unwrap_or_else(|| "model".into())
+    path.file_name()
+        .map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_string())
+        .unwrap_or_else(|| "model".into())
 }
 
 fn engine_config(e: Option<&ModelEntry>, queue_limit: Option<usize>) -> EngineConfig {
@@ -110,7 +112,8 @@ fn engine_config(e: Option<&ModelEntry>, queue_limit: Option<usize>) -> EngineCo
 pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
     let file: FileConfig = match &flags.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))?
         }
         None => FileConfig::default(),
@@ -119,7 +122,11 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
     if flags.models.is_empty() {
         for e in &file.models {
             let path = expand_home(&e.path);
-            models.push(ModelSpec { alias: e.alias.clone().unwrap_or_else(|| alias_of(&path)), path, engine: engine_config(Some(e), file.queue_limit) });
+            models.push(ModelSpec {
+                alias: e.alias.clone().unwrap_or_else(|| alias_of(&path)),
+                path,
+                engine: engine_config(Some(e), file.queue_limit),
+            });
         }
     }
     for m in &flags.models {
@@ -131,7 +138,10 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
         } else if models_dir().join(format!("{m}.gguf")).is_file() {
             models_dir().join(format!("{m}.gguf"))
         } else {
-            bail!("model `{m}` is neither a file, nor `{m}.gguf` in {}, nor an alias in the config file", models_dir().display());
+            bail!(
+                "model `{m}` is neither a file, nor `{m}.gguf` in {}, nor an alias in the config file",
+                models_dir().display()
+            );
         };
         let alias = entry.and_then(|e| e.alias.clone()).unwrap_or_else(|| alias_of(&path));
         models.push(ModelSpec { alias, path, engine: engine_config(entry, file.queue_limit) });
@@ -139,7 +149,10 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
     if models.is_empty() {
         let path = models_dir().join(format!("{DEFAULT_MODEL}.gguf"));
         if !path.is_file() {
-            bail!("the default model is missing: {} does not exist.\nFetch it with:  bash scripts/fetch-models.sh qwen", path.display());
+            bail!(
+                "the default model is missing: {} does not exist.\nFetch it with:  bash scripts/fetch-models.sh qwen",
+                path.display()
+            );
         }
         models.push(ModelSpec { alias: DEFAULT_MODEL.into(), path, engine: engine_config(None, file.queue_limit) });
     }

@@ -34,7 +34,11 @@ impl ApiError {
         Self {
             param: Some("model".into()),
             code: Some("model_not_found"),
-            ..Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("The model `{model}` does not exist. Available models: {}.", available.join(", ")))
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("The model `{model}` does not exist. Available models: {}.", available.join(", ")),
+            )
         }
     }
 
@@ -47,11 +51,22 @@ impl ApiError {
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
-        Self { code: Some("payload_too_large"), ..Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("The request body is larger than the limit of {limit} bytes.")) }
+        Self {
+            code: Some("payload_too_large"),
+            ..Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("The request body is larger than the limit of {limit} bytes."),
+            )
+        }
     }
 
     pub fn loading() -> Self {
-        Self { retry_after_s: Some(5), code: Some("model_loading"), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "The model is still loading; retry shortly.") }
+        Self {
+            retry_after_s: Some(5),
+            code: Some("model_loading"),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "The model is still loading; retry shortly.")
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -75,11 +90,21 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let msg = e.to_string();
         match e {
-            EngineError::ContextLengthExceeded { .. } => Self { code: Some("context_length_exceeded"), param: Some("messages".into()), ..Self::bad_request(msg) },
-            EngineError::KvCacheTooSmall { .. } => Self { code: Some("context_length_exceeded"), ..Self::bad_request(msg) },
+            EngineError::ContextLengthExceeded { .. } => {
+                Self { code: Some("context_length_exceeded"), param: Some("messages".into()), ..Self::bad_request(msg) }
+            }
+            EngineError::KvCacheTooSmall { .. } => {
+                Self { code: Some("context_length_exceeded"), ..Self::bad_request(msg) }
+            }
             EngineError::InvalidGrammar(_) => Self { code: Some("invalid_schema"), ..Self::bad_request(msg) },
-            EngineError::InvalidRequest(_) | EngineError::Tokenizer(_) | EngineError::ChatTemplate(_) => Self::bad_request(msg),
-            EngineError::QueueFull(_) => Self { retry_after_s: Some(1), code: Some("rate_limit_exceeded"), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", msg) },
+            EngineError::InvalidRequest(_) | EngineError::Tokenizer(_) | EngineError::ChatTemplate(_) => {
+                Self::bad_request(msg)
+            }
+            EngineError::QueueFull(_) => Self {
+                retry_after_s: Some(1),
+                code: Some("rate_limit_exceeded"),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", msg)
+            },
             _ => Self::internal(msg),
         }
     }

@@ -15,7 +15,9 @@ use crate::tools::{Offered, ToolChoice};
 /// The layout options llguidance reads from a schema's `x-guidance` key.
 fn with_layout(mut schema: Value, lenient: bool) -> Value {
     if let Value::Object(m) = &mut schema {
-        m.entry("x-guidance").or_insert_with(|| json!({"whitespace_flexible": false, "key_separator": ": ", "item_separator": ", ", "lenient": lenient}));
+        m.entry("x-guidance").or_insert_with(
+            || json!({"whitespace_flexible": false, "key_separator": ": ", "item_separator": ", ", "lenient": lenient}),
+        );
     }
     schema
 }
@@ -23,27 +25,53 @@ fn with_layout(mut schema: Value, lenient: bool) -> Value {
 /// `response_format`: `text` (none), `json_object`, or `json_schema` with its `schema`.
 pub fn response_format(v: Option<&Value>) -> Result<Option<ConstraintSpec>, ApiError> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
-    let kind = v.get("type").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("response_format.type", "`response_format` needs a `type`: \"text\", \"json_object\" or \"json_schema\""))?;
+    let kind = v.get("type").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::invalid(
+            "response_format.type",
+            "`response_format` needs a `type`: \"text\", \"json_object\" or \"json_schema\"",
+        )
+    })?;
     match kind {
         "text" => Ok(None),
-        "json_object" => Ok(Some(ConstraintSpec::new(Grammar::JsonSchema(with_layout(json!({"type": "object"}), false))))),
+        "json_object" => {
+            Ok(Some(ConstraintSpec::new(Grammar::JsonSchema(with_layout(json!({"type": "object"}), false)))))
+        }
         "json_schema" => {
             let schema = v.pointer("/json_schema/schema").cloned().unwrap_or_else(|| json!({"type": "object"}));
             if !schema.is_object() {
-                return Err(ApiError::invalid("response_format.json_schema.schema", "`response_format.json_schema.schema` must be a JSON Schema object"));
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.schema",
+                    "`response_format.json_schema.schema` must be a JSON Schema object",
+                ));
             }
             Ok(Some(ConstraintSpec::new(Grammar::JsonSchema(with_layout(schema, false)))))
         }
-        other => Err(ApiError::invalid("response_format.type", format!("unknown `response_format.type` \"{other}\"; expected \"text\", \"json_object\" or \"json_schema\""))),
+        other => Err(ApiError::invalid(
+            "response_format.type",
+            format!(
+                "unknown `response_format.type` \"{other}\"; expected \"text\", \"json_object\" or \"json_schema\""
+            ),
+        )),
     }
 }
 
 /// The completion extension fields; at most one may be given. Returns the constraint and the
 /// field it came from (to name in a compile error).
-pub fn completion_fields(json_schema: Option<&Value>, grammar: Option<&str>, regex: Option<&str>, format: Option<&Value>) -> Result<Option<(ConstraintSpec, &'static str)>, ApiError> {
-    let given = [json_schema.is_some(), grammar.is_some(), regex.is_some(), format.is_some_and(|v| !v.is_null())].iter().filter(|&&b| b).count();
+pub fn completion_fields(
+    json_schema: Option<&Value>,
+    grammar: Option<&str>,
+    regex: Option<&str>,
+    format: Option<&Value>,
+) -> Result<Option<(ConstraintSpec, &'static str)>, ApiError> {
+    let given = [json_schema.is_some(), grammar.is_some(), regex.is_some(), format.is_some_and(|v| !v.is_null())]
+        .iter()
+        .filter(|&&b| b)
+        .count();
     if given > 1 {
-        return Err(ApiError::invalid("grammar", "give at most one of `json_schema`, `grammar`, `regex` and `response_format`"));
+        return Err(ApiError::invalid(
+            "grammar",
+            "give at most one of `json_schema`, `grammar`, `regex` and `response_format`",
+        ));
     }
     if let Some(s) = json_schema {
         if !s.is_object() {
@@ -77,9 +105,19 @@ pub fn tool_calls(tools: &[Value], offered: &Offered, parallel: bool) -> Result<
         }
         let params = t.pointer("/function/parameters").cloned().unwrap_or_else(|| json!({"type": "object"}));
         if !params.is_object() {
-            return Err(ApiError::invalid("tools", format!("the parameters of tool `{name}` must be a JSON Schema object")));
+            return Err(ApiError::invalid(
+                "tools",
+                format!("the parameters of tool `{name}` must be a JSON Schema object"),
+            ));
         }
-        let params = if params.to_string().contains("\"$ref\"") || params.get("$defs").is_some() || params.get("definitions").is_some() { namespaced(params, i, &mut defs) } else { params };
+        let params = if params.to_string().contains("\"$ref\"")
+            || params.get("$defs").is_some()
+            || params.get("definitions").is_some()
+        {
+            namespaced(params, i, &mut defs)
+        } else {
+            params
+        };
         strict &= t.pointer("/function/strict").and_then(Value::as_bool).unwrap_or(false);
         branches.push(json!({
             "type": "object",
@@ -103,8 +141,13 @@ pub fn tool_calls(tools: &[Value], offered: &Offered, parallel: bool) -> Result<
     // A named choice is one call of that function. Parallel calls are capped so that a small
     // model cannot loop on calls until max_tokens.
     let parallel = parallel && !matches!(offered.choice, ToolChoice::Named(_));
-    let more = |sep: &str| if parallel { format!(" ({sep} call){{0,{}}}", MAX_PARALLEL_CALLS - 1) } else { String::new() };
-    let mut lark = format!("start: {}\ncalls: call{}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {strict_layout}\n", if offered.choice == ToolChoice::Auto { "calls | bare" } else { "calls" }, more("\"\\n\""));
+    let more =
+        |sep: &str| if parallel { format!(" ({sep} call){{0,{}}}", MAX_PARALLEL_CALLS - 1) } else { String::new() };
+    let mut lark = format!(
+        "start: {}\ncalls: call{}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {strict_layout}\n",
+        if offered.choice == ToolChoice::Auto { "calls | bare" } else { "calls" },
+        more("\"\\n\"")
+    );
     let triggers = match offered.choice {
         ToolChoice::Required | ToolChoice::Named(_) => Vec::new(),
         ToolChoice::Auto => {
@@ -112,13 +155,27 @@ pub fn tool_calls(tools: &[Value], offered: &Offered, parallel: bool) -> Result<
             // once such JSON names an offered tool, the rest is held to the schema in the
             // layout the model began with.
             let mut flexible = body;
-            flexible.as_object_mut().expect("built as an object").insert("x-guidance".into(), json!({"lenient": !strict}));
-            let array = if parallel { format!(" | \"[\" WS? flex (WS? \",\" WS? flex){{0,{}}} WS? \"]\"", MAX_PARALLEL_CALLS - 1) } else { String::new() };
+            flexible
+                .as_object_mut()
+                .expect("built as an object")
+                .insert("x-guidance".into(), json!({"lenient": !strict}));
+            let array = if parallel {
+                format!(" | \"[\" WS? flex (WS? \",\" WS? flex){{0,{}}} WS? \"]\"", MAX_PARALLEL_CALLS - 1)
+            } else {
+                String::new()
+            };
             lark.push_str(&format!("bare: FENCE? (flex{array}) CLOSE?\nflex: %json {flexible}\nFENCE: /```(json)?[ \\t\\n]*/\nCLOSE: /[ \\t\\n]*```/\nWS: /[ \\t\\n]+/\n"));
             // As the model writes them: JSON-escaped names, the grammar's whitespace.
-            let names: Vec<String> = offered.names.iter().map(|n| regex::escape(&Value::String(n.clone()).to_string())).collect();
+            let names: Vec<String> =
+                offered.names.iter().map(|n| regex::escape(&Value::String(n.clone()).to_string())).collect();
             let bracket = if parallel { "(?:\\[[ \\t\\n]*)?" } else { "" };
-            vec![regex::escape("<tool_call>"), format!("(?:```(?:json)?[ \\t\\n]*)?{bracket}\\{{[ \\t\\n]*\"name\"[ \\t\\n]*:[ \\t\\n]*(?:{})", names.join("|"))]
+            vec![
+                regex::escape("<tool_call>"),
+                format!(
+                    "(?:```(?:json)?[ \\t\\n]*)?{bracket}\\{{[ \\t\\n]*\"name\"[ \\t\\n]*:[ \\t\\n]*(?:{})",
+                    names.join("|")
+                ),
+            ]
         }
     };
     Ok(Some(ConstraintSpec { grammar: Grammar::Lark(lark), triggers }))
@@ -150,7 +207,8 @@ fn rewrite_refs(v: &mut Value, ns: &str) {
             for (k, x) in m.iter_mut() {
                 match (k.as_str(), x) {
                     ("$ref", Value::String(r)) => {
-                        *r = if let Some(rest) = r.strip_prefix("#/$defs/").or_else(|| r.strip_prefix("#/definitions/")) {
+                        *r = if let Some(rest) = r.strip_prefix("#/$defs/").or_else(|| r.strip_prefix("#/definitions/"))
+                        {
                             format!("#/$defs/{ns}_{rest}")
                         } else if r == "#" {
                             format!("#/$defs/{ns}")
@@ -180,7 +238,10 @@ mod tests {
         assert!(triggers.is_empty());
         assert_eq!(s["properties"]["a"]["type"], "integer");
         assert_eq!(s["x-guidance"]["key_separator"], ": ");
-        assert_eq!(response_format(Some(&json!({"type": "yaml"}))).unwrap_err().param.as_deref(), Some("response_format.type"));
+        assert_eq!(
+            response_format(Some(&json!({"type": "yaml"}))).unwrap_err().param.as_deref(),
+            Some("response_format.type")
+        );
         assert!(completion_fields(Some(&json!({})), Some("start: \"a\""), None, None).is_err());
     }
 
@@ -191,13 +252,24 @@ mod tests {
             json!({"type": "function", "function": {"name": "b"}}),
         ];
         let offered = Offered { names: vec!["a".into()], choice: ToolChoice::Named("a".into()) };
-        let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) = tool_calls(&tools, &offered, true).unwrap() else { panic!() };
+        let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) = tool_calls(&tools, &offered, true).unwrap()
+        else {
+            panic!()
+        };
         assert!(triggers.is_empty());
         assert!(g.starts_with("start: calls\ncalls: call\n"), "{g}");
-        assert!(g.contains("\"t0_X\":{\"type\":\"integer\"}") && g.contains("\"$ref\":\"#/$defs/t0_X\"") && g.contains("\"arguments\":{\"$ref\":\"#/$defs/t0\"}"), "{g}");
+        assert!(
+            g.contains("\"t0_X\":{\"type\":\"integer\"}")
+                && g.contains("\"$ref\":\"#/$defs/t0_X\"")
+                && g.contains("\"arguments\":{\"$ref\":\"#/$defs/t0\"}"),
+            "{g}"
+        );
         assert!(g.contains("\"const\":\"a\"") && !g.contains("\"const\":\"b\""), "{g}");
         let offered = Offered { names: vec!["a".into(), "b".into()], choice: ToolChoice::Auto };
-        let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) = tool_calls(&tools, &offered, true).unwrap() else { panic!() };
+        let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) = tool_calls(&tools, &offered, true).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(triggers, ["<tool_call>", "(?:```(?:json)?[ \\t\\n]*)?(?:\\[[ \\t\\n]*)?\\{[ \\t\\n]*\"name\"[ \\t\\n]*:[ \\t\\n]*(?:\"a\"|\"b\")"]);
         assert!(g.starts_with("start: calls | bare\ncalls: call (\"\\n\" call){0,7}\n"), "{g}");
         assert!(g.contains("bare: FENCE? (flex | \"[\" WS? flex (WS? \",\" WS? flex){0,7} WS? \"]\") CLOSE?\n"), "{g}");

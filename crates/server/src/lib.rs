@@ -50,7 +50,8 @@ pub fn app(state: AppState) -> Router {
 
 /// Counts every response by endpoint (the route pattern) and status.
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let endpoint = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "other".into());
+    let endpoint =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "other".into());
     let resp = next.run(req).await;
     state.metrics.count_request(&endpoint, resp.status().as_u16());
     resp

@@ -20,7 +20,12 @@ pub struct Histogram {
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
-        Self { bounds, counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(), sum_us: AtomicU64::new(0), count: AtomicU64::new(0) }
+        Self {
+            bounds,
+            counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
     }
 
     pub fn observe(&self, seconds: f64) {
@@ -39,7 +44,11 @@ impl Histogram {
             let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Relaxed));
         }
         let n = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}\n{name}_sum {}\n{name}_count {n}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {n}\n{name}_sum {}\n{name}_count {n}",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
     }
 }
 
@@ -51,7 +60,11 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self { requests: Mutex::new(BTreeMap::new()), time_to_first_token: Histogram::new(&TTFT_BUCKETS), inter_token_latency: Histogram::new(&ITL_BUCKETS) }
+        Self {
+            requests: Mutex::new(BTreeMap::new()),
+            time_to_first_token: Histogram::new(&TTFT_BUCKETS),
+            inter_token_latency: Histogram::new(&ITL_BUCKETS),
+        }
     }
 }
 
@@ -66,20 +79,36 @@ impl Metrics {
         for ((ep, st), n) in self.requests.lock().unwrap().iter() {
             let _ = writeln!(out, "slm_http_requests_total{{endpoint=\"{ep}\",status=\"{st}\"}} {n}");
         }
-        self.time_to_first_token.render("slm_time_to_first_token_seconds", "Time from request to its first generated token.", &mut out);
-        self.inter_token_latency.render("slm_inter_token_latency_seconds", "Time between consecutive generated tokens of a request.", &mut out);
+        self.time_to_first_token.render(
+            "slm_time_to_first_token_seconds",
+            "Time from request to its first generated token.",
+            &mut out,
+        );
+        self.inter_token_latency.render(
+            "slm_inter_token_latency_seconds",
+            "Time between consecutive generated tokens of a request.",
+            &mut out,
+        );
         type Get = fn(&slm_engine::StatsSnapshot) -> f64;
         let series: [(&str, &str, &str, Get); 10] = [
             ("slm_requests_running", "gauge", "Sequences running in the engine.", |s| s.num_running as f64),
             ("slm_requests_waiting", "gauge", "Sequences waiting for admission.", |s| s.num_waiting as f64),
             ("slm_kv_cache_blocks_used", "gauge", "KV-cache blocks in use.", |s| s.kv_blocks_used as f64),
             ("slm_kv_cache_blocks_total", "gauge", "KV-cache blocks in the pool.", |s| s.kv_blocks_total as f64),
-            ("slm_kv_cache_usage_ratio", "gauge", "Fraction of KV-cache blocks in use.", |s| s.kv_blocks_used as f64 / s.kv_blocks_total.max(1) as f64),
-            ("slm_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", |s| s.prefix_cache_hit_tokens_total as f64),
+            ("slm_kv_cache_usage_ratio", "gauge", "Fraction of KV-cache blocks in use.", |s| {
+                s.kv_blocks_used as f64 / s.kv_blocks_total.max(1) as f64
+            }),
+            ("slm_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", |s| {
+                s.prefix_cache_hit_tokens_total as f64
+            }),
             ("slm_prompt_tokens_total", "counter", "Prompt tokens received.", |s| s.prompt_tokens_total as f64),
             ("slm_generation_tokens_total", "counter", "Tokens generated.", |s| s.generated_tokens_total as f64),
-            ("slm_preemptions_total", "counter", "Sequences preempted for lack of KV blocks.", |s| s.preemptions_total as f64),
-            ("slm_requests_aborted_total", "counter", "Requests aborted (client gone).", |s| s.requests_aborted_total as f64),
+            ("slm_preemptions_total", "counter", "Sequences preempted for lack of KV blocks.", |s| {
+                s.preemptions_total as f64
+            }),
+            ("slm_requests_aborted_total", "counter", "Requests aborted (client gone).", |s| {
+                s.requests_aborted_total as f64
+            }),
         ];
         let snaps: Vec<_> = models.iter().map(|m| (m.id.as_str(), m.engine.stats())).collect();
         for (name, kind, help, get) in series {

@@ -17,7 +17,10 @@ use crate::state::{AppState, ServedModel, Settings};
 pub async fn serve(cfg: ServerConfig) -> Result<()> {
     let loopback = cfg.host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(cfg.host == "localhost");
     if !loopback && cfg.api_keys.is_empty() {
-        tracing::warn!("binding {} with no API key: anyone on the network can use this server (set --api-key or SLM_API_KEY)", cfg.host);
+        tracing::warn!(
+            "binding {} with no API key: anyone on the network can use this server (set --api-key or SLM_API_KEY)",
+            cfg.host
+        );
         eprintln!("slm: WARNING: listening on non-loopback address {} without an API key; anyone who can reach it can use it. Set --api-key, SLM_API_KEY or api_keys in the config.", cfg.host);
     }
     let state = AppState::new(Settings { api_keys: cfg.api_keys.clone(), body_limit: cfg.body_limit });
@@ -30,7 +33,9 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         };
         app = app.layer(CorsLayer::new().allow_origin(origins).allow_methods(Any).allow_headers(Any));
     }
-    let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port)).await.with_context(|| format!("cannot bind {}:{}", cfg.host, cfg.port))?;
+    let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
+        .await
+        .with_context(|| format!("cannot bind {}:{}", cfg.host, cfg.port))?;
     let addr = listener.local_addr()?;
     println!("slm: listening on http://{addr}");
 
@@ -40,14 +45,20 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         let mut served = Vec::new();
         for spec in specs {
             let t = std::time::Instant::now();
-            let engine = Model::load(&spec.path).map(Arc::new).and_then(|m| EngineHandle::start(m, spec.engine.clone()));
+            let engine =
+                Model::load(&spec.path).map(Arc::new).and_then(|m| EngineHandle::start(m, spec.engine.clone()));
             match engine {
                 Ok(engine) => {
                     // The grammar index is built off the loading path: only a constrained
                     // request that comes in the first second waits for it.
                     let model = engine.model().clone();
                     std::thread::spawn(move || model.grammar.warm_up());
-                    println!("slm: model `{}` ready ({}, {:.1} s)", spec.alias, spec.path.display(), t.elapsed().as_secs_f64());
+                    println!(
+                        "slm: model `{}` ready ({}, {:.1} s)",
+                        spec.alias,
+                        spec.path.display(),
+                        t.elapsed().as_secs_f64()
+                    );
                     served.push(ServedModel { id: spec.alias, engine, created: unix_now() });
                 }
                 Err(e) => {

@@ -64,7 +64,10 @@ impl AppState {
             return Ok(&models[0]);
         }
         match name {
-            Some(n) => models.iter().find(|m| m.id == n).ok_or_else(|| ApiError::model_not_found(n, &models.iter().map(|m| m.id.clone()).collect::<Vec<_>>())),
+            Some(n) => models
+                .iter()
+                .find(|m| m.id == n)
+                .ok_or_else(|| ApiError::model_not_found(n, &models.iter().map(|m| m.id.clone()).collect::<Vec<_>>())),
             None => Err(ApiError::invalid("model", "`model` is required: this server serves several models")),
         }
     }

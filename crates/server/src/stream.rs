@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::openai::{TokenLogprob, TopLogprob, Usage, PromptTokensDetails};
+use crate::openai::{PromptTokensDetails, TokenLogprob, TopLogprob, Usage};
 
 /// Events of all choices, tagged with the choice index, until every choice has ended.
 pub fn merge(streams: Vec<RequestStream>) -> BoxStream<'static, (usize, Event)> {
@@ -52,7 +52,11 @@ pub struct ChoiceOutput {
 }
 
 /// Runs every choice to the end (non-streaming responses).
-pub async fn collect(streams: Vec<RequestStream>, metrics: &Metrics, start: Instant) -> Result<Vec<ChoiceOutput>, ApiError> {
+pub async fn collect(
+    streams: Vec<RequestStream>,
+    metrics: &Metrics,
+    start: Instant,
+) -> Result<Vec<ChoiceOutput>, ApiError> {
     let n = streams.len();
     let mut timing = Timing::new(start, n);
     let mut texts = vec![String::new(); n];
@@ -77,14 +81,25 @@ pub async fn collect(streams: Vec<RequestStream>, metrics: &Metrics, start: Inst
         .into_iter()
         .zip(tokens)
         .zip(finished)
-        .map(|((text, tokens), f)| Ok(ChoiceOutput { text, tokens, finish: f.ok_or_else(|| ApiError::internal("the engine ended a request without finishing it"))? }))
+        .map(|((text, tokens), f)| {
+            Ok(ChoiceOutput {
+                text,
+                tokens,
+                finish: f.ok_or_else(|| ApiError::internal("the engine ended a request without finishing it"))?,
+            })
+        })
         .collect()
 }
 
 pub fn usage(num_prompt_tokens: usize, finishes: &[&Finished]) -> Usage {
     let completion: usize = finishes.iter().map(|f| f.num_generated_tokens).sum();
     let cached = finishes.iter().map(|f| f.num_cached_tokens).max().unwrap_or(0);
-    Usage { prompt_tokens: num_prompt_tokens, completion_tokens: completion, total_tokens: num_prompt_tokens + completion, prompt_tokens_details: PromptTokensDetails { cached_tokens: cached } }
+    Usage {
+        prompt_tokens: num_prompt_tokens,
+        completion_tokens: completion,
+        total_tokens: num_prompt_tokens + completion,
+        prompt_tokens_details: PromptTokensDetails { cached_tokens: cached },
+    }
 }
 
 pub fn token_text(tok: &Tokenizer, id: u32) -> (String, Vec<u8>) {
@@ -108,7 +123,9 @@ pub fn chat_logprob(tok: &Tokenizer, t: &TokenEvent) -> TokenLogprob {
 
 /// An SSE response fed by a channel of JSON payloads (or `[DONE]`).
 pub fn sse(rx: mpsc::Receiver<String>) -> Response {
-    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|data| (Ok::<_, Infallible>(SseEvent::default().data(data)), rx)) });
+    let body = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|data| (Ok::<_, Infallible>(SseEvent::default().data(data)), rx))
+    });
     Sse::new(body).keep_alive(KeepAlive::default()).into_response()
 }
 
@@ -121,7 +138,13 @@ pub async fn send<T: serde::Serialize>(tx: &mpsc::Sender<String>, v: &T) -> bool
 /// into the payloads to send) until all choices end. Returns their finishes, or `None` when
 /// the client went away or the engine failed (an error payload was sent then). Dropping the
 /// merged streams on return aborts whatever still runs.
-pub async fn pump(streams: Vec<RequestStream>, tx: &mpsc::Sender<String>, metrics: &Metrics, start: Instant, mut chunks: impl FnMut(usize, &Event) -> Vec<serde_json::Value>) -> Option<Vec<Finished>> {
+pub async fn pump(
+    streams: Vec<RequestStream>,
+    tx: &mpsc::Sender<String>,
+    metrics: &Metrics,
+    start: Instant,
+    mut chunks: impl FnMut(usize, &Event) -> Vec<serde_json::Value>,
+) -> Option<Vec<Finished>> {
     let mut timing = Timing::new(start, streams.len());
     let mut finishes = Vec::new();
     let mut merged = merge(streams);

@@ -18,9 +18,15 @@ const CLOSE: &str = "</tool_call>";
 pub enum Piece {
     Content(String),
     /// A call starts: its index among this choice's calls and the function name.
-    Call { index: usize, name: String },
+    Call {
+        index: usize,
+        name: String,
+    },
     /// More of the arguments of call `index` (a JSON text once all fragments are joined).
-    Args { index: usize, text: String },
+    Args {
+        index: usize,
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,15 +35,32 @@ enum Mode {
     Start,
     Text,
     /// A call opened (after its tag, if tagged) at `start`; its name is not complete yet.
-    Head { start: usize, tagged: bool },
+    Head {
+        start: usize,
+        tagged: bool,
+    },
     /// Streaming the arguments value; `depth` of brackets open, inside a string or not.
-    Args { tagged: bool, depth: usize, in_str: bool, esc: bool, string_value: bool, value_start: usize },
+    Args {
+        tagged: bool,
+        depth: usize,
+        in_str: bool,
+        esc: bool,
+        string_value: bool,
+        value_start: usize,
+    },
     /// After the arguments: the rest of the call object (and the closing tag).
-    Tail { tagged: bool, depth: usize, in_str: bool, esc: bool },
+    Tail {
+        tagged: bool,
+        depth: usize,
+        in_str: bool,
+        esc: bool,
+    },
     /// Between calls: whitespace is dropped, anything else is text again.
     AfterCall,
     /// Everything from `from` goes to the lenient parser at the end.
-    Held { from: usize },
+    Held {
+        from: usize,
+    },
 }
 
 pub struct ToolStream {
@@ -115,7 +138,11 @@ impl ToolStream {
             Mode::Start | Mode::AfterCall => {
                 // Leading whitespace, and between calls the separators of an array or the
                 // closing fence, are not content.
-                let skip: &[char] = if self.mode == Mode::Start { &[' ', '\t', '\r', '\n'] } else { &[' ', '\t', '\r', '\n', ',', ']', '`'] };
+                let skip: &[char] = if self.mode == Mode::Start {
+                    &[' ', '\t', '\r', '\n']
+                } else {
+                    &[' ', '\t', '\r', '\n', ',', ']', '`']
+                };
                 let Some(i) = rest.find(|c: char| !skip.contains(&c)) else {
                     self.pos = self.buf.len();
                     return false;
@@ -199,7 +226,14 @@ impl ToolStream {
                         return true;
                     }
                     self.pos += value_at;
-                    self.mode = Mode::Args { tagged, depth: 0, in_str: false, esc: false, string_value: first == b'"', value_start: self.pos };
+                    self.mode = Mode::Args {
+                        tagged,
+                        depth: 0,
+                        in_str: false,
+                        esc: false,
+                        string_value: first == b'"',
+                        value_start: self.pos,
+                    };
                     true
                 }
             },
@@ -520,7 +554,10 @@ mod tests {
     fn arguments_stream_before_the_call_is_complete() {
         let mut ts = ToolStream::new(names());
         assert!(ts.push("<tool_call>\n{\"name\": \"get_").is_empty());
-        assert_eq!(ts.push("weather\", \"arguments\": {\"ci"), vec![Piece::Call { index: 0, name: "get_weather".into() }, Piece::Args { index: 0, text: "{\"ci".into() }]);
+        assert_eq!(
+            ts.push("weather\", \"arguments\": {\"ci"),
+            vec![Piece::Call { index: 0, name: "get_weather".into() }, Piece::Args { index: 0, text: "{\"ci".into() }]
+        );
         assert_eq!(ts.push("ty\": 1"), vec![Piece::Args { index: 0, text: "ty\": 1".into() }]);
     }
 }

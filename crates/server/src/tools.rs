@@ -180,7 +180,10 @@ mod tests {
     #[test]
     fn tool_choice_is_checked() {
         let tools = vec![json!({"type": "function", "function": {"name": "get_weather"}})];
-        assert_eq!(offered(Some(&tools), None).unwrap(), Some(Offered { names: vec!["get_weather".to_string()], choice: ToolChoice::Auto }));
+        assert_eq!(
+            offered(Some(&tools), None).unwrap(),
+            Some(Offered { names: vec!["get_weather".to_string()], choice: ToolChoice::Auto })
+        );
         assert_eq!(offered(Some(&tools), Some(&json!("required"))).unwrap().unwrap().choice, ToolChoice::Required);
         assert_eq!(offered(Some(&tools), Some(&json!("none"))).unwrap(), None);
         assert!(offered(Some(&tools), Some(&json!({"type": "function", "function": {"name": "nope"}}))).is_err());

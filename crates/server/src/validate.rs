@@ -51,12 +51,20 @@ pub fn sampling(f: &SamplingFields, logprobs: Option<usize>, vocab_size: usize) 
     }
     let mut logit_bias = Vec::new();
     for (k, v) in f.logit_bias.iter().flatten() {
-        let id: u32 = k.parse().map_err(|_| ApiError::invalid("logit_bias", format!("`logit_bias` keys must be token ids, got {k:?}")))?;
+        let id: u32 = k
+            .parse()
+            .map_err(|_| ApiError::invalid("logit_bias", format!("`logit_bias` keys must be token ids, got {k:?}")))?;
         if id as usize >= vocab_size {
-            return Err(ApiError::invalid("logit_bias", format!("`logit_bias` token id {id} is out of range (vocabulary size {vocab_size})")));
+            return Err(ApiError::invalid(
+                "logit_bias",
+                format!("`logit_bias` token id {id} is out of range (vocabulary size {vocab_size})"),
+            ));
         }
         if !(-100.0..=100.0).contains(v) {
-            return Err(ApiError::invalid("logit_bias", format!("`logit_bias` values must be in [-100, 100], got {v} for token {id}")));
+            return Err(ApiError::invalid(
+                "logit_bias",
+                format!("`logit_bias` values must be in [-100, 100], got {v} for token {id}"),
+            ));
         }
         logit_bias.push((id, *v as f32));
     }
@@ -66,7 +74,10 @@ pub fn sampling(f: &SamplingFields, logprobs: Option<usize>, vocab_size: usize) 
         Some(StopField::Many(v)) => v.clone(),
     };
     if stop.len() > MAX_STOP {
-        return Err(ApiError::invalid("stop", format!("`stop` may hold at most {MAX_STOP} strings, got {}", stop.len())));
+        return Err(ApiError::invalid(
+            "stop",
+            format!("`stop` may hold at most {MAX_STOP} strings, got {}", stop.len()),
+        ));
     }
     let params = SamplingParams {
         temperature: temperature as f32,
@@ -83,18 +94,32 @@ pub fn sampling(f: &SamplingFields, logprobs: Option<usize>, vocab_size: usize) 
     };
     let stream = f.stream.unwrap_or(false);
     let include_usage = stream && f.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
-    Ok(ValidSampling { params, n: n as usize, stop: stop.into_iter().filter(|s| !s.is_empty()).collect(), stream, include_usage, ignore_eos: f.ignore_eos.unwrap_or(false) })
+    Ok(ValidSampling {
+        params,
+        n: n as usize,
+        stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        stream,
+        include_usage,
+        ignore_eos: f.ignore_eos.unwrap_or(false),
+    })
 }
 
 /// `max_tokens` checked against the context: defaults to what is left of it.
-pub fn max_tokens(param: &str, requested: Option<i64>, num_prompt_tokens: usize, max_model_len: usize) -> Result<usize, ApiError> {
-    let err = |m: i64| ApiError {
+pub fn max_tokens(
+    param: &str,
+    requested: Option<i64>,
+    num_prompt_tokens: usize,
+    max_model_len: usize,
+) -> Result<usize, ApiError> {
+    let err = |m: i64| {
+        ApiError {
         code: Some("context_length_exceeded"),
         param: Some(param.to_string()),
         ..ApiError::bad_request(format!(
             "This model's maximum context length is {max_model_len} tokens. However, you requested {} tokens ({num_prompt_tokens} in the prompt, {m} for the completion). Please reduce the prompt or the completion length.",
             num_prompt_tokens as i64 + m
         ))
+    }
     };
     match requested {
         Some(m) if m < 1 => Err(ApiError::invalid(param, format!("`{param}` must be at least 1, got {m}"))),
@@ -127,18 +152,34 @@ pub fn messages(msgs: &[ChatMessage]) -> Result<Vec<Value>, ApiError> {
                     for (j, p) in parts.iter().enumerate() {
                         match (p.kind.as_str(), &p.text) {
                             ("text", Some(t)) => texts.push(t.clone()),
-                            ("text", None) => return Err(ApiError::invalid(format!("messages[{i}].content[{j}].text"), "a text part needs `text`")),
-                            (other, _) => return Err(ApiError::invalid(format!("messages[{i}].content[{j}].type"), format!("content parts of type `{other}` are not supported; only `text`"))),
+                            ("text", None) => {
+                                return Err(ApiError::invalid(
+                                    format!("messages[{i}].content[{j}].text"),
+                                    "a text part needs `text`",
+                                ))
+                            }
+                            (other, _) => {
+                                return Err(ApiError::invalid(
+                                    format!("messages[{i}].content[{j}].type"),
+                                    format!("content parts of type `{other}` are not supported; only `text`"),
+                                ))
+                            }
                         }
                     }
                     Value::String(texts.join("\n"))
                 }
             };
             if content.is_null() && m.role != Role::Assistant {
-                return Err(ApiError::invalid(format!("messages[{i}].content"), format!("a `{role}` message needs `content`")));
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].content"),
+                    format!("a `{role}` message needs `content`"),
+                ));
             }
             if m.role == Role::Assistant && content.is_null() && m.tool_calls.is_none() {
-                return Err(ApiError::invalid(format!("messages[{i}].content"), "an assistant message needs `content` or `tool_calls`"));
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].content"),
+                    "an assistant message needs `content` or `tool_calls`",
+                ));
             }
             let mut v = json!({"role": role, "content": content});
             if let Some(n) = &m.name {
@@ -157,7 +198,10 @@ pub fn messages(msgs: &[ChatMessage]) -> Result<Vec<Value>, ApiError> {
 
 /// Renders and tokenizes a chat prompt.
 pub fn chat_prompt(model: &Model, messages: &[Value], tools: Option<&[Value]>) -> Result<Vec<u32>, ApiError> {
-    let text = model.chat_template.render_prompt(&model.tokenizer, messages, tools).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let text = model
+        .chat_template
+        .render_prompt(&model.tokenizer, messages, tools)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     Ok(model.tokenizer.encode(&text, true, true)?)
 }
 
@@ -175,14 +219,38 @@ mod tests {
     fn sampling_fields_are_range_checked() {
         let rows = [
             Row { name: "defaults", fields: SamplingFields::default(), param: None },
-            Row { name: "temperature 2 ok", fields: SamplingFields { temperature: Some(2.0), ..Default::default() }, param: None },
-            Row { name: "temperature too high", fields: SamplingFields { temperature: Some(2.5), ..Default::default() }, param: Some("temperature") },
-            Row { name: "top_p zero", fields: SamplingFields { top_p: Some(0.0), ..Default::default() }, param: Some("top_p") },
+            Row {
+                name: "temperature 2 ok",
+                fields: SamplingFields { temperature: Some(2.0), ..Default::default() },
+                param: None,
+            },
+            Row {
+                name: "temperature too high",
+                fields: SamplingFields { temperature: Some(2.5), ..Default::default() },
+                param: Some("temperature"),
+            },
+            Row {
+                name: "top_p zero",
+                fields: SamplingFields { top_p: Some(0.0), ..Default::default() },
+                param: Some("top_p"),
+            },
             Row { name: "n zero", fields: SamplingFields { n: Some(0), ..Default::default() }, param: Some("n") },
             Row { name: "n nine", fields: SamplingFields { n: Some(9), ..Default::default() }, param: Some("n") },
-            Row { name: "bias key", fields: SamplingFields { logit_bias: Some([("x".to_string(), 1.0)].into()), ..Default::default() }, param: Some("logit_bias") },
-            Row { name: "bias range", fields: SamplingFields { logit_bias: Some([("5".to_string(), 101.0)].into()), ..Default::default() }, param: Some("logit_bias") },
-            Row { name: "negative top_k", fields: SamplingFields { top_k: Some(-1), ..Default::default() }, param: Some("top_k") },
+            Row {
+                name: "bias key",
+                fields: SamplingFields { logit_bias: Some([("x".to_string(), 1.0)].into()), ..Default::default() },
+                param: Some("logit_bias"),
+            },
+            Row {
+                name: "bias range",
+                fields: SamplingFields { logit_bias: Some([("5".to_string(), 101.0)].into()), ..Default::default() },
+                param: Some("logit_bias"),
+            },
+            Row {
+                name: "negative top_k",
+                fields: SamplingFields { top_k: Some(-1), ..Default::default() },
+                param: Some("top_k"),
+            },
         ];
         for r in rows {
             let got = sampling(&r.fields, None, 100).err().and_then(|e| e.param);

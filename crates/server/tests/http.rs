@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use serde_json::{json, Value};
 use common::qwen;
+use serde_json::{json, Value};
 use slm_engine::{EngineConfig, EngineHandle};
 use slm_server::{app, AppState, ServedModel, Settings};
 use tower::ServiceExt;
@@ -21,10 +21,19 @@ fn state_with(config: EngineConfig, settings: Settings) -> AppState {
 }
 
 fn state() -> AppState {
-    state_with(EngineConfig { max_model_len: Some(2048), ..Default::default() }, Settings { api_keys: vec![], body_limit: 16 << 20 })
+    state_with(
+        EngineConfig { max_model_len: Some(2048), ..Default::default() },
+        Settings { api_keys: vec![], body_limit: 16 << 20 },
+    )
 }
 
-async fn call(state: &AppState, method: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> (StatusCode, Value, axum::http::HeaderMap) {
+async fn call(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value, axum::http::HeaderMap) {
     let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -34,7 +43,8 @@ async fn call(state: &AppState, method: &str, path: &str, body: Option<Value>, h
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let v =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, v, headers)
 }
 
@@ -80,7 +90,14 @@ async fn text_parts_n_and_seeds() {
     assert_eq!(st, StatusCode::OK, "{a}");
     assert_eq!(a["choices"].as_array().unwrap().len(), 2);
     let (_, b) = post(&s, "/v1/chat/completions", body).await;
-    let texts = |v: &Value| v["choices"].as_array().unwrap().iter().map(|c| c["message"]["content"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let texts = |v: &Value| {
+        v["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["message"]["content"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(texts(&a), texts(&b), "same seed, same answers");
 }
 
@@ -89,12 +106,20 @@ async fn completions_accept_every_prompt_form() {
     let s = state();
     let ids = qwen().tokenizer.encode("1, 2, 3,", false, false).unwrap();
     for prompt in [json!("1, 2, 3,"), json!(["1, 2, 3,", "a, b, c,"]), json!(ids), json!([ids, ids])] {
-        let (st, v) = post(&s, "/v1/completions", json!({"prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 1, "echo": true})).await;
+        let (st, v) = post(
+            &s,
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 1, "echo": true}),
+        )
+        .await;
         assert_eq!(st, StatusCode::OK, "{v}");
         assert_eq!(v["object"], "text_completion");
         let c = &v["choices"][0];
         assert!(c["text"].as_str().unwrap().starts_with("1, 2, 3,"), "echo: {v}");
-        assert_eq!(c["logprobs"]["tokens"].as_array().unwrap().len(), c["logprobs"]["token_logprobs"].as_array().unwrap().len());
+        assert_eq!(
+            c["logprobs"]["tokens"].as_array().unwrap().len(),
+            c["logprobs"]["token_logprobs"].as_array().unwrap().len()
+        );
     }
     let (_, v) = post(&s, "/v1/completions", json!({"prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0})).await;
     assert!(v["choices"][0]["text"].as_str().unwrap().starts_with(" 4, 5"), "{v}");
@@ -122,7 +147,12 @@ async fn bad_requests_get_openai_errors_naming_the_field() {
     }
     let (st, v, _) = call(&s, "POST", "/v1/chat/completions", None, &[]).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let req = Request::builder().method("POST").uri("/v1/chat/completions").header("content-type", "application/json").body(Body::from("{not json")).unwrap();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
     let resp = app(s.clone()).oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
@@ -144,9 +174,11 @@ async fn auth_body_limit_queue_and_routing_errors() {
     let (st, v, _) = call(&s, "POST", "/v1/chat/completions", Some(body.clone()), &[]).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     assert_openai_error(&v, None);
-    let (st, _, _) = call(&s, "POST", "/v1/chat/completions", Some(body.clone()), &[("authorization", "Bearer wrong")]).await;
+    let (st, _, _) =
+        call(&s, "POST", "/v1/chat/completions", Some(body.clone()), &[("authorization", "Bearer wrong")]).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, _, _) = call(&s, "POST", "/v1/chat/completions", Some(body.clone()), &[("authorization", "Bearer sekret")]).await;
+    let (st, _, _) =
+        call(&s, "POST", "/v1/chat/completions", Some(body.clone()), &[("authorization", "Bearer sekret")]).await;
     assert_eq!(st, StatusCode::OK);
     let (st, _, _) = call(&s, "GET", "/health", None, &[]).await;
     assert_eq!(st, StatusCode::OK, "health needs no key");
@@ -156,7 +188,10 @@ async fn auth_body_limit_queue_and_routing_errors() {
     assert_openai_error(&v, None);
 
     // A queue that holds nobody: 429 with Retry-After.
-    let s = state_with(EngineConfig { max_waiting: 0, ..Default::default() }, Settings { api_keys: vec![], body_limit: 1 << 20 });
+    let s = state_with(
+        EngineConfig { max_waiting: 0, ..Default::default() },
+        Settings { api_keys: vec![], body_limit: 1 << 20 },
+    );
     let (st, v, h) = call(&s, "POST", "/v1/chat/completions", Some(body.clone()), &[]).await;
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert!(h.contains_key("retry-after"));
@@ -166,12 +201,23 @@ async fn auth_body_limit_queue_and_routing_errors() {
     let (st, _, _) = call(&loading, "GET", "/health", None, &[]).await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
     let two = AppState::new(Settings { api_keys: vec![], body_limit: 1 << 20 });
-    let e = |id: &str| ServedModel { id: id.into(), engine: EngineHandle::start(qwen(), EngineConfig { num_kv_blocks: Some(64), ..Default::default() }).unwrap(), created: 1 };
+    let e = |id: &str| ServedModel {
+        id: id.into(),
+        engine: EngineHandle::start(qwen(), EngineConfig { num_kv_blocks: Some(64), ..Default::default() }).unwrap(),
+        created: 1,
+    };
     two.set_models(vec![e("a"), e("b")]);
-    let (st, v) = post(&two, "/v1/chat/completions", json!({"model": "c", "messages": [{"role": "user", "content": "hi"}]})).await;
+    let (st, v) =
+        post(&two, "/v1/chat/completions", json!({"model": "c", "messages": [{"role": "user", "content": "hi"}]}))
+            .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["code"], "model_not_found");
-    let (st, v) = post(&two, "/v1/chat/completions", json!({"model": "b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})).await;
+    let (st, v) = post(
+        &two,
+        "/v1/chat/completions",
+        json!({"model": "b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    )
+    .await;
     assert_eq!((st, v["model"].clone()), (StatusCode::OK, json!("b")));
     let (st, v, _) = call(&two, "GET", "/v1/models", None, &[]).await;
     assert_eq!(st, StatusCode::OK);
@@ -186,15 +232,30 @@ async fn tokenize_detokenize_and_metrics() {
     let (st, v) = post(&s, "/tokenize", json!({"content": "<|im_start|>user\nhi<|im_end|>"})).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["tokens"], json!([151644, 872, 198, 6023, 151645]));
-    let (_, plain) = post(&s, "/tokenize", json!({"content": "Hello world", "add_special": true, "parse_special": false})).await;
+    let (_, plain) =
+        post(&s, "/tokenize", json!({"content": "Hello world", "add_special": true, "parse_special": false})).await;
     assert_eq!(plain["tokens"], json!([9707, 1879]));
     let (_, d) = post(&s, "/detokenize", json!({"tokens": [9707, 1879]})).await;
     assert_eq!(d["content"], "Hello world");
     let (st, _, _) = call(&s, "GET", "/metrics", None, &[]).await;
     assert_eq!(st, StatusCode::OK);
     let req = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
-    let text = String::from_utf8(axum::body::to_bytes(app(s.clone()).oneshot(req).await.unwrap().into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
-    for name in ["slm_http_requests_total{endpoint=\"/tokenize\",status=\"200\"} 2", "slm_requests_running", "slm_kv_cache_usage_ratio", "slm_prefix_cache_hit_tokens_total", "slm_time_to_first_token_seconds_bucket", "slm_inter_token_latency_seconds_count", "slm_generation_tokens_total"] {
+    let text = String::from_utf8(
+        axum::body::to_bytes(app(s.clone()).oneshot(req).await.unwrap().into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    for name in [
+        "slm_http_requests_total{endpoint=\"/tokenize\",status=\"200\"} 2",
+        "slm_requests_running",
+        "slm_kv_cache_usage_ratio",
+        "slm_prefix_cache_hit_tokens_total",
+        "slm_time_to_first_token_seconds_bucket",
+        "slm_inter_token_latency_seconds_count",
+        "slm_generation_tokens_total",
+    ] {
         assert!(text.contains(name), "missing {name} in\n{text}");
     }
 }
@@ -232,14 +293,20 @@ async fn sse_streams_to_done_and_a_disconnect_frees_blocks() {
     assert_eq!(data.last().unwrap(), "[DONE]");
     let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = chunks.iter().filter_map(|c| c["choices"].get(0)?["delta"]["content"].as_str().map(String::from)).collect();
+    let text: String =
+        chunks.iter().filter_map(|c| c["choices"].get(0)?["delta"]["content"].as_str().map(String::from)).collect();
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"], json!([]));
     assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
     let finish = &chunks[chunks.len() - 2]["choices"][0]["finish_reason"];
     assert!(finish == "stop" || finish == "length");
     // Same text as the non-streamed answer.
-    let (_, v) = post(&s, "/v1/chat/completions", json!({"messages": [{"role": "user", "content": "Count from 1 to 5."}], "max_tokens": 20, "temperature": 0})).await;
+    let (_, v) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Count from 1 to 5."}], "max_tokens": 20, "temperature": 0}),
+    )
+    .await;
     assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap(), text);
 
     // Read two chunks of a long answer, then hang up: the engine frees the sequence's blocks.

@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::{json, Value};
@@ -110,13 +109,34 @@ fn response_schema<'a>(spec: &'a Value, method: &str, path: &str, status: u16, c
 async fn responses_match_the_openapi_spec() {
     let spec = spec();
     let state = AppState::new(Settings { api_keys: vec![], body_limit: 1 << 20 });
-    state.set_models(vec![ServedModel { id: "qwen".into(), engine: EngineHandle::start(common::qwen(), EngineConfig::default()).unwrap(), created: 1 }]);
+    state.set_models(vec![ServedModel {
+        id: "qwen".into(),
+        engine: EngineHandle::start(common::qwen(), EngineConfig::default()).unwrap(),
+        created: 1,
+    }]);
     let msgs = json!([{"role": "user", "content": "Say hi."}]);
     let cases: Vec<(&str, &str, &str, Option<Value>)> = vec![
-        ("post", "/v1/chat/completions", "/v1/chat/completions", Some(json!({"messages": msgs, "max_tokens": 4, "logprobs": true, "top_logprobs": 2}))),
-        ("post", "/v1/chat/completions", "/v1/chat/completions", Some(json!({"messages": msgs, "max_tokens": 4, "stream": true, "logprobs": true, "stream_options": {"include_usage": true}}))),
+        (
+            "post",
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            Some(json!({"messages": msgs, "max_tokens": 4, "logprobs": true, "top_logprobs": 2})),
+        ),
+        (
+            "post",
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            Some(
+                json!({"messages": msgs, "max_tokens": 4, "stream": true, "logprobs": true, "stream_options": {"include_usage": true}}),
+            ),
+        ),
         ("post", "/v1/chat/completions", "/v1/chat/completions", Some(json!({"messages": msgs, "temperature": 9}))),
-        ("post", "/v1/completions", "/v1/completions", Some(json!({"prompt": ["a", "b"], "max_tokens": 3, "logprobs": 2, "echo": true}))),
+        (
+            "post",
+            "/v1/completions",
+            "/v1/completions",
+            Some(json!({"prompt": ["a", "b"], "max_tokens": 3, "logprobs": 2, "echo": true})),
+        ),
         ("post", "/v1/completions", "/v1/completions", Some(json!({"prompt": "a", "max_tokens": 3, "stream": true}))),
         ("post", "/v1/completions", "/v1/completions", Some(json!({"prompt": "a", "max_tokens": 100000}))),
         ("get", "/v1/models", "/v1/models", None),
@@ -128,10 +148,19 @@ async fn responses_match_the_openapi_spec() {
         ("post", "/detokenize", "/detokenize", Some(json!({"tokens": "x"}))),
     ];
     for (method, uri, path, body) in cases {
-        let req = Request::builder().method(method.to_uppercase().as_str()).uri(uri).header("content-type", "application/json").body(body.clone().map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty)).unwrap();
+        let req = Request::builder()
+            .method(method.to_uppercase().as_str())
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(body.clone().map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty))
+            .unwrap();
         let resp = app(state.clone()).oneshot(req).await.unwrap();
         let status = resp.status().as_u16();
-        let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string()).unwrap_or_default();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+            .unwrap_or_default();
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
         let text = String::from_utf8(bytes.to_vec()).unwrap();
         let bodies: Vec<Value> = if ct == "text/event-stream" {
@@ -142,12 +171,17 @@ async fn responses_match_the_openapi_spec() {
             vec![serde_json::from_str(&text).unwrap_or_else(|e| panic!("{uri}: {e}: {text}"))]
         };
         // Streamed completions chunks use the Completion schema (as OpenAI does).
-        let schema_ct = if ct == "text/event-stream" && path == "/v1/completions" { "application/json" } else { ct.as_str() };
+        let schema_ct =
+            if ct == "text/event-stream" && path == "/v1/completions" { "application/json" } else { ct.as_str() };
         let schema = response_schema(&spec, method, path, status, schema_ct);
         for b in &bodies {
             let mut errs = Vec::new();
             check(&spec, schema, b, "$", &mut errs);
-            assert!(errs.is_empty(), "{method} {uri} ({status}) does not match openapi.yaml:\n{}\n{b}", errs.join("\n"));
+            assert!(
+                errs.is_empty(),
+                "{method} {uri} ({status}) does not match openapi.yaml:\n{}\n{b}",
+                errs.join("\n")
+            );
         }
     }
 }
@@ -157,10 +191,22 @@ fn the_validator_rejects_wrong_shapes() {
     let spec = spec();
     let schema = json!({"$ref": "#/components/schemas/ChatCompletion"});
     let mut errs = Vec::new();
-    check(&spec, &schema, &json!({"object": "chat.completion", "choices": [{"finish_reason": "maybe"}]}), "$", &mut errs);
+    check(
+        &spec,
+        &schema,
+        &json!({"object": "chat.completion", "choices": [{"finish_reason": "maybe"}]}),
+        "$",
+        &mut errs,
+    );
     assert!(errs.iter().any(|e| e.contains("missing required `usage`")), "{errs:?}");
     assert!(errs.iter().any(|e| e.contains("not in")), "{errs:?}");
     let mut errs = Vec::new();
-    check(&spec, &json!({"$ref": "#/components/schemas/Error"}), &json!({"error": {"message": "m", "type": "t", "param": null, "code": 3}}), "$", &mut errs);
+    check(
+        &spec,
+        &json!({"$ref": "#/components/schemas/Error"}),
+        &json!({"error": {"message": "m", "type": "t", "param": null, "code": 3}}),
+        "$",
+        &mut errs,
+    );
     assert_eq!(errs.len(), 1, "{errs:?}");
 }

@@ -14,9 +14,9 @@
 //! lane by lane with `mul_add` in a fixed order (positions ascending), so the AVX-512 build
 //! equals the AVX2 build bit for bit, and a row's result does not depend on the batch.
 
-use super::pool::Pool;
 use super::kernels::{detected_level, Level};
 use super::lanes::{KvElem, Lanes};
+use super::pool::Pool;
 use super::vecmath::{exp, reduce};
 use crate::batch::BatchInput;
 use crate::kv_cache::{KvData, LayerKv};
@@ -41,7 +41,13 @@ thread_local! {
 }
 
 /// `q`: `rows × num_heads*head_dim` (already rotated); returns the same shape.
-pub fn paged_attention(q: &[f32], batch: &BatchInput, kv: &LayerKv, block_size: usize, p: &AttentionParams) -> Vec<f32> {
+pub fn paged_attention(
+    q: &[f32],
+    batch: &BatchInput,
+    kv: &LayerKv,
+    block_size: usize,
+    p: &AttentionParams,
+) -> Vec<f32> {
     let _span = tracing::trace_span!("attention", rows = batch.num_rows()).entered();
     let _timer = crate::profile::timer(crate::profile::Op::Attention);
     match (&kv.k, &kv.v) {
@@ -51,7 +57,14 @@ pub fn paged_attention(q: &[f32], batch: &BatchInput, kv: &LayerKv, block_size: 
     }
 }
 
-fn attention_over<E: KvElem>(q: &[f32], batch: &BatchInput, k: &[E], v: &[E], block_size: usize, p: &AttentionParams) -> Vec<f32> {
+fn attention_over<E: KvElem>(
+    q: &[f32],
+    batch: &BatchInput,
+    k: &[E],
+    v: &[E],
+    block_size: usize,
+    p: &AttentionParams,
+) -> Vec<f32> {
     let hd = p.head_dim;
     let q_dim = p.num_heads * hd;
     let group = p.num_heads / p.num_kv_heads;
@@ -60,14 +73,24 @@ fn attention_over<E: KvElem>(q: &[f32], batch: &BatchInput, k: &[E], v: &[E], bl
     // One task per (row, KV head): a decode step of one sequence still uses every core.
     let task = |row: usize, kvh: usize| {
         // SAFETY: each task writes its own row's heads of this KV head, disjoint from others.
-        let o = unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(row * q_dim + kvh * group * hd), group * hd) };
+        let o = unsafe {
+            std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(row * q_dim + kvh * group * hd), group * hd)
+        };
         let pos = batch.positions[row] as usize;
         let lo = match p.window {
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,
         };
         let qh = &q[row * q_dim + kvh * group * hd..row * q_dim + (kvh + 1) * group * hd];
-        let head = HeadView { k, v, table: &batch.block_tables[batch.row_seq[row]], block_size, num_kv_heads: p.num_kv_heads, kvh, hd };
+        let head = HeadView {
+            k,
+            v,
+            table: &batch.block_tables[batch.row_seq[row]],
+            block_size,
+            num_kv_heads: p.num_kv_heads,
+            kvh,
+            hd,
+        };
         SCORES.with(|s| {
             let s = &mut s.borrow_mut();
             // SAFETY: each level is only reported when the CPU has its features.
@@ -129,13 +152,29 @@ fn prefetch<E>(data: &[E]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn attend_avx512<E: KvElem>(kv: &HeadView<E>, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
+unsafe fn attend_avx512<E: KvElem>(
+    kv: &HeadView<E>,
+    qh: &[f32],
+    lo: usize,
+    pos: usize,
+    p: &AttentionParams,
+    scratch: &mut Vec<f32>,
+    o: &mut [f32],
+) {
     attend::<std::arch::x86_64::__m512, E, 8, 4, 4>(kv, qh, lo, pos, p, scratch, o)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2<E: KvElem>(kv: &HeadView<E>, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
+unsafe fn attend_avx2<E: KvElem>(
+    kv: &HeadView<E>,
+    qh: &[f32],
+    lo: usize,
+    pos: usize,
+    p: &AttentionParams,
+    scratch: &mut Vec<f32>,
+    o: &mut [f32],
+) {
     attend::<super::lanes::Avx2x2, E, 4, 2, 2>(kv, qh, lo, pos, p, scratch, o)
 }
 
@@ -143,7 +182,15 @@ unsafe fn attend_avx2<E: KvElem>(kv: &HeadView<E>, qh: &[f32], lo: usize, pos: u
 /// `SH` heads are scored against each loaded key vector; up to `VH` heads × `VC` vectors of
 /// the head dimension accumulate values in registers (sized to the register file).
 #[inline(always)]
-unsafe fn attend<L: Lanes, E: KvElem, const SH: usize, const VH: usize, const VC: usize>(kv: &HeadView<E>, qh: &[f32], lo: usize, pos: usize, p: &AttentionParams, scratch: &mut Vec<f32>, o: &mut [f32]) {
+unsafe fn attend<L: Lanes, E: KvElem, const SH: usize, const VH: usize, const VC: usize>(
+    kv: &HeadView<E>,
+    qh: &[f32],
+    lo: usize,
+    pos: usize,
+    p: &AttentionParams,
+    scratch: &mut Vec<f32>,
+    o: &mut [f32],
+) {
     let hd = kv.hd;
     let group = qh.len() / hd;
     let n = pos + 1 - lo;
@@ -227,7 +274,7 @@ unsafe fn attend<L: Lanes, E: KvElem, const SH: usize, const VH: usize, const VC
                     }
                 };
             }
-            values!((1, 1) (1, 2) (1, 3) (1, 4) (2, 1) (2, 2) (2, 3) (2, 4) (3, 1) (3, 2) (3, 3) (3, 4) (4, 1) (4, 2) (4, 3) (4, 4))
+            values!((1, 1)(1, 2)(1, 3)(1, 4)(2, 1)(2, 2)(2, 3)(2, 4)(3, 1)(3, 2)(3, 3)(3, 4)(4, 1)(4, 2)(4, 3)(4, 4))
         }
         c += if chunks == 0 { hd - c } else { chunks * LANES };
     }
@@ -236,7 +283,14 @@ unsafe fn attend<L: Lanes, E: KvElem, const SH: usize, const VH: usize, const VC
 /// Unnormalized scores of slots `c..c + 16` of a block for `H` heads: per head and slot,
 /// `Σ_d q[d]·k[d]` accumulated over `d` in order with `mul_add`.
 #[inline(always)]
-unsafe fn score_lanes<L: Lanes, E: KvElem, const H: usize>(qs: &[f32], hd: usize, keys: &[E], bs: usize, c: usize, out: &mut [[f32; LANES]; 8]) {
+unsafe fn score_lanes<L: Lanes, E: KvElem, const H: usize>(
+    qs: &[f32],
+    hd: usize,
+    keys: &[E],
+    bs: usize,
+    c: usize,
+    out: &mut [[f32; LANES]; 8],
+) {
     let mut acc = [L::zero(); H];
     for d in 0..hd {
         let k: L = E::load(&keys[d * bs + c..d * bs + c + LANES]);
@@ -251,7 +305,16 @@ unsafe fn score_lanes<L: Lanes, E: KvElem, const H: usize>(qs: &[f32], hd: usize
 
 /// `score_lanes` for a block narrower than 16 slots: the same per-lane arithmetic.
 #[allow(clippy::too_many_arguments)]
-fn score_lanes_partial<E: KvElem>(qs: &[f32], heads: usize, hd: usize, keys: &[E], bs: usize, c: usize, width: usize, out: &mut [[f32; LANES]; 8]) {
+fn score_lanes_partial<E: KvElem>(
+    qs: &[f32],
+    heads: usize,
+    hd: usize,
+    keys: &[E],
+    bs: usize,
+    c: usize,
+    width: usize,
+    out: &mut [[f32; LANES]; 8],
+) {
     for (h, lanes) in out.iter_mut().enumerate().take(heads) {
         for (l, a) in lanes.iter_mut().enumerate().take(width) {
             let mut s = 0f32;
@@ -266,7 +329,15 @@ fn score_lanes_partial<E: KvElem>(qs: &[f32], heads: usize, hd: usize, keys: &[E
 /// For `H` heads, dimensions `c..c + 16·C`: `Σ_j w[h][j]·v_j` over positions `lo..=pos` in
 /// order with `mul_add`, divided by the head's sum, into `o` (`H × hd`).
 #[inline(always)]
-unsafe fn value_lanes<L: Lanes, E: KvElem, const H: usize, const C: usize>(w: &[f32], kv: &HeadView<E>, lo: usize, pos: usize, c: usize, sums: &[f32], o: &mut [f32]) {
+unsafe fn value_lanes<L: Lanes, E: KvElem, const H: usize, const C: usize>(
+    w: &[f32],
+    kv: &HeadView<E>,
+    lo: usize,
+    pos: usize,
+    c: usize,
+    sums: &[f32],
+    o: &mut [f32],
+) {
     let (hd, bs, n) = (kv.hd, kv.block_size, pos + 1 - lo);
     let mut acc = [[L::zero(); C]; H];
     let blocks = lo / bs..=pos / bs;
@@ -299,7 +370,16 @@ unsafe fn value_lanes<L: Lanes, E: KvElem, const H: usize, const C: usize>(w: &[
 
 /// `value_lanes` for the last dimensions of a head, fewer than 16.
 #[allow(clippy::too_many_arguments)]
-fn value_lanes_partial<E: KvElem>(w: &[f32], heads: usize, kv: &HeadView<E>, lo: usize, pos: usize, c: usize, sums: &[f32], o: &mut [f32]) {
+fn value_lanes_partial<E: KvElem>(
+    w: &[f32],
+    heads: usize,
+    kv: &HeadView<E>,
+    lo: usize,
+    pos: usize,
+    c: usize,
+    sums: &[f32],
+    o: &mut [f32],
+) {
     let (hd, bs, n) = (kv.hd, kv.block_size, pos + 1 - lo);
     for h in 0..heads {
         for l in c..hd {
@@ -341,7 +421,8 @@ mod tests {
             let kvh = h / group;
             let s: Vec<f64> = (lo..=pos)
                 .map(|j| {
-                    let mut x = (0..hd).map(|d| q[h * hd + d] as f64 * k[j][kvh * hd + d] as f64).sum::<f64>() * scale as f64;
+                    let mut x =
+                        (0..hd).map(|d| q[h * hd + d] as f64 * k[j][kvh * hd + d] as f64).sum::<f64>() * scale as f64;
                     if let Some(cap) = c.softcap {
                         x = cap as f64 * (x / cap as f64).tanh();
                     }
@@ -362,10 +443,22 @@ mod tests {
 
     /// Runs every level's kernel on one row; returns (level, output).
     #[allow(clippy::too_many_arguments)]
-    fn run_levels<E: KvElem>(c: &Case, k: &[E], v: &[E], table: &[u32], q: &[f32], p: &AttentionParams, lo: usize, pos: usize) -> Vec<(&'static str, Vec<f32>)> {
+    fn run_levels<E: KvElem>(
+        c: &Case,
+        k: &[E],
+        v: &[E],
+        table: &[u32],
+        q: &[f32],
+        p: &AttentionParams,
+        lo: usize,
+        pos: usize,
+    ) -> Vec<(&'static str, Vec<f32>)> {
         let group = c.heads / c.kv_heads;
         type Run<'a, E> = Box<dyn Fn(&HeadView<E>, &[f32], &mut Vec<f32>, &mut [f32]) + 'a>;
-        let mut levels: Vec<(&str, Run<E>)> = vec![("portable", Box::new(|h, qh, s, o| unsafe { attend::<[f32; LANES], E, 4, 2, 2>(h, qh, lo, pos, p, s, o) }))];
+        let mut levels: Vec<(&str, Run<E>)> = vec![(
+            "portable",
+            Box::new(|h, qh, s, o| unsafe { attend::<[f32; LANES], E, 4, 2, 2>(h, qh, lo, pos, p, s, o) }),
+        )];
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -381,7 +474,12 @@ mod tests {
                 let mut out = vec![0f32; c.heads * c.hd];
                 for kvh in 0..c.kv_heads {
                     let head = HeadView { k, v, table, block_size: c.bs, num_kv_heads: c.kv_heads, kvh, hd: c.hd };
-                    run(&head, &q[kvh * group * c.hd..(kvh + 1) * group * c.hd], &mut Vec::new(), &mut out[kvh * group * c.hd..(kvh + 1) * group * c.hd]);
+                    run(
+                        &head,
+                        &q[kvh * group * c.hd..(kvh + 1) * group * c.hd],
+                        &mut Vec::new(),
+                        &mut out[kvh * group * c.hd..(kvh + 1) * group * c.hd],
+                    );
                 }
                 (*name, out)
             })
@@ -411,11 +509,19 @@ mod tests {
                 let mut cache = KvCache::new(1, num_blocks, c.bs, c.kv_heads, c.hd, dtype);
                 // A scattered block table: logical block i lives in physical block (i·2 + 1) mod n.
                 let table: Vec<u32> = (0..c.len.div_ceil(c.bs)).map(|i| ((i * 2 + 1) % num_blocks) as u32).collect();
-                let k: Vec<Vec<f32>> = (0..c.len).map(|_| (0..kv_dim).map(|_| r(lcg(&mut seed) * 2.0)).collect()).collect();
+                let k: Vec<Vec<f32>> =
+                    (0..c.len).map(|_| (0..kv_dim).map(|_| r(lcg(&mut seed) * 2.0)).collect()).collect();
                 let v: Vec<Vec<f32>> = (0..c.len).map(|_| (0..kv_dim).map(|_| r(lcg(&mut seed))).collect()).collect();
                 let slots: Vec<usize> = (0..c.len).map(|j| table[j / c.bs] as usize * c.bs + j % c.bs).collect();
                 cache.write(0, &slots, &k.concat(), &v.concat());
-                let p = AttentionParams { num_heads: c.heads, num_kv_heads: c.kv_heads, head_dim: c.hd, scale: 1.0 / (c.hd as f32).sqrt(), softcap: c.softcap, window: c.window };
+                let p = AttentionParams {
+                    num_heads: c.heads,
+                    num_kv_heads: c.kv_heads,
+                    head_dim: c.hd,
+                    scale: 1.0 / (c.hd as f32).sqrt(),
+                    softcap: c.softcap,
+                    window: c.window,
+                };
                 let q: Vec<f32> = (0..c.heads * c.hd).map(|_| lcg(&mut seed)).collect();
                 for pos in [0, c.len / 2, c.len - 1] {
                     let lo = c.window.map_or(0, |w| (pos + 1).saturating_sub(w));
@@ -427,11 +533,21 @@ mod tests {
                     };
                     for (name, out) in &results {
                         for (i, (g, w)) in out.iter().zip(&want).enumerate() {
-                            assert!((*g as f64 - w).abs() < 1e-5, "{dtype:?} {name} hd {} bs {} pos {pos} [{i}]: {g} vs {w}", c.hd, c.bs);
+                            assert!(
+                                (*g as f64 - w).abs() < 1e-5,
+                                "{dtype:?} {name} hd {} bs {} pos {pos} [{i}]: {g} vs {w}",
+                                c.hd,
+                                c.bs
+                            );
                         }
                     }
                     for (name, r) in results.iter().skip(1) {
-                        assert!(r.iter().zip(&results[0].1).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype:?} {name} differs from portable (hd {}, bs {})", c.hd, c.bs);
+                        assert!(
+                            r.iter().zip(&results[0].1).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{dtype:?} {name} differs from portable (hd {}, bs {})",
+                            c.hd,
+                            c.bs
+                        );
                     }
                 }
             }

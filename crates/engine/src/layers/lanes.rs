@@ -113,7 +113,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn load_f16(p: &[f16]) -> Self {
             assert!(p.len() >= 16);
-            Avx2x2(_mm256_cvtph_ps(_mm_loadu_si128(p.as_ptr() as *const __m128i)), _mm256_cvtph_ps(_mm_loadu_si128(p.as_ptr().add(8) as *const __m128i)))
+            Avx2x2(
+                _mm256_cvtph_ps(_mm_loadu_si128(p.as_ptr() as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.as_ptr().add(8) as *const __m128i)),
+            )
         }
         #[inline(always)]
         unsafe fn store(self, p: &mut [f32]) {

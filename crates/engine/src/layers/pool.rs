@@ -83,7 +83,10 @@ impl Pool {
         });
         for w in 1..num_threads {
             let s = shared.clone();
-            std::thread::Builder::new().name(format!("slm-worker-{w}")).spawn(move || worker(s)).expect("cannot start a worker thread");
+            std::thread::Builder::new()
+                .name(format!("slm-worker-{w}"))
+                .spawn(move || worker(s))
+                .expect("cannot start a worker thread");
         }
         Self { shared, calls: Mutex::new(()) }
     }
@@ -92,7 +95,10 @@ impl Pool {
     pub fn global() -> &'static Pool {
         static POOL: OnceLock<Pool> = OnceLock::new();
         POOL.get_or_init(|| {
-            let n = std::env::var("SLM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let n = std::env::var("SLM_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             Pool::new(n)
         })
     }
@@ -110,7 +116,8 @@ impl Pool {
         }
         let _one_call = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: see `Shared`; the lifetime is erased because we wait below.
-        let f_static: *const (dyn Fn(Range<usize>) + Sync) = unsafe { std::mem::transmute(f as *const (dyn Fn(Range<usize>) + Sync + '_)) };
+        let f_static: *const (dyn Fn(Range<usize>) + Sync) =
+            unsafe { std::mem::transmute(f as *const (dyn Fn(Range<usize>) + Sync + '_)) };
         unsafe { *s.job.get() = Job { f: f_static, n } };
         s.next.store(0, Ordering::Relaxed);
         s.pending.store(s.num_threads - 1, Ordering::SeqCst);
@@ -162,7 +169,9 @@ fn worker(s: Arc<Shared>) {
         // SAFETY: published before the generation bump we observed.
         let job = unsafe { *s.job.get() };
         let f = unsafe { &*job.f };
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_chunks(&s.next, job.n, s.num_threads, f))).is_err() {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_chunks(&s.next, job.n, s.num_threads, f)))
+            .is_err()
+        {
             s.panicked.store(true, Ordering::SeqCst);
         }
         s.pending.fetch_sub(1, Ordering::Release);
@@ -178,9 +187,11 @@ mod tests {
         let pool = Pool::new(3);
         for n in [0, 1, 2, 5, 64, 1000] {
             let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-            pool.run(n, &|r| r.for_each(|i| {
-                hits[i].fetch_add(1, Ordering::Relaxed);
-            }));
+            pool.run(n, &|r| {
+                r.for_each(|i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                })
+            });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n = {n}");
         }
     }
@@ -203,7 +214,9 @@ mod tests {
     fn a_panicking_share_is_reported_and_the_pool_keeps_working() {
         let pool = Pool::new(2);
         for bad in [9, 0] {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.run(10, &|r| assert!(!r.contains(&bad)))));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.run(10, &|r| assert!(!r.contains(&bad)))
+            }));
             assert!(r.is_err(), "a panic at {bad} must reach the caller");
         }
         let sum = AtomicUsize::new(0);

@@ -22,18 +22,54 @@ use crate::profile::{self, Op};
 macro_rules! with_block_type {
     ($dtype:expr, $T:ident, $body:block, $unsupported:expr) => {
         match $dtype {
-            GgmlDType::F32 => { type $T = f32; $body }
-            GgmlDType::F16 => { type $T = f16; $body }
-            GgmlDType::Q4_0 => { type $T = BlockQ4_0; $body }
-            GgmlDType::Q4_1 => { type $T = BlockQ4_1; $body }
-            GgmlDType::Q5_0 => { type $T = BlockQ5_0; $body }
-            GgmlDType::Q5_1 => { type $T = BlockQ5_1; $body }
-            GgmlDType::Q8_0 => { type $T = BlockQ8_0; $body }
-            GgmlDType::Q2K => { type $T = BlockQ2K; $body }
-            GgmlDType::Q3K => { type $T = BlockQ3K; $body }
-            GgmlDType::Q4K => { type $T = BlockQ4K; $body }
-            GgmlDType::Q5K => { type $T = BlockQ5K; $body }
-            GgmlDType::Q6K => { type $T = BlockQ6K; $body }
+            GgmlDType::F32 => {
+                type $T = f32;
+                $body
+            }
+            GgmlDType::F16 => {
+                type $T = f16;
+                $body
+            }
+            GgmlDType::Q4_0 => {
+                type $T = BlockQ4_0;
+                $body
+            }
+            GgmlDType::Q4_1 => {
+                type $T = BlockQ4_1;
+                $body
+            }
+            GgmlDType::Q5_0 => {
+                type $T = BlockQ5_0;
+                $body
+            }
+            GgmlDType::Q5_1 => {
+                type $T = BlockQ5_1;
+                $body
+            }
+            GgmlDType::Q8_0 => {
+                type $T = BlockQ8_0;
+                $body
+            }
+            GgmlDType::Q2K => {
+                type $T = BlockQ2K;
+                $body
+            }
+            GgmlDType::Q3K => {
+                type $T = BlockQ3K;
+                $body
+            }
+            GgmlDType::Q4K => {
+                type $T = BlockQ4K;
+                $body
+            }
+            GgmlDType::Q5K => {
+                type $T = BlockQ5K;
+                $body
+            }
+            GgmlDType::Q6K => {
+                type $T = BlockQ6K;
+                $body
+            }
             _ => $unsupported,
         }
     };
@@ -76,9 +112,7 @@ impl QWeight {
 /// storage (allocated as a `Vec<T>`, so the pointer is aligned for `T`).
 pub(crate) fn tensor_blocks<T>(tensor: &QTensor) -> &[T] {
     let bytes = tensor.data().expect("cpu tensor data");
-    let std::borrow::Cow::Borrowed(bytes) = bytes else {
-        panic!("quantized CPU storage is expected to be borrowed")
-    };
+    let std::borrow::Cow::Borrowed(bytes) = bytes else { panic!("quantized CPU storage is expected to be borrowed") };
     let n = bytes.len() / std::mem::size_of::<T>();
     assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
     // SAFETY: candle stores CPU quantized tensors as Vec<T> of this block type.
@@ -127,7 +161,15 @@ impl QLinear {
 
     fn from_weight(w: QWeight, bias: Option<Vec<f32>>) -> Self {
         let packed = pack(&w);
-        Self { in_dim: w.in_dim, out_dim: w.out_dim, dtype: w.dtype.clone(), profile_op: Op::for_dtype(&w.dtype), w: packed.is_none().then_some(w), packed, bias }
+        Self {
+            in_dim: w.in_dim,
+            out_dim: w.out_dim,
+            dtype: w.dtype.clone(),
+            profile_op: Op::for_dtype(&w.dtype),
+            w: packed.is_none().then_some(w),
+            packed,
+            bias,
+        }
     }
 
     /// Accounts this layer's time under `op` instead of its weight type (the output layer).
@@ -239,9 +281,7 @@ impl QEmbedding {
     /// lookups move to the packed copy (the same values, bit for bit) and the file's copy is
     /// dropped.
     pub fn tie_output(&mut self) -> QLinear {
-        let EmbedSource::File(w) = &self.w else {
-            unreachable!("an embedding is tied once")
-        };
+        let EmbedSource::File(w) = &self.w else { unreachable!("an embedding is tied once") };
         let linear = QLinear::from_weight(w.clone(), None);
         if let Some(p) = &linear.packed {
             self.w = EmbedSource::Packed(p.clone());
@@ -249,4 +289,3 @@ impl QEmbedding {
         linear
     }
 }
-

@@ -20,9 +20,8 @@ impl Rope {
 
     pub fn with_layout(rot_dim: usize, freq_base: f32, freq_scale: f32, interleaved: bool) -> Self {
         let half = rot_dim / 2;
-        let inv_freq = (0..half)
-            .map(|i| freq_scale as f64 / (freq_base as f64).powf(2.0 * i as f64 / rot_dim as f64))
-            .collect();
+        let inv_freq =
+            (0..half).map(|i| freq_scale as f64 / (freq_base as f64).powf(2.0 * i as f64 / rot_dim as f64)).collect();
         Self { inv_freq, rot_dim, interleaved }
     }
 

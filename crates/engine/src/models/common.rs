@@ -48,10 +48,11 @@ impl ArchReader {
         let num_heads = g.usize(&key("attention.head_count"))?;
         let num_kv_heads = g.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(num_heads);
         let head_dim = g.opt_usize(&key("attention.key_length"))?.unwrap_or(hidden_size / num_heads);
-        let rope_scale = match (g.opt_str(&key("rope.scaling.type")).as_deref(), g.opt_f32(&key("rope.scaling.factor"))?) {
-            (Some("linear"), Some(f)) if f > 0.0 => 1.0 / f,
-            _ => 1.0,
-        };
+        let rope_scale =
+            match (g.opt_str(&key("rope.scaling.type")).as_deref(), g.opt_f32(&key("rope.scaling.factor"))?) {
+                (Some("linear"), Some(f)) if f > 0.0 => 1.0 / f,
+                _ => 1.0,
+            };
         let config = DecoderConfig {
             architecture: arch.to_string(),
             vocab_size: 0, // set from the embedding table in `build`
@@ -106,7 +107,11 @@ impl ArchReader {
         let parallel = self.parallel_layer_norm;
         let norm = |g: &mut Gguf, name: &str| -> Result<Norm> {
             let weight = g.vector(&format!("{name}.weight"))?;
-            Ok(if parallel { Norm::Layer { weight, bias: g.vector(&format!("{name}.bias"))? } } else { Norm::Rms(weight) })
+            Ok(if parallel {
+                Norm::Layer { weight, bias: g.vector(&format!("{name}.bias"))? }
+            } else {
+                Norm::Rms(weight)
+            })
         };
         let output_norm = norm(g, "output_norm")?;
         let c = self.config.clone();
@@ -122,7 +127,11 @@ impl ArchReader {
             let rope = match ropes.iter().position(|(k, _)| *k == rope_key) {
                 Some(i) => i,
                 None => {
-                    ropes.push((rope_key, Rope::with_layout(self.rope_dim, base, scale, self.rope_interleaved).with_freq_factors(self.rope_freq_factors.as_deref())));
+                    ropes.push((
+                        rope_key,
+                        Rope::with_layout(self.rope_dim, base, scale, self.rope_interleaved)
+                            .with_freq_factors(self.rope_freq_factors.as_deref()),
+                    ));
                     ropes.len() - 1
                 }
             };

@@ -18,6 +18,11 @@ pub fn load(g: &mut Gguf) -> Result<Decoder> {
     let embed_scale = (r.config.hidden_size as f32).sqrt();
     r.build(g, Activation::GeluTanh, Some(embed_scale), final_softcap, |layer, _cfg| {
         let local = layer % SLIDING_PATTERN < SLIDING_PATTERN - 1;
-        Ok(BlockOptions { post_norms: true, window: if local { window } else { None }, attn_softcap, ..Default::default() })
+        Ok(BlockOptions {
+            post_norms: true,
+            window: if local { window } else { None },
+            attn_softcap,
+            ..Default::default()
+        })
     })
 }

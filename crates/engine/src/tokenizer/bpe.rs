@@ -38,8 +38,9 @@ pub fn build(tokens: &[String], merges: &[String], pre: &str) -> Result<tokenize
         })
         .collect::<Result<Vec<_>>>()?;
     let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| err(e.to_string()))?;
-    let split = Split::new(SplitPattern::Regex(pre_tokenizer_regex(pre).into()), SplitDelimiterBehavior::Isolated, false)
-        .map_err(|e| err(e.to_string()))?;
+    let split =
+        Split::new(SplitPattern::Regex(pre_tokenizer_regex(pre).into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| err(e.to_string()))?;
     let mut tk = tokenizers::Tokenizer::new(bpe);
     tk.with_pre_tokenizer(Some(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()])));
     Ok(tk)

@@ -60,7 +60,16 @@ pub struct Tokenizer {
 }
 
 /// End-of-turn markers of the common chat formats (as llama.cpp's vocab loader lists them).
-const END_OF_TURN_TEXTS: &[&str] = &["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>", "<|end_of_text|>", "<｜end▁of▁sentence｜>"];
+const END_OF_TURN_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<EOT>",
+    "<|end_of_text|>",
+    "<｜end▁of▁sentence｜>",
+];
 
 impl Tokenizer {
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
@@ -74,7 +83,8 @@ impl Tokenizer {
         if types.len() != n {
             return Err(EngineError::Tokenizer(format!("{} token types for {n} tokens", types.len())));
         }
-        let id = |k: &str| -> Result<Option<u32>> { Ok(g.opt_usize(k)?.map(|v| v as u32).filter(|&v| (v as usize) < n)) };
+        let id =
+            |k: &str| -> Result<Option<u32>> { Ok(g.opt_usize(k)?.map(|v| v as u32).filter(|&v| (v as usize) < n)) };
         let bos = id("tokenizer.ggml.bos_token_id")?;
         let eos = id("tokenizer.ggml.eos_token_id")?;
         let eot = id("tokenizer.ggml.eot_token_id")?;
@@ -90,7 +100,11 @@ impl Tokenizer {
                 let add_space_prefix = g.opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
                 (Algorithm::Spm { spm: spm::Spm::new(&tokens, scores, unk), add_space_prefix }, true)
             }
-            other => return Err(EngineError::Tokenizer(format!("unsupported tokenizer model `{other}` (supported: gpt2, llama)"))),
+            other => {
+                return Err(EngineError::Tokenizer(format!(
+                    "unsupported tokenizer model `{other}` (supported: gpt2, llama)"
+                )))
+            }
         };
         let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
         let add_eos = g.opt_bool("tokenizer.ggml.add_eos_token").unwrap_or(false);
@@ -100,10 +114,12 @@ impl Tokenizer {
             .iter()
             .zip(&types)
             .map(|(t, ty)| match (&algorithm, ty) {
-                (_, TokenType::Control | TokenType::UserDefined | TokenType::Unknown | TokenType::Unused) => match &algorithm {
-                    Algorithm::Spm { .. } => t.replace('\u{2581}', " ").into_bytes(),
-                    Algorithm::Bpe(_) => t.clone().into_bytes(),
-                },
+                (_, TokenType::Control | TokenType::UserDefined | TokenType::Unknown | TokenType::Unused) => {
+                    match &algorithm {
+                        Algorithm::Spm { .. } => t.replace('\u{2581}', " ").into_bytes(),
+                        Algorithm::Bpe(_) => t.clone().into_bytes(),
+                    }
+                }
                 (Algorithm::Bpe(_), _) => t.chars().map(|c| byte_decoder.get(&c).copied().unwrap_or(b'?')).collect(),
                 (Algorithm::Spm { .. }, TokenType::Byte) => vec![u8::from_str_radix(&t[3..5], 16).unwrap_or(b'?')],
                 (Algorithm::Spm { .. }, _) => t.replace('\u{2581}', " ").into_bytes(),
@@ -114,7 +130,9 @@ impl Tokenizer {
         let mut specials: Vec<(String, u32)> = tokens
             .iter()
             .enumerate()
-            .filter(|(i, t)| !t.is_empty() && matches!(types[*i], TokenType::Control | TokenType::UserDefined | TokenType::Unknown))
+            .filter(|(i, t)| {
+                !t.is_empty() && matches!(types[*i], TokenType::Control | TokenType::UserDefined | TokenType::Unknown)
+            })
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
         // Longest first, ties by id, so longer specials win over their prefixes.
@@ -123,7 +141,9 @@ impl Tokenizer {
         let mut end_of_generation: Vec<u32> = eos.into_iter().chain(eot).collect();
         for t in END_OF_TURN_TEXTS {
             if let Some(&i) = vocab.get(*t) {
-                if matches!(types[i as usize], TokenType::Control | TokenType::UserDefined) && !end_of_generation.contains(&i) {
+                if matches!(types[i as usize], TokenType::Control | TokenType::UserDefined)
+                    && !end_of_generation.contains(&i)
+                {
                     end_of_generation.push(i);
                 }
             }

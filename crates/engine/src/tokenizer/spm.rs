@@ -77,7 +77,12 @@ impl Spm {
             let (l, r) = (symbols[left as usize], symbols[right as usize]);
             let piece = &text[l.start..r.start + r.len];
             if let Some(&id) = vocab.get(piece) {
-                queue.push(Bigram { left: left as usize, right: right as usize, score: self.scores[id as usize], size: piece.len() });
+                queue.push(Bigram {
+                    left: left as usize,
+                    right: right as usize,
+                    score: self.scores[id as usize],
+                    size: piece.len(),
+                });
             }
         };
         for i in 1..symbols.len() {

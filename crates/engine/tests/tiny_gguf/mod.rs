@@ -125,7 +125,12 @@ pub fn write(arch: Arch, dir: &Path, quantized: bool) -> PathBuf {
 }
 
 /// Like `write`, letting `edit` change the metadata and tensors first (broken files).
-pub fn write_with(arch: Arch, dir: &Path, quantized: bool, edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<(String, QTensor)>)) -> PathBuf {
+pub fn write_with(
+    arch: Arch,
+    dir: &Path,
+    quantized: bool,
+    edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<(String, QTensor)>),
+) -> PathBuf {
     use GgmlDType::*;
     let s = &SHAPE;
     let name = arch.name();

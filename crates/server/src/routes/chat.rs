@@ -35,7 +35,15 @@ struct Ctx {
 
 impl Ctx {
     fn chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
-        ChatCompletionChunk { id: self.id.clone(), object: "chat.completion.chunk", created: self.created, model: self.model.clone(), system_fingerprint: self.fingerprint.clone(), choices, usage }
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: self.fingerprint.clone(),
+            choices,
+            usage,
+        }
     }
 }
 
@@ -48,18 +56,29 @@ fn finish_reason(reason: FinishReason, num_calls: usize) -> &'static str {
     }
 }
 
-pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let start = Instant::now();
     let req: ChatCompletionRequest = parse_body(body, state.settings.body_limit)?;
     let served = state.model_for(req.model.as_deref())?;
     let engine = &served.engine;
     let model = engine.model().clone();
     let top_logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
-        (_, Some(k)) if !(0..=20).contains(&k) => return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be between 0 and 20, got {k}"))),
-        (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs` set to true")),
+        (_, Some(k)) if !(0..=20).contains(&k) => {
+            return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be between 0 and 20, got {k}")))
+        }
+        (false, Some(_)) => {
+            return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs` set to true"))
+        }
         (_, k) => k.unwrap_or(0) as usize,
     };
-    let s = validate::sampling(&req.sampling(), req.logprobs.unwrap_or(false).then_some(top_logprobs), model.decoder.config.vocab_size)?;
+    let s = validate::sampling(
+        &req.sampling(),
+        req.logprobs.unwrap_or(false).then_some(top_logprobs),
+        model.decoder.config.vocab_size,
+    )?;
     let messages = validate::messages(&req.messages)?;
     // tool_choice "none" renders no tools, so the model is not invited to call one.
     let offered = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
@@ -67,18 +86,43 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
     let format = grammar::response_format(req.response_format.as_ref())?;
     // Calls are constrained to the offered tools; in `auto` mode a `response_format` wins.
     let (constraint, constraint_param) = match &offered {
-        Some(o) if format.is_none() || o.choice != ToolChoice::Auto => (grammar::tool_calls(req.tools.as_deref().unwrap_or_default(), o, req.parallel_tool_calls.unwrap_or(true))?, "tools"),
+        Some(o) if format.is_none() || o.choice != ToolChoice::Auto => (
+            grammar::tool_calls(req.tools.as_deref().unwrap_or_default(), o, req.parallel_tool_calls.unwrap_or(true))?,
+            "tools",
+        ),
         _ => (format, "response_format"),
     };
     let tool_names = offered.map(|o| o.names);
     let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
-    let max_tokens = validate::max_tokens(param, req.max_completion_tokens.or(req.max_tokens), prompt.len(), engine.max_model_len())?;
-    let streams = submit_n(engine, &prompt, &s, max_tokens, constraint.as_ref()).map_err(|e| e.for_param(constraint_param))?;
-    let ctx = Ctx { id: new_id("chatcmpl"), created: unix_now(), model: served.id.clone(), fingerprint: state.fingerprint.clone(), logprobs: req.logprobs.unwrap_or(false) };
+    let max_tokens = validate::max_tokens(
+        param,
+        req.max_completion_tokens.or(req.max_tokens),
+        prompt.len(),
+        engine.max_model_len(),
+    )?;
+    let streams =
+        submit_n(engine, &prompt, &s, max_tokens, constraint.as_ref()).map_err(|e| e.for_param(constraint_param))?;
+    let ctx = Ctx {
+        id: new_id("chatcmpl"),
+        created: unix_now(),
+        model: served.id.clone(),
+        fingerprint: state.fingerprint.clone(),
+        logprobs: req.logprobs.unwrap_or(false),
+    };
 
     if s.stream {
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(stream_chat(state.clone(), ctx, model, streams, prompt.len(), s.include_usage, tool_names, start, tx));
+        tokio::spawn(stream_chat(
+            state.clone(),
+            ctx,
+            model,
+            streams,
+            prompt.len(),
+            s.include_usage,
+            tool_names,
+            start,
+            tx,
+        ));
         return Ok(stream::sse(rx));
     }
     let outs = stream::collect(streams, &state.metrics, start).await?;
@@ -99,23 +143,49 @@ pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes,
             ChatChoice {
                 index,
                 message: AssistantMessage { role: "assistant", content, tool_calls },
-                logprobs: ctx.logprobs.then(|| ChatLogprobs { content: o.tokens.iter().map(|t| chat_logprob(&model.tokenizer, t)).collect() }),
+                logprobs: ctx.logprobs.then(|| ChatLogprobs {
+                    content: o.tokens.iter().map(|t| chat_logprob(&model.tokenizer, t)).collect(),
+                }),
                 finish_reason,
             }
         })
         .collect();
-    let answer = ChatCompletion { id: ctx.id, object: "chat.completion", created: ctx.created, model: ctx.model, choices, usage, system_fingerprint: ctx.fingerprint };
+    let answer = ChatCompletion {
+        id: ctx.id,
+        object: "chat.completion",
+        created: ctx.created,
+        model: ctx.model,
+        choices,
+        usage,
+        system_fingerprint: ctx.fingerprint,
+    };
     Ok(Json(answer).into_response())
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn stream_chat(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<slm_engine::RequestStream>, num_prompt_tokens: usize, include_usage: bool, tool_names: Option<Vec<String>>, start: Instant, tx: mpsc::Sender<String>) {
+async fn stream_chat(
+    state: AppState,
+    ctx: Ctx,
+    model: Arc<Model>,
+    streams: Vec<slm_engine::RequestStream>,
+    num_prompt_tokens: usize,
+    include_usage: bool,
+    tool_names: Option<Vec<String>>,
+    start: Instant,
+    tx: mpsc::Sender<String>,
+) {
     // With tools offered, each choice's text goes through a ToolStream: content as it
     // comes, and a call as its name, then its arguments while the model writes them.
-    let mut calls: Vec<ToolStream> = (0..streams.len()).map(|_| ToolStream::new(tool_names.clone().unwrap_or_default())).collect();
+    let mut calls: Vec<ToolStream> =
+        (0..streams.len()).map(|_| ToolStream::new(tool_names.clone().unwrap_or_default())).collect();
     let mut ids: Vec<Vec<String>> = vec![Vec::new(); streams.len()];
     for index in 0..streams.len() {
-        let first = ChunkChoice { index, delta: Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None }, logprobs: None, finish_reason: None };
+        let first = ChunkChoice {
+            index,
+            delta: Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None },
+            logprobs: None,
+            finish_reason: None,
+        };
         if !stream::send(&tx, &ctx.chunk(vec![first], None)).await {
             return;
         }
@@ -147,26 +217,55 @@ async fn stream_chat(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<
             pieces.extend(calls[index].finish());
             let mut out = deltas(index, pieces, &mut ids[index]);
             let reason = finish_reason(f.reason, calls[index].num_calls());
-            out.push(to_json(ctx.chunk(vec![ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason: Some(reason) }], None)));
+            out.push(to_json(ctx.chunk(
+                vec![ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason: Some(reason) }],
+                None,
+            )));
             out
         }
         Event::Token(t) if t.text.is_empty() && !ctx.logprobs => vec![],
         Event::Token(t) => {
             let logprobs = ctx.logprobs.then(|| ChatLogprobs { content: vec![chat_logprob(&model.tokenizer, t)] });
-            vec![to_json(ctx.chunk(vec![ChunkChoice { index, delta: Delta { content: Some(t.text.clone()), ..Default::default() }, logprobs, finish_reason: None }], None))]
+            vec![to_json(ctx.chunk(
+                vec![ChunkChoice {
+                    index,
+                    delta: Delta { content: Some(t.text.clone()), ..Default::default() },
+                    logprobs,
+                    finish_reason: None,
+                }],
+                None,
+            ))]
         }
         Event::Finished(f) => {
             let mut out = Vec::new();
             if !f.text.is_empty() {
-                out.push(to_json(ctx.chunk(vec![ChunkChoice { index, delta: Delta { content: Some(f.text.clone()), ..Default::default() }, logprobs: None, finish_reason: None }], None)));
+                out.push(to_json(ctx.chunk(
+                    vec![ChunkChoice {
+                        index,
+                        delta: Delta { content: Some(f.text.clone()), ..Default::default() },
+                        logprobs: None,
+                        finish_reason: None,
+                    }],
+                    None,
+                )));
             }
-            out.push(to_json(ctx.chunk(vec![ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason: Some(f.reason.as_str()) }], None)));
+            out.push(to_json(ctx.chunk(
+                vec![ChunkChoice {
+                    index,
+                    delta: Delta::default(),
+                    logprobs: None,
+                    finish_reason: Some(f.reason.as_str()),
+                }],
+                None,
+            )));
             out
         }
         Event::Error(_) => vec![],
     })
     .await;
     let Some(finishes) = finishes else { return };
-    let usage = include_usage.then(|| to_json(ctx.chunk(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>())))));
+    let usage = include_usage.then(|| {
+        to_json(ctx.chunk(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>()))))
+    });
     stream::close(&tx, usage).await;
 }

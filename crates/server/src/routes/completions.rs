@@ -33,7 +33,15 @@ struct Ctx {
 
 impl Ctx {
     fn answer(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Completion {
-        Completion { id: self.id.clone(), object: "text_completion", created: self.created, model: self.model.clone(), system_fingerprint: self.fingerprint.clone(), choices, usage }
+        Completion {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: self.fingerprint.clone(),
+            choices,
+            usage,
+        }
     }
 }
 
@@ -46,30 +54,43 @@ fn legacy_logprobs(model: &Model, tokens: &[TokenEvent], mut offset: usize) -> C
         offset += text.len();
         lp.tokens.push(text);
         lp.token_logprobs.push(Some(t.logprob));
-        let top: BTreeMap<String, f32> = t.top_logprobs.iter().map(|(id, l)| (token_text(&model.tokenizer, *id).0, *l)).collect();
+        let top: BTreeMap<String, f32> =
+            t.top_logprobs.iter().map(|(id, l)| (token_text(&model.tokenizer, *id).0, *l)).collect();
         lp.top_logprobs.push(Some(top));
     }
     lp
 }
 
-pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let start = Instant::now();
     let req: CompletionRequest = parse_body(body, state.settings.body_limit)?;
     let served = state.model_for(req.model.as_deref())?;
     let engine = &served.engine;
     let model = engine.model().clone();
     let logprobs = match req.logprobs {
-        Some(k) if !(0..=20).contains(&k) => return Err(ApiError::invalid("logprobs", format!("`logprobs` must be between 0 and 20, got {k}"))),
+        Some(k) if !(0..=20).contains(&k) => {
+            return Err(ApiError::invalid("logprobs", format!("`logprobs` must be between 0 and 20, got {k}")))
+        }
         k => k.map(|k| k as usize),
     };
     let s = validate::sampling(&req.sampling(), logprobs, model.decoder.config.vocab_size)?;
-    let (constraint, constraint_param) = match grammar::completion_fields(req.json_schema.as_ref(), req.grammar.as_deref(), req.regex.as_deref(), req.response_format.as_ref())? {
+    let (constraint, constraint_param) = match grammar::completion_fields(
+        req.json_schema.as_ref(),
+        req.grammar.as_deref(),
+        req.regex.as_deref(),
+        req.response_format.as_ref(),
+    )? {
         Some((c, param)) => (Some(c), param),
         None => (None, "response_format"),
     };
     let (prompts, texts): (Vec<Vec<u32>>, Vec<String>) = match &req.prompt {
         PromptField::Text(t) => (vec![model.tokenizer.encode(t, true, true)?], vec![t.clone()]),
-        PromptField::Texts(v) => (v.iter().map(|t| model.tokenizer.encode(t, true, true)).collect::<Result<_, _>>()?, v.clone()),
+        PromptField::Texts(v) => {
+            (v.iter().map(|t| model.tokenizer.encode(t, true, true)).collect::<Result<_, _>>()?, v.clone())
+        }
         PromptField::Tokens(ids) => (vec![ids.clone()], vec![model.tokenizer.decode(ids, true)]),
         PromptField::TokenLists(v) => (v.clone(), v.iter().map(|ids| model.tokenizer.decode(ids, true)).collect()),
     };
@@ -81,19 +102,43 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
     }
     let echo = req.echo.unwrap_or(false);
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let max_tokens = validate::max_tokens("max_tokens", Some(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)), longest, engine.max_model_len())?;
+    let max_tokens = validate::max_tokens(
+        "max_tokens",
+        Some(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+        longest,
+        engine.max_model_len(),
+    )?;
     let mut streams = Vec::new();
     for p in &prompts {
-        streams.extend(submit_n(engine, p, &s, max_tokens, constraint.as_ref()).map_err(|e| e.for_param(constraint_param))?);
+        streams.extend(
+            submit_n(engine, p, &s, max_tokens, constraint.as_ref()).map_err(|e| e.for_param(constraint_param))?,
+        );
     }
     let num_prompt_tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() * s.n;
-    let ctx = Ctx { id: new_id("cmpl"), created: unix_now(), model: served.id.clone(), fingerprint: state.fingerprint.clone() };
+    let ctx = Ctx {
+        id: new_id("cmpl"),
+        created: unix_now(),
+        model: served.id.clone(),
+        fingerprint: state.fingerprint.clone(),
+    };
     // Choice i belongs to prompt i / n.
-    let echoes: Vec<String> = (0..streams.len()).map(|i| if echo { texts[i / s.n].clone() } else { String::new() }).collect();
+    let echoes: Vec<String> =
+        (0..streams.len()).map(|i| if echo { texts[i / s.n].clone() } else { String::new() }).collect();
 
     if s.stream {
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(stream_completions(state.clone(), ctx, model, streams, echoes, logprobs.is_some(), num_prompt_tokens, s.include_usage, start, tx));
+        tokio::spawn(stream_completions(
+            state.clone(),
+            ctx,
+            model,
+            streams,
+            echoes,
+            logprobs.is_some(),
+            num_prompt_tokens,
+            s.include_usage,
+            start,
+            tx,
+        ));
         return Ok(stream::sse(rx));
     }
     let outs = stream::collect(streams, &state.metrics, start).await?;
@@ -113,7 +158,18 @@ pub async fn completions(State(state): State<AppState>, body: Result<Bytes, Byte
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn stream_completions(state: AppState, ctx: Ctx, model: Arc<Model>, streams: Vec<slm_engine::RequestStream>, echoes: Vec<String>, logprobs: bool, num_prompt_tokens: usize, include_usage: bool, start: Instant, tx: mpsc::Sender<String>) {
+async fn stream_completions(
+    state: AppState,
+    ctx: Ctx,
+    model: Arc<Model>,
+    streams: Vec<slm_engine::RequestStream>,
+    echoes: Vec<String>,
+    logprobs: bool,
+    num_prompt_tokens: usize,
+    include_usage: bool,
+    start: Instant,
+    tx: mpsc::Sender<String>,
+) {
     let mut offsets: Vec<usize> = echoes.iter().map(String::len).collect();
     for (index, e) in echoes.into_iter().enumerate().filter(|(_, e)| !e.is_empty()) {
         let c = CompletionChoice { text: e, index, logprobs: None, finish_reason: None };
@@ -127,13 +183,26 @@ async fn stream_completions(state: AppState, ctx: Ctx, model: Arc<Model>, stream
         Event::Token(t) => {
             let lp = logprobs.then(|| legacy_logprobs(&model, std::slice::from_ref(t), offsets[index]));
             offsets[index] += t.text.len();
-            vec![to_json(ctx.answer(vec![CompletionChoice { text: t.text.clone(), index, logprobs: lp, finish_reason: None }], None))]
+            vec![to_json(ctx.answer(
+                vec![CompletionChoice { text: t.text.clone(), index, logprobs: lp, finish_reason: None }],
+                None,
+            ))]
         }
-        Event::Finished(f) => vec![to_json(ctx.answer(vec![CompletionChoice { text: f.text.clone(), index, logprobs: None, finish_reason: Some(f.reason.as_str()) }], None))],
+        Event::Finished(f) => vec![to_json(ctx.answer(
+            vec![CompletionChoice {
+                text: f.text.clone(),
+                index,
+                logprobs: None,
+                finish_reason: Some(f.reason.as_str()),
+            }],
+            None,
+        ))],
         Event::Error(_) => vec![],
     })
     .await;
     let Some(finishes) = finishes else { return };
-    let usage = include_usage.then(|| to_json(ctx.answer(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>())))));
+    let usage = include_usage.then(|| {
+        to_json(ctx.answer(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>()))))
+    });
     stream::close(&tx, usage).await;
 }

@@ -20,7 +20,13 @@ use crate::validate::ValidSampling;
 /// Parses a JSON body. Malformed JSON and wrong types are 400s naming the field; an over-
 /// limit body is a 413.
 pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
-    let bytes = body.map_err(|r| if r.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::payload_too_large(limit) } else { ApiError::bad_request(r.body_text()) })?;
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large(limit)
+        } else {
+            ApiError::bad_request(r.body_text())
+        }
+    })?;
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -37,7 +43,13 @@ pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limi
 
 /// Queues the `n` choices of one prompt. A seeded request gives choice `i` the seed `seed + i`,
 /// so choices differ from each other and each is reproducible.
-pub fn submit_n(engine: &EngineHandle, prompt: &[u32], s: &ValidSampling, max_tokens: usize, constraint: Option<&ConstraintSpec>) -> Result<Vec<RequestStream>, ApiError> {
+pub fn submit_n(
+    engine: &EngineHandle,
+    prompt: &[u32],
+    s: &ValidSampling,
+    max_tokens: usize,
+    constraint: Option<&ConstraintSpec>,
+) -> Result<Vec<RequestStream>, ApiError> {
     (0..s.n)
         .map(|i| {
             let mut params = s.params.clone();

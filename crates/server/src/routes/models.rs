@@ -17,5 +17,9 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ModelList>, ApiE
 
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
     let models = state.models()?;
-    models.iter().find(|m| m.id == id).map(|m| Json(card(m))).ok_or_else(|| ApiError::model_not_found(&id, &models.iter().map(|m| m.id.clone()).collect::<Vec<_>>()))
+    models
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| Json(card(m)))
+        .ok_or_else(|| ApiError::model_not_found(&id, &models.iter().map(|m| m.id.clone()).collect::<Vec<_>>()))
 }

@@ -27,7 +27,10 @@ pub struct DetokenizeRequest {
     tokens: Vec<u32>,
 }
 
-pub async fn tokenize(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn tokenize(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
     let req: TokenizeRequest = parse_body(body, state.settings.body_limit)?;
     let model = state.model_for(req.model.as_deref())?.engine.model();
     // llama.cpp parses special tokens unless told not to.
@@ -35,7 +38,10 @@ pub async fn tokenize(State(state): State<AppState>, body: Result<Bytes, BytesRe
     Ok(Json(json!({"tokens": ids})))
 }
 
-pub async fn detokenize(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn detokenize(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
     let req: DetokenizeRequest = parse_body(body, state.settings.body_limit)?;
     let model = state.model_for(req.model.as_deref())?.engine.model();
     let vocab = model.tokenizer.vocab_size();

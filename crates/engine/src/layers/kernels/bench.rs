@@ -40,7 +40,9 @@ fn time(mut f: impl FnMut(), iters: usize) -> f64 {
 pub fn run(n: usize, k: usize) -> candle_core::Result<Vec<KernelTiming>> {
     let mut out = Vec::new();
     let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
-    for (dtype, name) in [(GgmlDType::Q4K, "Q4_K"), (GgmlDType::Q5_0, "Q5_0"), (GgmlDType::Q6K, "Q6_K"), (GgmlDType::Q8_0, "Q8_0")] {
+    for (dtype, name) in
+        [(GgmlDType::Q4K, "Q4_K"), (GgmlDType::Q5_0, "Q5_0"), (GgmlDType::Q6K, "Q6_K"), (GgmlDType::Q8_0, "Q8_0")]
+    {
         let q = QTensor::quantize(&w, dtype.clone())?;
         let lin = QLinear::new(QTensor::quantize(&w, dtype.clone())?, None, name, "bench").expect("supported type");
         for rows in [1usize, 4, 16, 64] {
@@ -48,11 +50,28 @@ pub fn run(n: usize, k: usize) -> candle_core::Result<Vec<KernelTiming>> {
             let xs = x.flatten_all()?.to_vec1::<f32>()?;
             let iters = (256 / rows).max(16);
             let mm = candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(&w, dtype.clone())?)?;
-            let candle_ms = time(|| { let _ = candle_core::Module::forward(&mm, &x).unwrap(); }, iters);
+            let candle_ms = time(
+                || {
+                    let _ = candle_core::Module::forward(&mm, &x).unwrap();
+                },
+                iters,
+            );
             let mut dst = vec![0f32; rows * n];
             let candle_rowwise_ms = time(|| rowwise(&q, &xs, rows, k, n, &mut dst), iters);
-            let slm_ms = Some(time(|| { let _ = lin.forward(&xs, rows); }, iters));
-            out.push(KernelTiming { dtype: name, rows, candle_rowwise_ms, candle_ms, slm_ms, flops: 2.0 * (rows * n * k) as f64 });
+            let slm_ms = Some(time(
+                || {
+                    let _ = lin.forward(&xs, rows);
+                },
+                iters,
+            ));
+            out.push(KernelTiming {
+                dtype: name,
+                rows,
+                candle_rowwise_ms,
+                candle_ms,
+                slm_ms,
+                flops: 2.0 * (rows * n * k) as f64,
+            });
         }
         drop(q);
     }
@@ -93,7 +112,9 @@ pub fn run_streaming(n: usize, k: usize, total_mb: usize) -> candle_core::Result
     let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
     let x: Vec<f32> = Tensor::randn(0f32, 1.0, (1, k), &Device::Cpu)?.flatten_all()?.to_vec1()?;
     let mut out = Vec::new();
-    for (dtype, name) in [(GgmlDType::Q4K, "Q4_K"), (GgmlDType::Q5_0, "Q5_0"), (GgmlDType::Q6K, "Q6_K"), (GgmlDType::Q8_0, "Q8_0")] {
+    for (dtype, name) in
+        [(GgmlDType::Q4K, "Q4_K"), (GgmlDType::Q5_0, "Q5_0"), (GgmlDType::Q6K, "Q6_K"), (GgmlDType::Q8_0, "Q8_0")]
+    {
         let q = QTensor::quantize(&w, dtype.clone())?;
         let ws = match dtype {
             GgmlDType::Q4K => packs::<BlockQ4K>(&q, n, k, total_mb),

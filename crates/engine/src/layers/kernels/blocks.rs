@@ -108,7 +108,11 @@ impl WeightBlock for BlockQ4K {
         let q = &self.scales;
         for j in 0..8 {
             // ggml's get_scale_min_k4: 6-bit values, so they fit an i8.
-            let (sc, m) = if j < 4 { (q[j] & 63, q[j + 4] & 63) } else { ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)) };
+            let (sc, m) = if j < 4 {
+                (q[j] & 63, q[j + 4] & 63)
+            } else {
+                ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+            };
             scales[j] = sc as i8;
             mins[j] = m as i8;
         }

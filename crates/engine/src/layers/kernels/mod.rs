@@ -124,12 +124,33 @@ impl PackedWeights {
                 }
             }
         }
-        Self { n, k, sub: W::SUB, subs_per_block: spb, offset: W::OFFSET, has_min: W::HAS_MIN, act_block: W::ACT_BLOCK, bits: W::BITS, num_subs: nsub, num_blocks: blocks, lines, planes, sub_scales, sub_mins, d, neg_dmin }
+        Self {
+            n,
+            k,
+            sub: W::SUB,
+            subs_per_block: spb,
+            offset: W::OFFSET,
+            has_min: W::HAS_MIN,
+            act_block: W::ACT_BLOCK,
+            bits: W::BITS,
+            num_subs: nsub,
+            num_blocks: blocks,
+            lines,
+            planes,
+            sub_scales,
+            sub_mins,
+            d,
+            neg_dmin,
+        }
     }
 
     /// Bytes the kernels read for one pass over this weight.
     pub fn num_bytes(&self) -> usize {
-        self.lines.len() * 64 + self.planes.len() * 8 + self.sub_scales.len() + self.sub_mins.len() + (self.d.len() + self.neg_dmin.len()) * 2
+        self.lines.len() * 64
+            + self.planes.len() * 8
+            + self.sub_scales.len()
+            + self.sub_mins.len()
+            + (self.d.len() + self.neg_dmin.len()) * 2
     }
 
     /// Extra bit planes per group (0 for byte packing).
@@ -190,7 +211,8 @@ impl PackedWeights {
         let spb = self.subs_per_block;
         for b in 0..self.num_blocks {
             let d = half::f16::from_bits(self.tile_d(t, b)[lane]).to_f32();
-            let neg_dmin = if self.has_min { half::f16::from_bits(self.tile_neg_dmin(t, b)[lane]).to_f32() } else { 0.0 };
+            let neg_dmin =
+                if self.has_min { half::f16::from_bits(self.tile_neg_dmin(t, b)[lane]).to_f32() } else { 0.0 };
             for s in b * spb..(b + 1) * spb {
                 let scale = if self.int_scales() { d * self.tile_sub_scales(t, s)[lane] as f32 } else { d };
                 // −(dmin·m), exactly: negation commutes with rounding.
@@ -343,7 +365,9 @@ fn scale_round(xs: &[f32], id: f32, qs: &mut [i8]) {
             // [-128, 127], and the permute undoes their per-128-bit interleave.
             let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
             for (x, q) in xs.chunks_exact(32).zip(qs.chunks_exact_mut(32)) {
-                let i: [__m256i; 4] = std::array::from_fn(|j| _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * j)), mul)));
+                let i: [__m256i; 4] = std::array::from_fn(|j| {
+                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * j)), mul))
+                });
                 let w = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
                 _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, _mm256_permutevar8x32_epi32(w, order));
             }
@@ -376,7 +400,11 @@ pub fn detected_level() -> Level {
             if cap == "scalar" {
                 return Level::Scalar;
             }
-            if cap != "avx2" && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512f") {
+            if cap != "avx2"
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512f")
+            {
                 return Level::Avx512Vnni;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
@@ -428,7 +456,11 @@ mod tests {
             .map(|_| {
                 let mut qs = [0u8; 16];
                 qs.iter_mut().for_each(|q| *q = lcg(seed) as u8);
-                BlockQ5_0 { d: half::f16::from_f32(0.001 + (lcg(seed) % 100) as f32 * 1e-4).to_bits(), qh: (lcg(seed)).to_le_bytes(), qs }
+                BlockQ5_0 {
+                    d: half::f16::from_f32(0.001 + (lcg(seed) % 100) as f32 * 1e-4).to_bits(),
+                    qh: (lcg(seed)).to_le_bytes(),
+                    qs,
+                }
             })
             .collect()
     }
@@ -445,7 +477,8 @@ mod tests {
 
     fn dequant<W: WeightBlock>(w: &[W]) -> Vec<f32> {
         let mut out = Vec::new();
-        let (mut u, mut sc, mut mn) = (vec![0u8; W::VALUES], vec![0i8; W::VALUES / W::SUB], vec![0i8; W::VALUES / W::SUB]);
+        let (mut u, mut sc, mut mn) =
+            (vec![0u8; W::VALUES], vec![0i8; W::VALUES / W::SUB], vec![0i8; W::VALUES / W::SUB]);
         for b in w {
             let (d, dmin) = b.decode(&mut u, &mut sc, &mut mn);
             let (d, dmin) = (half::f16::from_bits(d).to_f32(), half::f16::from_bits(dmin).to_f32());
@@ -497,7 +530,10 @@ mod tests {
         for r in [0, m - 1] {
             let mut one = vec![0f32; n];
             matmul(&packed, &x[r * k..(r + 1) * k], 1, &mut one, *levels.last().unwrap());
-            assert!(one.iter().zip(&results[0][r * n..(r + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits()), "row {r} alone differs");
+            assert!(
+                one.iter().zip(&results[0][r * n..(r + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "row {r} alone differs"
+            );
         }
     }
 
@@ -517,7 +553,9 @@ mod tests {
         let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
         let q = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
         let bytes = q.data().unwrap();
-        (0..bytes.len() / std::mem::size_of::<W>()).map(|i| unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(i * std::mem::size_of::<W>()) as *const W) }).collect()
+        (0..bytes.len() / std::mem::size_of::<W>())
+            .map(|i| unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(i * std::mem::size_of::<W>()) as *const W) })
+            .collect()
     }
 
     #[test]
@@ -532,9 +570,17 @@ mod tests {
                 let v: Vec<f32> = (0..n * k).map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0).collect();
                 let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
                 let qt = candle_core::quantized::QTensor::quantize(&t, dtype.clone()).unwrap();
-                let want: Vec<f32> = qt.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-                let got = if dtype == GgmlDType::Q4K { dequant(&k_blocks::<BlockQ4K>(dtype.clone(), n, k, 7)) } else { dequant(&k_blocks::<BlockQ6K>(dtype.clone(), n, k, 7)) };
-                assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + b.abs())), "{dtype:?} decode differs from candle");
+                let want: Vec<f32> =
+                    qt.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let got = if dtype == GgmlDType::Q4K {
+                    dequant(&k_blocks::<BlockQ4K>(dtype.clone(), n, k, 7))
+                } else {
+                    dequant(&k_blocks::<BlockQ6K>(dtype.clone(), n, k, 7))
+                };
+                assert!(
+                    got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + b.abs())),
+                    "{dtype:?} decode differs from candle"
+                );
                 if dtype == GgmlDType::Q4K {
                     check(&k_blocks::<BlockQ4K>(dtype, n, k, 7), m, k, n, &mut seed);
                 } else {
@@ -554,10 +600,15 @@ mod tests {
         let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4K, GgmlDType::Q6K] {
             let q = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
-            let want: Vec<f32> = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let want: Vec<f32> =
+                q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let bytes = q.data().unwrap();
             fn cast<W: WeightBlock>(b: &[u8]) -> Vec<W> {
-                (0..b.len() / std::mem::size_of::<W>()).map(|i| unsafe { std::ptr::read_unaligned(b.as_ptr().add(i * std::mem::size_of::<W>()) as *const W) }).collect()
+                (0..b.len() / std::mem::size_of::<W>())
+                    .map(|i| unsafe {
+                        std::ptr::read_unaligned(b.as_ptr().add(i * std::mem::size_of::<W>()) as *const W)
+                    })
+                    .collect()
             }
             let packed = match dtype {
                 GgmlDType::Q8_0 => PackedWeights::pack(&cast::<BlockQ8_0>(&bytes), n, k),
@@ -568,7 +619,10 @@ mod tests {
             let mut row = vec![0f32; k];
             for c in 0..n {
                 packed.dequantize_column(c, &mut row);
-                assert!(row.iter().zip(&want[c * k..(c + 1) * k]).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype:?} column {c}");
+                assert!(
+                    row.iter().zip(&want[c * k..(c + 1) * k]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{dtype:?} column {c}"
+                );
             }
         }
     }

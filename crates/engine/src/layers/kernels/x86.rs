@@ -19,7 +19,11 @@ const PREFETCH_BYTES: usize = 4096;
 /// Prefetches the lines, masks, scales and mins `PREFETCH_BYTES` ahead in each of the tile
 /// streams (a tile's sub-blocks, and then the next tile's, are contiguous in each).
 #[inline(always)]
-unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(w: &PackedWeights, t: usize, s: usize) {
+unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(
+    w: &PackedWeights,
+    t: usize,
+    s: usize,
+) {
     let p = w.tile_sub(t, s).as_ptr() as *const i8;
     let lines = if NIB { G / 2 } else { G };
     for i in 0..lines {
@@ -54,7 +58,14 @@ pub unsafe fn tiles_vnni(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usi
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(
+    w: &PackedWeights,
+    q: &QuantizedRows,
+    m: usize,
+    t0: usize,
+    t1: usize,
+    out: &mut [f32],
+) {
     for t in t0..t1 {
         let mut r = 0;
         // Rows in groups of 8 (4 for Q4_K, whose mins need more registers), then 4, 2, 1:
@@ -78,7 +89,20 @@ unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, cons
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize, const R: usize>(w: &PackedWeights, q: &QuantizedRows, t: usize, r0: usize, out: &mut [f32]) {
+unsafe fn tile_vnni<
+    const G: usize,
+    const MIN: bool,
+    const NIB: bool,
+    const EXTRA: usize,
+    const SPB: usize,
+    const R: usize,
+>(
+    w: &PackedWeights,
+    q: &QuantizedRows,
+    t: usize,
+    r0: usize,
+    out: &mut [f32],
+) {
     let nsub = w.num_subs();
     // Blocks of one sub-block (Q5_0, Q8_0) finish each row's sub-block right away, which
     // keeps fewer registers live.
@@ -117,8 +141,16 @@ unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTR
                     *v = _mm512_load_si512(p.add(g * 64) as *const _);
                 }
             }
-            let sc = if SPB > 1 { _mm512_cvtepi8_epi32(_mm_loadu_si128(w.tile_sub_scales(t, s).as_ptr() as *const __m128i)) } else { _mm512_setzero_si512() };
-            let mn = if MIN { _mm512_cvtepi8_epi32(_mm_loadu_si128(w.tile_sub_mins(t, s).as_ptr() as *const __m128i)) } else { _mm512_setzero_si512() };
+            let sc = if SPB > 1 {
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(w.tile_sub_scales(t, s).as_ptr() as *const __m128i))
+            } else {
+                _mm512_setzero_si512()
+            };
+            let mn = if MIN {
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(w.tile_sub_mins(t, s).as_ptr() as *const __m128i))
+            } else {
+                _mm512_setzero_si512()
+            };
             let d = if SPB > 1 { _mm512_setzero_ps() } else { d1(b) };
             for (i, (ib, mb)) in isb.iter_mut().zip(msb.iter_mut()).enumerate() {
                 let qs = (r0 + i) * nsub + s;
@@ -143,7 +175,11 @@ unsafe fn tile_vnni<const G: usize, const MIN: bool, const NIB: bool, const EXTR
             continue;
         }
         let d = d1(b);
-        let nd = if MIN { _mm512_cvtph_ps(_mm256_loadu_si256(w.tile_neg_dmin(t, b).as_ptr() as *const __m256i)) } else { _mm512_setzero_ps() };
+        let nd = if MIN {
+            _mm512_cvtph_ps(_mm256_loadu_si256(w.tile_neg_dmin(t, b).as_ptr() as *const __m256i))
+        } else {
+            _mm512_setzero_ps()
+        };
         for (i, a) in acc.iter_mut().enumerate() {
             let dx = _mm512_set1_ps(*q.d.get_unchecked(((r0 + i) * nsub + b * spb) * G * 4 / QK));
             *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isb[i]), _mm512_mul_ps(d, dx), *a);
@@ -171,15 +207,34 @@ pub unsafe fn tiles_avx2(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usi
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+unsafe fn tiles_avx2_impl<
+    const G: usize,
+    const MIN: bool,
+    const SIGNED: bool,
+    const NIB: bool,
+    const EXTRA: usize,
+    const SPB: usize,
+>(
+    w: &PackedWeights,
+    q: &QuantizedRows,
+    m: usize,
+    t0: usize,
+    t1: usize,
+    out: &mut [f32],
+) {
     let nsub = w.num_subs();
     let spb = SPB;
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(-128);
     let low = _mm256_set1_epi8(0x0F);
     // Bit k of a 32-bit mask to byte k: each byte picks its mask byte, then tests its bit.
-    let spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    let select = _mm256_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+    let spread = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let select = _mm256_setr_epi8(
+        1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32,
+        64, -128,
+    );
     for t in t0..t1 {
         let c0 = t * TILE;
         let valid = (w.n - c0).min(TILE);
@@ -221,7 +276,8 @@ unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, c
                             }
                         }
                         // Q8_0's signed path multiplies the signed values: no offset correction.
-                        let mut isum = if SIGNED { _mm256_setzero_si256() } else { _mm256_set1_epi32(-w.offset * xsum) };
+                        let mut isum =
+                            if SIGNED { _mm256_setzero_si256() } else { _mm256_set1_epi32(-w.offset * xsum) };
                         for (g, &wu) in wd.iter().enumerate() {
                             let xb = _mm256_set1_epi32(xp.add(g).read_unaligned());
                             let prod = if SIGNED {
@@ -233,13 +289,17 @@ unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, c
                             isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, ones));
                         }
                         isb[h] = if SPB > 1 {
-                            let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.tile_sub_scales(t, s).as_ptr().add(h * 8) as *const __m128i));
+                            let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                w.tile_sub_scales(t, s).as_ptr().add(h * 8) as *const __m128i
+                            ));
                             _mm256_add_epi32(isb[h], _mm256_mullo_epi32(isum, sc))
                         } else {
                             isum
                         };
                         if MIN {
-                            let mn = _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.tile_sub_mins(t, s).as_ptr().add(h * 8) as *const __m128i));
+                            let mn = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                w.tile_sub_mins(t, s).as_ptr().add(h * 8) as *const __m128i
+                            ));
                             msb[h] = _mm256_add_epi32(msb[h], _mm256_mullo_epi32(mn, _mm256_set1_epi32(xsum)));
                         }
                     }
@@ -249,7 +309,9 @@ unsafe fn tiles_avx2_impl<const G: usize, const MIN: bool, const SIGNED: bool, c
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(w.tile_d(t, b).as_ptr().add(h * 8) as *const __m128i));
                     *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isb[h]), _mm256_mul_ps(d, dx), *a);
                     if MIN {
-                        let nd = _mm256_cvtph_ps(_mm_loadu_si128(w.tile_neg_dmin(t, b).as_ptr().add(h * 8) as *const __m128i));
+                        let nd = _mm256_cvtph_ps(_mm_loadu_si128(
+                            w.tile_neg_dmin(t, b).as_ptr().add(h * 8) as *const __m128i
+                        ));
                         *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msb[h]), _mm256_mul_ps(nd, dx), *a);
                     }
                 }
