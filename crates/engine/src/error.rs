@@ -27,7 +27,7 @@ pub enum EngineError {
     KvCacheTooSmall { needed: usize, capacity: usize },
     #[error("invalid engine configuration: {0}")]
     InvalidConfig(String),
-    #[error("this model's maximum context length is {max} tokens; the request needs {needed} ({prompt} in the prompt + {max_tokens} to generate)")]
+    #[error("This model's maximum context length is {max} tokens. However, you requested {needed} tokens ({prompt} in the prompt, {max_tokens} for the completion). Please reduce the prompt or the completion length.")]
     ContextLengthExceeded { max: usize, needed: usize, prompt: usize, max_tokens: usize },
     #[error("too many requests are waiting ({0}); retry later")]
     QueueFull(usize),

@@ -1,41 +1,52 @@
-//! Single-sequence generation straight on a model and its own small KV cache: the path the
-//! CLI's `generate` and the parity tests use. The server goes through the batched engine.
+//! Single-sequence generation in the caller's thread: the path the CLI's `generate` and the
+//! parity tests use. It steps an `EngineCore` of its own (no engine thread, no prefix cache),
+//! so a sequence is scheduled, sampled, detokenized and stopped exactly as the server does it.
 
-use crate::batch::BatchInput;
-use crate::block_manager::BlockManager;
+use std::sync::Arc;
+
+use tokio::sync::mpsc::unbounded_channel;
+
+use crate::config::EngineConfig;
+use crate::engine_core::EngineCore;
 use crate::error::{EngineError, Result};
-use crate::kv_cache::KvCache;
 use crate::model::Model;
-use crate::request::FinishReason;
-use crate::sampling::{Sampled, Sampler, SamplingParams};
+use crate::request::{Event, FinishReason, Request};
+use crate::sampling::{Sampled, SamplingParams};
+use crate::sequence::Sequence;
+use crate::stats::EngineStats;
 
 pub const BLOCK_SIZE: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct Generation {
+    /// Every generated token, the one that stopped the sequence included (that one without
+    /// logprobs: the engine does not report them for stop tokens).
     pub tokens: Vec<Sampled>,
     pub finish_reason: FinishReason,
 }
 
-pub struct Generator<'m> {
-    model: &'m Model,
-    kv: KvCache,
-    blocks: BlockManager,
+pub struct Generator {
+    core: EngineCore,
+    capacity: usize,
 }
 
-impl<'m> Generator<'m> {
+impl Generator {
     /// A generator whose cache holds `max_tokens_in_cache` tokens.
-    pub fn new(model: &'m Model, max_tokens_in_cache: usize) -> Self {
-        let num_blocks = max_tokens_in_cache.div_ceil(BLOCK_SIZE);
-        Self {
-            model,
-            kv: model.new_kv_cache(num_blocks, BLOCK_SIZE),
-            blocks: BlockManager::with_prefix_caching(num_blocks, BLOCK_SIZE, false),
-        }
+    pub fn new(model: &Arc<Model>, max_tokens_in_cache: usize) -> Self {
+        let num_blocks = max_tokens_in_cache.div_ceil(BLOCK_SIZE).max(1);
+        let config = EngineConfig {
+            block_size: BLOCK_SIZE,
+            prefix_caching: false,
+            max_seqs: 1,
+            max_batched_tokens: max_tokens_in_cache.max(1),
+            ..EngineConfig::default()
+        };
+        let core = EngineCore::new(model.clone(), &config, num_blocks, Arc::new(EngineStats::default()));
+        Self { core, capacity: num_blocks * BLOCK_SIZE }
     }
 
     /// Runs the prompt, then samples up to `max_tokens` tokens; `on_token` sees each one and
-    /// may stop early by returning false. Stops at the tokenizer's end-of-generation tokens.
+    /// may stop early by returning false. Stops as the engine does (end of generation).
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -46,66 +57,43 @@ impl<'m> Generator<'m> {
         if prompt.is_empty() {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
         }
+        if max_tokens == 0 {
+            return Err(EngineError::InvalidRequest("`max_tokens` must be at least 1".into()));
+        }
         let total = prompt.len() + max_tokens;
-        if !self.blocks.can_allocate(prompt, total) {
-            return Err(EngineError::KvCacheTooSmall {
-                needed: total,
-                capacity: self.blocks.num_blocks() * BLOCK_SIZE,
-            });
+        if total > self.capacity {
+            return Err(EngineError::KvCacheTooSmall { needed: total, capacity: self.capacity });
         }
-        let (table, _) = self.blocks.allocate(prompt, total);
-        let result = self.run(prompt, &table, params, max_tokens, &mut on_token);
-        self.blocks.free(&table);
-        result
-    }
-
-    fn run(
-        &mut self,
-        prompt: &[u32],
-        table: &[u32],
-        params: SamplingParams,
-        max_tokens: usize,
-        on_token: &mut dyn FnMut(&Sampled) -> bool,
-    ) -> Result<Generation> {
-        let mut sampler = Sampler::new(params);
-        let mut context = prompt.to_vec();
-        let mut b = BatchInput::default();
-        b.push_seq(prompt, 0, table, BLOCK_SIZE, true);
-        let mut logits = self.model.decoder.forward(&b, &mut self.kv);
-        let mut out = Vec::new();
-        while out.len() < max_tokens {
-            let s = sampler.sample(&logits, &context);
-            sampler.accept(s.token);
-            let eog = self.model.tokenizer.is_end_of_generation(s.token);
-            let go_on = on_token(&s);
-            context.push(s.token);
-            out.push(s);
-            if eog || !go_on {
-                return Ok(Generation { tokens: out, finish_reason: FinishReason::Stop });
+        let (tx, mut rx) = unbounded_channel();
+        self.core.add(Sequence::new(0, Request::new(prompt.to_vec(), params, max_tokens), tx));
+        let mut tokens = Vec::new();
+        loop {
+            self.core.step();
+            while let Ok(event) = rx.try_recv() {
+                match event {
+                    Event::Token(t) => {
+                        let s = Sampled { token: t.token, logprob: t.logprob, top: t.top_logprobs };
+                        let go_on = on_token(&s);
+                        tokens.push(s);
+                        if !go_on {
+                            self.core.abort(0);
+                            return Ok(Generation { tokens, finish_reason: FinishReason::Stop });
+                        }
+                    }
+                    Event::Finished(f) => {
+                        if let Some(token) = f.stop_token {
+                            let s = Sampled { token, logprob: 0.0, top: Vec::new() };
+                            on_token(&s);
+                            tokens.push(s);
+                        }
+                        return Ok(Generation { tokens, finish_reason: f.reason });
+                    }
+                    Event::Error(e) => return Err(e),
+                }
             }
-            if out.len() == max_tokens {
-                break;
+            if self.core.is_idle() {
+                return Err(EngineError::Internal("the sequence left the engine without finishing".into()));
             }
-            let mut b = BatchInput::default();
-            b.push_seq(&[*context.last().unwrap()], context.len() - 1, table, BLOCK_SIZE, true);
-            logits = self.model.decoder.forward(&b, &mut self.kv);
         }
-        Ok(Generation { tokens: out, finish_reason: FinishReason::Length })
-    }
-
-    /// Logits of the last prompt position (for parity checks).
-    pub fn prompt_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
-        if !self.blocks.can_allocate(prompt, prompt.len()) {
-            return Err(EngineError::KvCacheTooSmall {
-                needed: prompt.len(),
-                capacity: self.blocks.num_blocks() * BLOCK_SIZE,
-            });
-        }
-        let (table, _) = self.blocks.allocate(prompt, prompt.len());
-        let mut b = BatchInput::default();
-        b.push_seq(prompt, 0, &table, BLOCK_SIZE, true);
-        let logits = self.model.decoder.forward(&b, &mut self.kv);
-        self.blocks.free(&table);
-        Ok(logits)
     }
 }

@@ -2,8 +2,8 @@
 //! (llguidance's dialect, which embeds JSON Schemas with `%json {…}`) or a regex — and
 //! optionally triggers. `GrammarCompiler` (one per model, built on first use: the token trie
 //! over a 150k vocabulary takes a moment) compiles it with llguidance against the model's
-//! vocabulary; `EngineHandle::submit` does that, so a bad schema is an error before anything
-//! runs. The resulting `Constraint` lives in its `Sequence`: before each sampling the engine asks
+//! vocabulary; callers compile before they submit (the server off its async workers), so a bad
+//! schema is an error before anything runs. The resulting `Constraint` lives in its `Sequence`: before each sampling the engine asks
 //! it for a mask of allowed tokens, after it tells it the sampled token.
 //!
 //! Triggers serve function calling in `auto` mode: the text is free until a trigger (a regular
@@ -159,12 +159,20 @@ enum State {
     Abandoned,
 }
 
-/// One sequence's constraint: the llguidance matcher and where it stands.
+/// One sequence's constraint: the llguidance matcher and where it stands. Cloning gives an
+/// independent copy in the same state (the `n` choices of one request share one compile).
+#[derive(Clone)]
 pub struct Constraint {
     matcher: Matcher,
     trigger: Option<regex::Regex>,
     state: State,
     env: TokEnv,
+}
+
+impl std::fmt::Debug for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Constraint").field("state", &self.state).field("trigger", &self.trigger).finish()
+    }
 }
 
 impl Constraint {

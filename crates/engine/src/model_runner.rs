@@ -4,8 +4,7 @@
 use crate::batch::BatchInput;
 use crate::kv_cache::KvCache;
 use crate::model::Model;
-use crate::scheduler::ScheduledBatch;
-use crate::sequence::Sequence;
+use crate::scheduler::{ScheduledBatch, Scheduler};
 
 pub struct ModelRunner {
     pub kv: KvCache,
@@ -13,14 +12,14 @@ pub struct ModelRunner {
 
 impl ModelRunner {
     /// Logits (`vocab_size` values) for each sampling item, in item order.
-    pub fn run(&mut self, model: &Model, batch: &ScheduledBatch, running: &[Sequence]) -> Vec<f32> {
+    pub fn run(&mut self, model: &Model, batch: &ScheduledBatch, seqs: &Scheduler) -> Vec<f32> {
         let mut input = BatchInput::default();
         for item in &batch.items {
-            let seq = &running[item.seq];
+            let seq = seqs.running(item.seq_id).expect("scheduled sequences are running");
             input.push_seq(
                 &seq.tokens[item.start..item.start + item.len],
                 item.start,
-                &seq.block_table,
+                seq.block_table.blocks(),
                 self.kv.block_size(),
                 item.sample,
             );

@@ -2,7 +2,7 @@
 //! own channel): each token with its text and logprobs, then one `Finished`.
 
 use crate::error::EngineError;
-use crate::grammar::ConstraintSpec;
+use crate::grammar::Constraint;
 use crate::sampling::SamplingParams;
 
 #[derive(Debug, Clone)]
@@ -16,8 +16,12 @@ pub struct Request {
     pub stop_strings: Vec<String>,
     /// Keep going past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
-    /// Constrained decoding: the output must follow this grammar.
-    pub constraint: Option<ConstraintSpec>,
+    /// Constrained decoding: the output must follow this grammar, compiled once
+    /// (`Model::grammar`) and cloned for each choice.
+    pub constraint: Option<Constraint>,
+    /// Prefix-cache isolation (vLLM's `cache_salt`): only requests with the same salt share
+    /// cached blocks, so one tenant cannot time another's prompts.
+    pub cache_salt: Option<String>,
 }
 
 impl Request {
@@ -30,6 +34,7 @@ impl Request {
             stop_strings: Vec::new(),
             ignore_eos: false,
             constraint: None,
+            cache_salt: None,
         }
     }
 }

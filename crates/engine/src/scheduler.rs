@@ -14,13 +14,12 @@ use std::collections::VecDeque;
 
 use crate::block_manager::BlockManager;
 use crate::error::EngineError;
-use crate::sequence::{SeqStatus, Sequence};
+use crate::sequence::{SeqId, SeqStatus, Sequence};
 
 /// One sequence's share of a step: rows `start..start+len` of its tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledItem {
-    /// Index into `Scheduler::running`.
-    pub seq: usize,
+    pub seq_id: SeqId,
     pub start: usize,
     pub len: usize,
     /// The chunk reaches the last token: sample from its logits.
@@ -75,6 +74,7 @@ impl Scheduler {
             let need = self.running[i].num_computed_tokens + n;
             let mut preempted_self = false;
             while !self.blocks.can_append(self.running[i].block_table.len(), need) {
+                // The latest admitted goes: it sits at or after `i`, so not yet scheduled.
                 let victim = self.running.len() - 1;
                 self.preempt(victim);
                 batch.num_preempted += 1;
@@ -89,16 +89,16 @@ impl Scheduler {
             let seq = &mut self.running[i];
             self.blocks.append(&mut seq.block_table, need);
             let start = seq.num_computed_tokens;
-            batch.items.push(ScheduledItem { seq: i, start, len: n, sample: start + n == seq.tokens.len() });
+            batch.items.push(ScheduledItem { seq_id: seq.id, start, len: n, sample: start + n == seq.tokens.len() });
             budget -= n;
             i += 1;
         }
 
         while budget > 0 && self.running.len() < self.max_seqs {
-            let Some(seq) = self.waiting.front() else { break };
+            let Some(seq) = self.waiting.front_mut() else { break };
             // Room for the whole sequence plus one generated token, alone in the pool.
             if self.blocks.blocks_for(seq.tokens.len() + 1) > self.blocks.num_blocks() {
-                let seq = self.waiting.pop_front().unwrap();
+                let seq = self.waiting.pop_front().expect("front exists");
                 let err = EngineError::KvCacheTooSmall {
                     needed: seq.tokens.len() + 1,
                     capacity: self.blocks.num_blocks() * self.blocks.block_size(),
@@ -106,15 +106,15 @@ impl Scheduler {
                 batch.rejected.push((seq, err));
                 continue;
             }
-            let cached = self.blocks.cached_prefix(&seq.tokens).len() * self.blocks.block_size();
+            // The cached prefix is looked up once per admission attempt and handed on.
+            let hit = self.blocks.cached_prefix(&mut seq.block_table, &seq.tokens);
+            let cached = hit.num_blocks() * self.blocks.block_size();
             let n = (seq.tokens.len() - cached).min(budget);
-            if !self.blocks.can_allocate(&seq.tokens, cached + n) {
+            if !self.blocks.can_allocate(&hit, cached + n) {
                 break;
             }
-            let mut seq = self.waiting.pop_front().unwrap();
-            let (table, num_cached) = self.blocks.allocate(&seq.tokens, cached + n);
-            debug_assert_eq!(num_cached, cached);
-            seq.block_table = table;
+            let mut seq = self.waiting.pop_front().expect("front exists");
+            let num_cached = self.blocks.allocate(&mut seq.block_table, hit, cached + n);
             seq.num_computed_tokens = num_cached;
             if !seq.was_admitted {
                 seq.num_cached_tokens = num_cached;
@@ -124,12 +124,7 @@ impl Scheduler {
             }
             seq.status = SeqStatus::Running;
             let start = seq.num_computed_tokens;
-            batch.items.push(ScheduledItem {
-                seq: self.running.len(),
-                start,
-                len: n,
-                sample: start + n == seq.tokens.len(),
-            });
+            batch.items.push(ScheduledItem { seq_id: seq.id, start, len: n, sample: start + n == seq.tokens.len() });
             self.running.push(seq);
             budget -= n;
         }
@@ -142,8 +137,7 @@ impl Scheduler {
     fn preempt(&mut self, idx: usize) {
         let mut seq = self.running.remove(idx);
         tracing::debug!(seq = seq.id, "preempted");
-        self.blocks.free(&seq.block_table);
-        seq.block_table.clear();
+        self.blocks.free(&mut seq.block_table);
         seq.num_computed_tokens = 0;
         seq.status = SeqStatus::Waiting;
         self.waiting.push_front(seq);
@@ -152,22 +146,31 @@ impl Scheduler {
     /// Marks the scheduled chunks as computed and records full blocks for the prefix cache.
     pub fn mark_computed(&mut self, batch: &ScheduledBatch) {
         for item in &batch.items {
-            let seq = &mut self.running[item.seq];
+            let Some(seq) = self.running.iter_mut().find(|s| s.id == item.seq_id) else { continue };
             seq.num_computed_tokens = item.start + item.len;
-            self.blocks.register_full_blocks(&seq.block_table, &seq.tokens, seq.num_computed_tokens);
+            self.blocks.register_full_blocks(&mut seq.block_table, &seq.tokens, seq.num_computed_tokens);
         }
     }
 
+    /// The running sequence with this id.
+    pub fn running(&self, id: SeqId) -> Option<&Sequence> {
+        self.running.iter().find(|s| s.id == id)
+    }
+
+    pub fn running_mut(&mut self, id: SeqId) -> Option<&mut Sequence> {
+        self.running.iter_mut().find(|s| s.id == id)
+    }
+
     /// Removes a sequence (finished or aborted) wherever it is, freeing its blocks.
-    pub fn remove(&mut self, id: u64) -> Option<Sequence> {
-        let seq = if let Some(i) = self.running.iter().position(|s| s.id == id) {
+    pub fn remove(&mut self, id: SeqId) -> Option<Sequence> {
+        let mut seq = if let Some(i) = self.running.iter().position(|s| s.id == id) {
             self.running.remove(i)
         } else if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
             self.waiting.remove(i).unwrap()
         } else {
             return None;
         };
-        self.blocks.free(&seq.block_table);
+        self.blocks.free(&mut seq.block_table);
         Some(seq)
     }
 }
@@ -184,8 +187,8 @@ mod tests {
         Sequence::new(id, Request::new(prompt, SamplingParams::greedy(), 8), tx)
     }
 
-    fn items(b: &ScheduledBatch) -> Vec<(usize, usize, usize, bool)> {
-        b.items.iter().map(|i| (i.seq, i.start, i.len, i.sample)).collect()
+    fn items(b: &ScheduledBatch) -> Vec<(SeqId, usize, usize, bool)> {
+        b.items.iter().map(|i| (i.seq_id, i.start, i.len, i.sample)).collect()
     }
 
     #[test]
@@ -195,12 +198,12 @@ mod tests {
         s.add(seq(2, 7));
         let b = s.schedule();
         // 6 tokens of seq 1, then 4 of seq 2's 7 (budget 10).
-        assert_eq!(items(&b), vec![(0, 0, 6, true), (1, 0, 4, false)]);
+        assert_eq!(items(&b), vec![(1, 0, 6, true), (2, 0, 4, false)]);
         s.mark_computed(&b);
         s.running[0].tokens.push(99);
         let b = s.schedule();
         // Running first: seq 1 decodes one token, seq 2 finishes its prompt.
-        assert_eq!(items(&b), vec![(0, 6, 1, true), (1, 4, 3, true)]);
+        assert_eq!(items(&b), vec![(1, 6, 1, true), (2, 4, 3, true)]);
         assert_eq!(b.num_tokens, 4);
     }
 
@@ -228,7 +231,7 @@ mod tests {
         // Seq 1 needs a 3rd block: seq 2 (admitted last) is preempted and requeued first.
         let b = s.schedule();
         assert_eq!(b.num_preempted, 1);
-        assert_eq!(items(&b), vec![(0, 8, 1, true)]);
+        assert_eq!(items(&b), vec![(1, 8, 1, true)]);
         assert_eq!(s.waiting.front().unwrap().id, 2);
         assert_eq!(s.waiting.front().unwrap().num_computed_tokens, 0);
         assert_eq!(s.blocks.num_used_blocks(), 3);
@@ -242,7 +245,7 @@ mod tests {
         let b = s.schedule();
         assert_eq!(b.rejected.len(), 1);
         assert_eq!(b.rejected[0].0.id, 1);
-        assert_eq!(items(&b), vec![(0, 0, 3, true)]);
+        assert_eq!(items(&b), vec![(2, 0, 3, true)]);
     }
 
     #[test]
@@ -257,7 +260,7 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         s.add(Sequence::new(3, Request::new(first.tokens.clone(), SamplingParams::greedy(), 8), tx));
         let b = s.schedule();
-        assert_eq!(items(&b), vec![(0, 8, 2, true)]);
+        assert_eq!(items(&b), vec![(3, 8, 2, true)]);
         assert_eq!(s.running[0].num_cached_tokens, 8);
     }
 }

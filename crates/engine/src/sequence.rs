@@ -5,7 +5,7 @@
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::block_manager::BlockId;
+use crate::block_manager::BlockTable;
 use crate::grammar::Constraint;
 use crate::request::{Event, FinishReason, Request};
 use crate::sampling::{Sampled, Sampler};
@@ -27,7 +27,7 @@ pub struct Sequence {
     pub num_computed_tokens: usize,
     /// Prompt tokens served from the prefix cache at first admission.
     pub num_cached_tokens: usize,
-    pub block_table: Vec<BlockId>,
+    pub block_table: BlockTable,
     pub status: SeqStatus,
     pub sampler: Sampler,
     /// Constrained decoding: masks logits before sampling; a complete grammar ends the sequence.
@@ -53,6 +53,15 @@ pub enum Appended {
     Finished { reason: FinishReason, text: String, stop_token: Option<u32> },
 }
 
+/// The prefix-cache salt of a request: 0 (the shared cache) without one.
+fn salt_of(cache_salt: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(s) = cache_salt else { return 0 };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish() | 1 // never 0: a salted request shares nothing with unsalted ones
+}
+
 impl Sequence {
     pub fn new(id: SeqId, req: Request, events: UnboundedSender<Event>) -> Self {
         Self {
@@ -61,10 +70,10 @@ impl Sequence {
             tokens: req.prompt,
             num_computed_tokens: 0,
             num_cached_tokens: 0,
-            block_table: Vec::new(),
+            block_table: BlockTable::with_salt(salt_of(req.cache_salt.as_deref())),
             status: SeqStatus::Waiting,
             sampler: Sampler::new(req.params),
-            constraint: None,
+            constraint: req.constraint,
             max_tokens: req.max_tokens,
             stop_token_ids: req.stop_token_ids,
             stop_strings: req.stop_strings.into_iter().filter(|s| !s.is_empty()).collect(),

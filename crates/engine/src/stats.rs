@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct EngineStats {
     pub num_running: AtomicU64,
     pub num_waiting: AtomicU64,
+    /// Submitted but not yet admitted (or removed) by the engine: the queue limit counts these.
+    pub num_unadmitted: AtomicU64,
     pub kv_blocks_used: AtomicU64,
     pub kv_blocks_total: AtomicU64,
     pub prefix_cache_hit_tokens_total: AtomicU64,

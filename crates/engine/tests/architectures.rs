@@ -150,7 +150,8 @@ fn reference_run(r: &mut Reference, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>)
 fn slm_run(model: &Model, seqs: &[Vec<u32>], prompt_lens: &[usize], batched: bool) -> Vec<Vec<Vec<f32>>> {
     let vocab = model.decoder.config.vocab_size;
     let mut blocks = BlockManager::with_prefix_caching(64, BS, false);
-    let tables: Vec<Vec<u32>> = seqs.iter().map(|s| blocks.allocate(s, s.len()).0).collect();
+    let tables: Vec<Vec<u32>> =
+        seqs.iter().map(|s| blocks.try_allocate(s, s.len()).unwrap().blocks().to_vec()).collect();
     // f32 keys and values: the comparison with F32 weights is to 1e-4.
     let mut kv = model.new_kv_cache_of(64, BS, slm_engine::config::KvDtype::F32);
     let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::new(); seqs.len()];

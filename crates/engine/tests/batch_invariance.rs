@@ -28,7 +28,8 @@ fn logits_do_not_depend_on_batch_or_chunking() {
         let ps = prompts(&m);
         let vocab = m.decoder.config.vocab_size;
         let mut blocks = BlockManager::with_prefix_caching(64, BS, false);
-        let tables: Vec<Vec<u32>> = ps.iter().map(|p| blocks.allocate(p, p.len()).0).collect();
+        let tables: Vec<Vec<u32>> =
+            ps.iter().map(|p| blocks.try_allocate(p, p.len()).unwrap().blocks().to_vec()).collect();
 
         // Each prompt alone, in one chunk.
         let mut alone = Vec::new();

@@ -1,7 +1,7 @@
 //! Constrained decoding on the real default model: outputs follow their JSON Schema, Lark
 //! grammar or regex; masks are per sequence, so a constrained request gives bit-identical
 //! tokens alone or batched with others; triggers leave the text free until they match; a bad
-//! schema is refused at submit.
+//! schema is refused when it is compiled.
 
 mod common;
 
@@ -22,7 +22,7 @@ fn request(
     let msgs = [json!({"role": "user", "content": prompt})];
     let text = m.chat_template.render_prompt(&m.tokenizer, &msgs, None).unwrap();
     let mut r = Request::new(m.tokenizer.encode(&text, true, true).unwrap(), params, max_tokens);
-    r.constraint = constraint;
+    r.constraint = constraint.map(|c| m.grammar.compile(&c).unwrap());
     r
 }
 
@@ -129,7 +129,7 @@ fn a_trigger_leaves_text_free_until_it_matches() {
 }
 
 #[test]
-fn invalid_schemas_are_refused_at_submit() {
+fn invalid_schemas_are_refused_when_compiled() {
     let e = EngineHandle::start(model(QWEN), EngineConfig::default()).unwrap();
     for bad in [
         ConstraintSpec::new(Grammar::JsonSchema(json!({"type": "frobnicate"}))),
@@ -139,8 +139,7 @@ fn invalid_schemas_are_refused_at_submit() {
         ConstraintSpec::new(Grammar::Regex("(".into())),
         ConstraintSpec { grammar: Grammar::Regex("a".into()), triggers: vec!["(".into()] },
     ] {
-        let r = request(&e, "Hi", SamplingParams::greedy(), 5, Some(bad.clone()));
-        assert!(matches!(e.submit(r), Err(EngineError::InvalidGrammar(_))), "{bad:?}");
+        assert!(matches!(e.model().grammar.compile(&bad), Err(EngineError::InvalidGrammar(_))), "{bad:?}");
     }
     assert_eq!(e.stats().num_waiting, 0);
 }

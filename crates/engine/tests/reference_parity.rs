@@ -156,10 +156,10 @@ fn teacher_forced(name: &str) -> TeacherForced {
         seq.extend_from_slice(&greedy[..top5.len() - 1]);
         let mut blocks =
             slm_engine::block_manager::BlockManager::with_prefix_caching(seq.len().div_ceil(16), 16, false);
-        let (table, _) = blocks.allocate(&seq, seq.len());
+        let table = blocks.try_allocate(&seq, seq.len()).expect("sized for the sequence");
         let mut kv = m.new_kv_cache(table.len(), 16);
         let mut b = slm_engine::batch::BatchInput::default();
-        b.push_seq(&seq, 0, &table, 16, false);
+        b.push_seq(&seq, 0, table.blocks(), 16, false);
         b.logits_rows = (prompt.len() - 1..seq.len()).collect();
         let logits = m.decoder.forward(&b, &mut kv);
         for (step, want) in top5.iter().enumerate() {

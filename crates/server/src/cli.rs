@@ -175,7 +175,7 @@ fn generate(
     seed: Option<u64>,
     chat: bool,
 ) -> Result<()> {
-    let model = Model::load(path).with_context(|| format!("loading {path}"))?;
+    let model = std::sync::Arc::new(Model::load(path).with_context(|| format!("loading {path}"))?);
     let ids = if chat {
         let messages = [serde_json::json!({"role": "user", "content": prompt})];
         let text = model.chat_template.render_prompt(&model.tokenizer, &messages, None)?;

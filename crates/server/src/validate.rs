@@ -1,11 +1,23 @@
-//! OpenAI request → engine request, or an `ApiError` naming the field at fault. Nothing past
+//! OpenAI request → `ValidRequest`, or an `ApiError` naming the field at fault. A
+//! `ValidRequest` only comes out of this module: it carries the rendered, tokenized prompts,
+//! the checked sampling options and limits, and the constraint compiled once (cloned for each
+//! choice). Rendering the chat template, tokenizing and compiling grammars are CPU work of
+//! unbounded size, so they run on the blocking pool, never on the async workers. Nothing past
 //! this module sees an unchecked value.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
-use slm_engine::{Model, SamplingParams};
+use slm_engine::{
+    Constraint, ConstraintSpec, EngineError, EngineHandle, Model, Request, RequestStream, SamplingParams,
+};
 
 use crate::error::ApiError;
-use crate::openai::{ChatMessage, MessageContent, Role, SamplingFields, StopField};
+use crate::grammar;
+use crate::openai::{
+    ChatCompletionRequest, ChatMessage, CompletionRequest, MessageContent, PromptField, Role, SamplingFields, StopField,
+};
+use crate::tools::{self, ToolChoice};
 
 /// Most choices per request (`n`).
 pub const MAX_N: i64 = 8;
@@ -104,28 +116,33 @@ pub fn sampling(f: &SamplingFields, logprobs: Option<usize>, vocab_size: usize) 
     })
 }
 
-/// `max_tokens` checked against the context: defaults to what is left of it.
+/// `max_tokens` checked against the context: defaults to what is left of it. The one
+/// context-length check of the server: a prompt that alone fills the context names the prompt
+/// field (`prompt_param`), a completion that does not fit names `param`; the message is the
+/// engine's, with both numbers.
 pub fn max_tokens(
     param: &str,
+    prompt_param: &str,
     requested: Option<i64>,
     num_prompt_tokens: usize,
     max_model_len: usize,
 ) -> Result<usize, ApiError> {
-    let err = |m: i64| {
-        ApiError {
-        code: Some("context_length_exceeded"),
-        param: Some(param.to_string()),
-        ..ApiError::bad_request(format!(
-            "This model's maximum context length is {max_model_len} tokens. However, you requested {} tokens ({num_prompt_tokens} in the prompt, {m} for the completion). Please reduce the prompt or the completion length.",
-            num_prompt_tokens as i64 + m
-        ))
-    }
+    let err = |m: usize, field: &str| {
+        let e = EngineError::ContextLengthExceeded {
+            max: max_model_len,
+            needed: num_prompt_tokens.saturating_add(m),
+            prompt: num_prompt_tokens,
+            max_tokens: m,
+        };
+        ApiError { param: Some(field.to_string()), ..ApiError::from(e) }
     };
     match requested {
         Some(m) if m < 1 => Err(ApiError::invalid(param, format!("`{param}` must be at least 1, got {m}"))),
-        Some(m) if num_prompt_tokens as i64 + m > max_model_len as i64 => Err(err(m)),
+        _ if num_prompt_tokens >= max_model_len => Err(err(requested.unwrap_or(1).max(1) as usize, prompt_param)),
+        // The prompt fits (checked above), so the subtraction cannot underflow, and the
+        // comparison cannot overflow whatever `m` is.
+        Some(m) if m as u64 > (max_model_len - num_prompt_tokens) as u64 => Err(err(m as usize, param)),
         Some(m) => Ok(m as usize),
-        None if num_prompt_tokens >= max_model_len => Err(err(1)),
         None => Ok(max_model_len - num_prompt_tokens),
     }
 }
@@ -196,13 +213,184 @@ pub fn messages(msgs: &[ChatMessage]) -> Result<Vec<Value>, ApiError> {
         .collect()
 }
 
-/// Renders and tokenizes a chat prompt.
-pub fn chat_prompt(model: &Model, messages: &[Value], tools: Option<&[Value]>) -> Result<Vec<u32>, ApiError> {
-    let text = model
-        .chat_template
-        .render_prompt(&model.tokenizer, messages, tools)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    Ok(model.tokenizer.encode(&text, true, true)?)
+/// A request ready for the engine: only this module makes one.
+pub struct ValidRequest {
+    prompts: Vec<Vec<u32>>,
+    sampling: ValidSampling,
+    max_tokens: usize,
+    constraint: Option<Constraint>,
+}
+
+impl ValidRequest {
+    pub fn sampling(&self) -> &ValidSampling {
+        &self.sampling
+    }
+
+    pub fn prompts(&self) -> &[Vec<u32>] {
+        &self.prompts
+    }
+
+    /// Prompt tokens over every choice (what `usage.prompt_tokens` reports).
+    pub fn num_prompt_tokens(&self) -> usize {
+        self.prompts.iter().map(Vec::len).sum::<usize>() * self.sampling.n
+    }
+
+    /// Queues the `n` choices of every prompt (choice `i` of prompt `p` is stream `p·n + i`).
+    /// A seeded request gives choice `i` the seed `seed + i`, so choices differ from each
+    /// other and each is reproducible.
+    pub fn submit(&self, engine: &EngineHandle) -> Result<Vec<RequestStream>, ApiError> {
+        let s = &self.sampling;
+        let mut streams = Vec::with_capacity(self.prompts.len() * s.n);
+        for prompt in &self.prompts {
+            for i in 0..s.n {
+                let mut params = s.params.clone();
+                params.seed = params.seed.map(|seed| seed.wrapping_add(i as u64));
+                let mut r = Request::new(prompt.clone(), params, self.max_tokens);
+                r.stop_strings = s.stop.clone();
+                r.ignore_eos = s.ignore_eos;
+                r.constraint = self.constraint.clone();
+                streams.push(engine.submit(r)?);
+            }
+        }
+        Ok(streams)
+    }
+}
+
+/// A chat request: the engine request, and what its answer needs to know.
+pub struct ValidChat {
+    pub request: ValidRequest,
+    /// The tools a call may name (None: tools are off).
+    pub tool_names: Option<Vec<String>>,
+    pub logprobs: bool,
+}
+
+/// A text-completion request, and per prompt the text `echo` repeats.
+pub struct ValidCompletion {
+    pub request: ValidRequest,
+    /// Per choice (prompt `i / n`): the prompt's text when `echo` is set, else empty.
+    pub echoes: Vec<String>,
+    pub logprobs: bool,
+}
+
+/// Runs `f` on the blocking pool: template rendering, tokenization and grammar compilation
+/// are CPU work whose size the request decides.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("request preparation failed: {e}")))?
+}
+
+/// Compiles the request's constraint once; a grammar error names `param`.
+fn compile(model: &Model, spec: Option<ConstraintSpec>, param: &str) -> Result<Option<Constraint>, ApiError> {
+    spec.map(|s| model.grammar.compile(&s)).transpose().map_err(|e| ApiError::from(e).for_param(param))
+}
+
+pub async fn chat(model: Arc<Model>, max_model_len: usize, req: ChatCompletionRequest) -> Result<ValidChat, ApiError> {
+    let logprobs = req.logprobs.unwrap_or(false);
+    let top_logprobs = match (logprobs, req.top_logprobs) {
+        (_, Some(k)) if !(0..=20).contains(&k) => {
+            return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be between 0 and 20, got {k}")))
+        }
+        (false, Some(_)) => {
+            return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs` set to true"))
+        }
+        (_, k) => k.unwrap_or(0) as usize,
+    };
+    let sampling = sampling(&req.sampling(), logprobs.then_some(top_logprobs), model.decoder.config.vocab_size)?;
+    let messages = messages(&req.messages)?;
+    // tool_choice "none" renders no tools, so the model is not invited to call one.
+    let offered = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
+    let format = grammar::response_format(req.response_format.as_ref())?;
+    // Calls are constrained to the offered tools; in `auto` mode a `response_format` wins.
+    let (spec, param) = match &offered {
+        Some(o) if format.is_none() || o.choice != ToolChoice::Auto => (
+            grammar::tool_calls(req.tools.as_deref().unwrap_or_default(), o, req.parallel_tool_calls.unwrap_or(true))?,
+            "tools",
+        ),
+        _ => (format, "response_format"),
+    };
+    let max_param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+    let requested = req.max_completion_tokens.or(req.max_tokens);
+    let tools = offered.as_ref().and(req.tools);
+    let tool_names = offered.map(|o| o.names);
+    blocking(move || {
+        let text = model
+            .chat_template
+            .render_prompt(&model.tokenizer, &messages, tools.as_deref())
+            .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+        let prompt = model.tokenizer.encode(&text, true, true)?;
+        let max_tokens = max_tokens(max_param, "messages", requested, prompt.len(), max_model_len)?;
+        let constraint = compile(&model, spec, param)?;
+        let request = ValidRequest { prompts: vec![prompt], sampling, max_tokens, constraint };
+        Ok(ValidChat { request, tool_names, logprobs })
+    })
+    .await
+}
+
+/// OpenAI's default `max_tokens` for text completions.
+const DEFAULT_COMPLETION_TOKENS: i64 = 16;
+
+pub async fn completion(
+    model: Arc<Model>,
+    max_model_len: usize,
+    req: CompletionRequest,
+) -> Result<ValidCompletion, ApiError> {
+    let logprobs = match req.logprobs {
+        Some(k) if !(0..=20).contains(&k) => {
+            return Err(ApiError::invalid("logprobs", format!("`logprobs` must be between 0 and 20, got {k}")))
+        }
+        k => k.map(|k| k as usize),
+    };
+    let sampling = sampling(&req.sampling(), logprobs, model.decoder.config.vocab_size)?;
+    let constrained = grammar::completion_fields(
+        req.json_schema.as_ref(),
+        req.grammar.as_deref(),
+        req.regex.as_deref(),
+        req.response_format.as_ref(),
+    )?;
+    let (spec, param) = match constrained {
+        Some((c, param)) => (Some(c), param),
+        None => (None, "response_format"),
+    };
+    let echo = req.echo.unwrap_or(false);
+    let vocab = model.decoder.config.vocab_size;
+    blocking(move || {
+        let (prompts, texts): (Vec<Vec<u32>>, Vec<String>) = match req.prompt {
+            PromptField::Text(t) => (vec![model.tokenizer.encode(&t, true, true)?], vec![t]),
+            PromptField::Texts(v) => {
+                (v.iter().map(|t| model.tokenizer.encode(t, true, true)).collect::<Result<_, _>>()?, v)
+            }
+            PromptField::Tokens(ids) => {
+                let text = model.tokenizer.decode(&ids, true);
+                (vec![ids], vec![text])
+            }
+            PromptField::TokenLists(v) => {
+                let texts = v.iter().map(|ids| model.tokenizer.decode(ids, true)).collect();
+                (v, texts)
+            }
+        };
+        if prompts.is_empty() {
+            return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(ApiError::invalid("prompt", format!("prompt {i} is empty")));
+            }
+            if let Some(t) = p.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    format!("prompt {i}: token id {t} is out of range (vocabulary size {vocab})"),
+                ));
+            }
+        }
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let requested = Some(req.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS));
+        let max_tokens = max_tokens("max_tokens", "prompt", requested, longest, max_model_len)?;
+        let constraint = compile(&model, spec, param)?;
+        let n = sampling.n;
+        let echoes = (0..prompts.len() * n).map(|i| if echo { texts[i / n].clone() } else { String::new() }).collect();
+        let request = ValidRequest { prompts, sampling, max_tokens, constraint };
+        Ok(ValidCompletion { request, echoes, logprobs: logprobs.is_some() })
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -260,11 +448,18 @@ mod tests {
 
     #[test]
     fn max_tokens_defaults_to_the_rest_of_the_context() {
-        assert_eq!(max_tokens("max_tokens", None, 10, 100).unwrap(), 90);
-        assert_eq!(max_tokens("max_tokens", Some(90), 10, 100).unwrap(), 90);
-        let e = max_tokens("max_tokens", Some(91), 10, 100).unwrap_err();
-        assert_eq!(e.code, Some("context_length_exceeded"));
+        let mt = |requested, prompt| max_tokens("max_tokens", "messages", requested, prompt, 100);
+        assert_eq!(mt(None, 10).unwrap(), 90);
+        assert_eq!(mt(Some(90), 10).unwrap(), 90);
+        let e = mt(Some(91), 10).unwrap_err();
+        assert_eq!((e.code, e.param.as_deref()), (Some("context_length_exceeded"), Some("max_tokens")));
         assert!(e.message.contains("100") && e.message.contains("101"), "{}", e.message);
-        assert_eq!(max_tokens("max_tokens", Some(0), 10, 100).unwrap_err().param.as_deref(), Some("max_tokens"));
+        assert_eq!(mt(Some(0), 10).unwrap_err().param.as_deref(), Some("max_tokens"));
+        // A prompt that fills the context by itself is the prompt's fault, whatever is asked.
+        for requested in [None, Some(5)] {
+            let e = mt(requested, 100).unwrap_err();
+            assert_eq!((e.code, e.param.as_deref()), (Some("context_length_exceeded"), Some("messages")));
+        }
+        assert!(mt(Some(i64::MAX), 10).is_err());
     }
 }

@@ -36,6 +36,8 @@ pub fn activate(act: Activation, x: &mut [f32]) {
             Activation::GeluTanh => x.iter_mut().for_each(|v| *v = Activation::GeluTanh.apply(*v)),
         }
     }
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/DQ/VL.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
     unsafe fn wide(act: Activation, x: &mut [f32]) {
@@ -43,7 +45,7 @@ pub fn activate(act: Activation, x: &mut [f32]) {
     }
     #[cfg(target_arch = "x86_64")]
     if super::kernels::detected_level() == super::kernels::Level::Avx512Vnni {
-        // SAFETY: the level is only reported when the CPU has AVX-512.
+        // SAFETY: `Level::Avx512Vnni` is only reported when the CPU has AVX-512 F/BW/DQ/VL.
         return unsafe { wide(act, x) };
     }
     body(act, x)
@@ -58,6 +60,8 @@ pub fn gated(act: Activation, gate: &mut [f32], up: &[f32]) {
             Activation::GeluTanh => gate.iter_mut().zip(up).for_each(|(g, u)| *g = Activation::GeluTanh.apply(*g) * u),
         }
     }
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/DQ/VL.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
     unsafe fn wide(act: Activation, gate: &mut [f32], up: &[f32]) {
@@ -65,7 +69,7 @@ pub fn gated(act: Activation, gate: &mut [f32], up: &[f32]) {
     }
     #[cfg(target_arch = "x86_64")]
     if super::kernels::detected_level() == super::kernels::Level::Avx512Vnni {
-        // SAFETY: the level is only reported when the CPU has AVX-512.
+        // SAFETY: `Level::Avx512Vnni` is only reported when the CPU has AVX-512 F/BW/DQ/VL.
         return unsafe { wide(act, gate, up) };
     }
     body(act, gate, up)

@@ -150,6 +150,8 @@ fn prefetch<E>(data: &[E]) {
     }
 }
 
+/// # Safety
+/// The CPU must have AVX-512 F/BW/DQ/VL (`Level::Avx512Vnni`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn attend_avx512<E: KvElem>(
@@ -164,8 +166,10 @@ unsafe fn attend_avx512<E: KvElem>(
     attend::<std::arch::x86_64::__m512, E, 8, 4, 4>(kv, qh, lo, pos, p, scratch, o)
 }
 
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C (`Level::Avx2`).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_avx2<E: KvElem>(
     kv: &HeadView<E>,
     qh: &[f32],
@@ -181,6 +185,9 @@ unsafe fn attend_avx2<E: KvElem>(
 /// The group's heads (`qh`: `group × hd`) attend to positions `lo..=pos`; writes `o`. Up to
 /// `SH` heads are scored against each loaded key vector; up to `VH` heads × `VC` vectors of
 /// the head dimension accumulate values in registers (sized to the register file).
+///
+/// # Safety
+/// The CPU must have `L`'s features (see `Lanes`). Every access is bounds-checked.
 #[inline(always)]
 unsafe fn attend<L: Lanes, E: KvElem, const SH: usize, const VH: usize, const VC: usize>(
     kv: &HeadView<E>,
@@ -282,6 +289,9 @@ unsafe fn attend<L: Lanes, E: KvElem, const SH: usize, const VH: usize, const VC
 
 /// Unnormalized scores of slots `c..c + 16` of a block for `H` heads: per head and slot,
 /// `Σ_d q[d]·k[d]` accumulated over `d` in order with `mul_add`.
+///
+/// # Safety
+/// The CPU must have `L`'s features (see `Lanes`).
 #[inline(always)]
 unsafe fn score_lanes<L: Lanes, E: KvElem, const H: usize>(
     qs: &[f32],
@@ -328,6 +338,9 @@ fn score_lanes_partial<E: KvElem>(
 
 /// For `H` heads, dimensions `c..c + 16·C`: `Σ_j w[h][j]·v_j` over positions `lo..=pos` in
 /// order with `mul_add`, divided by the head's sum, into `o` (`H × hd`).
+///
+/// # Safety
+/// The CPU must have `L`'s features (see `Lanes`).
 #[inline(always)]
 unsafe fn value_lanes<L: Lanes, E: KvElem, const H: usize, const C: usize>(
     w: &[f32],
@@ -455,16 +468,17 @@ mod tests {
     ) -> Vec<(&'static str, Vec<f32>)> {
         let group = c.heads / c.kv_heads;
         type Run<'a, E> = Box<dyn Fn(&HeadView<E>, &[f32], &mut Vec<f32>, &mut [f32]) + 'a>;
+        // SAFETY (each closure): a level is listed only when `Level::is_supported` says so.
         let mut levels: Vec<(&str, Run<E>)> = vec![(
             "portable",
             Box::new(|h, qh, s, o| unsafe { attend::<[f32; LANES], E, 4, 2, 2>(h, qh, lo, pos, p, s, o) }),
         )];
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if Level::Avx2.is_supported() {
                 levels.push(("avx2", Box::new(|h, qh, s, o| unsafe { attend_avx2(h, qh, lo, pos, p, s, o) })));
             }
-            if detected_level() == Level::Avx512Vnni {
+            if Level::Avx512Vnni.is_supported() {
                 levels.push(("avx512", Box::new(|h, qh, s, o| unsafe { attend_avx512(h, qh, lo, pos, p, s, o) })));
             }
         }

@@ -6,18 +6,39 @@
 
 use half::f16;
 
-/// 16 f32 lanes. `unsafe` because the x86 implementations need their CPU features: call only
-/// from code built (or dispatched) for them.
+/// 16 f32 lanes. Slices shorter than 16 panic (loads and stores check their length).
+///
+/// # Safety
+/// Every method is `unsafe` for one reason: the x86 implementations use their CPU's
+/// features (`__m512` needs AVX-512F; `Avx2x2` needs AVX2, FMA and F16C). Call them only from
+/// code dispatched on `Level::is_supported` for those features; the portable array needs none.
 pub trait Lanes: Copy {
+    /// # Safety
+    /// See the trait: the CPU must have the implementation's features.
     unsafe fn zero() -> Self;
+    /// # Safety
+    /// See the trait.
     unsafe fn splat(x: f32) -> Self;
     /// Loads 16 values from `p[..16]`.
+    ///
+    /// # Safety
+    /// See the trait.
     unsafe fn load(p: &[f32]) -> Self;
     /// Loads 16 f16 values from `p[..16]`, widened exactly.
+    ///
+    /// # Safety
+    /// See the trait.
     unsafe fn load_f16(p: &[f16]) -> Self;
+    /// # Safety
+    /// See the trait.
     unsafe fn store(self, p: &mut [f32]);
     /// `self + a·b` with one rounding.
+    ///
+    /// # Safety
+    /// See the trait.
     unsafe fn fma(self, a: Self, b: Self) -> Self;
+    /// # Safety
+    /// See the trait.
     unsafe fn mul(self, b: Self) -> Self;
 }
 
@@ -143,6 +164,9 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
     /// Loads 16 elements as f32 lanes.
+    ///
+    /// # Safety
+    /// As `Lanes`: the CPU must have `L`'s features.
     unsafe fn load<L: Lanes>(p: &[Self]) -> L;
 }
 

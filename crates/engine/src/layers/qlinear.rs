@@ -103,19 +103,49 @@ impl QWeight {
         Ok(Self { tensor: Arc::new(tensor), dtype, in_dim, out_dim })
     }
 
-    fn blocks<T>(&self) -> &[T] {
+    fn blocks<T: GgufBlock>(&self) -> &[T] {
         tensor_blocks(&self.tensor)
     }
 }
 
-/// The blocks of a quantized tensor whose block type is `T`, borrowed from candle's CPU
-/// storage (allocated as a `Vec<T>`, so the pointer is aligned for `T`).
-pub(crate) fn tensor_blocks<T>(tensor: &QTensor) -> &[T] {
+/// A type whose values are the blocks of a GGUF tensor of type `DTYPE`, exactly as the file
+/// lays them out.
+///
+/// # Safety
+/// Implementors must be plain data of `DTYPE.type_size()` bytes in ggml's block layout
+/// (`repr(C)`, no padding, no pointers, every bit pattern valid), so that a tensor's bytes of
+/// that dtype can be viewed as a slice of them.
+pub(crate) unsafe trait GgufBlock: Sized {
+    const DTYPE: GgmlDType;
+}
+
+macro_rules! gguf_blocks {
+    ($($T:ty => $dtype:ident),* $(,)?) => {
+        // SAFETY: candle's block types (and f32/f16) are ggml's `repr(C)` blocks of these
+        // dtypes; slm's kernel blocks mirror them field for field (sizes asserted in blocks.rs).
+        $(unsafe impl GgufBlock for $T { const DTYPE: GgmlDType = GgmlDType::$dtype; })*
+    };
+}
+
+gguf_blocks!(
+    f32 => F32, f16 => F16, BlockQ4_0 => Q4_0, BlockQ4_1 => Q4_1, BlockQ5_0 => Q5_0, BlockQ5_1 => Q5_1,
+    BlockQ8_0 => Q8_0, BlockQ2K => Q2K, BlockQ3K => Q3K, BlockQ4K => Q4K, BlockQ5K => Q5K, BlockQ6K => Q6K,
+    kernels::BlockQ5_0 => Q5_0, kernels::BlockQ8_0 => Q8_0, kernels::BlockQ4K => Q4K, kernels::BlockQ6K => Q6K,
+);
+
+/// The blocks of a quantized tensor of `T`'s dtype, borrowed from candle's CPU storage.
+/// Panics on a tensor of another dtype or an inconsistent length: the caller chose `T` from
+/// the tensor's dtype, so either is a bug, never a property of the file.
+pub(crate) fn tensor_blocks<T: GgufBlock>(tensor: &QTensor) -> &[T] {
+    assert_eq!(tensor.dtype(), T::DTYPE, "tensor_blocks: tensor is {:?}, not {:?}", tensor.dtype(), T::DTYPE);
+    assert_eq!(std::mem::size_of::<T>(), T::DTYPE.type_size(), "block size of {:?}", T::DTYPE);
     let bytes = tensor.data().expect("cpu tensor data");
     let std::borrow::Cow::Borrowed(bytes) = bytes else { panic!("quantized CPU storage is expected to be borrowed") };
-    let n = bytes.len() / std::mem::size_of::<T>();
-    assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
-    // SAFETY: candle stores CPU quantized tensors as Vec<T> of this block type.
+    let n = tensor.shape().elem_count() / T::DTYPE.block_size();
+    assert_eq!(bytes.len(), n * std::mem::size_of::<T>(), "tensor of {n} {:?} blocks", T::DTYPE);
+    assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0, "misaligned {:?} blocks", T::DTYPE);
+    // SAFETY: `bytes` holds exactly `n` blocks of `T::DTYPE` (checked above), aligned for
+    // `T`, and `T: GgufBlock` may be any bit pattern of that layout; the borrow keeps them.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) }
 }
 
@@ -201,7 +231,7 @@ impl QLinear {
             return out;
         }
         match &self.packed {
-            Some(p) => kernels::matmul(p, x, rows, &mut out, kernels::detected_level()),
+            Some(p) => kernels::matmul(p, x, rows, &mut out),
             None => with_block_type!(
                 self.dtype,
                 T,

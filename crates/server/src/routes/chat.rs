@@ -14,14 +14,12 @@ use axum::Json;
 use slm_engine::{Event, FinishReason, Model};
 use tokio::sync::mpsc;
 
-use super::{new_call_id, new_id, parse_body, submit_n, unix_now};
+use super::{new_call_id, new_id, parse_body, unix_now};
 use crate::error::ApiError;
-use crate::grammar;
 use crate::openai::*;
 use crate::state::AppState;
 use crate::stream::{self, chat_logprob};
 use crate::tool_stream::{self, Piece, ToolStream};
-use crate::tools::{self, ToolChoice};
 use crate::validate;
 
 /// What every chunk or answer of one request repeats.
@@ -65,50 +63,18 @@ pub async fn chat_completions(
     let served = state.model_for(req.model.as_deref())?;
     let engine = &served.engine;
     let model = engine.model().clone();
-    let top_logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
-        (_, Some(k)) if !(0..=20).contains(&k) => {
-            return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be between 0 and 20, got {k}")))
-        }
-        (false, Some(_)) => {
-            return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs` set to true"))
-        }
-        (_, k) => k.unwrap_or(0) as usize,
-    };
-    let s = validate::sampling(
-        &req.sampling(),
-        req.logprobs.unwrap_or(false).then_some(top_logprobs),
-        model.decoder.config.vocab_size,
-    )?;
-    let messages = validate::messages(&req.messages)?;
-    // tool_choice "none" renders no tools, so the model is not invited to call one.
-    let offered = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
-    let prompt = validate::chat_prompt(&model, &messages, offered.as_ref().and(req.tools.as_deref()))?;
-    let format = grammar::response_format(req.response_format.as_ref())?;
-    // Calls are constrained to the offered tools; in `auto` mode a `response_format` wins.
-    let (constraint, constraint_param) = match &offered {
-        Some(o) if format.is_none() || o.choice != ToolChoice::Auto => (
-            grammar::tool_calls(req.tools.as_deref().unwrap_or_default(), o, req.parallel_tool_calls.unwrap_or(true))?,
-            "tools",
-        ),
-        _ => (format, "response_format"),
-    };
-    let tool_names = offered.map(|o| o.names);
-    let param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
-    let max_tokens = validate::max_tokens(
-        param,
-        req.max_completion_tokens.or(req.max_tokens),
-        prompt.len(),
-        engine.max_model_len(),
-    )?;
-    let streams =
-        submit_n(engine, &prompt, &s, max_tokens, constraint.as_ref()).map_err(|e| e.for_param(constraint_param))?;
+    let valid = validate::chat(model.clone(), engine.max_model_len(), req).await?;
+    let streams = valid.request.submit(engine)?;
     let ctx = Ctx {
         id: new_id("chatcmpl"),
         created: unix_now(),
         model: served.id.clone(),
         fingerprint: state.fingerprint.clone(),
-        logprobs: req.logprobs.unwrap_or(false),
+        logprobs: valid.logprobs,
     };
+    let s = valid.request.sampling();
+    let num_prompt_tokens = valid.request.num_prompt_tokens();
+    let tool_names = valid.tool_names;
 
     if s.stream {
         let (tx, rx) = mpsc::channel(64);
@@ -117,7 +83,7 @@ pub async fn chat_completions(
             ctx,
             model,
             streams,
-            prompt.len(),
+            num_prompt_tokens,
             s.include_usage,
             tool_names,
             start,
@@ -126,7 +92,7 @@ pub async fn chat_completions(
         return Ok(stream::sse(rx));
     }
     let outs = stream::collect(streams, &state.metrics, start).await?;
-    let usage = stream::usage(prompt.len(), &outs.iter().map(|o| &o.finish).collect::<Vec<_>>());
+    let usage = stream::usage(num_prompt_tokens, &outs.iter().map(|o| &o.finish).collect::<Vec<_>>());
     let choices = outs
         .into_iter()
         .enumerate()

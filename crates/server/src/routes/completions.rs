@@ -13,16 +13,12 @@ use axum::Json;
 use slm_engine::{Event, Model, TokenEvent};
 use tokio::sync::mpsc;
 
-use super::{new_id, parse_body, submit_n, unix_now};
+use super::{new_id, parse_body, unix_now};
 use crate::error::ApiError;
-use crate::grammar;
 use crate::openai::*;
 use crate::state::AppState;
 use crate::stream::{self, token_text};
 use crate::validate;
-
-/// OpenAI's default for this endpoint.
-const DEFAULT_MAX_TOKENS: i64 = 16;
 
 struct Ctx {
     id: String,
@@ -70,60 +66,17 @@ pub async fn completions(
     let served = state.model_for(req.model.as_deref())?;
     let engine = &served.engine;
     let model = engine.model().clone();
-    let logprobs = match req.logprobs {
-        Some(k) if !(0..=20).contains(&k) => {
-            return Err(ApiError::invalid("logprobs", format!("`logprobs` must be between 0 and 20, got {k}")))
-        }
-        k => k.map(|k| k as usize),
-    };
-    let s = validate::sampling(&req.sampling(), logprobs, model.decoder.config.vocab_size)?;
-    let (constraint, constraint_param) = match grammar::completion_fields(
-        req.json_schema.as_ref(),
-        req.grammar.as_deref(),
-        req.regex.as_deref(),
-        req.response_format.as_ref(),
-    )? {
-        Some((c, param)) => (Some(c), param),
-        None => (None, "response_format"),
-    };
-    let (prompts, texts): (Vec<Vec<u32>>, Vec<String>) = match &req.prompt {
-        PromptField::Text(t) => (vec![model.tokenizer.encode(t, true, true)?], vec![t.clone()]),
-        PromptField::Texts(v) => {
-            (v.iter().map(|t| model.tokenizer.encode(t, true, true)).collect::<Result<_, _>>()?, v.clone())
-        }
-        PromptField::Tokens(ids) => (vec![ids.clone()], vec![model.tokenizer.decode(ids, true)]),
-        PromptField::TokenLists(v) => (v.clone(), v.iter().map(|ids| model.tokenizer.decode(ids, true)).collect()),
-    };
-    if prompts.is_empty() {
-        return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
-    }
-    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
-        return Err(ApiError::invalid("prompt", format!("prompt {i} is empty")));
-    }
-    let echo = req.echo.unwrap_or(false);
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let max_tokens = validate::max_tokens(
-        "max_tokens",
-        Some(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
-        longest,
-        engine.max_model_len(),
-    )?;
-    let mut streams = Vec::new();
-    for p in &prompts {
-        streams.extend(
-            submit_n(engine, p, &s, max_tokens, constraint.as_ref()).map_err(|e| e.for_param(constraint_param))?,
-        );
-    }
-    let num_prompt_tokens: usize = prompts.iter().map(Vec::len).sum::<usize>() * s.n;
+    let valid = validate::completion(model.clone(), engine.max_model_len(), req).await?;
+    let streams = valid.request.submit(engine)?;
+    let s = valid.request.sampling();
+    let num_prompt_tokens = valid.request.num_prompt_tokens();
+    let (echoes, logprobs) = (valid.echoes, valid.logprobs);
     let ctx = Ctx {
         id: new_id("cmpl"),
         created: unix_now(),
         model: served.id.clone(),
         fingerprint: state.fingerprint.clone(),
     };
-    // Choice i belongs to prompt i / n.
-    let echoes: Vec<String> =
-        (0..streams.len()).map(|i| if echo { texts[i / s.n].clone() } else { String::new() }).collect();
 
     if s.stream {
         let (tx, rx) = mpsc::channel(64);
@@ -133,7 +86,7 @@ pub async fn completions(
             model,
             streams,
             echoes,
-            logprobs.is_some(),
+            logprobs,
             num_prompt_tokens,
             s.include_usage,
             start,
@@ -148,7 +101,7 @@ pub async fn completions(
         .zip(echoes)
         .enumerate()
         .map(|(index, (o, prefix))| CompletionChoice {
-            logprobs: logprobs.map(|_| legacy_logprobs(&model, &o.tokens, prefix.len())),
+            logprobs: logprobs.then(|| legacy_logprobs(&model, &o.tokens, prefix.len())),
             text: prefix + &o.text,
             index,
             finish_reason: Some(o.finish.reason.as_str()),

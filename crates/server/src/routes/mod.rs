@@ -1,5 +1,6 @@
 //! The HTTP routes and what they share: body parsing into typed requests (errors name the
-//! field), submitting the `n` choices of a request, ids and timestamps.
+//! field), ids and timestamps. Each route is a thin adapter: body → `validate` → submit →
+//! its own wire format.
 
 pub mod chat;
 pub mod completions;
@@ -12,10 +13,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
-use slm_engine::{ConstraintSpec, EngineHandle, Request, RequestStream};
 
 use crate::error::ApiError;
-use crate::validate::ValidSampling;
 
 /// Parses a JSON body. Malformed JSON and wrong types are 400s naming the field; an over-
 /// limit body is a 413.
@@ -39,28 +38,6 @@ pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limi
             ApiError::invalid(path.clone(), format!("Invalid value for `{path}`: {inner}"))
         }
     })
-}
-
-/// Queues the `n` choices of one prompt. A seeded request gives choice `i` the seed `seed + i`,
-/// so choices differ from each other and each is reproducible.
-pub fn submit_n(
-    engine: &EngineHandle,
-    prompt: &[u32],
-    s: &ValidSampling,
-    max_tokens: usize,
-    constraint: Option<&ConstraintSpec>,
-) -> Result<Vec<RequestStream>, ApiError> {
-    (0..s.n)
-        .map(|i| {
-            let mut params = s.params.clone();
-            params.seed = params.seed.map(|seed| seed.wrapping_add(i as u64));
-            let mut r = Request::new(prompt.to_vec(), params, max_tokens);
-            r.stop_strings = s.stop.clone();
-            r.ignore_eos = s.ignore_eos;
-            r.constraint = constraint.cloned();
-            engine.submit(r).map_err(ApiError::from)
-        })
-        .collect()
 }
 
 pub fn new_id(prefix: &str) -> String {

@@ -80,7 +80,14 @@ pub fn run(n: usize, k: usize) -> candle_core::Result<Vec<KernelTiming>> {
 
 fn rowwise(q: &QTensor, x: &[f32], m: usize, k: usize, n: usize, dst: &mut [f32]) {
     use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType};
-    fn run<T: GgmlType>(q: &QTensor, x: &[f32], m: usize, k: usize, n: usize, dst: &mut [f32]) {
+    fn run<T: GgmlType + crate::layers::qlinear::GgufBlock>(
+        q: &QTensor,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        dst: &mut [f32],
+    ) {
         k_quants::matmul::<T>((m, k, n), x, tensor_blocks::<T>(q), dst).unwrap();
     }
     match q.dtype() {
@@ -103,7 +110,12 @@ pub struct StreamTiming {
 /// Decode's access pattern: every call reads a weight that is not in cache.
 pub fn run_streaming(n: usize, k: usize, total_mb: usize) -> candle_core::Result<Vec<StreamTiming>> {
     use super::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, PackedWeights, WeightBlock};
-    fn packs<W: WeightBlock>(q: &QTensor, n: usize, k: usize, total_mb: usize) -> Vec<PackedWeights> {
+    fn packs<W: WeightBlock + crate::layers::qlinear::GgufBlock>(
+        q: &QTensor,
+        n: usize,
+        k: usize,
+        total_mb: usize,
+    ) -> Vec<PackedWeights> {
         let blocks = tensor_blocks::<W>(q);
         let first = PackedWeights::pack(blocks, n, k);
         let copies = (total_mb << 20).div_ceil(first.num_bytes()).max(2);
@@ -123,8 +135,7 @@ pub fn run_streaming(n: usize, k: usize, total_mb: usize) -> candle_core::Result
             _ => packs::<BlockQ8_0>(&q, n, k, total_mb),
         };
         let mut y = vec![0f32; n];
-        let level = super::detected_level();
-        let ms = time(|| ws.iter().for_each(|p| super::matmul(p, &x, 1, &mut y, level)), 10) / ws.len() as f64;
+        let ms = time(|| ws.iter().for_each(|p| super::matmul(p, &x, 1, &mut y)), 10) / ws.len() as f64;
         out.push(StreamTiming { dtype: name, ms_per_call: ms, gb_per_s: ws[0].num_bytes() as f64 / ms / 1e6 });
     }
     Ok(out)

@@ -22,6 +22,7 @@
 
 pub mod bench;
 mod blocks;
+mod quantize;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -29,6 +30,7 @@ mod x86;
 use std::cell::RefCell;
 
 pub use blocks::*;
+pub use quantize::QuantizedRows;
 
 /// Output columns per tile (lanes of a 512-bit vector of i32).
 pub const TILE: usize = 16;
@@ -242,8 +244,10 @@ impl PackedWeights {
     pub fn tile_sub(&self, t: usize, s: usize) -> &[u8] {
         let lines = self.lines_per_sub();
         let first = (t * self.num_subs() + s) * lines;
-        // SAFETY: lines are contiguous 64-byte arrays.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().add(first) as *const u8, lines * 64) }
+        let tile_lines = &self.lines[first..first + lines];
+        // SAFETY: `Line` is `repr(C)` over `[u8; 64]`, so `lines` of them are `lines × 64`
+        // initialized bytes, borrowed from `self` for the same lifetime.
+        unsafe { std::slice::from_raw_parts(tile_lines.as_ptr() as *const u8, lines * 64) }
     }
 
     /// Whether sub-blocks carry integer scales (the K-quants).
@@ -283,102 +287,6 @@ fn tile_columns<T>(v: &[T], i: usize) -> &[T] {
     &v[i * TILE..(i + 1) * TILE]
 }
 
-/// Activation rows quantized to 8 bits (`d` holds the scale of every 32 values), with `Σ
-/// bytes` per sub-block of the weights: the kernels start a sub-block's dot product at
-/// `-offset × Σ` (which turns `(w + offset) · x` back into `w · x`), and Q4_K's min term
-/// multiplies it.
-#[derive(Default)]
-pub struct QuantizedRows {
-    pub qs: Vec<i8>,
-    pub d: Vec<f32>,
-    pub isums: Vec<i32>,
-    pub num_subs: usize,
-}
-
-impl QuantizedRows {
-    /// Quantizes `m` rows of `k` values as ggml does on x86: with `act_block` 32 like
-    /// `quantize_row_q8_0` (scale amax/127 stored as f16, values times 127/amax rounded half
-    /// to even), with 256 like `quantize_row_q8_K` (scale from the first signed extreme, f32,
-    /// round half to even). Written so the loops vectorize.
-    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, sub: usize, act_block: usize) {
-        self.num_subs = k / sub;
-        self.qs.resize(m * k, 0);
-        self.d.resize(m * k / QK, 0.0);
-        self.isums.resize(m * k / sub, 0);
-        let per = act_block / QK;
-        for (b, (xs, qs)) in x.chunks_exact(act_block).zip(self.qs.chunks_exact_mut(act_block)).enumerate() {
-            let amax = abs_max(xs);
-            let (d, id) = if act_block == QK {
-                let d = amax / 127.0;
-                (half::f16::from_f32(d).to_f32(), if amax != 0.0 { 127.0 / amax } else { 0.0 })
-            } else if amax == 0.0 {
-                (0.0, 0.0)
-            } else {
-                // The first value whose magnitude is amax, with its sign.
-                let max = *xs.iter().find(|v| v.abs() == amax).expect("amax is one of the values");
-                let iscale = -127.0 / max;
-                (1.0 / iscale, iscale)
-            };
-            scale_round(xs, id, qs);
-            self.d[b * per..(b + 1) * per].iter_mut().for_each(|x| *x = d);
-        }
-        for (s, qs) in self.qs.chunks_exact(sub).enumerate() {
-            self.isums[s] = qs.iter().map(|&v| v as i32).sum();
-        }
-    }
-}
-
-/// The largest magnitude in `xs` (a multiple of 32 values long).
-#[inline]
-fn abs_max(xs: &[f32]) -> f32 {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    {
-        use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled for the whole build; loads stay inside `xs`.
-        unsafe {
-            let sign = _mm256_set1_ps(-0.0);
-            let mut m = _mm256_setzero_ps();
-            for c in xs.chunks_exact(8) {
-                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(c.as_ptr())));
-            }
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
-            lanes.iter().fold(0f32, |a, &v| a.max(v))
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    xs.iter().fold(0f32, |a, v| a.max(v.abs()))
-}
-
-/// `qs[i] = min(127, round_half_even(xs[i] · id))` (values are within ±127.5 by construction).
-#[inline]
-fn scale_round(xs: &[f32], id: f32, qs: &mut [i8]) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    {
-        use std::arch::x86_64::*;
-        assert_eq!(xs.len() % 32, 0);
-        assert_eq!(qs.len(), xs.len());
-        // SAFETY: AVX2 is enabled for the whole build; loads and stores stay in bounds.
-        unsafe {
-            let mul = _mm256_set1_ps(id);
-            // cvtps rounds half to even (the default MXCSR mode); the packs saturate to
-            // [-128, 127], and the permute undoes their per-128-bit interleave.
-            let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-            for (x, q) in xs.chunks_exact(32).zip(qs.chunks_exact_mut(32)) {
-                let i: [__m256i; 4] = std::array::from_fn(|j| {
-                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(8 * j)), mul))
-                });
-                let w = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-                _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, _mm256_permutevar8x32_epi32(w, order));
-            }
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    for (q, v) in qs.iter_mut().zip(xs) {
-        *q = ((v * id).round_ties_even() as i32).min(127) as i8;
-    }
-}
-
 thread_local! {
     static SCRATCH: RefCell<QuantizedRows> = RefCell::new(QuantizedRows::default());
 }
@@ -390,52 +298,134 @@ pub enum Level {
     Avx512Vnni,
 }
 
-/// The best level this CPU supports (checked once; `SLM_KERNEL=avx2|scalar` caps it).
+impl Level {
+    /// Whether this CPU has every feature the level's code is compiled for.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Level::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => {
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512Vnni => {
+                // DQ and VL for the elementwise code built for this level (activation.rs).
+                Level::Avx2.is_supported()
+                    && is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// Every level this CPU supports, portable first (for tests that compare them).
+pub fn supported_levels() -> Vec<Level> {
+    [Level::Scalar, Level::Avx2, Level::Avx512Vnni].into_iter().filter(|l| l.is_supported()).collect()
+}
+
+/// The best level this CPU supports (checked once; `SLM_KERNEL=avx2|scalar` caps it, never
+/// raises it, so the answer is always supported).
 pub fn detected_level() -> Level {
     static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
         let cap = std::env::var("SLM_KERNEL").unwrap_or_default();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if cap == "scalar" {
-                return Level::Scalar;
-            }
-            if cap != "avx2"
-                && is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512f")
-            {
-                return Level::Avx512Vnni;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-                return Level::Avx2;
-            }
-        }
-        let _ = cap;
-        Level::Scalar
+        let best = match cap.as_str() {
+            "scalar" => Level::Scalar,
+            "avx2" => Level::Avx2,
+            _ => Level::Avx512Vnni,
+        };
+        let order = [Level::Avx512Vnni, Level::Avx2, Level::Scalar];
+        let from = order.iter().position(|&l| l == best).expect("listed");
+        order[from..].iter().copied().find(|l| l.is_supported()).unwrap_or(Level::Scalar)
     })
 }
 
-/// `out[m × n] = x[m × k] · wᵀ`.
-pub fn matmul(w: &PackedWeights, x: &[f32], m: usize, out: &mut [f32], level: Level) {
+/// One worker's share of a matmul's output: the columns of tiles `tiles` in every row. Shares
+/// of one call cover disjoint tiles, so each can hand out `&mut` slices of its own columns
+/// while the others write theirs.
+pub(crate) struct TileOut<'a> {
+    ptr: *mut f32,
+    m: usize,
+    n: usize,
+    tiles: std::ops::Range<usize>,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl TileOut<'_> {
+    /// Row `r`'s columns of tile `t` (16, or fewer in the last tile).
+    #[inline]
+    pub fn row_tile(&mut self, r: usize, t: usize) -> &mut [f32] {
+        assert!(r < self.m && self.tiles.contains(&t), "row {r}, tile {t} outside this share");
+        let c0 = t * TILE;
+        let valid = (self.n - c0).min(TILE);
+        // SAFETY: `r < m` and `c0 + valid <= n`, so the range lies inside the `m × n` output
+        // the share was made from (`SharedOut::share`); no other share reaches tile `t`, and
+        // `&mut self` keeps two slices of this share from overlapping.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.n + c0), valid) }
+    }
+}
+
+/// The `m × n` output of one call, handed to the pool's threads as `TileOut` shares.
+struct SharedOut<'a> {
+    ptr: *mut f32,
+    m: usize,
+    n: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: threads only write through `TileOut` shares of disjoint tiles (see `share`).
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    fn new(out: &'a mut [f32], m: usize, n: usize) -> Self {
+        assert!(out.len() >= m * n, "matmul output holds {} values, needs {}", out.len(), m * n);
+        Self { ptr: out.as_mut_ptr(), m, n, _out: std::marker::PhantomData }
+    }
+
+    /// # Safety
+    /// No two shares alive at the same time may cover the same tile.
+    unsafe fn share(&self, tiles: std::ops::Range<usize>) -> TileOut<'a> {
+        assert!(tiles.end <= self.n.div_ceil(TILE));
+        TileOut { ptr: self.ptr, m: self.m, n: self.n, tiles, _out: std::marker::PhantomData }
+    }
+}
+
+/// `out[m × n] = x[m × k] · wᵀ` at the best level this CPU supports.
+pub fn matmul(w: &PackedWeights, x: &[f32], m: usize, out: &mut [f32]) {
+    // SAFETY: `detected_level` only reports supported levels.
+    unsafe { matmul_at(w, x, m, out, detected_level()) }
+}
+
+/// `matmul` at a given level, for tests and benchmarks that compare levels.
+///
+/// # Safety
+/// The CPU must support `level` (`level.is_supported()`): its code uses those instructions.
+pub unsafe fn matmul_at(w: &PackedWeights, x: &[f32], m: usize, out: &mut [f32], level: Level) {
+    debug_assert!(level.is_supported());
     let (n, k) = (w.n, w.k);
-    assert_eq!(x.len(), m * k);
-    assert!(out.len() >= m * n);
+    assert_eq!(x.len(), m * k, "matmul input has {} values, needs {m} × {k}", x.len());
+    let out = SharedOut::new(out, m, n);
     SCRATCH.with(|s| {
         let mut q = s.borrow_mut();
         q.quantize(x, m, k, w.sub, w.act_block);
         let q = &*q;
-        let out_ptr = out.as_mut_ptr() as usize;
         let run = |tiles: std::ops::Range<usize>| {
-            let (t0, t1) = (tiles.start, tiles.end);
-            // SAFETY: tasks write disjoint column ranges of `out`.
-            let out = unsafe { std::slice::from_raw_parts_mut(out_ptr as *mut f32, m * n) };
+            // SAFETY: the pool hands each index of 0..num_tiles to exactly one call of `run`,
+            // so shares alive at once cover disjoint tiles.
+            let mut share = unsafe { out.share(tiles.clone()) };
             match level {
+                // SAFETY: the caller guarantees the level's features; `q` holds `m` rows of
+                // `k` values quantized for `w` just above.
                 #[cfg(target_arch = "x86_64")]
-                Level::Avx512Vnni => unsafe { x86::tiles_vnni(w, q, m, t0, t1, out) },
+                Level::Avx512Vnni => unsafe { x86::tiles_vnni(w, q, m, tiles, &mut share) },
                 #[cfg(target_arch = "x86_64")]
-                Level::Avx2 => unsafe { x86::tiles_avx2(w, q, m, t0, t1, out) },
-                _ => scalar::tiles(w, q, m, t0, t1, out),
+                Level::Avx2 => unsafe { x86::tiles_avx2(w, q, m, tiles, &mut share) },
+                _ => scalar::tiles(w, q, m, tiles, &mut share),
             }
         };
         crate::layers::pool::Pool::global().run(w.num_tiles(), &run);
@@ -445,6 +435,7 @@ pub fn matmul(w: &PackedWeights, x: &[f32], m: usize, out: &mut [f32], level: Le
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::qlinear::{tensor_blocks, GgufBlock};
 
     fn lcg(seed: &mut u64) -> u32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -500,20 +491,12 @@ mod tests {
         let mut q = QuantizedRows::default();
         q.quantize(&x, m, k, W::SUB, W::ACT_BLOCK);
         let xq: Vec<f32> = (0..m * k).map(|i| q.qs[i] as f32 * q.d[i / QK]).collect();
-        let mut levels = vec![Level::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-                levels.push(Level::Avx2);
-            }
-            if detected_level() == Level::Avx512Vnni {
-                levels.push(Level::Avx512Vnni);
-            }
-        }
+        let levels = supported_levels();
         let mut results = Vec::new();
         for &level in &levels {
             let mut out = vec![0f32; m * n];
-            matmul(&packed, &x, m, &mut out, level);
+            // SAFETY: only supported levels.
+            unsafe { matmul_at(&packed, &x, m, &mut out, level) };
             for r in 0..m {
                 for c in 0..n {
                     let want: f64 = (0..k).map(|i| xq[r * k + i] as f64 * wd[c * k + i] as f64).sum();
@@ -529,7 +512,7 @@ mod tests {
         // Row r alone equals row r inside the batch.
         for r in [0, m - 1] {
             let mut one = vec![0f32; n];
-            matmul(&packed, &x[r * k..(r + 1) * k], 1, &mut one, *levels.last().unwrap());
+            matmul(&packed, &x[r * k..(r + 1) * k], 1, &mut one);
             assert!(
                 one.iter().zip(&results[0][r * n..(r + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "row {r} alone differs"
@@ -547,15 +530,17 @@ mod tests {
     }
 
     /// K-quant blocks from real quantization of random weights (candle's quantizer).
-    fn k_blocks<W: WeightBlock>(dtype: candle_core::quantized::GgmlDType, n: usize, k: usize, seed: u64) -> Vec<W> {
+    fn k_blocks<W: WeightBlock + GgufBlock>(
+        dtype: candle_core::quantized::GgmlDType,
+        n: usize,
+        k: usize,
+        seed: u64,
+    ) -> Vec<W> {
         let mut s = seed;
         let v: Vec<f32> = (0..n * k).map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0).collect();
         let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
         let q = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
-        let bytes = q.data().unwrap();
-        (0..bytes.len() / std::mem::size_of::<W>())
-            .map(|i| unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(i * std::mem::size_of::<W>()) as *const W) })
-            .collect()
+        tensor_blocks::<W>(&q).to_vec()
     }
 
     #[test]
@@ -602,19 +587,11 @@ mod tests {
             let q = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
             let want: Vec<f32> =
                 q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let bytes = q.data().unwrap();
-            fn cast<W: WeightBlock>(b: &[u8]) -> Vec<W> {
-                (0..b.len() / std::mem::size_of::<W>())
-                    .map(|i| unsafe {
-                        std::ptr::read_unaligned(b.as_ptr().add(i * std::mem::size_of::<W>()) as *const W)
-                    })
-                    .collect()
-            }
             let packed = match dtype {
-                GgmlDType::Q8_0 => PackedWeights::pack(&cast::<BlockQ8_0>(&bytes), n, k),
-                GgmlDType::Q5_0 => PackedWeights::pack(&cast::<BlockQ5_0>(&bytes), n, k),
-                GgmlDType::Q4K => PackedWeights::pack(&cast::<BlockQ4K>(&bytes), n, k),
-                _ => PackedWeights::pack(&cast::<BlockQ6K>(&bytes), n, k),
+                GgmlDType::Q8_0 => PackedWeights::pack(tensor_blocks::<BlockQ8_0>(&q), n, k),
+                GgmlDType::Q5_0 => PackedWeights::pack(tensor_blocks::<BlockQ5_0>(&q), n, k),
+                GgmlDType::Q4K => PackedWeights::pack(tensor_blocks::<BlockQ4K>(&q), n, k),
+                _ => PackedWeights::pack(tensor_blocks::<BlockQ6K>(&q), n, k),
             };
             let mut row = vec![0f32; k];
             for c in 0..n {

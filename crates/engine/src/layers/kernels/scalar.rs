@@ -5,14 +5,14 @@
 
 use half::f16;
 
-use super::{PackedWeights, QuantizedRows, QK, TILE};
+use super::{PackedWeights, QuantizedRows, TileOut, QK, TILE};
 
-pub fn tiles(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+pub(super) fn tiles(w: &PackedWeights, q: &QuantizedRows, m: usize, tiles: std::ops::Range<usize>, out: &mut TileOut) {
     let nsub = w.num_subs();
     let spb = w.subs_per_block;
     let groups = w.sub / 4;
     let mut decoded = vec![vec![[0u8; 64]; groups]; spb];
-    for t in t0..t1 {
+    for t in tiles {
         let valid = (w.n - t * TILE).min(TILE);
         let mut acc = vec![[0f32; TILE]; m];
         for b in 0..w.num_blocks() {
@@ -52,7 +52,7 @@ pub fn tiles(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usiz
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            out[r * w.n + t * TILE..r * w.n + t * TILE + valid].copy_from_slice(&acc[..valid]);
+            out.row_tile(r, t).copy_from_slice(&acc[..valid]);
         }
     }
 }

@@ -8,7 +8,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{PackedWeights, QuantizedRows, QK, TILE};
+use std::ops::Range;
+
+use super::{PackedWeights, QuantizedRows, TileOut, QK, TILE};
 
 /// How far ahead of the sub-block being multiplied its weight bytes are prefetched. A single
 /// row's matmul reads each weight byte once, straight from memory; the hardware prefetcher
@@ -18,6 +20,10 @@ const PREFETCH_BYTES: usize = 4096;
 
 /// Prefetches the lines, masks, scales and mins `PREFETCH_BYTES` ahead in each of the tile
 /// streams (a tile's sub-blocks, and then the next tile's, are contiguous in each).
+///
+/// # Safety
+/// The CPU must have SSE (every x86-64 does); prefetches never fault, so addresses past the
+/// weights' end are harmless (`wrapping_add`).
 #[inline(always)]
 unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(
     w: &PackedWeights,
@@ -47,26 +53,37 @@ unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const
     }
 }
 
-pub unsafe fn tiles_vnni(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VNNI, AVX2 and FMA; `q` must hold `m` rows quantized for `w` (`QuantizedRows::quantize`
+/// with `w.k`, `w.sub`, `w.act_block`), and `tiles` must lie within `w.num_tiles()`: the
+/// activation reads are unchecked.
+pub(super) unsafe fn tiles_vnni(
+    w: &PackedWeights,
+    q: &QuantizedRows,
+    m: usize,
+    tiles: Range<usize>,
+    out: &mut TileOut,
+) {
     match (w.sub, w.has_min, w.bits) {
-        (32, false, 8) => tiles_vnni_impl::<8, false, false, 0, 1>(w, q, m, t0, t1, out),
-        (32, false, 5) => tiles_vnni_impl::<8, false, true, 1, 1>(w, q, m, t0, t1, out),
-        (32, true, 4) => tiles_vnni_impl::<8, true, true, 0, 8>(w, q, m, t0, t1, out),
-        (16, false, 6) => tiles_vnni_impl::<4, false, true, 2, 16>(w, q, m, t0, t1, out),
+        (32, false, 8) => tiles_vnni_impl::<8, false, false, 0, 1>(w, q, m, tiles, out),
+        (32, false, 5) => tiles_vnni_impl::<8, false, true, 1, 1>(w, q, m, tiles, out),
+        (32, true, 4) => tiles_vnni_impl::<8, true, true, 0, 8>(w, q, m, tiles, out),
+        (16, false, 6) => tiles_vnni_impl::<4, false, true, 2, 16>(w, q, m, tiles, out),
         other => unreachable!("no kernel for packing {other:?}"),
     }
 }
 
+/// # Safety
+/// As `tiles_vnni`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(
     w: &PackedWeights,
     q: &QuantizedRows,
     m: usize,
-    t0: usize,
-    t1: usize,
-    out: &mut [f32],
+    tiles: Range<usize>,
+    out: &mut TileOut,
 ) {
-    for t in t0..t1 {
+    for t in tiles {
         let mut r = 0;
         // Rows in groups of 8 (4 for Q4_K, whose mins need more registers), then 4, 2, 1:
         // each row's arithmetic is the same in any group.
@@ -88,6 +105,10 @@ unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, cons
     }
 }
 
+/// Rows `r0..r0 + R` of tile `t`.
+///
+/// # Safety
+/// As `tiles_vnni`, and `r0 + R <= m`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 unsafe fn tile_vnni<
     const G: usize,
@@ -101,8 +122,12 @@ unsafe fn tile_vnni<
     q: &QuantizedRows,
     t: usize,
     r0: usize,
-    out: &mut [f32],
+    out: &mut TileOut,
 ) {
+    // SAFETY (the loads below): tile lines, planes, scales and `d` come from `PackedWeights`'
+    // bounds-checked slices and are read within them (64-byte lines are 64-aligned); the
+    // activation offsets `(row · nsub + s) · sub` stay below `m · k` for rows below `m`,
+    // which the caller guarantees.
     let nsub = w.num_subs();
     // Blocks of one sub-block (Q5_0, Q8_0) finish each row's sub-block right away, which
     // keeps fewer registers live.
@@ -192,20 +217,33 @@ unsafe fn tile_vnni<
     let valid = (w.n - c0).min(TILE);
     let mask: __mmask16 = if valid == TILE { 0xFFFF } else { (1u16 << valid) - 1 };
     for (i, a) in acc.iter().enumerate() {
-        _mm512_mask_storeu_ps(out.as_mut_ptr().add((r0 + i) * w.n + c0), mask, *a);
+        // The mask covers exactly the tile's valid columns: the slice's length.
+        _mm512_mask_storeu_ps(out.row_tile(r0 + i, t).as_mut_ptr(), mask, *a);
     }
 }
 
-pub unsafe fn tiles_avx2(w: &PackedWeights, q: &QuantizedRows, m: usize, t0: usize, t1: usize, out: &mut [f32]) {
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `q` must hold `m` rows quantized for `w` (`QuantizedRows::quantize`
+/// with `w.k`, `w.sub`, `w.act_block`), and `tiles` must lie within `w.num_tiles()`: the
+/// activation reads are unchecked.
+pub(super) unsafe fn tiles_avx2(
+    w: &PackedWeights,
+    q: &QuantizedRows,
+    m: usize,
+    tiles: Range<usize>,
+    out: &mut TileOut,
+) {
     match (w.sub, w.has_min, w.bits) {
-        (32, false, 8) => tiles_avx2_impl::<8, false, true, false, 0, 1>(w, q, m, t0, t1, out),
-        (32, false, 5) => tiles_avx2_impl::<8, false, false, true, 1, 1>(w, q, m, t0, t1, out),
-        (32, true, 4) => tiles_avx2_impl::<8, true, false, true, 0, 8>(w, q, m, t0, t1, out),
-        (16, false, 6) => tiles_avx2_impl::<4, false, false, true, 2, 16>(w, q, m, t0, t1, out),
+        (32, false, 8) => tiles_avx2_impl::<8, false, true, false, 0, 1>(w, q, m, tiles, out),
+        (32, false, 5) => tiles_avx2_impl::<8, false, false, true, 1, 1>(w, q, m, tiles, out),
+        (32, true, 4) => tiles_avx2_impl::<8, true, false, true, 0, 8>(w, q, m, tiles, out),
+        (16, false, 6) => tiles_avx2_impl::<4, false, false, true, 2, 16>(w, q, m, tiles, out),
         other => unreachable!("no kernel for packing {other:?}"),
     }
 }
 
+/// # Safety
+/// As `tiles_avx2`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tiles_avx2_impl<
     const G: usize,
@@ -218,10 +256,13 @@ unsafe fn tiles_avx2_impl<
     w: &PackedWeights,
     q: &QuantizedRows,
     m: usize,
-    t0: usize,
-    t1: usize,
-    out: &mut [f32],
+    tiles: Range<usize>,
+    out: &mut TileOut,
 ) {
+    // SAFETY (the loads below): tile lines, planes, scales and `d` come from `PackedWeights`'
+    // bounds-checked slices and are read within them (64-byte lines are 64-aligned); the
+    // activation offsets `(row · nsub + s) · sub` stay below `m · k` for rows below `m`,
+    // which the caller guarantees.
     let nsub = w.num_subs();
     let spb = SPB;
     let ones = _mm256_set1_epi16(1);
@@ -235,7 +276,7 @@ unsafe fn tiles_avx2_impl<
         1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32,
         64, -128,
     );
-    for t in t0..t1 {
+    for t in tiles {
         let c0 = t * TILE;
         let valid = (w.n - c0).min(TILE);
         for r in 0..m {
@@ -319,7 +360,7 @@ unsafe fn tiles_avx2_impl<
             let mut lanes = [0f32; TILE];
             _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
             _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
-            out[r * w.n + c0..r * w.n + c0 + valid].copy_from_slice(&lanes[..valid]);
+            out.row_tile(r, t).copy_from_slice(&lanes[..valid]);
         }
     }
 }
