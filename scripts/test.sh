@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite, as a newcomer runs it (and as .ci/run does): fetches the two real
-# models if they are missing, runs every Rust test in release mode (the parity tests run the
-# real models and need optimized code), then the end-to-end tests: a real `slm serve` driven
-# by the official openai Python SDK and curl.
+# The whole test suite, as a newcomer runs it (and as .ci/run does): `cargo fmt --check` and
+# clippy with warnings as errors (they fail fast), fetches the two real models if they are
+# missing, runs every Rust test in release mode (the parity tests run the real models and need
+# optimized code), then the end-to-end tests: a real `slm serve` driven by the official openai
+# Python SDK and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -- -D warnings
 bash scripts/fetch-models.sh all
 cargo test --release --workspace "$@"
 cargo build --release --bin slm

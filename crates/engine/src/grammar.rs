@@ -217,7 +217,7 @@ impl Constraint {
                 // Feed the grammar the output from the trigger on, as tokens of our own (the
                 // grammar checks bytes, not how they were split). Greedy over the vocabulary's
                 // bytes: a tokenizer's own encode may add a SentencePiece space prefix.
-                let tail = self.env.tok_trie().greedy_tokenize(text[at..].as_bytes());
+                let tail = self.env.tok_trie().greedy_tokenize(&text.as_bytes()[at..]);
                 self.state = match self.matcher.try_consume_tokens(&tail) {
                     Ok(n) if n == tail.len() => State::Active,
                     _ => State::Abandoned,

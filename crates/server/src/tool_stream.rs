@@ -210,7 +210,7 @@ impl ToolStream {
                     true
                 }
                 Head::Ok { name, value_at } => {
-                    if !self.names.iter().any(|n| *n == name) {
+                    if !self.names.contains(&name) {
                         self.mode = Mode::Held { from: start };
                         return true;
                     }
@@ -515,7 +515,8 @@ mod tests {
 
     #[test]
     fn streamed_pieces_add_up_to_the_whole_text_split_however_it_arrives() {
-        let cases: &[(&str, Option<&str>, &[(&str, &str)])] = &[
+        type Case<'a> = (&'a str, Option<&'a str>, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
             ("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Hà Nội\", \"days\": [1, 2]}}\n</tool_call>", None, &[("get_weather", "{\"city\": \"Hà Nội\", \"days\": [1, 2]}")]),
             (
                 "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a}b\\\"c\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"convert_currency\", \"arguments\": {\"amount\": 5}}\n</tool_call>",

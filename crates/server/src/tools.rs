@@ -124,7 +124,7 @@ pub fn parse(text: &str, names: &[String]) -> (Option<String>, Vec<ToolCall>) {
     if let Some(calls) = calls_from_json(unfenced, names) {
         return (None, calls);
     }
-    if let Some(i) = trimmed.find(|c| c == '{' || c == '[') {
+    if let Some(i) = trimmed.find(['{', '[']) {
         if let Some(calls) = calls_from_json(&trimmed[i..], names) {
             let content = trimmed[..i].trim();
             return ((!content.is_empty()).then(|| content.to_string()), calls);

@@ -95,7 +95,7 @@ mod tests {
         assert_eq!(Activation::Silu.apply(200.0), 200.0);
         assert_eq!(Activation::GeluTanh.apply(200.0), 200.0);
         let mut g = vec![1.0f32; 37];
-        gated(Activation::Silu, &mut g, &vec![2.0; 37]);
+        gated(Activation::Silu, &mut g, &[2.0; 37]);
         assert!(g.iter().all(|&v| v == 2.0 * Activation::Silu.apply(1.0)));
     }
 }

@@ -38,6 +38,8 @@ impl TokenType {
     }
 }
 
+/// One `Tokenizer` per model, so the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Algorithm {
     Bpe(Box<tokenizers::Tokenizer>),
     Spm { spm: spm::Spm, add_space_prefix: bool },

@@ -33,7 +33,8 @@ pub fn reference(name: &str) -> Value {
 
 /// Each model is loaded once per test binary and shared.
 pub fn model(name: &str) -> Arc<Model> {
-    static CACHE: OnceLock<Mutex<Vec<(String, Arc<Model>)>>> = OnceLock::new();
+    type Loaded = Vec<(String, Arc<Model>)>;
+    static CACHE: OnceLock<Mutex<Loaded>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     let mut c = cache.lock().unwrap();
     if let Some((_, m)) = c.iter().find(|(n, _)| n == name) {

@@ -43,13 +43,13 @@ pub fn run(n: usize, k: usize) -> candle_core::Result<Vec<KernelTiming>> {
     for (dtype, name) in
         [(GgmlDType::Q4K, "Q4_K"), (GgmlDType::Q5_0, "Q5_0"), (GgmlDType::Q6K, "Q6_K"), (GgmlDType::Q8_0, "Q8_0")]
     {
-        let q = QTensor::quantize(&w, dtype.clone())?;
-        let lin = QLinear::new(QTensor::quantize(&w, dtype.clone())?, None, name, "bench").expect("supported type");
+        let q = QTensor::quantize(&w, dtype)?;
+        let lin = QLinear::new(QTensor::quantize(&w, dtype)?, None, name, "bench").expect("supported type");
         for rows in [1usize, 4, 16, 64] {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
             let xs = x.flatten_all()?.to_vec1::<f32>()?;
             let iters = (256 / rows).max(16);
-            let mm = candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(&w, dtype.clone())?)?;
+            let mm = candle_core::quantized::QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
             let candle_ms = time(
                 || {
                     let _ = candle_core::Module::forward(&mm, &x).unwrap();
@@ -127,7 +127,7 @@ pub fn run_streaming(n: usize, k: usize, total_mb: usize) -> candle_core::Result
     for (dtype, name) in
         [(GgmlDType::Q4K, "Q4_K"), (GgmlDType::Q5_0, "Q5_0"), (GgmlDType::Q6K, "Q6_K"), (GgmlDType::Q8_0, "Q8_0")]
     {
-        let q = QTensor::quantize(&w, dtype.clone())?;
+        let q = QTensor::quantize(&w, dtype)?;
         let ws = match dtype {
             GgmlDType::Q4K => packs::<BlockQ4K>(&q, n, k, total_mb),
             GgmlDType::Q5_0 => packs::<BlockQ5_0>(&q, n, k, total_mb),

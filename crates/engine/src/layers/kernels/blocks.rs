@@ -68,8 +68,8 @@ impl WeightBlock for BlockQ8_0 {
     const HAS_MIN: bool = false;
     const BITS: u32 = 8;
     fn decode(&self, u: &mut [u8], _: &mut [i8], _: &mut [i8]) -> (u16, u16) {
-        for j in 0..32 {
-            u[j] = (self.qs[j] as i32 + 128) as u8;
+        for (u, &q) in u.iter_mut().zip(&self.qs) {
+            *u = (q as i32 + 128) as u8;
         }
         (self.d, 0)
     }

@@ -554,13 +554,13 @@ mod tests {
                 let mut s = 7;
                 let v: Vec<f32> = (0..n * k).map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0).collect();
                 let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
-                let qt = candle_core::quantized::QTensor::quantize(&t, dtype.clone()).unwrap();
+                let qt = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
                 let want: Vec<f32> =
                     qt.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
                 let got = if dtype == GgmlDType::Q4K {
-                    dequant(&k_blocks::<BlockQ4K>(dtype.clone(), n, k, 7))
+                    dequant(&k_blocks::<BlockQ4K>(dtype, n, k, 7))
                 } else {
-                    dequant(&k_blocks::<BlockQ6K>(dtype.clone(), n, k, 7))
+                    dequant(&k_blocks::<BlockQ6K>(dtype, n, k, 7))
                 };
                 assert!(
                     got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + b.abs())),
