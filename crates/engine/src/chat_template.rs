@@ -29,6 +29,8 @@ pub struct ChatTemplate {
     /// Whether the template renders `tools` itself; if not, `render` describes them in a
     /// system message and writes calls and results as text (`with_tools_as_text`).
     pub renders_tools: bool,
+    /// The template's text (the server reads which tool-call format it asks for).
+    pub source: String,
 }
 
 impl ChatTemplate {
@@ -54,9 +56,9 @@ impl ChatTemplate {
         });
         env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
         let renders_tools = source.contains("tools");
-        env.add_template_owned("chat", source)
+        env.add_template_owned("chat", source.clone())
             .map_err(|e| EngineError::ChatTemplate(format!("cannot parse the template: {e}")))?;
-        Ok(Self { env, bos_token, eos_token, from_gguf, renders_tools })
+        Ok(Self { env, bos_token, eos_token, from_gguf, renders_tools, source })
     }
 
     /// Renders `messages` (OpenAI shape) and optional `tools`.

@@ -35,6 +35,7 @@ pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
 pub mod stats;
+pub mod stop;
 pub mod tokenizer;
 
 pub use config::EngineConfig;

@@ -104,48 +104,41 @@ impl Gguf {
     }
 
     pub fn str_array(&self, key: &str) -> Result<Vec<String>> {
-        let arr = match self.get(key) {
-            Some(Value::Array(a)) => a,
-            Some(v) => return Err(self.bad(format!("metadata `{key}` is not an array: {v:?}"))),
-            None => return Err(self.bad(format!("missing metadata `{key}`"))),
-        };
-        arr.iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s.clone()),
-                other => Err(self.bad(format!("metadata `{key}` holds a non-string: {other:?}"))),
-            })
-            .collect()
+        let arr = self.opt_array(key, "a string", |v| match v {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        })?;
+        arr.ok_or_else(|| self.bad(format!("missing metadata `{key}`")))
     }
 
     pub fn opt_f32_array(&self, key: &str) -> Result<Option<Vec<f32>>> {
-        let arr = match self.get(key) {
-            Some(Value::Array(a)) => a,
-            Some(v) => return Err(self.bad(format!("metadata `{key}` is not an array: {v:?}"))),
-            None => return Ok(None),
-        };
-        arr.iter()
-            .map(|v| match v {
-                Value::F32(x) => Ok(*x),
-                Value::F64(x) => Ok(*x as f32),
-                other => Err(self.bad(format!("metadata `{key}` holds a non-float: {other:?}"))),
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.opt_array(key, "a float", |v| match v {
+            Value::F32(x) => Some(*x),
+            Value::F64(x) => Some(*x as f32),
+            _ => None,
+        })
     }
 
     pub fn opt_i32_array(&self, key: &str) -> Result<Option<Vec<i32>>> {
+        self.opt_array(key, "an integer", |v| match v {
+            Value::I32(x) => Some(*x),
+            Value::U32(x) => Some(*x as i32),
+            Value::I8(x) => Some(*x as i32),
+            Value::U8(x) => Some(*x as i32),
+            _ => None,
+        })
+    }
+
+    /// An array whose every element `elem` converts (`what` names the type for the error).
+    fn opt_array<T>(&self, key: &str, what: &str, elem: impl Fn(&Value) -> Option<T>) -> Result<Option<Vec<T>>> {
         let arr = match self.get(key) {
             Some(Value::Array(a)) => a,
             Some(v) => return Err(self.bad(format!("metadata `{key}` is not an array: {v:?}"))),
             None => return Ok(None),
         };
         arr.iter()
-            .map(|v| match v {
-                Value::I32(x) => Ok(*x),
-                Value::U32(x) => Ok(*x as i32),
-                Value::I8(x) => Ok(*x as i32),
-                Value::U8(x) => Ok(*x as i32),
-                other => Err(self.bad(format!("metadata `{key}` holds a non-integer: {other:?}"))),
+            .map(|v| {
+                elem(v).ok_or_else(|| self.bad(format!("metadata `{key}` holds something other than {what}: {v:?}")))
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)

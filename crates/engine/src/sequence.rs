@@ -9,6 +9,7 @@ use crate::block_manager::BlockTable;
 use crate::grammar::Constraint;
 use crate::request::{Event, FinishReason, Request};
 use crate::sampling::{Sampled, Sampler};
+use crate::stop::{OutputText, Pushed};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
 pub type SeqId = u64;
@@ -34,12 +35,10 @@ pub struct Sequence {
     pub constraint: Option<Constraint>,
     pub max_tokens: usize,
     stop_token_ids: Vec<u32>,
-    stop_strings: Vec<String>,
     ignore_eos: bool,
     detok: Detokenizer,
-    /// Generated text so far, and how much of it has been released in events.
-    text: String,
-    num_released_bytes: usize,
+    /// Generated text so far, what of it was released in events, and the stop strings.
+    output: OutputText,
     pub events: UnboundedSender<Event>,
     /// Whether it was admitted once already (a preempted sequence keeps its cache-hit count).
     pub was_admitted: bool,
@@ -76,11 +75,9 @@ impl Sequence {
             constraint: req.constraint,
             max_tokens: req.max_tokens,
             stop_token_ids: req.stop_token_ids,
-            stop_strings: req.stop_strings.into_iter().filter(|s| !s.is_empty()).collect(),
             ignore_eos: req.ignore_eos,
             detok: Detokenizer::new(),
-            text: String::new(),
-            num_released_bytes: 0,
+            output: OutputText::new(req.stop_strings),
             events,
             was_admitted: false,
         }
@@ -114,70 +111,26 @@ impl Sequence {
         if (!self.ignore_eos && tok.is_end_of_generation(token)) || self.stop_token_ids.contains(&token) {
             return Appended::Finished { reason: FinishReason::Stop, text: self.take_all(), stop_token: Some(token) };
         }
-        let search_from = self.num_released_bytes;
-        self.text.push_str(&self.detok.push(tok, token));
-        if let Some(at) = self.find_stop(search_from) {
-            let text = self.take_unreleased(at);
-            return Appended::Finished { reason: FinishReason::Stop, text, stop_token: None };
-        }
+        let released = match self.output.push(&self.detok.push(tok, token)) {
+            Pushed::Stopped(text) => return Appended::Finished { reason: FinishReason::Stop, text, stop_token: None },
+            Pushed::Released(text) => text,
+        };
         if let Some(c) = &mut self.constraint {
-            c.accept(token, &self.text);
+            c.accept(token, self.output.text());
             if c.is_done() {
-                return Appended::Finished { reason: FinishReason::Stop, text: self.take_all(), stop_token: None };
+                let text = released + &self.take_all();
+                return Appended::Finished { reason: FinishReason::Stop, text, stop_token: None };
             }
         }
         if self.num_generated_tokens() >= self.max_tokens {
-            return Appended::Finished { reason: FinishReason::Length, text: self.take_all(), stop_token: None };
+            let text = released + &self.take_all();
+            return Appended::Finished { reason: FinishReason::Length, text, stop_token: None };
         }
-        let safe = self.text.len() - self.stop_prefix_suffix_len();
-        Appended::Continue(self.take_unreleased(safe))
+        Appended::Continue(released)
     }
 
     /// Everything not yet released, including bytes the detokenizer still holds: the end.
     fn take_all(&mut self) -> String {
-        let mut text = self.take_unreleased(self.text.len());
-        text.push_str(&self.detok.flush());
-        text
-    }
-
-    fn take_unreleased(&mut self, upto: usize) -> String {
-        let upto = upto.max(self.num_released_bytes);
-        let s = self.text[self.num_released_bytes..upto].to_string();
-        self.num_released_bytes = upto;
-        s
-    }
-
-    /// Earliest stop-string occurrence that ends in text not yet released.
-    fn find_stop(&self, released: usize) -> Option<usize> {
-        self.stop_strings
-            .iter()
-            .filter_map(|s| {
-                // A match may start in released text only if it ends after it; released
-                // text never contains a whole stop string.
-                let from = released.saturating_sub(s.len() - 1);
-                let from = (from..=released).find(|&i| self.text.is_char_boundary(i)).unwrap_or(released);
-                self.text[from..].find(s.as_str()).map(|i| from + i)
-            })
-            .min()
-    }
-
-    /// Length of the longest suffix of the text that is a proper prefix of a stop string:
-    /// that text must wait, it may become a stop.
-    fn stop_prefix_suffix_len(&self) -> usize {
-        let t = self.text.as_bytes();
-        let mut best = 0;
-        for s in &self.stop_strings {
-            let s = s.as_bytes();
-            for len in (1..s.len().min(t.len() + 1)).rev() {
-                if len <= best {
-                    break;
-                }
-                if t[t.len() - len..] == s[..len] {
-                    best = len;
-                    break;
-                }
-            }
-        }
-        best
+        self.output.take_rest() + &self.detok.flush()
     }
 }

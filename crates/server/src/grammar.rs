@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use slm_engine::{ConstraintSpec, Grammar};
 
 use crate::error::ApiError;
+use crate::tool_format::{Layout, ToolFormat, FORMATS};
 use crate::tools::{Offered, ToolChoice};
 
 /// The layout options llguidance reads from a schema's `x-guidance` key.
@@ -88,13 +89,17 @@ pub fn completion_fields(
     Ok(response_format(format)?.map(|c| (c, "response_format")))
 }
 
-const MAX_PARALLEL_CALLS: usize = 8;
-
-/// The grammar of calls to the offered tools, in the Hermes format the templates ask for:
-/// `<tool_call>\n{"name": …, "arguments": …}\n</tool_call>`, several separated by newlines when
-/// `parallel`. `auto` leaves the text free until the model opens a call (the tag, or a bare
-/// `{"name"`), then holds it to a well-formed, schema-valid call.
-pub fn tool_calls(tools: &[Value], offered: &Offered, parallel: bool) -> Result<Option<ConstraintSpec>, ApiError> {
+/// The grammar of calls to the offered tools. `required` and named choices hold the output to
+/// calls in the model's own format (`native`, from its chat template); `auto` leaves the text
+/// free until the model opens a call in any format of `tool_format::FORMATS` (each format's
+/// trigger), then holds it to a well-formed, schema-valid call in that format. Several calls
+/// are allowed when `parallel`, up to `MAX_PARALLEL_CALLS`.
+pub fn tool_calls(
+    tools: &[Value],
+    offered: &Offered,
+    parallel: bool,
+    native: &'static ToolFormat,
+) -> Result<Option<ConstraintSpec>, ApiError> {
     let mut defs = Map::new();
     let mut branches = Vec::new();
     let mut strict = true;
@@ -119,64 +124,60 @@ pub fn tool_calls(tools: &[Value], offered: &Offered, parallel: bool) -> Result<
             params
         };
         strict &= t.pointer("/function/strict").and_then(Value::as_bool).unwrap_or(false);
-        branches.push(json!({
-            "type": "object",
-            "properties": {"name": {"const": name}, "arguments": params},
-            "required": ["name", "arguments"],
-            "additionalProperties": false
-        }));
+        branches.push((name.to_string(), params));
     }
     if branches.is_empty() {
         return Ok(None);
     }
-    let mut body = Map::new();
-    if !defs.is_empty() {
-        body.insert("$defs".into(), Value::Object(defs));
-    }
-    body.insert("anyOf".into(), Value::Array(branches));
-    let body = Value::Object(body);
+    // One call object: `{"name": <tool>, <key>: <its parameters>}` for each offered tool.
+    let calls = |keys: &[&str]| {
+        let mut body = Map::new();
+        if !defs.is_empty() {
+            body.insert("$defs".into(), Value::Object(defs.clone()));
+        }
+        let any: Vec<Value> = keys
+            .iter()
+            .flat_map(|key| {
+                branches.iter().map(move |(name, params)| {
+                    json!({
+                        "type": "object",
+                        "properties": {"name": {"const": name}, *key: params},
+                        "required": ["name", key],
+                        "additionalProperties": false
+                    })
+                })
+            })
+            .collect();
+        body.insert("anyOf".into(), Value::Array(any));
+        Value::Object(body)
+    };
     // Tools written for other servers use keywords llguidance does not know: unless a tool
     // asks for strict mode, those are ignored rather than refused.
-    let strict_layout = with_layout(body.clone(), !strict);
-    // A named choice is one call of that function. Parallel calls are capped so that a small
-    // model cannot loop on calls until max_tokens.
+    let strict_layout = with_layout(calls(&["arguments"]), !strict);
+    // A named choice is one call of that function.
     let parallel = parallel && !matches!(offered.choice, ToolChoice::Named(_));
-    let more =
-        |sep: &str| if parallel { format!(" ({sep} call){{0,{}}}", MAX_PARALLEL_CALLS - 1) } else { String::new() };
-    let mut lark = format!(
-        "start: {}\ncalls: call{}\ncall: \"<tool_call>\\n\" body \"\\n</tool_call>\"\nbody: %json {strict_layout}\n",
-        if offered.choice == ToolChoice::Auto { "calls | bare" } else { "calls" },
-        more("\"\\n\"")
-    );
+    let formats: Vec<&ToolFormat> = match offered.choice {
+        ToolChoice::Auto => FORMATS.iter().collect(),
+        ToolChoice::Required | ToolChoice::Named(_) => vec![native],
+    };
+    let starts: Vec<String> = formats.iter().map(|f| f.rule()).collect();
+    let mut lark = format!("start: {}\ncall_body: %json {strict_layout}\n", starts.join(" | "));
+    for f in &formats {
+        lark.push_str(&f.lark(parallel));
+    }
+    if formats.iter().any(|f| f.layout == Layout::Bare) {
+        // Models that skip the tags write the call as JSON, often fenced and indented, with
+        // Llama 3's `parameters` as often as `arguments`: held to the schema in the layout
+        // the model began with.
+        let mut flexible = calls(&["arguments", "parameters"]);
+        flexible.as_object_mut().expect("built as an object").insert("x-guidance".into(), json!({"lenient": !strict}));
+        lark.push_str(&format!(
+            "flex_body: %json {flexible}\nFENCE: /```(json)?[ \\t\\n]*/\nCLOSE: /[ \\t\\n]*```/\nWS: /[ \\t\\n]+/\n"
+        ));
+    }
     let triggers = match offered.choice {
+        ToolChoice::Auto => formats.iter().map(|f| f.trigger(&offered.names, parallel)).collect(),
         ToolChoice::Required | ToolChoice::Named(_) => Vec::new(),
-        ToolChoice::Auto => {
-            // Models that skip the tags write the call as JSON, often fenced and indented:
-            // once such JSON names an offered tool, the rest is held to the schema in the
-            // layout the model began with.
-            let mut flexible = body;
-            flexible
-                .as_object_mut()
-                .expect("built as an object")
-                .insert("x-guidance".into(), json!({"lenient": !strict}));
-            let array = if parallel {
-                format!(" | \"[\" WS? flex (WS? \",\" WS? flex){{0,{}}} WS? \"]\"", MAX_PARALLEL_CALLS - 1)
-            } else {
-                String::new()
-            };
-            lark.push_str(&format!("bare: FENCE? (flex{array}) CLOSE?\nflex: %json {flexible}\nFENCE: /```(json)?[ \\t\\n]*/\nCLOSE: /[ \\t\\n]*```/\nWS: /[ \\t\\n]+/\n"));
-            // As the model writes them: JSON-escaped names, the grammar's whitespace.
-            let names: Vec<String> =
-                offered.names.iter().map(|n| regex::escape(&Value::String(n.clone()).to_string())).collect();
-            let bracket = if parallel { "(?:\\[[ \\t\\n]*)?" } else { "" };
-            vec![
-                regex::escape("<tool_call>"),
-                format!(
-                    "(?:```(?:json)?[ \\t\\n]*)?{bracket}\\{{[ \\t\\n]*\"name\"[ \\t\\n]*:[ \\t\\n]*(?:{})",
-                    names.join("|")
-                ),
-            ]
-        }
     };
     Ok(Some(ConstraintSpec { grammar: Grammar::Lark(lark), triggers }))
 }
@@ -230,6 +231,7 @@ fn rewrite_refs(v: &mut Value, ns: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tool_format::HERMES;
 
     #[test]
     fn response_formats_map_to_schemas() {
@@ -252,12 +254,17 @@ mod tests {
             json!({"type": "function", "function": {"name": "b"}}),
         ];
         let offered = Offered { names: vec!["a".into()], choice: ToolChoice::Named("a".into()) };
-        let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) = tool_calls(&tools, &offered, true).unwrap()
+        let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) =
+            tool_calls(&tools, &offered, true, &HERMES).unwrap()
         else {
             panic!()
         };
         assert!(triggers.is_empty());
-        assert!(g.starts_with("start: calls\ncalls: call\n"), "{g}");
+        assert!(g.starts_with("start: hermes_calls\ncall_body: %json "), "{g}");
+        assert!(
+            g.contains("\nhermes_calls: hermes_call\nhermes_call: \"<tool_call>\\n\" call_body \"\\n</tool_call>\"\n"),
+            "{g}"
+        );
         assert!(
             g.contains("\"t0_X\":{\"type\":\"integer\"}")
                 && g.contains("\"$ref\":\"#/$defs/t0_X\"")
@@ -266,12 +273,17 @@ mod tests {
         );
         assert!(g.contains("\"const\":\"a\"") && !g.contains("\"const\":\"b\""), "{g}");
         let offered = Offered { names: vec!["a".into(), "b".into()], choice: ToolChoice::Auto };
-        let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) = tool_calls(&tools, &offered, true).unwrap()
+        let Some(ConstraintSpec { grammar: Grammar::Lark(g), triggers }) =
+            tool_calls(&tools, &offered, true, &HERMES).unwrap()
         else {
             panic!()
         };
-        assert_eq!(triggers, ["<tool_call>", "(?:```(?:json)?[ \\t\\n]*)?(?:\\[[ \\t\\n]*)?\\{[ \\t\\n]*\"name\"[ \\t\\n]*:[ \\t\\n]*(?:\"a\"|\"b\")"]);
-        assert!(g.starts_with("start: calls | bare\ncalls: call (\"\\n\" call){0,7}\n"), "{g}");
-        assert!(g.contains("bare: FENCE? (flex | \"[\" WS? flex (WS? \",\" WS? flex){0,7} WS? \"]\") CLOSE?\n"), "{g}");
+        assert_eq!(triggers, ["<tool_call>", "\\[TOOL_CALLS\\]", "(?:```(?:json)?[ \\t\\n]*)?(?:\\[[ \\t\\n]*)?\\{[ \\t\\n]*\"name\"[ \\t\\n]*:[ \\t\\n]*(?:\"a\"|\"b\")"]);
+        assert!(g.starts_with("start: hermes_calls | mistral_calls | json_calls\n"), "{g}");
+        assert!(g.contains("\nhermes_calls: hermes_call (\"\\n\" hermes_call){0,7}\n"), "{g}");
+        assert!(g.contains("\nmistral_calls: \"[TOOL_CALLS]\" \"[\" call_body (\", \" call_body){0,7} \"]\"\n"), "{g}");
+        assert!(g.contains("\njson_calls: FENCE? (flex_body | \"[\" WS? flex_body (WS? \",\" WS? flex_body){0,7} WS? \"]\") CLOSE?\n"), "{g}");
+        // The lenient body takes Llama 3's `parameters` too.
+        assert!(g.contains("\"required\":[\"name\",\"parameters\"]"), "{g}");
     }
 }

@@ -17,6 +17,7 @@ pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod stream;
+pub mod tool_format;
 pub mod tool_stream;
 pub mod tools;
 pub mod validate;

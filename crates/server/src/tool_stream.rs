@@ -3,16 +3,14 @@
 //! arguments while the model writes them. Non-streamed answers run the same code over the
 //! whole text (`split`), so the SDK's accumulation of a stream equals the plain answer.
 //!
-//! Calls are recognised in the shapes constrained decoding produces (grammar.rs): Hermes
-//! `<tool_call>{"name": …, "arguments": …}</tool_call>` and JSON `{"name": …, "arguments"|
-//! "parameters": …}`, bare or in a ```json fence, alone or in an array. Output that opens with
-//! another `[` (Mistral's `[TOOL_CALLS]`), or a call in another shape, is held and given to the
-//! lenient parser in tools.rs when the choice ends.
+//! Calls are recognised in every format of `tool_format::FORMATS` (Hermes tags, Mistral's
+//! `[TOOL_CALLS]`, JSON `{"name": …, "arguments"|"parameters": …}` bare, fenced or in an
+//! array): the format says where a call opens and what closes it; between, the call object is
+//! scanned here. Output that opens with another `[`, or a call in another shape, is held and
+//! given to the lenient parser in tools.rs when the choice ends.
 
+use crate::tool_format::{Opening, FORMATS};
 use crate::tools::{self, ToolCall};
-
-const OPEN: &str = "<tool_call>";
-const CLOSE: &str = "</tool_call>";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
@@ -34,23 +32,24 @@ enum Mode {
     /// Nothing but whitespace yet.
     Start,
     Text,
-    /// A call opened (after its tag, if tagged) at `start`; its name is not complete yet.
+    /// A call opened at `start` in format `FORMATS[format]` (the scan is past its opening
+    /// literal, if any); its name is not complete yet.
     Head {
         start: usize,
-        tagged: bool,
+        format: usize,
     },
     /// Streaming the arguments value; `depth` of brackets open, inside a string or not.
     Args {
-        tagged: bool,
+        format: usize,
         depth: usize,
         in_str: bool,
         esc: bool,
         string_value: bool,
         value_start: usize,
     },
-    /// After the arguments: the rest of the call object (and the closing tag).
+    /// After the arguments: the rest of the call object (and the format's closing literal).
     Tail {
-        tagged: bool,
+        format: usize,
         depth: usize,
         in_str: bool,
         esc: bool,
@@ -149,14 +148,14 @@ impl ToolStream {
                 };
                 let r = &rest[i..];
                 if self.mode == Mode::Start && r.starts_with('[') {
-                    match call_start(r) {
+                    match opening(r) {
                         // Decided only once enough text is here, so any chunking agrees.
-                        Start::Wait => {
+                        Opening::Wait => {
                             self.pos += i;
                             return false;
                         }
-                        Start::No => self.mode = Mode::Held { from: self.pos + i },
-                        Start::Brace(_) => self.mode = Mode::Text,
+                        Opening::No => self.mode = Mode::Held { from: self.pos + i },
+                        Opening::At(_) => self.mode = Mode::Text,
                     }
                 } else {
                     self.mode = Mode::Text;
@@ -165,45 +164,36 @@ impl ToolStream {
                 true
             }
             Mode::Text => {
-                // The earliest place a call may start: the Hermes tag, or JSON naming a tool
-                // (possibly fenced, possibly in an array).
+                // The earliest place a call may start, in any format.
                 let mut at = 0;
                 loop {
-                    let Some(i) = rest[at..].find(['<', '`', '[', '{']).map(|i| at + i) else {
+                    let Some(i) =
+                        rest[at..].find(|c| FORMATS.iter().any(|f| f.first_chars().contains(&c))).map(|i| at + i)
+                    else {
                         self.emit_text(rest.len(), out);
                         return false;
                     };
-                    let r = &rest[i..];
-                    let found = if r.starts_with('<') {
-                        if r.starts_with(OPEN) {
-                            Some((i, OPEN.len(), true))
-                        } else if OPEN.starts_with(r) {
+                    let found = FORMATS.iter().enumerate().find_map(|(k, f)| match f.opening(&rest[i..]) {
+                        Opening::No => None,
+                        other => Some((k, other)),
+                    });
+                    match found {
+                        Some((_, Opening::Wait)) => {
                             self.emit_text(i, out);
                             return false;
-                        } else {
-                            None
                         }
-                    } else {
-                        match call_start(r) {
-                            Start::Wait => {
-                                self.emit_text(i, out);
-                                return false;
-                            }
-                            Start::No => None,
-                            Start::Brace(k) => Some((i, k, false)),
+                        Some((format, Opening::At(skip))) => {
+                            let start = self.pos + i;
+                            self.emit_text(i, out);
+                            self.pos = start + skip;
+                            self.mode = Mode::Head { start, format };
+                            return true;
                         }
-                    };
-                    if let Some((i, skip, tagged)) = found {
-                        let start = self.pos + i;
-                        self.emit_text(i, out);
-                        self.pos = start + skip;
-                        self.mode = Mode::Head { start, tagged };
-                        return true;
+                        _ => at = i + 1,
                     }
-                    at = i + 1;
                 }
             }
-            Mode::Head { start, tagged } => match parse_head(rest) {
+            Mode::Head { start, format } => match parse_head(rest) {
                 Head::Incomplete => false,
                 Head::Bad => {
                     self.mode = Mode::Held { from: start };
@@ -227,7 +217,7 @@ impl ToolStream {
                     }
                     self.pos += value_at;
                     self.mode = Mode::Args {
-                        tagged,
+                        format,
                         depth: 0,
                         in_str: false,
                         esc: false,
@@ -237,7 +227,7 @@ impl ToolStream {
                     true
                 }
             },
-            Mode::Args { tagged, mut depth, mut in_str, mut esc, string_value, value_start } => {
+            Mode::Args { format, mut depth, mut in_str, mut esc, string_value, value_start } => {
                 let index = self.num_calls - 1;
                 let mut end = None;
                 for (i, c) in rest.char_indices() {
@@ -253,7 +243,7 @@ impl ToolStream {
                 self.pos += upto;
                 match end {
                     None => {
-                        self.mode = Mode::Args { tagged, depth, in_str, esc, string_value, value_start };
+                        self.mode = Mode::Args { format, depth, in_str, esc, string_value, value_start };
                         false
                     }
                     Some(_) => {
@@ -262,33 +252,34 @@ impl ToolStream {
                             let text = serde_json::from_str::<String>(literal).unwrap_or_default();
                             out.push(Piece::Args { index, text });
                         }
-                        self.mode = Mode::Tail { tagged, depth: 1, in_str: false, esc: false };
+                        self.mode = Mode::Tail { format, depth: 1, in_str: false, esc: false };
                         true
                     }
                 }
             }
-            Mode::Tail { tagged, mut depth, mut in_str, mut esc } => {
+            Mode::Tail { format, mut depth, mut in_str, mut esc } => {
                 if depth > 0 {
                     for (i, c) in rest.char_indices() {
                         if scan(c, &mut depth, &mut in_str, &mut esc, false) {
                             self.pos += i + c.len_utf8();
-                            self.mode = Mode::Tail { tagged, depth: 0, in_str: false, esc: false };
+                            self.mode = Mode::Tail { format, depth: 0, in_str: false, esc: false };
                             return true;
                         }
                     }
                     self.pos = self.buf.len();
-                    self.mode = Mode::Tail { tagged, depth, in_str, esc };
+                    self.mode = Mode::Tail { format, depth, in_str, esc };
                     return false;
                 }
-                if !tagged {
+                let close = FORMATS[format].close;
+                if close.is_empty() {
                     self.mode = Mode::AfterCall;
                     return true;
                 }
                 let t = rest.trim_start();
-                if t.len() < CLOSE.len() && CLOSE.starts_with(t) {
-                    return false; // maybe the closing tag, not complete yet
+                if t.len() < close.len() && close.starts_with(t) {
+                    return false; // maybe the closing literal, not complete yet
                 }
-                if let Some(after) = t.strip_prefix(CLOSE) {
+                if let Some(after) = t.strip_prefix(close) {
                     self.pos = self.buf.len() - after.len();
                 }
                 self.mode = Mode::AfterCall;
@@ -325,63 +316,9 @@ fn scan(c: char, depth: &mut usize, in_str: &mut bool, esc: &mut bool, string_va
     false
 }
 
-#[derive(Debug, PartialEq)]
-enum Start {
-    /// Too little text to tell.
-    Wait,
-    No,
-    /// A call object starts this many bytes in.
-    Brace(usize),
-}
-
-/// Whether `r` opens a JSON call: an optional fence (```json), an optional `[`, then
-/// `{"name"` with whitespace allowed between.
-fn call_start(r: &str) -> Start {
-    let b = r.as_bytes();
-    let mut i = 0;
-    let ws = |i: &mut usize| {
-        while *i < b.len() && b[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
-    };
-    // Matches `lit` at `i` (advancing); None: the text ends inside it.
-    let lit = |i: &mut usize, lit: &[u8]| -> Option<bool> {
-        let n = lit.len().min(b.len() - *i);
-        if b[*i..*i + n] != lit[..n] {
-            return Some(false);
-        }
-        if n < lit.len() {
-            return None;
-        }
-        *i += n;
-        Some(true)
-    };
-    match lit(&mut i, b"```") {
-        None => return Start::Wait,
-        Some(true) => {
-            if lit(&mut i, b"json").is_none() {
-                return Start::Wait;
-            }
-            ws(&mut i);
-        }
-        Some(false) => {}
-    }
-    match lit(&mut i, b"[") {
-        None => return Start::Wait,
-        Some(true) => ws(&mut i),
-        Some(false) => {}
-    }
-    let brace = i;
-    match lit(&mut i, b"{") {
-        None => return Start::Wait,
-        Some(false) => return Start::No,
-        Some(true) => ws(&mut i),
-    }
-    match lit(&mut i, b"\"name\"") {
-        None => Start::Wait,
-        Some(false) => Start::No,
-        Some(true) => Start::Brace(brace),
-    }
+/// Whether `r` opens a call in some format: the first format that can tell decides.
+fn opening(r: &str) -> Opening {
+    FORMATS.iter().map(|f| f.opening(r)).find(|o| *o != Opening::No).unwrap_or(Opening::No)
 }
 
 enum Head {
@@ -535,7 +472,7 @@ mod tests {
             ("```python\ndef f(x):\n    return {\"a\": [x]}\n```", Some("```python\ndef f(x):\n    return {\"a\": [x]}\n```"), &[]),
             ("[1, 2, 3]", Some("[1, 2, 3]"), &[]),
             ("[Note] {\"name\": \"get_weather\", \"arguments\": {}}", Some("[Note] {\"name\": \"get_weather\", \"arguments\": {}}"), &[]),
-            ("[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}]", None, &[("get_weather", "{\"city\":\"Oslo\"}")]),
+            ("[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}]", None, &[("get_weather", "{\"city\": \"Oslo\"}")]),
             ("[", Some("["), &[]),
         ];
         for (text, content, calls) in cases {
@@ -548,6 +485,45 @@ mod tests {
             let (c, got) = split(text, &names());
             assert_eq!(c.as_deref(), *content, "{text:?} split");
             assert_eq!(got.into_iter().map(|c| (c.name, c.arguments)).collect::<Vec<_>>(), want, "{text:?} split");
+        }
+    }
+
+    #[test]
+    fn every_format_reads_the_same_streamed_whole_and_leniently() {
+        let sets: &[&[(&str, &str)]] = &[
+            &[("get_weather", "{\"city\": \"Hà Nội\", \"days\": [1, 2]}")],
+            &[("get_weather", "{\"city\": \"a}b\\\"c\"}"), ("convert_currency", "{\"amount\": 5}")],
+        ];
+        for f in crate::tool_format::FORMATS {
+            for calls in sets {
+                let text = f.write(calls);
+                let want: Vec<(String, String)> = calls.iter().map(|(n, a)| (n.to_string(), a.to_string())).collect();
+                for n in [1, 2, 3, 7, 1000] {
+                    assert_eq!(
+                        accumulate(&text, n),
+                        (None, want.clone()),
+                        "{} streamed in pieces of {n}: {text}",
+                        f.name
+                    );
+                }
+                let (content, got) = split(&text, &names());
+                assert_eq!(
+                    (content, got.into_iter().map(|c| (c.name, c.arguments)).collect::<Vec<_>>()),
+                    (None, want.clone()),
+                    "{} split",
+                    f.name
+                );
+                // The lenient parser agrees on the calls (it re-serializes their arguments).
+                let (content, got) = tools::parse(&text, &names());
+                let norm = |a: &str| serde_json::from_str::<serde_json::Value>(a).unwrap();
+                assert_eq!(content, None, "{} parse", f.name);
+                assert_eq!(
+                    got.iter().map(|c| (c.name.clone(), norm(&c.arguments))).collect::<Vec<_>>(),
+                    want.iter().map(|(n, a)| (n.clone(), norm(a))).collect::<Vec<_>>(),
+                    "{} parse",
+                    f.name
+                );
+            }
         }
     }
 

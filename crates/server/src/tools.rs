@@ -1,12 +1,14 @@
-//! Function calling: which tools a request offers, and turning the model's text into OpenAI
-//! `tool_calls`. Small models skip the format their template asks for, so besides the
-//! template's own Hermes/Qwen `<tool_call>{…}</tool_call>` this accepts Mistral's
-//! `[TOOL_CALLS][…]` and bare JSON objects or arrays whose `name` is one of the offered tools
-//! (with `arguments` or Llama-3's `parameters`). Text that is not a call stays content.
+//! Function calling: which tools a request offers, and the lenient reading of the model's
+//! text as OpenAI `tool_calls` — for output the streaming scanner (tool_stream.rs) could not
+//! follow. Small models skip the format their template asks for, so this tries every format
+//! of `tool_format::FORMATS` (Hermes tags, Mistral's `[TOOL_CALLS][…]`, bare JSON objects or
+//! arrays whose `name` is one of the offered tools, with `arguments` or Llama-3's
+//! `parameters`), in any key order. Text that is not a call stays content.
 
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::tool_format::{Layout, ToolFormat, FORMATS};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolChoice {
@@ -88,49 +90,48 @@ fn calls_from_json(text: &str, names: &[String]) -> Option<Vec<ToolCall>> {
 
 /// Splits model output into (content, calls). No calls: the text is all content.
 pub fn parse(text: &str, names: &[String]) -> (Option<String>, Vec<ToolCall>) {
-    const OPEN: &str = "<tool_call>";
-    const CLOSE: &str = "</tool_call>";
-    if text.contains(OPEN) {
-        let mut content = String::new();
-        let mut calls = Vec::new();
-        let mut rest = text;
-        while let Some(i) = rest.find(OPEN) {
-            content.push_str(&rest[..i]);
-            let after = &rest[i + OPEN.len()..];
-            let (inner, next) = match after.find(CLOSE) {
-                Some(j) => (&after[..j], &after[j + CLOSE.len()..]),
-                None => (after, ""), // cut off at max_tokens or end of turn
-            };
-            match calls_from_json(inner, names) {
-                Some(c) => calls.extend(c),
-                None => content.push_str(&rest[i..rest.len() - next.len()]),
-            }
-            rest = next;
-        }
-        content.push_str(rest);
-        if !calls.is_empty() {
-            let content = content.trim();
-            return ((!content.is_empty()).then(|| content.to_string()), calls);
-        }
-    }
+    FORMATS.iter().find_map(|f| parse_as(f, text, names)).unwrap_or_else(|| (Some(text.to_string()), Vec::new()))
+}
+
+/// Content and calls when `text` holds calls in format `f`.
+fn parse_as(f: &ToolFormat, text: &str, names: &[String]) -> Option<(Option<String>, Vec<ToolCall>)> {
     let trimmed = text.trim();
-    if let Some(list) = trimmed.strip_prefix("[TOOL_CALLS]") {
-        if let Some(calls) = calls_from_json(list, names) {
-            return (None, calls);
+    let nonempty = |c: &str| (!c.trim().is_empty()).then(|| c.trim().to_string());
+    match f.layout {
+        Layout::Tagged => {
+            if !text.contains(f.open) {
+                return None;
+            }
+            let mut content = String::new();
+            let mut calls = Vec::new();
+            let mut rest = text;
+            while let Some(i) = rest.find(f.open) {
+                content.push_str(&rest[..i]);
+                let after = &rest[i + f.open.len()..];
+                let (inner, next) = match after.find(f.close) {
+                    Some(j) => (&after[..j], &after[j + f.close.len()..]),
+                    None => (after, ""), // cut off at max_tokens or end of turn
+                };
+                match calls_from_json(inner, names) {
+                    Some(c) => calls.extend(c),
+                    None => content.push_str(&rest[i..rest.len() - next.len()]),
+                }
+                rest = next;
+            }
+            content.push_str(rest);
+            (!calls.is_empty()).then(|| (nonempty(&content), calls))
+        }
+        Layout::Array => Some((None, calls_from_json(trimmed.strip_prefix(f.open)?, names)?)),
+        Layout::Bare => {
+            // A bare JSON call, possibly in a code fence, possibly after some text.
+            let unfenced = trimmed.trim_start_matches("```json").trim_start_matches("```").trim_end_matches("```");
+            if let Some(calls) = calls_from_json(unfenced, names) {
+                return Some((None, calls));
+            }
+            let i = trimmed.find(['{', '['])?;
+            Some((nonempty(&trimmed[..i]), calls_from_json(&trimmed[i..], names)?))
         }
     }
-    // A bare JSON call, possibly in a code fence, possibly after some text.
-    let unfenced = trimmed.trim_start_matches("```json").trim_start_matches("```").trim_end_matches("```");
-    if let Some(calls) = calls_from_json(unfenced, names) {
-        return (None, calls);
-    }
-    if let Some(i) = trimmed.find(['{', '[']) {
-        if let Some(calls) = calls_from_json(&trimmed[i..], names) {
-            let content = trimmed[..i].trim();
-            return ((!content.is_empty()).then(|| content.to_string()), calls);
-        }
-    }
-    (Some(text.to_string()), Vec::new())
 }
 
 #[cfg(test)]

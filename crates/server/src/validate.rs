@@ -5,8 +5,6 @@
 //! unbounded size, so they run on the blocking pool, never on the async workers. Nothing past
 //! this module sees an unchecked value.
 
-use std::sync::Arc;
-
 use serde_json::{json, Value};
 use slm_engine::{
     Constraint, ConstraintSpec, EngineError, EngineHandle, Model, Request, RequestStream, SamplingParams,
@@ -17,6 +15,7 @@ use crate::grammar;
 use crate::openai::{
     ChatCompletionRequest, ChatMessage, CompletionRequest, MessageContent, PromptField, Role, SamplingFields, StopField,
 };
+use crate::tool_format::{self, ToolFormat};
 use crate::tools::{self, ToolChoice};
 
 /// Most choices per request (`n`).
@@ -272,6 +271,17 @@ pub struct ValidCompletion {
     pub logprobs: bool,
 }
 
+/// The tool-call format the model is asked for: its template's own, or Hermes when the
+/// template cannot render tools (the engine then describes them in Hermes terms).
+fn native_tool_format(model: &Model) -> &'static ToolFormat {
+    let t = &model.chat_template;
+    if t.renders_tools {
+        ToolFormat::native(&t.source)
+    } else {
+        &tool_format::HERMES
+    }
+}
+
 /// Runs `f` on the blocking pool: template rendering, tokenization and grammar compilation
 /// are CPU work whose size the request decides.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
@@ -283,7 +293,8 @@ fn compile(model: &Model, spec: Option<ConstraintSpec>, param: &str) -> Result<O
     spec.map(|s| model.grammar.compile(&s)).transpose().map_err(|e| ApiError::from(e).for_param(param))
 }
 
-pub async fn chat(model: Arc<Model>, max_model_len: usize, req: ChatCompletionRequest) -> Result<ValidChat, ApiError> {
+pub async fn chat(engine: &EngineHandle, req: ChatCompletionRequest) -> Result<ValidChat, ApiError> {
+    let (model, max_model_len) = (engine.model().clone(), engine.max_model_len());
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = match (logprobs, req.top_logprobs) {
         (_, Some(k)) if !(0..=20).contains(&k) => {
@@ -302,7 +313,12 @@ pub async fn chat(model: Arc<Model>, max_model_len: usize, req: ChatCompletionRe
     // Calls are constrained to the offered tools; in `auto` mode a `response_format` wins.
     let (spec, param) = match &offered {
         Some(o) if format.is_none() || o.choice != ToolChoice::Auto => (
-            grammar::tool_calls(req.tools.as_deref().unwrap_or_default(), o, req.parallel_tool_calls.unwrap_or(true))?,
+            grammar::tool_calls(
+                req.tools.as_deref().unwrap_or_default(),
+                o,
+                req.parallel_tool_calls.unwrap_or(true),
+                native_tool_format(&model),
+            )?,
             "tools",
         ),
         _ => (format, "response_format"),
@@ -328,11 +344,8 @@ pub async fn chat(model: Arc<Model>, max_model_len: usize, req: ChatCompletionRe
 /// OpenAI's default `max_tokens` for text completions.
 const DEFAULT_COMPLETION_TOKENS: i64 = 16;
 
-pub async fn completion(
-    model: Arc<Model>,
-    max_model_len: usize,
-    req: CompletionRequest,
-) -> Result<ValidCompletion, ApiError> {
+pub async fn completion(engine: &EngineHandle, req: CompletionRequest) -> Result<ValidCompletion, ApiError> {
+    let (model, max_model_len) = (engine.model().clone(), engine.max_model_len());
     let logprobs = match req.logprobs {
         Some(k) if !(0..=20).contains(&k) => {
             return Err(ApiError::invalid("logprobs", format!("`logprobs` must be between 0 and 20, got {k}")))

@@ -14,7 +14,7 @@ use axum::Json;
 use slm_engine::{Event, FinishReason, Model};
 use tokio::sync::mpsc;
 
-use super::{new_call_id, new_id, parse_body, unix_now};
+use super::{new_call_id, new_id, parse_for, unix_now};
 use crate::error::ApiError;
 use crate::openai::*;
 use crate::state::AppState;
@@ -59,12 +59,10 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let req: ChatCompletionRequest = parse_body(body, state.settings.body_limit)?;
-    let served = state.model_for(req.model.as_deref())?;
-    let engine = &served.engine;
-    let model = engine.model().clone();
-    let valid = validate::chat(model.clone(), engine.max_model_len(), req).await?;
-    let streams = valid.request.submit(engine)?;
+    let (req, served) = parse_for::<ChatCompletionRequest>(&state, body)?;
+    let valid = validate::chat(&served.engine, req).await?;
+    let streams = valid.request.submit(&served.engine)?;
+    let model = served.engine.model().clone();
     let ctx = Ctx {
         id: new_id("chatcmpl"),
         created: unix_now(),

@@ -13,7 +13,7 @@ use axum::Json;
 use slm_engine::{Event, Model, TokenEvent};
 use tokio::sync::mpsc;
 
-use super::{new_id, parse_body, unix_now};
+use super::{new_id, parse_for, unix_now};
 use crate::error::ApiError;
 use crate::openai::*;
 use crate::state::AppState;
@@ -62,12 +62,10 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let req: CompletionRequest = parse_body(body, state.settings.body_limit)?;
-    let served = state.model_for(req.model.as_deref())?;
-    let engine = &served.engine;
-    let model = engine.model().clone();
-    let valid = validate::completion(model.clone(), engine.max_model_len(), req).await?;
-    let streams = valid.request.submit(engine)?;
+    let (req, served) = parse_for::<CompletionRequest>(&state, body)?;
+    let valid = validate::completion(&served.engine, req).await?;
+    let streams = valid.request.submit(&served.engine)?;
+    let model = served.engine.model().clone();
     let s = valid.request.sampling();
     let num_prompt_tokens = valid.request.num_prompt_tokens();
     let (echoes, logprobs) = (valid.echoes, valid.logprobs);

@@ -15,6 +15,8 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::openai::{ChatCompletionRequest, CompletionRequest};
+use crate::state::{AppState, ServedModel};
 
 /// Parses a JSON body. Malformed JSON and wrong types are 400s naming the field; an over-
 /// limit body is a 413.
@@ -38,6 +40,33 @@ pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limi
             ApiError::invalid(path.clone(), format!("Invalid value for `{path}`: {inner}"))
         }
     })
+}
+
+/// A request body that may name the model it is for.
+pub trait NamesModel {
+    fn model_name(&self) -> Option<&str>;
+}
+
+impl NamesModel for ChatCompletionRequest {
+    fn model_name(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+}
+
+impl NamesModel for CompletionRequest {
+    fn model_name(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+}
+
+/// Parses the body and finds the served model it names: every model route's first step.
+pub fn parse_for<T: DeserializeOwned + NamesModel>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(T, &ServedModel), ApiError> {
+    let req: T = parse_body(body, state.settings.body_limit)?;
+    let served = state.model_for(req.model_name())?;
+    Ok((req, served))
 }
 
 pub fn new_id(prefix: &str) -> String {

@@ -7,7 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::parse_body;
+use super::{parse_for, NamesModel};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -27,12 +27,24 @@ pub struct DetokenizeRequest {
     tokens: Vec<u32>,
 }
 
+impl NamesModel for TokenizeRequest {
+    fn model_name(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+}
+
+impl NamesModel for DetokenizeRequest {
+    fn model_name(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+}
+
 pub async fn tokenize(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let req: TokenizeRequest = parse_body(body, state.settings.body_limit)?;
-    let model = state.model_for(req.model.as_deref())?.engine.model();
+    let (req, served) = parse_for::<TokenizeRequest>(&state, body)?;
+    let model = served.engine.model();
     // llama.cpp parses special tokens unless told not to.
     let ids = model.tokenizer.encode(&req.content, req.add_special, req.parse_special.unwrap_or(true))?;
     Ok(Json(json!({"tokens": ids})))
@@ -42,8 +54,8 @@ pub async fn detokenize(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let req: DetokenizeRequest = parse_body(body, state.settings.body_limit)?;
-    let model = state.model_for(req.model.as_deref())?.engine.model();
+    let (req, served) = parse_for::<DetokenizeRequest>(&state, body)?;
+    let model = served.engine.model();
     let vocab = model.tokenizer.vocab_size();
     if let Some(t) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid("tokens", format!("token id {t} is out of range (vocabulary size {vocab})")));
