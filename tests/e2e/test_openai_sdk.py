@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import API_KEY, GEMMA, QWEN, Server
+from conftest import API_KEY, GEMMA, MODELS, QWEN, Server
 
 MSG = [{"role": "user", "content": "Name three colors."}]
 
@@ -126,14 +126,25 @@ def test_body_over_the_limit_is_413(server):
 
 
 def test_queue_full_is_rate_limited(tmp_path):
+    # One sequence runs, one waits, and the queue holds one: the third is told to retry.
     cfg = tmp_path / "slm.toml"
-    cfg.write_text("queue_limit = 0\n")
-    s = Server(["--config", str(cfg), "--model", QWEN], api_key=None)
+    cfg.write_text(f'queue_limit = 1\n[[models]]\npath = "{MODELS / (QWEN + ".gguf")}"\nmax_seqs = 1\n')
+    s = Server(["--config", str(cfg)], api_key=None)
     try:
-        c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", max_retries=0)
-        with pytest.raises(openai.RateLimitError) as e:
-            c.chat.completions.create(model=QWEN, messages=MSG, max_tokens=2)
-        assert e.value.response.headers.get("retry-after")
+        body = {"messages": [{"role": "user", "content": "Write a very long story."}], "max_tokens": 500, "stream": True}
+        with httpx.stream("POST", s.base + "/v1/chat/completions", json=body, timeout=60) as running:
+            # Until a token arrives (then it runs, not waits). Keep the line iterator alive:
+            # closing it would close the stream, which aborts the request.
+            lines = running.iter_lines()
+            for line in lines:
+                if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                    break
+            with httpx.stream("POST", s.base + "/v1/chat/completions", json=body, timeout=60) as queued:
+                assert queued.status_code == 200
+                c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", max_retries=0)
+                with pytest.raises(openai.RateLimitError) as e:
+                    c.chat.completions.create(model=QWEN, messages=MSG, max_tokens=2)
+                assert e.value.response.headers.get("retry-after")
     finally:
         s.stop()
 

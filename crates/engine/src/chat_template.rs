@@ -20,6 +20,12 @@ const CHATML_TEMPLATE: &str = "{%- for message in messages %}{{- '<|im_start|>' 
 /// own template does.
 const GEMMA_TEMPLATE: &str = "{{- bos_token }}{%- if messages and messages[0].role == 'system' %}{%- set first_prefix = messages[0].content + '\\n\\n' %}{%- set rest = messages[1:] %}{%- else %}{%- set first_prefix = '' %}{%- set rest = messages %}{%- endif %}{%- for message in rest %}{%- set role = 'model' if message.role == 'assistant' else 'user' %}{{- '<start_of_turn>' + role + '\\n' + (first_prefix if loop.first else '') + (message.content or '') + '<end_of_turn>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}";
 
+/// Instructions one rendering may run (minijinja's fuel): a conversation of thousands of
+/// messages takes a few hundred thousand; a template that loops forever stops here.
+const TEMPLATE_FUEL: u64 = 20_000_000;
+/// Bytes one rendering may write: far past any context a small model has.
+const MAX_RENDER_BYTES: usize = 16 << 20;
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
@@ -55,10 +61,30 @@ impl ChatTemplate {
             Err(JError::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
+        env.set_fuel(Some(TEMPLATE_FUEL));
         let renders_tools = source.contains("tools");
         env.add_template_owned("chat", source.clone())
             .map_err(|e| EngineError::ChatTemplate(format!("cannot parse the template: {e}")))?;
-        Ok(Self { env, bos_token, eos_token, from_gguf, renders_tools, source })
+        let t = Self { env, bos_token, eos_token, from_gguf, renders_tools, source };
+        t.check_it_finishes()?;
+        Ok(t)
+    }
+
+    /// Refuses a template that does not finish a short conversation within its bounds (one
+    /// that loops or explodes would hang or exhaust every chat request). A template that
+    /// raises an error for this conversation is kept: it may only dislike its shape.
+    fn check_it_finishes(&self) -> Result<()> {
+        let msgs = [
+            serde_json::json!({"role": "user", "content": "Hi"}),
+            serde_json::json!({"role": "assistant", "content": "Hello!"}),
+            serde_json::json!({"role": "user", "content": "How are you?"}),
+        ];
+        match self.render(&msgs, None, true) {
+            Err(EngineError::ChatTemplate(m)) if m.contains(BOUND_EXCEEDED) => {
+                Err(EngineError::ChatTemplate(format!("the template does not render a three-message chat: {m}")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Renders `messages` (OpenAI shape) and optional `tools`.
@@ -79,15 +105,24 @@ impl ChatTemplate {
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),
         };
-        tmpl.render(ctx).map_err(|e| {
-            let mut msg = e.to_string();
+        let mut out = CappedWriter(Vec::new());
+        tmpl.render_captured_to(ctx, &mut out).map_err(|e| {
+            let mut msg = match e.kind() {
+                ErrorKind::OutOfFuel => {
+                    format!("{BOUND_EXCEEDED}: it ran {TEMPLATE_FUEL} instructions without finishing")
+                }
+                ErrorKind::WriteFailure => format!("{BOUND_EXCEEDED}: its output passed {MAX_RENDER_BYTES} bytes"),
+                _ => e.to_string(),
+            };
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
                 msg.push_str(&format!(": {s}"));
                 src = s.source();
             }
             EngineError::ChatTemplate(msg)
-        })
+        })?;
+        String::from_utf8(out.0)
+            .map_err(|e| EngineError::ChatTemplate(format!("the template wrote invalid UTF-8: {e}")))
     }
 
     /// Renders and strips a leading BOS text when the tokenizer adds BOS itself, so the
@@ -98,6 +133,26 @@ impl ChatTemplate {
             s.drain(..self.bos_token.len());
         }
         Ok(s)
+    }
+}
+
+/// Marks the errors of a rendering that hit its bounds (fuel or size).
+const BOUND_EXCEEDED: &str = "the template exceeded its bounds";
+
+/// The rendering's output, refusing to grow past `MAX_RENDER_BYTES`.
+struct CappedWriter(Vec<u8>);
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDER_BYTES {
+            return Err(std::io::Error::other("output too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -327,6 +382,28 @@ mod tests {
         );
         assert_eq!(m["content"], "a\nb");
         assert_eq!(m["tool_calls"][0]["function"]["arguments"]["x"], 1);
+    }
+
+    #[test]
+    fn templates_that_loop_or_explode_are_refused_at_load_and_never_hang() {
+        let t0 = std::time::Instant::now();
+        for (name, src) in [
+            ("nested loops", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"),
+            ("output", "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}"),
+        ] {
+            let err = ChatTemplate::new(src.into(), String::new(), String::new(), true).err();
+            let msg = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(BOUND_EXCEEDED), "{name}: {msg}");
+        }
+        // An enormous range and unbounded recursion fail each rendering at once (minijinja's
+        // own limits): the template loads, every request using it gets an error, none hangs.
+        for src in
+            ["{% for i in range(1000000000000000) %}{% endfor %}", "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"]
+        {
+            let t = ChatTemplate::new(src.into(), String::new(), String::new(), true).unwrap();
+            assert!(t.render(&[json!({"role": "user", "content": "x"})], None, true).is_err(), "{src}");
+        }
+        assert!(t0.elapsed().as_secs() < 20, "bounded: {:?}", t0.elapsed());
     }
 
     #[test]

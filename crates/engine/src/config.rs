@@ -52,6 +52,9 @@ impl EngineConfig {
         if self.max_seqs == 0 {
             return bad("`max_seqs` must be at least 1");
         }
+        if self.max_waiting == 0 {
+            return bad("the queue limit must be at least 1: a queue of 0 could never admit a request");
+        }
         if self.num_kv_blocks == Some(0) || (self.num_kv_blocks.is_none() && self.kv_cache_mb == 0) {
             return bad("the KV cache must hold at least one block");
         }

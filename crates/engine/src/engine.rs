@@ -14,7 +14,7 @@ use crate::engine_core::EngineCore;
 use crate::error::{EngineError, Result};
 use crate::model::Model;
 use crate::request::{Event, Request};
-use crate::sequence::{SeqId, Sequence};
+use crate::sequence::{QueueState, SeqId, Sequence};
 use crate::stats::{EngineStats, StatsSnapshot};
 
 enum Command {
@@ -113,20 +113,31 @@ impl EngineHandle {
         let id = s.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = unbounded_channel();
         let seq = Sequence::new(id, req, tx);
+        let queue_state = seq.queue_state.clone();
         if self.commands.send(Command::Add(Box::new(seq))).is_err() {
-            unadmitted.fetch_sub(1, Ordering::Relaxed);
+            queue_state.leave(unadmitted);
             return Err(EngineError::Shutdown);
         }
-        Ok(RequestStream { id, events: rx, commands: self.commands.clone(), done: false })
+        Ok(RequestStream {
+            id,
+            events: rx,
+            commands: self.commands.clone(),
+            done: false,
+            queue_state,
+            stats: s.stats.clone(),
+        })
     }
 }
 
-/// The events of one request. Dropping it before `Finished` aborts the request.
+/// The events of one request. Dropping it before `Finished` aborts the request; one still
+/// queued leaves the queue count at once, not when the engine thread next looks.
 pub struct RequestStream {
     id: SeqId,
     events: UnboundedReceiver<Event>,
     commands: Sender<Command>,
     done: bool,
+    queue_state: Arc<QueueState>,
+    stats: Arc<EngineStats>,
 }
 
 impl RequestStream {
@@ -157,6 +168,7 @@ impl RequestStream {
 impl Drop for RequestStream {
     fn drop(&mut self) {
         if !self.done {
+            self.queue_state.leave(&self.stats.num_unadmitted);
             let _ = self.commands.send(Command::Abort(self.id));
         }
     }

@@ -92,9 +92,7 @@ impl EngineCore {
 
     /// Bookkeeping for a sequence leaving the engine.
     fn leave(&self, seq: &Sequence, exit: Exit) {
-        if !seq.was_admitted {
-            self.stats.num_unadmitted.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        seq.queue_state.leave(&self.stats.num_unadmitted);
         let st = &self.stats;
         let counter = match exit {
             Exit::Finished => &st.requests_finished_total,
@@ -116,7 +114,11 @@ impl EngineCore {
         let t0 = Instant::now();
         let mut batch = self.scheduler.schedule();
         let st = self.stats.clone();
-        st.num_unadmitted.fetch_sub(batch.num_newly_admitted as u64, std::sync::atomic::Ordering::Relaxed);
+        for &id in &batch.newly_admitted {
+            if let Some(seq) = self.scheduler.running(id) {
+                seq.queue_state.leave(&st.num_unadmitted);
+            }
+        }
         EngineStats::add(&st.prefix_cache_hit_tokens_total, batch.num_newly_cached_tokens as u64);
         EngineStats::add(&st.preemptions_total, batch.num_preempted as u64);
         for (seq, err) in std::mem::take(&mut batch.rejected) {
@@ -163,15 +165,15 @@ impl EngineCore {
     fn postprocess(&mut self, batch: &ScheduledBatch, logits: &[f32]) {
         let t0 = Instant::now();
         self.scheduler.mark_computed(batch);
-        let sampled = self.sample(batch, logits);
+        let mut sampled = self.sample(batch, logits);
         let sample_ns = t0.elapsed().as_nanos() as u64;
         let tokenizer = self.model.tokenizer.clone();
         for item in batch.items.iter().filter(|i| i.sample) {
             let id = item.seq_id;
-            let s = match sampled.get(&id) {
+            let s = match sampled.remove(&id) {
                 Some(Ok(s)) => s,
-                Some(Err(msg)) => {
-                    self.fail(id, EngineError::Internal(format!("sampling failed: {msg}")));
+                Some(Err(e)) => {
+                    self.fail(id, e);
                     continue;
                 }
                 None => continue,
@@ -199,7 +201,12 @@ impl EngineCore {
                         num_prompt_tokens: seq.num_prompt_tokens,
                         num_generated_tokens: seq.num_generated_tokens(),
                         num_cached_tokens: seq.num_cached_tokens,
-                        stop_token,
+                        stop_token: stop_token.map(|_| TokenEvent {
+                            token: s.token,
+                            text: String::new(),
+                            logprob: s.logprob,
+                            top_logprobs: s.top.clone(),
+                        }),
                     }));
                     Exit::Finished
                 }
@@ -215,11 +222,11 @@ impl EngineCore {
     /// Each sampling sequence's token, in parallel on the pool: every sequence has its own
     /// sampler and RNG, so the result does not depend on the split. A panic while sampling
     /// one sequence (a grammar bug, say) fails that sequence only.
-    fn sample(&mut self, batch: &ScheduledBatch, logits: &[f32]) -> HashMap<SeqId, Result<Sampled, String>> {
+    fn sample(&mut self, batch: &ScheduledBatch, logits: &[f32]) -> HashMap<SeqId, Result<Sampled, EngineError>> {
         let vocab = self.model.decoder.config.vocab_size;
         let row_of: HashMap<SeqId, usize> =
             batch.items.iter().filter(|i| i.sample).enumerate().map(|(k, i)| (i.seq_id, k)).collect();
-        type Cell<'a> = (&'a mut Sequence, usize, Option<Result<Sampled, String>>);
+        type Cell<'a> = (&'a mut Sequence, usize, Option<Result<Sampled, EngineError>>);
         // One cell per sequence: the pool hands each index to one thread, so the locks are
         // never contended; they only make the disjoint `&mut` access safe to express.
         let cells: Vec<Mutex<Cell>> = self
@@ -233,8 +240,8 @@ impl EngineCore {
                 let mut cell = cells[i].lock().unwrap_or_else(|e| e.into_inner());
                 let (seq, k, _) = &mut *cell;
                 let row = &logits[*k * vocab..(*k + 1) * vocab];
-                let out =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| seq.sample(row))).map_err(|p| panic_message(&*p));
+                let out = std::panic::catch_unwind(AssertUnwindSafe(|| seq.sample(row)))
+                    .unwrap_or_else(|p| Err(EngineError::Internal(format!("sampling failed: {}", panic_message(&*p)))));
                 cell.2 = Some(out);
             }
         });

@@ -19,8 +19,7 @@ pub const BLOCK_SIZE: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct Generation {
-    /// Every generated token, the one that stopped the sequence included (that one without
-    /// logprobs: the engine does not report them for stop tokens).
+    /// Every generated token, the one that stopped the sequence included.
     pub tokens: Vec<Sampled>,
     pub finish_reason: FinishReason,
 }
@@ -81,8 +80,8 @@ impl Generator {
                         }
                     }
                     Event::Finished(f) => {
-                        if let Some(token) = f.stop_token {
-                            let s = Sampled { token, logprob: 0.0, top: Vec::new() };
+                        if let Some(t) = f.stop_token {
+                            let s = Sampled { token: t.token, logprob: t.logprob, top: t.top_logprobs };
                             on_token(&s);
                             tokens.push(s);
                         }

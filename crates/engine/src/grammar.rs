@@ -85,6 +85,11 @@ fn build_env(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> TokEnv {
     Arc::new(VocabEnv { trie, tokenizer })
 }
 
+/// The largest grammar or schema text compiled (a schema with thousands of properties fits).
+const MAX_GRAMMAR_BYTES: usize = 1 << 20;
+/// The grammar compiler's stack: llguidance recurses per nesting level and rule.
+const COMPILE_STACK_BYTES: usize = 256 << 20;
+
 /// Compiles constraints for one model; the vocabulary index is built on first use.
 pub struct GrammarCompiler {
     tokenizer: Arc<Tokenizer>,
@@ -114,8 +119,35 @@ impl GrammarCompiler {
         })
     }
 
-    /// Compiles `spec`; the error names what is wrong with the grammar or schema.
+    /// Compiles `spec`; the error names what is wrong with the grammar or schema. Whatever
+    /// the spec holds, this returns: its size is bounded first, and llguidance (whose compiler
+    /// recurses with the grammar's depth) runs on a thread with a stack sized for the bound,
+    /// so no schema can overflow the caller's stack. A grammar that allows no output at all
+    /// is refused, not dropped: the output either obeys it or there is none.
     pub fn compile(&self, spec: &ConstraintSpec) -> Result<Constraint> {
+        let size = match &spec.grammar {
+            Grammar::JsonSchema(s) => s.to_string().len(),
+            Grammar::Lark(s) | Grammar::Regex(s) => s.len(),
+        };
+        if size > MAX_GRAMMAR_BYTES {
+            return Err(EngineError::InvalidGrammar(format!(
+                "the grammar or schema is {size} bytes; at most {MAX_GRAMMAR_BYTES} are accepted"
+            )));
+        }
+        // Building the vocabulary index first keeps the helper thread's work to the grammar.
+        self.factory();
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("slm-grammar".into())
+                .stack_size(COMPILE_STACK_BYTES)
+                .spawn_scoped(s, || self.compile_here(spec))
+                .map_err(|e| EngineError::Internal(format!("cannot start the grammar compiler: {e}")))?
+                .join()
+                .unwrap_or_else(|_| Err(EngineError::InvalidGrammar("the grammar could not be compiled".into())))
+        })
+    }
+
+    fn compile_here(&self, spec: &ConstraintSpec) -> Result<Constraint> {
         let grammar = match &spec.grammar {
             Grammar::JsonSchema(schema) => {
                 if !schema.is_object() && !schema.is_boolean() {
@@ -130,6 +162,12 @@ impl GrammarCompiler {
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(EngineError::InvalidGrammar(e));
+        }
+        // The first mask: an error or no allowed token means no output can satisfy it.
+        match matcher.clone().compute_mask() {
+            Ok(m) if m.num_set() > 0 => {}
+            Ok(_) => return Err(EngineError::InvalidGrammar("the grammar matches no output".into())),
+            Err(e) => return Err(EngineError::InvalidGrammar(format!("the grammar cannot be applied: {e}"))),
         }
         let trigger = match spec.triggers.is_empty() {
             true => None,
@@ -157,6 +195,9 @@ enum State {
     Done,
     /// The output left the grammar (only possible before activation): no longer enforced.
     Abandoned,
+    /// The grammar, once enforced, allowed nothing more or refused its own token: the
+    /// sequence cannot go on within it and fails (never silently unconstrained).
+    Failed,
 }
 
 /// One sequence's constraint: the llguidance matcher and where it stands. Cloning gives an
@@ -176,19 +217,26 @@ impl std::fmt::Debug for Constraint {
 }
 
 impl Constraint {
-    /// Allowed next tokens, or `None` when nothing is enforced now.
-    pub fn mask(&mut self) -> Option<SimpleVob> {
-        if self.state != State::Active {
-            return None;
+    /// Allowed next tokens, `None` when nothing is enforced now, or an error when the
+    /// grammar allows no continuation of the output (the request cannot be honoured).
+    pub fn mask(&mut self) -> Result<Option<SimpleVob>> {
+        match self.state {
+            State::Active => {}
+            State::Failed => return Err(self.failure()),
+            State::Waiting | State::Done | State::Abandoned => return Ok(None),
         }
         match self.matcher.compute_mask() {
-            Ok(m) if m.num_set() > 0 => Some(m),
+            Ok(m) if m.num_set() > 0 => Ok(Some(m)),
             Ok(_) | Err(_) => {
-                tracing::warn!("grammar allows no token: {}", self.matcher.get_error().unwrap_or_default());
-                self.state = State::Abandoned;
-                None
+                self.state = State::Failed;
+                Err(self.failure())
             }
         }
+    }
+
+    fn failure(&self) -> EngineError {
+        let why = self.matcher.get_error().unwrap_or_else(|| "no token can continue the output".into());
+        EngineError::InvalidGrammar(format!("the output cannot continue within the grammar: {why}"))
     }
 
     /// Sets every logit the mask disallows to -inf.
@@ -207,7 +255,7 @@ impl Constraint {
             State::Active => {
                 if self.matcher.consume_token(token).is_err() {
                     tracing::warn!("grammar rejected a masked token: {}", self.matcher.get_error().unwrap_or_default());
-                    self.state = State::Abandoned;
+                    self.state = State::Failed;
                 }
             }
             State::Waiting => {
@@ -223,7 +271,7 @@ impl Constraint {
                     _ => State::Abandoned,
                 };
             }
-            State::Done | State::Abandoned => return,
+            State::Done | State::Abandoned | State::Failed => return,
         }
         if self.state == State::Active && self.matcher.is_stopped() {
             self.state = State::Done;

@@ -21,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod engine_core;
 pub mod error;
+pub mod fault;
 pub mod generate;
 pub mod grammar;
 pub mod kv_cache;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::chat_template::ChatTemplate;
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::grammar::GrammarCompiler;
 use crate::kv_cache::{KvCache, KvDtype};
 use crate::loader::Gguf;
@@ -22,8 +22,22 @@ pub struct Model {
 }
 
 impl Model {
+    /// Loads a GGUF. Whatever the file holds, this returns: a bug that a crafted file
+    /// reaches (a panic) comes back as an error naming the file, so a server can report it
+    /// and stop instead of losing its loading thread.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let _span = tracing::info_span!("load_model", path = %path.as_ref().display()).entered();
+        let path = path.as_ref();
+        std::panic::catch_unwind(|| Self::load_unchecked(path)).unwrap_or_else(|p| {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(EngineError::Gguf {
+                path: path.display().to_string(),
+                message: format!("the file could not be loaded ({})", msg.unwrap_or_default()),
+            })
+        })
+    }
+
+    fn load_unchecked(path: &Path) -> Result<Self> {
+        let _span = tracing::info_span!("load_model", path = %path.display()).entered();
         let mut g = Gguf::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let chat_template = ChatTemplate::from_gguf(&g, &tokenizer)?;

@@ -75,9 +75,10 @@ pub struct Finished {
     pub num_generated_tokens: usize,
     /// Prompt tokens served from the prefix cache.
     pub num_cached_tokens: usize,
-    /// The stop token or end-of-generation token that ended the sequence, if any. It counts
-    /// in `num_generated_tokens` but is not sent as a `Token` event.
-    pub stop_token: Option<u32>,
+    /// The stop token or end-of-generation token that ended the sequence, if any, with its
+    /// logprobs (its text is empty). It counts in `num_generated_tokens` but is not sent as a
+    /// `Token` event.
+    pub stop_token: Option<TokenEvent>,
 }
 
 #[derive(Debug)]

@@ -208,7 +208,8 @@ fn raw_logprobs(l: &[f32], n: usize) -> (impl Fn(u32) -> f32 + '_, Vec<(u32, f32
         idx.select_nth_unstable_by(n - 1, cmp);
         idx.truncate(n);
         idx.sort_by(cmp);
-        top = idx.into_iter().map(|i| (i, l[i as usize] - lse)).collect();
+        // Tokens a constraint masked (-inf) are not alternatives: a shorter list, never a null.
+        top = idx.into_iter().map(|i| (i, l[i as usize] - lse)).filter(|(_, lp)| lp.is_finite()).collect();
     }
     (move |t: u32| l[t as usize] - lse, top)
 }
@@ -219,6 +220,15 @@ mod tests {
 
     fn logits() -> Vec<f32> {
         vec![1.0, 3.0, 2.0, 3.0, -1.0, 0.5]
+    }
+
+    #[test]
+    fn masked_tokens_are_never_among_the_top_logprobs() {
+        let p = SamplingParams { logprobs: true, top_logprobs: 5, ..SamplingParams::greedy() };
+        let l = [f32::NEG_INFINITY, 2.0, f32::NEG_INFINITY, 1.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
+        let s = Sampler::new(p).sample(&l, &[]);
+        assert_eq!(s.top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 3]);
+        assert!(s.top.iter().all(|t| t.1.is_finite()) && s.logprob.is_finite());
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct ScheduledBatch {
     pub rejected: Vec<(Sequence, EngineError)>,
     pub num_preempted: usize,
     /// Sequences admitted for the first time this step, and their prefix-cache hits.
-    pub num_newly_admitted: usize,
+    pub newly_admitted: Vec<SeqId>,
     pub num_newly_cached_tokens: usize,
 }
 
@@ -119,7 +119,7 @@ impl Scheduler {
             if !seq.was_admitted {
                 seq.num_cached_tokens = num_cached;
                 seq.was_admitted = true;
-                batch.num_newly_admitted += 1;
+                batch.newly_admitted.push(seq.id);
                 batch.num_newly_cached_tokens += num_cached;
             }
             seq.status = SeqStatus::Running;

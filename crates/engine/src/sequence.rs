@@ -6,6 +6,7 @@
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::block_manager::BlockTable;
+use crate::error::EngineError;
 use crate::grammar::Constraint;
 use crate::request::{Event, FinishReason, Request};
 use crate::sampling::{Sampled, Sampler};
@@ -13,6 +14,23 @@ use crate::stop::{OutputText, Pushed};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
 pub type SeqId = u64;
+
+/// Where a request stands in the queue count (`EngineStats::num_unadmitted`), shared by its
+/// `RequestStream` and its `Sequence`: it leaves the queue once — admitted, cancelled by its
+/// caller, or refused — and whichever of those happens first takes it off the count, at once,
+/// however the caller's thread and the engine thread race.
+#[derive(Debug, Default)]
+pub struct QueueState(std::sync::atomic::AtomicBool);
+
+impl QueueState {
+    /// Takes the request off the queue count if it is still on it.
+    pub fn leave(&self, num_unadmitted: &std::sync::atomic::AtomicU64) {
+        use std::sync::atomic::Ordering;
+        if !self.0.swap(true, Ordering::AcqRel) {
+            num_unadmitted.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqStatus {
@@ -42,6 +60,7 @@ pub struct Sequence {
     pub events: UnboundedSender<Event>,
     /// Whether it was admitted once already (a preempted sequence keeps its cache-hit count).
     pub was_admitted: bool,
+    pub queue_state: std::sync::Arc<QueueState>,
 }
 
 /// What appending a token decided.
@@ -80,6 +99,7 @@ impl Sequence {
             output: OutputText::new(req.stop_strings),
             events,
             was_admitted: false,
+            queue_state: Default::default(),
         }
     }
 
@@ -92,16 +112,22 @@ impl Sequence {
         self.tokens.len() - self.num_computed_tokens
     }
 
-    /// Samples the next token from this sequence's row of logits, within its grammar if any.
-    pub fn sample(&mut self, logits: &[f32]) -> Sampled {
-        match self.constraint.as_mut().and_then(|c| c.mask()) {
+    /// Samples the next token from this sequence's row of logits, within its grammar if any;
+    /// an error when the grammar allows nothing more.
+    pub fn sample(&mut self, logits: &[f32]) -> Result<Sampled, EngineError> {
+        crate::fault::check(&self.tokens[..self.num_prompt_tokens]);
+        let mask = match &mut self.constraint {
+            Some(c) => c.mask()?,
+            None => None,
+        };
+        Ok(match mask {
             Some(mask) => {
                 let mut l = logits.to_vec();
                 Constraint::apply(&mask, &mut l);
                 self.sampler.sample(&l, &self.tokens)
             }
             None => self.sampler.sample(logits, &self.tokens),
-        }
+        })
     }
 
     /// Appends a sampled token and applies the stop conditions.

@@ -34,6 +34,7 @@ pub struct EngineStats {
 pub struct StatsSnapshot {
     pub num_running: u64,
     pub num_waiting: u64,
+    pub num_unadmitted: u64,
     pub kv_blocks_used: u64,
     pub kv_blocks_total: u64,
     pub prefix_cache_hit_tokens_total: u64,
@@ -57,6 +58,7 @@ impl EngineStats {
         StatsSnapshot {
             num_running: self.num_running.load(Relaxed),
             num_waiting: self.num_waiting.load(Relaxed),
+            num_unadmitted: self.num_unadmitted.load(Relaxed),
             kv_blocks_used: self.kv_blocks_used.load(Relaxed),
             kv_blocks_total: self.kv_blocks_total.load(Relaxed),
             prefix_cache_hit_tokens_total: self.prefix_cache_hit_tokens_total.load(Relaxed),

@@ -169,3 +169,24 @@ fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(o.tokens.len(), 3);
     wait_for(|| e.stats().kv_blocks_used == 0);
 }
+
+#[test]
+fn the_queue_count_is_exact_when_queued_requests_are_cancelled() {
+    // One sequence at a time: the busy one keeps the others queued.
+    let e = engine(EngineConfig { max_seqs: 1, max_waiting: 4, ..Default::default() });
+    let m = model(QWEN);
+    let prompt = m.tokenizer.encode("Count to one hundred:", true, false).unwrap();
+    let mut busy = e.submit(Request::new(prompt.clone(), SamplingParams::greedy(), 200)).unwrap();
+    assert!(matches!(busy.blocking_next(), Some(Event::Token(_))));
+    let submit = || e.submit(Request::new(prompt.clone(), SamplingParams::greedy(), 4));
+    for _ in 0..3 {
+        let queued: Vec<_> = (0..4).map(|_| submit().expect("room in the queue")).collect();
+        assert!(matches!(submit(), Err(EngineError::QueueFull(4))));
+        // Dropped while queued: the count falls at once, not when the engine next looks.
+        drop(queued);
+        assert_eq!(e.stats().num_unadmitted, 0);
+    }
+    drop(busy);
+    wait_for(|| e.stats().kv_blocks_used == 0 && e.stats().num_running == 0 && e.stats().num_waiting == 0);
+    assert_eq!(e.stats().num_unadmitted, 0);
+}

@@ -20,6 +20,10 @@ pub struct FileConfig {
     pub body_limit_mb: Option<usize>,
     pub queue_limit: Option<usize>,
     pub shutdown_timeout_s: Option<u64>,
+    pub header_read_timeout_s: Option<u64>,
+    pub body_read_timeout_s: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
     #[serde(default)]
     pub models: Vec<ModelEntry>,
 }
@@ -69,6 +73,11 @@ pub struct ServerConfig {
     pub cors_allowed_origins: Vec<String>,
     pub body_limit: usize,
     pub shutdown_timeout_s: u64,
+    /// A request head (or body) not fully received in this time is dropped.
+    pub header_read_timeout_s: u64,
+    pub body_read_timeout_s: u64,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
     pub models: Vec<ModelSpec>,
 }
 
@@ -181,6 +190,10 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
         // Long prompts must reach the context-length check, not the body limit.
         body_limit: file.body_limit_mb.unwrap_or(16) << 20,
         shutdown_timeout_s: file.shutdown_timeout_s.unwrap_or(30),
+        header_read_timeout_s: file.header_read_timeout_s.unwrap_or(10).max(1),
+        body_read_timeout_s: file.body_read_timeout_s.unwrap_or(30).max(1),
+        max_connections: file.max_connections.unwrap_or(512).max(1),
+        max_connections_per_client: file.max_connections_per_client.unwrap_or(64).max(1),
         models,
     })
 }

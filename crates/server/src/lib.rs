@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grammar;
+pub mod listener;
 pub mod metrics;
 pub mod openai;
 pub mod routes;
@@ -43,10 +44,52 @@ pub fn app(state: AppState) -> Router {
         .route("/tokenize", post(routes::tokenize::tokenize))
         .route("/detokenize", post(routes::tokenize::detokenize))
         .fallback(|| async { error::ApiError::not_found("Unknown path. See openapi.yaml for the endpoints.") })
+        .layer(middleware::from_fn(api_shaped_method_errors))
+        .layer(middleware::from_fn(require_json_body))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// A POST body declared as something other than JSON is refused (415), not parsed as JSON.
+/// No `Content-Type`, and curl's default for `-d` (form-urlencoded), are read as JSON.
+async fn require_json_body(req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::POST {
+        let ct = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        if let Some(ct) = ct {
+            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let json = mime == "application/json" || mime.ends_with("+json");
+            if !json && mime != "application/x-www-form-urlencoded" && !mime.is_empty() {
+                let mut e = error::ApiError::bad_request(format!(
+                    "Unsupported Content-Type `{ct}`: send the request body as `application/json`."
+                ));
+                e.status = axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+                return axum::response::IntoResponse::into_response(e);
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// The router's bare 405 (a known path, another method) gets the API's error shape; its
+/// `Allow` header stays.
+async fn api_shaped_method_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    if resp.status() != axum::http::StatusCode::METHOD_NOT_ALLOWED {
+        return resp;
+    }
+    let allow = resp.headers().get(axum::http::header::ALLOW).cloned();
+    let mut e = error::ApiError::bad_request(format!("`{method}` is not allowed on `{path}`."));
+    e.status = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    e.code = Some("method_not_allowed");
+    let mut out = axum::response::IntoResponse::into_response(e);
+    if let Some(a) = allow {
+        out.headers_mut().insert(axum::http::header::ALLOW, a);
+    }
+    out
 }
 
 /// Counts every response by endpoint (the route pattern) and status.

@@ -71,6 +71,7 @@ pub struct SamplingFields {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub ignore_eos: Option<bool>,
+    pub cache_salt: Option<String>,
 }
 
 /// Defines a request struct with its own fields plus the shared sampling fields (written out,
@@ -96,6 +97,8 @@ macro_rules! with_sampling_fields {
             pub stream_options: Option<StreamOptions>,
             /// Extension (llama.cpp, vLLM): keep generating past end-of-generation tokens.
             pub ignore_eos: Option<bool>,
+            /// Extension (vLLM): only requests with the same salt share prefix-cache blocks.
+            pub cache_salt: Option<String>,
         }
 
         impl $name {
@@ -116,6 +119,7 @@ macro_rules! with_sampling_fields {
                     stream: self.stream,
                     stream_options: self.stream_options.clone(),
                     ignore_eos: self.ignore_eos,
+                    cache_salt: self.cache_salt.clone(),
                 }
             }
         }

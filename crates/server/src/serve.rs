@@ -1,20 +1,24 @@
 //! `slm serve`: binds first (so `/health` answers 503 while loading), loads each model and
-//! starts its engine, then serves until SIGTERM/Ctrl-C; in-flight requests get
-//! `shutdown_timeout_s` to finish.
+//! starts its engine, then serves (listener.rs: connection caps, read timeouts) until
+//! SIGTERM/Ctrl-C; in-flight requests get `shutdown_timeout_s` to finish.
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::http::HeaderValue;
 use slm_engine::{EngineHandle, Model};
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::config::ServerConfig;
+use crate::listener::Limits;
 use crate::routes::unix_now;
 use crate::state::{AppState, ServedModel, Settings};
 
 pub async fn serve(cfg: ServerConfig) -> Result<()> {
+    raise_fd_limit();
     let loopback = cfg.host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(cfg.host == "localhost");
     if !loopback && cfg.api_keys.is_empty() {
         tracing::warn!(
@@ -31,7 +35,11 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         } else {
             AllowOrigin::list(cfg.cors_allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
         };
-        app = app.layer(CorsLayer::new().allow_origin(origins).allow_methods(Any).allow_headers(Any));
+        // `*` does not cover `Authorization` under the Fetch standard: mirror what the
+        // preflight asks for (Authorization, Content-Type, x-api-key, the SDKs' own headers).
+        app = app.layer(
+            CorsLayer::new().allow_origin(origins).allow_methods(Any).allow_headers(AllowHeaders::mirror_request()),
+        );
     }
     let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
         .await
@@ -70,9 +78,24 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         st.set_models(served);
     });
 
-    let timeout = cfg.shutdown_timeout_s;
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(timeout)).await?;
+    // Slow clients: a body that trickles in is cut off, like a head (listener.rs).
+    let app = app.layer(RequestBodyTimeoutLayer::new(Duration::from_secs(cfg.body_read_timeout_s)));
+    let limits = Limits {
+        max_connections: cfg.max_connections,
+        max_connections_per_client: cfg.max_connections_per_client,
+        header_read_timeout: Duration::from_secs(cfg.header_read_timeout_s),
+    };
+    crate::listener::serve(listener, app, limits, shutdown_signal(cfg.shutdown_timeout_s)).await;
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one (where allowed), so the connection cap,
+/// not the process's descriptors, is what bounds clients.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!("open-file limit {n}"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
 }
 
 async fn shutdown_signal(timeout_s: u64) {

@@ -10,6 +10,7 @@ use slm_engine::{
     Constraint, ConstraintSpec, EngineError, EngineHandle, Model, Request, RequestStream, SamplingParams,
 };
 
+use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::grammar;
 use crate::openai::{
@@ -32,6 +33,8 @@ pub struct ValidSampling {
     pub stream: bool,
     pub include_usage: bool,
     pub ignore_eos: bool,
+    /// The prefix-cache salt: the request's `cache_salt`, under its API key when keys are set.
+    pub cache_salt: Option<String>,
 }
 
 fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, lo_open: bool) -> Result<Option<f64>, ApiError> {
@@ -45,7 +48,12 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, lo_open: bool) -> Result
 }
 
 /// `logprobs`: None, or Some(number of alternatives) when the request wants logprobs.
-pub fn sampling(f: &SamplingFields, logprobs: Option<usize>, vocab_size: usize) -> Result<ValidSampling, ApiError> {
+pub fn sampling(
+    f: &SamplingFields,
+    logprobs: Option<usize>,
+    vocab_size: usize,
+    tenant: Option<&Tenant>,
+) -> Result<ValidSampling, ApiError> {
     let temperature = range("temperature", f.temperature, 0.0, 2.0, false)?.unwrap_or(1.0);
     let top_p = range("top_p", f.top_p, 0.0, 1.0, true)?.unwrap_or(1.0);
     let presence = range("presence_penalty", f.presence_penalty, -2.0, 2.0, false)?.unwrap_or(0.0);
@@ -112,6 +120,11 @@ pub fn sampling(f: &SamplingFields, logprobs: Option<usize>, vocab_size: usize) 
         stream,
         include_usage,
         ignore_eos: f.ignore_eos.unwrap_or(false),
+        cache_salt: match (tenant, &f.cache_salt) {
+            // A tenant's own salt stays inside its key: no salt can reach another tenant's.
+            (Some(t), salt) => Some(format!("{}\u{0}{}", t.0, salt.as_deref().unwrap_or(""))),
+            (None, salt) => salt.clone(),
+        },
     })
 }
 
@@ -218,6 +231,8 @@ pub struct ValidRequest {
     sampling: ValidSampling,
     max_tokens: usize,
     constraint: Option<Constraint>,
+    /// The request field the constraint came from (named when it cannot be honoured).
+    constraint_param: &'static str,
 }
 
 impl ValidRequest {
@@ -227,6 +242,12 @@ impl ValidRequest {
 
     pub fn prompts(&self) -> &[Vec<u32>] {
         &self.prompts
+    }
+
+    /// An error from running the request, naming the constraint's field when it is the
+    /// grammar that failed (one no output can satisfy, found while generating).
+    pub fn run_error(&self, e: ApiError) -> ApiError {
+        e.for_param(self.constraint_param)
     }
 
     /// Prompt tokens over every choice (what `usage.prompt_tokens` reports).
@@ -239,6 +260,20 @@ impl ValidRequest {
     /// other and each is reproducible.
     pub fn submit(&self, engine: &EngineHandle) -> Result<Vec<RequestStream>, ApiError> {
         let s = &self.sampling;
+        // More sequences than the queue can ever hold: retrying cannot help, so not a 429.
+        let limit = engine.config().max_waiting;
+        if self.prompts.len() * s.n > limit {
+            let (param, what) = if self.prompts.len() > 1 { ("prompt", "prompts × `n`") } else { ("n", "`n`") };
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "this request asks for {} sequences ({what}), more than the server queues at once ({limit})",
+                    self.prompts.len() * s.n
+                ),
+            ));
+        }
+        // If the queue fills part way, the streams already queued are dropped on return,
+        // which takes them off the queue at once.
         let mut streams = Vec::with_capacity(self.prompts.len() * s.n);
         for prompt in &self.prompts {
             for i in 0..s.n {
@@ -248,6 +283,7 @@ impl ValidRequest {
                 r.stop_strings = s.stop.clone();
                 r.ignore_eos = s.ignore_eos;
                 r.constraint = self.constraint.clone();
+                r.cache_salt = s.cache_salt.clone();
                 streams.push(engine.submit(r)?);
             }
         }
@@ -293,7 +329,11 @@ fn compile(model: &Model, spec: Option<ConstraintSpec>, param: &str) -> Result<O
     spec.map(|s| model.grammar.compile(&s)).transpose().map_err(|e| ApiError::from(e).for_param(param))
 }
 
-pub async fn chat(engine: &EngineHandle, req: ChatCompletionRequest) -> Result<ValidChat, ApiError> {
+pub async fn chat(
+    engine: &EngineHandle,
+    req: ChatCompletionRequest,
+    tenant: Option<&Tenant>,
+) -> Result<ValidChat, ApiError> {
     let (model, max_model_len) = (engine.model().clone(), engine.max_model_len());
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = match (logprobs, req.top_logprobs) {
@@ -305,7 +345,8 @@ pub async fn chat(engine: &EngineHandle, req: ChatCompletionRequest) -> Result<V
         }
         (_, k) => k.unwrap_or(0) as usize,
     };
-    let sampling = sampling(&req.sampling(), logprobs.then_some(top_logprobs), model.decoder.config.vocab_size)?;
+    let sampling =
+        sampling(&req.sampling(), logprobs.then_some(top_logprobs), model.decoder.config.vocab_size, tenant)?;
     let messages = messages(&req.messages)?;
     // tool_choice "none" renders no tools, so the model is not invited to call one.
     let offered = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
@@ -335,7 +376,7 @@ pub async fn chat(engine: &EngineHandle, req: ChatCompletionRequest) -> Result<V
         let prompt = model.tokenizer.encode(&text, true, true)?;
         let max_tokens = max_tokens(max_param, "messages", requested, prompt.len(), max_model_len)?;
         let constraint = compile(&model, spec, param)?;
-        let request = ValidRequest { prompts: vec![prompt], sampling, max_tokens, constraint };
+        let request = ValidRequest { prompts: vec![prompt], sampling, max_tokens, constraint, constraint_param: param };
         Ok(ValidChat { request, tool_names, logprobs })
     })
     .await
@@ -344,7 +385,11 @@ pub async fn chat(engine: &EngineHandle, req: ChatCompletionRequest) -> Result<V
 /// OpenAI's default `max_tokens` for text completions.
 const DEFAULT_COMPLETION_TOKENS: i64 = 16;
 
-pub async fn completion(engine: &EngineHandle, req: CompletionRequest) -> Result<ValidCompletion, ApiError> {
+pub async fn completion(
+    engine: &EngineHandle,
+    req: CompletionRequest,
+    tenant: Option<&Tenant>,
+) -> Result<ValidCompletion, ApiError> {
     let (model, max_model_len) = (engine.model().clone(), engine.max_model_len());
     let logprobs = match req.logprobs {
         Some(k) if !(0..=20).contains(&k) => {
@@ -352,7 +397,7 @@ pub async fn completion(engine: &EngineHandle, req: CompletionRequest) -> Result
         }
         k => k.map(|k| k as usize),
     };
-    let sampling = sampling(&req.sampling(), logprobs, model.decoder.config.vocab_size)?;
+    let sampling = sampling(&req.sampling(), logprobs, model.decoder.config.vocab_size, tenant)?;
     let constrained = grammar::completion_fields(
         req.json_schema.as_ref(),
         req.grammar.as_deref(),
@@ -400,7 +445,7 @@ pub async fn completion(engine: &EngineHandle, req: CompletionRequest) -> Result
         let constraint = compile(&model, spec, param)?;
         let n = sampling.n;
         let echoes = (0..prompts.len() * n).map(|i| if echo { texts[i / n].clone() } else { String::new() }).collect();
-        let request = ValidRequest { prompts, sampling, max_tokens, constraint };
+        let request = ValidRequest { prompts, sampling, max_tokens, constraint, constraint_param: param };
         Ok(ValidCompletion { request, echoes, logprobs: logprobs.is_some() })
     })
     .await
@@ -454,7 +499,7 @@ mod tests {
             },
         ];
         for r in rows {
-            let got = sampling(&r.fields, None, 100).err().and_then(|e| e.param);
+            let got = sampling(&r.fields, None, 100, None).err().and_then(|e| e.param);
             assert_eq!(got.as_deref(), r.param, "{}", r.name);
         }
     }

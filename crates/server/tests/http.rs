@@ -187,14 +187,24 @@ async fn auth_body_limit_queue_and_routing_errors() {
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     assert_openai_error(&v, None);
 
-    // A queue that holds nobody: 429 with Retry-After.
+    // A full queue: one sequence runs, one waits, the queue holds one: 429 with Retry-After.
     let s = state_with(
-        EngineConfig { max_waiting: 0, ..Default::default() },
+        EngineConfig { max_waiting: 1, max_seqs: 1, ..Default::default() },
         Settings { api_keys: vec![], body_limit: 1 << 20 },
     );
+    let engine = &s.models().unwrap()[0].engine;
+    let long = || slm_engine::Request::new(vec![9707; 8], slm_engine::SamplingParams::greedy(), 1000);
+    let running = engine.submit(long()).unwrap();
+    let t = std::time::Instant::now();
+    while engine.stats().num_running == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let queued = engine.submit(long()).unwrap();
     let (st, v, h) = call(&s, "POST", "/v1/chat/completions", Some(body.clone()), &[]).await;
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert!(h.contains_key("retry-after"));
+    drop((running, queued));
 
     // Loading: 503; several models: unknown name 404.
     let loading = AppState::new(Settings { api_keys: vec![], body_limit: 1 << 20 });

@@ -26,7 +26,7 @@ fn each_format_passes_its_trigger_grammar_and_scanner() {
         let mut c = m.grammar.compile(&spec).unwrap();
         let mut enforced = 0;
         for (i, &id) in ids.iter().enumerate() {
-            if let Some(mask) = c.mask() {
+            if let Some(mask) = c.mask().unwrap() {
                 assert!(mask.is_allowed(id), "{}: token {i} ({id}) of {text:?} refused", f.name);
                 enforced += 1;
             }
@@ -34,7 +34,7 @@ fn each_format_passes_its_trigger_grammar_and_scanner() {
         }
         assert!(enforced > 0, "{}: the trigger never fired on {text:?}", f.name);
         // The calls may end here: end of generation is allowed (or the grammar is complete).
-        assert!(c.is_done() || c.mask().is_some_and(|mask| mask.is_allowed(eos)), "{}: cannot end", f.name);
+        assert!(c.is_done() || c.mask().unwrap().is_some_and(|mask| mask.is_allowed(eos)), "{}: cannot end", f.name);
         let (content, got) = tool_stream::split(&text, &names);
         assert_eq!(content.as_deref(), Some("Let me check."), "{}", f.name);
         let got: Vec<(&str, &str)> = got.iter().map(|c| (c.name.as_str(), c.arguments.as_str())).collect();

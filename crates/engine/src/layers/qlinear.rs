@@ -88,10 +88,24 @@ struct QWeight {
 impl QWeight {
     fn new(tensor: QTensor, name: &str, path: &str) -> Result<Self> {
         let dtype = tensor.dtype();
-        let (out_dim, in_dim) = tensor.shape().dims2().map_err(|_| EngineError::Gguf {
-            path: path.into(),
-            message: format!("tensor `{name}` should be 2-D, has shape {:?}", tensor.shape()),
-        })?;
+        let bad = |message: String| EngineError::Gguf { path: path.into(), message };
+        let (out_dim, in_dim) = tensor
+            .shape()
+            .dims2()
+            .map_err(|_| bad(format!("tensor `{name}` should be 2-D, has shape {:?}", tensor.shape())))?;
+        // A crafted file may claim dims whose product overflows or does not match its data.
+        let values = out_dim
+            .checked_mul(in_dim)
+            .ok_or_else(|| bad(format!("tensor `{name}`: dims {out_dim} × {in_dim} overflow")))?;
+        if values % dtype.block_size() != 0 {
+            return Err(bad(format!("tensor `{name}`: {values} values are not whole {dtype:?} blocks")));
+        }
+        let bytes = tensor.data().map(|d| d.len()).unwrap_or(0);
+        if Some(bytes) != (values / dtype.block_size()).checked_mul(dtype.type_size()) {
+            return Err(bad(format!(
+                "tensor `{name}`: {bytes} bytes of data for {out_dim} × {in_dim} {dtype:?} values"
+            )));
+        }
         // For f32 and f16 the block is one value: the modulo is trivially 0 there.
         #[allow(clippy::modulo_one)]
         let supported = with_block_type!(dtype, T, { in_dim % T::BLCK_SIZE == 0 }, false);

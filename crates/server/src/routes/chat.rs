@@ -10,11 +10,12 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use slm_engine::{Event, FinishReason, Model};
 use tokio::sync::mpsc;
 
 use super::{new_call_id, new_id, parse_for, unix_now};
+use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::openai::*;
 use crate::state::AppState;
@@ -56,11 +57,12 @@ fn finish_reason(reason: FinishReason, num_calls: usize) -> &'static str {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    tenant: Option<Extension<Tenant>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let (req, served) = parse_for::<ChatCompletionRequest>(&state, body)?;
-    let valid = validate::chat(&served.engine, req).await?;
+    let valid = validate::chat(&served.engine, req, tenant.as_ref().map(|t| &t.0)).await?;
     let streams = valid.request.submit(&served.engine)?;
     let model = served.engine.model().clone();
     let ctx = Ctx {
@@ -89,7 +91,7 @@ pub async fn chat_completions(
         ));
         return Ok(stream::sse(rx));
     }
-    let outs = stream::collect(streams, &state.metrics, start).await?;
+    let outs = stream::collect(streams, &state.metrics, start).await.map_err(|e| valid.request.run_error(e))?;
     let usage = stream::usage(num_prompt_tokens, &outs.iter().map(|o| &o.finish).collect::<Vec<_>>());
     let choices = outs
         .into_iter()
@@ -107,8 +109,14 @@ pub async fn chat_completions(
             ChatChoice {
                 index,
                 message: AssistantMessage { role: "assistant", content, tool_calls },
+                // One entry per counted completion token: the end-of-turn token too.
                 logprobs: ctx.logprobs.then(|| ChatLogprobs {
-                    content: o.tokens.iter().map(|t| chat_logprob(&model.tokenizer, t)).collect(),
+                    content: o
+                        .tokens
+                        .iter()
+                        .chain(&o.finish.stop_token)
+                        .map(|t| chat_logprob(&model.tokenizer, t))
+                        .collect(),
                 }),
                 finish_reason,
             }
@@ -202,12 +210,14 @@ async fn stream_chat(
         }
         Event::Finished(f) => {
             let mut out = Vec::new();
-            if !f.text.is_empty() {
+            let stop_logprobs = f.stop_token.as_ref().filter(|_| ctx.logprobs);
+            if !f.text.is_empty() || stop_logprobs.is_some() {
                 out.push(to_json(ctx.chunk(
                     vec![ChunkChoice {
                         index,
                         delta: Delta { content: Some(f.text.clone()), ..Default::default() },
-                        logprobs: None,
+                        logprobs:
+                            stop_logprobs.map(|t| ChatLogprobs { content: vec![chat_logprob(&model.tokenizer, t)] }),
                         finish_reason: None,
                     }],
                     None,

@@ -9,11 +9,12 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use slm_engine::{Event, Model, TokenEvent};
 use tokio::sync::mpsc;
 
 use super::{new_id, parse_for, unix_now};
+use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::openai::*;
 use crate::state::AppState;
@@ -59,11 +60,12 @@ fn legacy_logprobs(model: &Model, tokens: &[TokenEvent], mut offset: usize) -> C
 
 pub async fn completions(
     State(state): State<AppState>,
+    tenant: Option<Extension<Tenant>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let (req, served) = parse_for::<CompletionRequest>(&state, body)?;
-    let valid = validate::completion(&served.engine, req).await?;
+    let valid = validate::completion(&served.engine, req, tenant.as_ref().map(|t| &t.0)).await?;
     let streams = valid.request.submit(&served.engine)?;
     let model = served.engine.model().clone();
     let s = valid.request.sampling();
@@ -92,7 +94,7 @@ pub async fn completions(
         ));
         return Ok(stream::sse(rx));
     }
-    let outs = stream::collect(streams, &state.metrics, start).await?;
+    let outs = stream::collect(streams, &state.metrics, start).await.map_err(|e| valid.request.run_error(e))?;
     let usage = stream::usage(num_prompt_tokens, &outs.iter().map(|o| &o.finish).collect::<Vec<_>>());
     let choices = outs
         .into_iter()

@@ -28,8 +28,8 @@ pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limi
             ApiError::bad_request(r.body_text())
         }
     })?;
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -39,7 +39,10 @@ pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limi
         } else {
             ApiError::invalid(path.clone(), format!("Invalid value for `{path}`: {inner}"))
         }
-    })
+    })?;
+    // One JSON value and nothing after it but whitespace.
+    de.end().map_err(|e| ApiError::bad_request(format!("We could not parse the JSON body of your request: {e}")))?;
+    Ok(value)
 }
 
 /// A request body that may name the model it is for.
