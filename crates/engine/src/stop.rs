@@ -149,9 +149,10 @@ mod tests {
         let text = "Xin chào ### thế giới ### END của văn bản";
         let stops = ["###", "END", "giới #"];
         let chars: Vec<char> = text.chars().collect();
-        // Every two-cut split of the text into three pieces.
-        for i in 0..=chars.len() {
-            for j in i..=chars.len() {
+        // Every two-cut split of the text into three pieces (every third one under Miri).
+        let step = if cfg!(miri) { 3 } else { 1 };
+        for i in (0..=chars.len()).step_by(step) {
+            for j in (i..=chars.len()).step_by(step) {
                 let pieces: Vec<String> =
                     [&chars[..i], &chars[i..j], &chars[j..]].iter().map(|c| c.iter().collect()).collect();
                 let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();

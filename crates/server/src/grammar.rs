@@ -15,12 +15,45 @@ use crate::tools::{Offered, ToolChoice};
 
 /// The layout options llguidance reads from a schema's `x-guidance` key.
 fn with_layout(mut schema: Value, lenient: bool) -> Value {
+    bound_integers(&mut schema);
     if let Value::Object(m) = &mut schema {
         m.entry("x-guidance").or_insert_with(
             || json!({"whitespace_flexible": false, "key_separator": ": ", "item_separator": ", ", "lenient": lenient}),
         );
     }
     schema
+}
+
+/// Integers with no bound get one of 16 digits each way, as llama.cpp's converter writes
+/// `[1-9][0-9]{0,15}`: otherwise a small model asked for a population writes digits until
+/// `max_tokens` and the answer never parses. Values inside `const`, `enum`, `default` and
+/// `examples` are data, not schemas, and are left alone.
+fn bound_integers(schema: &mut Value) {
+    const BOUND: i64 = 9_999_999_999_999_999;
+    match schema {
+        Value::Object(m) => {
+            let integer = match m.get("type") {
+                Some(Value::String(t)) => t == "integer",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            if integer {
+                if !m.contains_key("maximum") && !m.contains_key("exclusiveMaximum") {
+                    m.insert("maximum".into(), json!(BOUND));
+                }
+                if !m.contains_key("minimum") && !m.contains_key("exclusiveMinimum") {
+                    m.insert("minimum".into(), json!(-BOUND));
+                }
+            }
+            for (k, v) in m.iter_mut() {
+                if !matches!(k.as_str(), "const" | "enum" | "default" | "examples") {
+                    bound_integers(v);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
 }
 
 /// `response_format`: `text` (none), `json_object`, or `json_schema` with its `schema`.
@@ -170,6 +203,7 @@ pub fn tool_calls(
         // Llama 3's `parameters` as often as `arguments`: held to the schema in the layout
         // the model began with.
         let mut flexible = calls(&["arguments", "parameters"]);
+        bound_integers(&mut flexible);
         flexible.as_object_mut().expect("built as an object").insert("x-guidance".into(), json!({"lenient": !strict}));
         lark.push_str(&format!(
             "flex_body: %json {flexible}\nFENCE: /```(json)?[ \\t\\n]*/\nCLOSE: /[ \\t\\n]*```/\nWS: /[ \\t\\n]+/\n"
@@ -234,6 +268,27 @@ mod tests {
     use crate::tool_format::HERMES;
 
     #[test]
+    fn unbounded_integers_get_sixteen_digits_and_data_is_untouched() {
+        let mut s = json!({"type": "object", "properties": {
+            "population": {"type": "integer"},
+            "age": {"type": "integer", "minimum": 0},
+            "maybe": {"type": ["integer", "null"]},
+            "type": {"type": "string", "enum": [{"type": "integer"}]},
+            "ratio": {"type": "number"}
+        }, "$defs": {"n": {"type": "integer", "exclusiveMaximum": 10}}});
+        bound_integers(&mut s);
+        let p = &s["properties"];
+        assert_eq!(p["population"]["maximum"], 9_999_999_999_999_999i64);
+        assert_eq!(p["population"]["minimum"], -9_999_999_999_999_999i64);
+        assert_eq!(p["age"]["minimum"], 0);
+        assert_eq!(p["age"]["maximum"], 9_999_999_999_999_999i64);
+        assert!(p["maybe"].get("maximum").is_some());
+        assert_eq!(p["type"]["enum"][0], json!({"type": "integer"}), "data in enum stays as it is");
+        assert!(p["ratio"].get("maximum").is_none());
+        assert!(s["$defs"]["n"].get("maximum").is_none() && s["$defs"]["n"]["minimum"] == -9_999_999_999_999_999i64);
+    }
+
+    #[test]
     fn response_formats_map_to_schemas() {
         assert_eq!(response_format(Some(&json!({"type": "text"}))).unwrap(), None);
         let Some(ConstraintSpec { grammar: Grammar::JsonSchema(s), triggers }) = response_format(Some(&json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}))).unwrap() else { panic!() };
@@ -266,7 +321,7 @@ mod tests {
             "{g}"
         );
         assert!(
-            g.contains("\"t0_X\":{\"type\":\"integer\"}")
+            g.contains("\"t0_X\":{\"type\":\"integer\",\"maximum\":9999999999999999,\"minimum\":-9999999999999999}")
                 && g.contains("\"$ref\":\"#/$defs/t0_X\"")
                 && g.contains("\"arguments\":{\"$ref\":\"#/$defs/t0\"}"),
             "{g}"

@@ -334,3 +334,22 @@ async fn sse_streams_to_done_and_a_disconnect_frees_blocks() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn schema_integers_are_bounded_so_answers_end() {
+    let s = state();
+    let schema =
+        json!({"type": "object", "properties": {"population": {"type": "integer"}}, "required": ["population"]});
+    let prompt = "Give the population of the Earth, in people, as JSON, with every digit written out.\n";
+    let (st, v) = post(
+        &s,
+        "/v1/completions",
+        json!({"prompt": prompt, "json_schema": schema, "max_tokens": 40, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    let parsed: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert!(parsed["population"].as_i64().is_some_and(|p| p.unsigned_abs() < 10_000_000_000_000_000), "{text}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{text}");
+}

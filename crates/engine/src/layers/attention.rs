@@ -513,11 +513,13 @@ mod tests {
             Case { heads: 8, kv_heads: 2, hd: 256, bs: 16, len: 33, window: Some(40), softcap: Some(50.0) },
             Case { heads: 2, kv_heads: 1, hd: 16, bs: 24, len: 5, window: None, softcap: None },
         ];
+        // Miri interprets: the small cases (GQA, a window, a partial block) are enough.
+        let cases: Vec<&Case> = cases.iter().filter(|c| !cfg!(miri) || c.hd <= 24).collect();
         let mut seed = 7;
         for dtype in [KvDtype::F16, KvDtype::F32] {
             // Values the cache holds exactly, so the definition sees what the kernel sees.
             let r = |x: f32| if dtype == KvDtype::F16 { half::f16::from_f32(x).to_f32() } else { x };
-            for c in &cases {
+            for &c in &cases {
                 let kv_dim = c.kv_heads * c.hd;
                 let num_blocks = c.len.div_ceil(c.bs) + 3;
                 let mut cache = KvCache::new(1, num_blocks, c.bs, c.kv_heads, c.hd, dtype);

@@ -523,7 +523,13 @@ mod tests {
     #[test]
     fn q5_0_matches_reference_across_levels_and_batch_sizes() {
         let mut seed = 1;
-        for (m, k, n) in [(1, 64, 7), (3, 96, 70), (9, 128, 133), (1, 896, 130), (6, 64, 16)] {
+        // Miri interprets: small shapes still cover partial tiles, several rows and blocks.
+        let shapes: &[_] = if cfg!(miri) {
+            &[(1, 64, 7), (3, 64, 20)]
+        } else {
+            &[(1, 64, 7), (3, 96, 70), (9, 128, 133), (1, 896, 130), (6, 64, 16)]
+        };
+        for &(m, k, n) in shapes {
             let w = q5_blocks(n * k / QK, &mut seed);
             check(&w, m, k, n, &mut seed);
         }
@@ -607,7 +613,9 @@ mod tests {
     #[test]
     fn q8_0_matches_reference_across_levels_and_batch_sizes() {
         let mut seed = 2;
-        for (m, k, n) in [(1, 64, 5), (5, 160, 67), (8, 256, 129)] {
+        let shapes: &[_] =
+            if cfg!(miri) { &[(1, 64, 5), (5, 64, 17)] } else { &[(1, 64, 5), (5, 160, 67), (8, 256, 129)] };
+        for &(m, k, n) in shapes {
             let w = q8_blocks(n * k / QK, &mut seed);
             check(&w, m, k, n, &mut seed);
         }
