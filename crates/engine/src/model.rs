@@ -27,12 +27,16 @@ impl Model {
     /// and stop instead of losing its loading thread.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        std::panic::catch_unwind(|| Self::load_unchecked(path)).unwrap_or_else(|p| {
+        let named = |message: String| EngineError::Gguf { path: path.display().to_string(), message };
+        let loaded = std::panic::catch_unwind(|| Self::load_unchecked(path)).unwrap_or_else(|p| {
             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            Err(EngineError::Gguf {
-                path: path.display().to_string(),
-                message: format!("the file could not be loaded ({})", msg.unwrap_or_default()),
-            })
+            Err(named(format!("the file could not be loaded ({})", msg.unwrap_or_default())))
+        });
+        // Every error names the file, whichever part of it was at fault.
+        loaded.map_err(|e| match e {
+            EngineError::Tokenizer(m) => named(format!("tokenizer: {m}")),
+            EngineError::ChatTemplate(m) => named(format!("chat template: {m}")),
+            e => e,
         })
     }
 
