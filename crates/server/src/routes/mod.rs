@@ -2,6 +2,17 @@
 //! field), ids and timestamps. Each route is a thin adapter: body → `validate` → submit →
 //! its own wire format.
 
+/// Implements `NamesModel` for request types whose `model` field names the model.
+macro_rules! names_model {
+    ($($t:ty),*) => {
+        $(impl $crate::routes::NamesModel for $t {
+            fn model_name(&self) -> Option<&str> {
+                self.model.as_deref()
+            }
+        })*
+    };
+}
+
 pub mod chat;
 pub mod completions;
 pub mod health;
@@ -50,17 +61,7 @@ pub trait NamesModel {
     fn model_name(&self) -> Option<&str>;
 }
 
-impl NamesModel for ChatCompletionRequest {
-    fn model_name(&self) -> Option<&str> {
-        self.model.as_deref()
-    }
-}
-
-impl NamesModel for CompletionRequest {
-    fn model_name(&self) -> Option<&str> {
-        self.model.as_deref()
-    }
-}
+names_model!(ChatCompletionRequest, CompletionRequest);
 
 /// Parses the body and finds the served model it names: every model route's first step.
 pub fn parse_for<T: DeserializeOwned + NamesModel>(

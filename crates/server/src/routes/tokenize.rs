@@ -7,7 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{parse_for, NamesModel};
+use super::parse_for;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -27,17 +27,7 @@ pub struct DetokenizeRequest {
     tokens: Vec<u32>,
 }
 
-impl NamesModel for TokenizeRequest {
-    fn model_name(&self) -> Option<&str> {
-        self.model.as_deref()
-    }
-}
-
-impl NamesModel for DetokenizeRequest {
-    fn model_name(&self) -> Option<&str> {
-        self.model.as_deref()
-    }
-}
+names_model!(TokenizeRequest, DetokenizeRequest);
 
 pub async fn tokenize(
     State(state): State<AppState>,
