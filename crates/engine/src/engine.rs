@@ -56,6 +56,9 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("slm-engine".into())
+            // Grammar masks are computed on this thread and the pool's; llguidance recurses
+            // with a grammar's nesting depth (the pool's threads get the same stack).
+            .stack_size(crate::layers::pool::THREAD_STACK_BYTES)
             .spawn(move || EngineLoop { commands: rx, core: EngineCore::new(model, &config, num_blocks, stats) }.run())
             .map_err(|e| EngineError::Internal(format!("cannot start the engine thread: {e}")))?;
         Ok(Self { shared, commands: tx })
@@ -91,7 +94,7 @@ impl EngineHandle {
         if let Some(t) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(EngineError::InvalidRequest(format!("token id {t} is out of range (vocabulary size {vocab})")));
         }
-        let needed = req.prompt.len() + req.max_tokens;
+        let needed = req.prompt.len().saturating_add(req.max_tokens);
         if needed > s.max_model_len {
             return Err(EngineError::ContextLengthExceeded {
                 max: s.max_model_len,

@@ -43,6 +43,12 @@ impl PerClient {
         true
     }
 
+    /// Counts `ip` in (as `try_add`) and returns a guard that counts it out when dropped —
+    /// however the connection's task ends, a panic in a handler included.
+    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        self.try_add(ip, max).then(|| ClientSlot { clients: self.clone(), ip })
+    }
+
     fn remove(&self, ip: IpAddr) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = m.get_mut(&ip) {
@@ -51,6 +57,18 @@ impl PerClient {
                 m.remove(&ip);
             }
         }
+    }
+}
+
+/// One connection's place in its client's count.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.clients.remove(self.ip);
     }
 }
 
@@ -84,7 +102,9 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
 /// Serves `app` on `listener` until `shutdown` resolves, then waits for open connections to
 /// finish (the caller bounds that wait).
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1 only: the clients are OpenAI-style HTTP/1 clients, and hyper's head timeout
+    // covers HTTP/1 alone (an idle h2c connection would hold its slot).
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).half_close(true);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -110,23 +130,21 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             tokio::spawn(refuse(stream));
             continue;
         };
-        let ip = addr.ip();
-        if !per_client.try_add(ip, limits.max_connections_per_client) {
+        let Some(client_slot) = per_client.enter(addr.ip(), limits.max_connections_per_client) else {
             tracing::debug!(%addr, "per-client connection cap reached");
             tokio::spawn(refuse(stream));
             continue;
-        }
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
-        let per_client = per_client.clone();
         tokio::spawn(async move {
+            // Both slots are released when this task ends, by return or by unwinding.
+            let _slots = (slot, client_slot);
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, "connection ended: {e}");
             }
-            per_client.remove(ip);
-            drop(slot);
         });
     }
     drop(listener);
@@ -150,5 +168,14 @@ mod tests {
         p.remove(a);
         p.remove(b);
         assert!(p.0.lock().unwrap().is_empty());
+        // A guard counts out when dropped, also while unwinding.
+        let p = Arc::new(p);
+        let q = p.clone();
+        let r = std::panic::catch_unwind(move || {
+            let _slot = q.enter(a, 1).unwrap();
+            panic!("a handler panics");
+        });
+        assert!(r.is_err());
+        assert!(p.0.lock().unwrap().is_empty(), "the panicking connection was counted out");
     }
 }

@@ -17,6 +17,11 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 /// matmuls of one step is shorter, the gap between steps of an idle server much longer).
 const SPIN: u32 = 20_000;
 
+/// Stack of the pool's threads (and the engine thread): sampling under a grammar runs on them,
+/// and llguidance's mask computation recurses with the grammar's depth. Only touched pages
+/// cost memory.
+pub const THREAD_STACK_BYTES: usize = 64 << 20;
+
 thread_local! {
     /// Set on pool threads and on a caller while it runs its share: a nested `run` from
     /// inside a job runs inline instead of waiting on itself.
@@ -85,6 +90,7 @@ impl Pool {
             let s = shared.clone();
             std::thread::Builder::new()
                 .name(format!("slm-worker-{w}"))
+                .stack_size(THREAD_STACK_BYTES)
                 .spawn(move || worker(s))
                 .expect("cannot start a worker thread");
         }
