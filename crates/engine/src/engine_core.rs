@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::block_manager::BlockManager;
 use crate::config::EngineConfig;
-use crate::error::EngineError;
+use crate::error::{panic_message, EngineError};
 use crate::layers::pool::Pool;
 use crate::model::Model;
 use crate::model_runner::ModelRunner;
@@ -41,11 +41,6 @@ enum Exit {
     Failed,
 }
 
-/// A panic's message, for the error sent to the requests it failed.
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
-}
-
 impl EngineCore {
     /// A core over `num_blocks` KV blocks; `stats` is shared with whoever reads the counters.
     pub fn new(model: Arc<Model>, config: &EngineConfig, num_blocks: usize, stats: Arc<EngineStats>) -> Self {
@@ -65,14 +60,10 @@ impl EngineCore {
         self.scheduler.add(seq);
     }
 
-    /// Drops a request wherever it is, freeing its blocks; false if it was not here.
-    pub fn abort(&mut self, id: SeqId) -> bool {
-        match self.scheduler.remove(id) {
-            Some(seq) => {
-                self.leave(&seq, Exit::Aborted);
-                true
-            }
-            None => false,
+    /// Drops a request wherever it is (if it still is), freeing its blocks.
+    pub fn abort(&mut self, id: SeqId) {
+        if let Some(seq) = self.scheduler.remove(id) {
+            self.leave(&seq, Exit::Aborted);
         }
     }
 
@@ -180,17 +171,16 @@ impl EngineCore {
             };
             EngineStats::add(&self.stats.generated_tokens_total, 1);
             let seq = self.scheduler.running_mut(id).expect("sampled sequences are running");
-            let token_event = |text: String| {
-                Event::Token(TokenEvent { token: s.token, text, logprob: s.logprob, top_logprobs: s.top.clone() })
-            };
+            let token_event =
+                |text: String| TokenEvent { token: s.token, text, logprob: s.logprob, top_logprobs: s.top.clone() };
             let exit = match seq.append(s.token, &tokenizer) {
-                Appended::Continue(text) => match seq.events.send(token_event(text)) {
+                Appended::Continue(text) => match seq.events.send(Event::Token(token_event(text))) {
                     Ok(()) => continue,
                     Err(_) => Exit::Aborted, // the caller went away
                 },
                 Appended::Finished { reason, text, stop_token } => {
                     let tail = if stop_token.is_none() {
-                        let _ = seq.events.send(token_event(text));
+                        let _ = seq.events.send(Event::Token(token_event(text)));
                         String::new()
                     } else {
                         text
@@ -201,12 +191,7 @@ impl EngineCore {
                         num_prompt_tokens: seq.num_prompt_tokens,
                         num_generated_tokens: seq.num_generated_tokens(),
                         num_cached_tokens: seq.num_cached_tokens,
-                        stop_token: stop_token.map(|_| TokenEvent {
-                            token: s.token,
-                            text: String::new(),
-                            logprob: s.logprob,
-                            top_logprobs: s.top.clone(),
-                        }),
+                        stop_token: stop_token.map(|_| token_event(String::new())),
                     }));
                     Exit::Finished
                 }

@@ -26,6 +26,7 @@ pub struct Generation {
 
 pub struct Generator {
     core: EngineCore,
+    stats: Arc<EngineStats>,
     capacity: usize,
 }
 
@@ -40,8 +41,9 @@ impl Generator {
             max_batched_tokens: max_tokens_in_cache.max(1),
             ..EngineConfig::default()
         };
-        let core = EngineCore::new(model.clone(), &config, num_blocks, Arc::new(EngineStats::default()));
-        Self { core, capacity: num_blocks * BLOCK_SIZE }
+        let stats = Arc::new(EngineStats::default());
+        let core = EngineCore::new(model.clone(), &config, num_blocks, stats.clone());
+        Self { core, stats, capacity: num_blocks * BLOCK_SIZE }
     }
 
     /// Runs the prompt, then samples up to `max_tokens` tokens; `on_token` sees each one and
@@ -64,6 +66,8 @@ impl Generator {
             return Err(EngineError::KvCacheTooSmall { needed: total, capacity: self.capacity });
         }
         let (tx, mut rx) = unbounded_channel();
+        // Queued as `EngineHandle::submit` queues it: admission takes it off the count.
+        self.stats.num_unadmitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.core.add(Sequence::new(0, Request::new(prompt.to_vec(), params, max_tokens), tx));
         let mut tokens = Vec::new();
         loop {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::chat_template::ChatTemplate;
-use crate::error::{EngineError, Result};
+use crate::error::{panic_message, EngineError, Result};
 use crate::grammar::GrammarCompiler;
 use crate::kv_cache::{KvCache, KvDtype};
 use crate::loader::Gguf;
@@ -28,10 +28,8 @@ impl Model {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let named = |message: String| EngineError::Gguf { path: path.display().to_string(), message };
-        let loaded = std::panic::catch_unwind(|| Self::load_unchecked(path)).unwrap_or_else(|p| {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            Err(named(format!("the file could not be loaded ({})", msg.unwrap_or_default())))
-        });
+        let loaded = std::panic::catch_unwind(|| Self::load_unchecked(path))
+            .unwrap_or_else(|p| Err(named(format!("the file could not be loaded ({})", panic_message(&*p)))));
         // Every error names the file, whichever part of it was at fault.
         loaded.map_err(|e| match e {
             EngineError::Tokenizer(m) => named(format!("tokenizer: {m}")),

@@ -183,7 +183,7 @@ fn lark_str(s: &str) -> String {
 
 /// Whether `r` opens a JSON call: an optional fence (```json), an optional `[`, then
 /// `{"name"` with whitespace allowed between. `At` points at the `{`.
-pub fn json_call_start(r: &str) -> Opening {
+fn json_call_start(r: &str) -> Opening {
     let b = r.as_bytes();
     let mut i = 0;
     let ws = |i: &mut usize| {

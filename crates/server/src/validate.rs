@@ -240,10 +240,6 @@ impl ValidRequest {
         &self.sampling
     }
 
-    pub fn prompts(&self) -> &[Vec<u32>] {
-        &self.prompts
-    }
-
     /// An error from running the request, naming the constraint's field when it is the
     /// grammar that failed (one no output can satisfy, found while generating).
     pub fn run_error(&self, e: ApiError) -> ApiError {
@@ -318,6 +314,16 @@ fn native_tool_format(model: &Model) -> &'static ToolFormat {
     }
 }
 
+/// How many alternatives per token a request asks for (`top_logprobs`, legacy `logprobs`).
+fn num_alternatives(param: &str, k: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match k {
+        Some(k) if !(0..=20).contains(&k) => {
+            Err(ApiError::invalid(param, format!("`{param}` must be between 0 and 20, got {k}")))
+        }
+        k => Ok(k.map(|k| k as usize)),
+    }
+}
+
 /// Runs `f` on the blocking pool: template rendering, tokenization and grammar compilation
 /// are CPU work whose size the request decides.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
@@ -336,14 +342,11 @@ pub async fn chat(
 ) -> Result<ValidChat, ApiError> {
     let (model, max_model_len) = (engine.model().clone(), engine.max_model_len());
     let logprobs = req.logprobs.unwrap_or(false);
-    let top_logprobs = match (logprobs, req.top_logprobs) {
-        (_, Some(k)) if !(0..=20).contains(&k) => {
-            return Err(ApiError::invalid("top_logprobs", format!("`top_logprobs` must be between 0 and 20, got {k}")))
-        }
+    let top_logprobs = match (logprobs, num_alternatives("top_logprobs", req.top_logprobs)?) {
         (false, Some(_)) => {
             return Err(ApiError::invalid("top_logprobs", "`top_logprobs` needs `logprobs` set to true"))
         }
-        (_, k) => k.unwrap_or(0) as usize,
+        (_, k) => k.unwrap_or(0),
     };
     let sampling =
         sampling(&req.sampling(), logprobs.then_some(top_logprobs), model.decoder.config.vocab_size, tenant)?;
@@ -391,12 +394,7 @@ pub async fn completion(
     tenant: Option<&Tenant>,
 ) -> Result<ValidCompletion, ApiError> {
     let (model, max_model_len) = (engine.model().clone(), engine.max_model_len());
-    let logprobs = match req.logprobs {
-        Some(k) if !(0..=20).contains(&k) => {
-            return Err(ApiError::invalid("logprobs", format!("`logprobs` must be between 0 and 20, got {k}")))
-        }
-        k => k.map(|k| k as usize),
-    };
+    let logprobs = num_alternatives("logprobs", req.logprobs)?;
     let sampling = sampling(&req.sampling(), logprobs, model.decoder.config.vocab_size, tenant)?;
     let constrained = grammar::completion_fields(
         req.json_schema.as_ref(),
