@@ -178,7 +178,7 @@ impl EngineCore {
                     Ok(()) => continue,
                     Err(_) => Exit::Aborted, // the caller went away
                 },
-                Appended::Finished { reason, text, stop_token } => {
+                Appended::Finished { reason, text, stop_token, stop_string } => {
                     let tail = if stop_token.is_none() {
                         let _ = seq.events.send(Event::Token(token_event(text)));
                         String::new()
@@ -192,6 +192,7 @@ impl EngineCore {
                         num_generated_tokens: seq.num_generated_tokens(),
                         num_cached_tokens: seq.num_cached_tokens,
                         stop_token: stop_token.map(|_| token_event(String::new())),
+                        stop_string,
                     }));
                     Exit::Finished
                 }

@@ -79,6 +79,8 @@ pub struct Finished {
     /// logprobs (its text is empty). It counts in `num_generated_tokens` but is not sent as a
     /// `Token` event.
     pub stop_token: Option<TokenEvent>,
+    /// The request's stop string that ended the sequence, if one did.
+    pub stop_string: Option<String>,
 }
 
 #[derive(Debug)]

@@ -68,7 +68,7 @@ pub enum Appended {
     /// Keep going; this text is now final.
     Continue(String),
     /// The sequence is done; the text is the final tail (stop string excluded).
-    Finished { reason: FinishReason, text: String, stop_token: Option<u32> },
+    Finished { reason: FinishReason, text: String, stop_token: Option<u32>, stop_string: Option<String> },
 }
 
 /// The prefix-cache salt of a request: 0 (the shared cache) without one.
@@ -135,22 +135,34 @@ impl Sequence {
         self.tokens.push(token);
         self.sampler.accept(token);
         if (!self.ignore_eos && tok.is_end_of_generation(token)) || self.stop_token_ids.contains(&token) {
-            return Appended::Finished { reason: FinishReason::Stop, text: self.take_all(), stop_token: Some(token) };
+            return Appended::Finished {
+                reason: FinishReason::Stop,
+                text: self.take_all(),
+                stop_token: Some(token),
+                stop_string: None,
+            };
         }
         let released = match self.output.push(&self.detok.push(tok, token)) {
-            Pushed::Stopped(text) => return Appended::Finished { reason: FinishReason::Stop, text, stop_token: None },
+            Pushed::Stopped(text, stop) => {
+                return Appended::Finished {
+                    reason: FinishReason::Stop,
+                    text,
+                    stop_token: None,
+                    stop_string: Some(stop),
+                }
+            }
             Pushed::Released(text) => text,
         };
         if let Some(c) = &mut self.constraint {
             c.accept(token, self.output.text());
             if c.is_done() {
                 let text = released + &self.take_all();
-                return Appended::Finished { reason: FinishReason::Stop, text, stop_token: None };
+                return Appended::Finished { reason: FinishReason::Stop, text, stop_token: None, stop_string: None };
             }
         }
         if self.num_generated_tokens() >= self.max_tokens {
             let text = released + &self.take_all();
-            return Appended::Finished { reason: FinishReason::Length, text, stop_token: None };
+            return Appended::Finished { reason: FinishReason::Length, text, stop_token: None, stop_string: None };
         }
         Appended::Continue(released)
     }

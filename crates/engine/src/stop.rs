@@ -22,8 +22,9 @@ pub struct OutputText {
 pub enum Pushed {
     /// Text now final (may be empty: it is held while it may start a stop string).
     Released(String),
-    /// A stop string completed: the unreleased text before it is the last of the output.
-    Stopped(String),
+    /// A stop string completed: the unreleased text before it is the last of the output,
+    /// and the stop string that matched.
+    Stopped(String, String),
 }
 
 impl OutputText {
@@ -39,8 +40,9 @@ impl OutputText {
     pub fn push(&mut self, piece: &str) -> Pushed {
         let released = self.num_released_bytes;
         self.text.push_str(piece);
-        if let Some(at) = self.find_stop(released) {
-            return Pushed::Stopped(self.take_unreleased(at));
+        if let Some((at, stop)) = self.find_stop(released) {
+            let stop = self.stops[stop].clone();
+            return Pushed::Stopped(self.take_unreleased(at), stop);
         }
         let safe = self.text.len() - self.stop_prefix_suffix_len();
         Pushed::Released(self.take_unreleased(safe))
@@ -58,16 +60,17 @@ impl OutputText {
         s
     }
 
-    /// Earliest stop-string occurrence that ends in text not yet released.
-    fn find_stop(&self, released: usize) -> Option<usize> {
+    /// Earliest stop-string occurrence that ends in text not yet released, and which stop.
+    fn find_stop(&self, released: usize) -> Option<(usize, usize)> {
         self.stops
             .iter()
-            .filter_map(|s| {
+            .enumerate()
+            .filter_map(|(k, s)| {
                 // A match may start in released text only if it ends after it; released
                 // text never contains a whole stop string.
                 let from = released.saturating_sub(s.len() - 1);
                 let from = (from..=released).find(|&i| self.text.is_char_boundary(i)).unwrap_or(released);
-                self.text[from..].find(s.as_str()).map(|i| from + i)
+                self.text[from..].find(s.as_str()).map(|i| (from + i, k))
             })
             .min()
     }
@@ -105,10 +108,17 @@ mod tests {
         for p in pieces {
             match o.push(p) {
                 Pushed::Released(r) => released.push(r),
-                Pushed::Stopped(r) => return (released, Some(r)),
+                Pushed::Stopped(r, _) => return (released, Some(r)),
             }
         }
         (released, None)
+    }
+
+    #[test]
+    fn the_stop_that_matched_is_reported() {
+        let mut o = OutputText::new(vec!["END".into(), "\n\n".into()]);
+        assert_eq!(o.push("abc\n"), Pushed::Released("abc".into()));
+        assert_eq!(o.push("\nx END"), Pushed::Stopped("".into(), "\n\n".into()));
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub struct FileConfig {
     pub body_read_timeout_s: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_connections_per_client: Option<usize>,
+    /// The Responses API's store: a SQLite file, or ":memory:" to keep nothing on disk.
+    pub responses_db: Option<String>,
+    pub responses_max_count: Option<usize>,
+    pub responses_max_age_days: Option<u64>,
     #[serde(default)]
     pub models: Vec<ModelEntry>,
 }
@@ -78,14 +82,23 @@ pub struct ServerConfig {
     pub body_read_timeout_s: u64,
     pub max_connections: usize,
     pub max_connections_per_client: usize,
+    /// None: responses are kept in memory only.
+    pub responses_db: Option<PathBuf>,
+    pub responses_max_count: usize,
+    pub responses_max_age_s: u64,
     pub models: Vec<ModelSpec>,
 }
 
-pub fn models_dir() -> PathBuf {
+/// `$SLM_HOME`, by default `~/.cache/slm`: models and the response store live here.
+pub fn slm_home() -> PathBuf {
     match std::env::var_os("SLM_HOME") {
-        Some(h) => PathBuf::from(h).join("models"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/slm/models"),
+        Some(h) => PathBuf::from(h),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/slm"),
     }
+}
+
+pub fn models_dir() -> PathBuf {
+    slm_home().join("models")
 }
 
 fn expand_home(p: &str) -> PathBuf {
@@ -194,6 +207,13 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
         body_read_timeout_s: file.body_read_timeout_s.unwrap_or(30).max(1),
         max_connections: file.max_connections.unwrap_or(512).max(1),
         max_connections_per_client: file.max_connections_per_client.unwrap_or(64).max(1),
+        responses_db: match file.responses_db.as_deref() {
+            Some(":memory:") => None,
+            Some(p) => Some(expand_home(p)),
+            None => Some(slm_home().join("responses.sqlite")),
+        },
+        responses_max_count: file.responses_max_count.unwrap_or(10_000).max(1),
+        responses_max_age_s: file.responses_max_age_days.unwrap_or(30).saturating_mul(86_400),
         models,
     })
 }

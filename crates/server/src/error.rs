@@ -81,6 +81,22 @@ impl ApiError {
         self
     }
 
+    /// Renames the field an error names, for API shapes whose fields have other names than
+    /// chat's: `(chat, own)` pairs; a chat field matches with any index or subfield after it
+    /// (`messages[2].content` is `input` for the Responses API).
+    pub fn renamed(mut self, names: &[(&str, &str)]) -> Self {
+        if let Some(p) = &self.param {
+            for (chat, own) in names {
+                let rest = p.strip_prefix(chat);
+                if matches!(rest, Some(r) if r.is_empty() || r.starts_with('[') || r.starts_with('.')) {
+                    self.param = Some(own.to_string());
+                    break;
+                }
+            }
+        }
+        self
+    }
+
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
     }

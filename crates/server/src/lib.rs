@@ -14,6 +14,8 @@ pub mod grammar;
 pub mod listener;
 pub mod metrics;
 pub mod openai;
+pub mod response_store;
+pub mod responses_api;
 pub mod routes;
 pub mod serve;
 pub mod state;
@@ -21,6 +23,7 @@ pub mod stream;
 pub mod tool_format;
 pub mod tool_stream;
 pub mod tools;
+pub mod turn;
 pub mod validate;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -37,6 +40,10 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .route("/v1/completions", post(routes::completions::completions))
+        .route("/v1/responses", post(routes::responses::create))
+        .route("/v1/responses/input_tokens", post(routes::responses::input_tokens))
+        .route("/v1/responses/{id}", get(routes::responses::get).delete(routes::responses::delete))
+        .route("/v1/responses/{id}/input_items", get(routes::responses::input_items))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::get))
         .route("/health", get(routes::health::health))

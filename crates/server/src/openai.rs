@@ -127,7 +127,7 @@ macro_rules! with_sampling_fields {
 }
 
 with_sampling_fields! {
-    #[derive(Debug, Clone, Deserialize)]
+    #[derive(Debug, Clone, Default, Deserialize)]
     pub struct ChatCompletionRequest {
         pub model: Option<String>,
         pub messages: Vec<ChatMessage>,

@@ -14,6 +14,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::config::ServerConfig;
 use crate::listener::Limits;
+use crate::response_store::ResponseStore;
 use crate::routes::unix_now;
 use crate::state::{AppState, ServedModel, Settings};
 
@@ -27,7 +28,15 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         );
         eprintln!("slm: WARNING: listening on non-loopback address {} without an API key; anyone who can reach it can use it. Set --api-key, SLM_API_KEY or api_keys in the config.", cfg.host);
     }
-    let state = AppState::new(Settings { api_keys: cfg.api_keys.clone(), body_limit: cfg.body_limit });
+    let responses = match &cfg.responses_db {
+        Some(path) => ResponseStore::open(path, cfg.responses_max_count, cfg.responses_max_age_s)?,
+        None => ResponseStore::in_memory(cfg.responses_max_count, cfg.responses_max_age_s),
+    };
+    let state = AppState::new(Settings {
+        api_keys: cfg.api_keys.clone(),
+        body_limit: cfg.body_limit,
+        responses: Arc::new(responses),
+    });
     let mut app = crate::app(state.clone());
     if !cfg.cors_allowed_origins.is_empty() {
         let origins = if cfg.cors_allowed_origins.iter().any(|o| o == "*") {

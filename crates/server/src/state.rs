@@ -7,6 +7,7 @@ use slm_engine::EngineHandle;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::response_store::ResponseStore;
 
 pub struct ServedModel {
     /// The id clients use (`model` field).
@@ -18,6 +19,15 @@ pub struct ServedModel {
 pub struct Settings {
     pub api_keys: Vec<String>,
     pub body_limit: usize,
+    /// The Responses API's stored responses.
+    pub responses: Arc<ResponseStore>,
+}
+
+impl Settings {
+    /// Settings with responses kept in memory only (tests; `slm serve` opens a database).
+    pub fn new(api_keys: Vec<String>, body_limit: usize) -> Self {
+        Self { api_keys, body_limit, responses: Arc::new(ResponseStore::in_memory(10_000, 30 * 86_400)) }
+    }
 }
 
 #[derive(Clone)]

@@ -121,48 +121,90 @@ pub fn chat_logprob(tok: &Tokenizer, t: &TokenEvent) -> TokenLogprob {
     TokenLogprob { token, logprob: t.logprob, bytes, top_logprobs }
 }
 
-/// An SSE response fed by a channel of JSON payloads (or `[DONE]`).
-pub fn sse(rx: mpsc::Receiver<String>) -> Response {
-    let body = stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|data| (Ok::<_, Infallible>(SseEvent::default().data(data)), rx))
-    });
+/// An SSE response fed by a channel of events.
+pub fn sse(rx: mpsc::Receiver<SseEvent>) -> Response {
+    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
     Sse::new(body).keep_alive(KeepAlive::default()).into_response()
 }
 
-/// Sends one SSE payload; false when the client is gone.
-pub async fn send<T: serde::Serialize>(tx: &mpsc::Sender<String>, v: &T) -> bool {
-    tx.send(serde_json::to_string(v).expect("serializable")).await.is_ok()
+/// A data-only SSE event (OpenAI's chat and completion chunks).
+pub fn data<T: serde::Serialize>(v: &T) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(v).expect("serializable"))
 }
 
-/// Streams every choice's events as SSE payloads (`chunks` turns one token or finish event
-/// into the payloads to send) until all choices end. Returns their finishes, or `None` when
-/// the client went away or the engine failed (an error payload was sent then). Dropping the
-/// merged streams on return aborts whatever still runs.
+/// A named SSE event (`event: NAME`), as the Responses and Messages streams send them.
+pub fn named<T: serde::Serialize>(name: &str, v: &T) -> SseEvent {
+    SseEvent::default().event(name).data(serde_json::to_string(v).expect("serializable"))
+}
+
+/// Sends one SSE payload; false when the client is gone.
+pub async fn send<T: serde::Serialize>(tx: &mpsc::Sender<SseEvent>, v: &T) -> bool {
+    tx.send(data(v)).await.is_ok()
+}
+
+/// What an API shape makes of the engine's events: the payloads for one token or finish
+/// event of choice `index`, for a failure, and an optional keep-alive event sent while
+/// nothing else is (Anthropic's `ping`).
+pub trait Wire {
+    fn event(&mut self, index: usize, event: &Event) -> Vec<SseEvent>;
+
+    /// The engine failed the request: OpenAI's error object by default.
+    fn error(&mut self, e: ApiError) -> Vec<SseEvent> {
+        vec![data(&e.body())]
+    }
+
+    fn ping(&self) -> Option<SseEvent> {
+        None
+    }
+}
+
+/// Chat and completions map events with a closure.
+impl<F: FnMut(usize, &Event) -> Vec<SseEvent>> Wire for F {
+    fn event(&mut self, index: usize, event: &Event) -> Vec<SseEvent> {
+        self(index, event)
+    }
+}
+
+/// How long a stream may be silent before the wire's ping is sent.
+const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Streams every choice's events through `wire` until all choices end. Returns their
+/// finishes, or `None` when the client went away or the engine failed (the wire's error
+/// payload was sent then). Dropping the merged streams on return aborts whatever still runs.
 pub async fn pump(
     streams: Vec<RequestStream>,
-    tx: &mpsc::Sender<String>,
+    tx: &mpsc::Sender<SseEvent>,
     metrics: &Metrics,
     start: Instant,
-    mut chunks: impl FnMut(usize, &Event) -> Vec<serde_json::Value>,
+    wire: &mut impl Wire,
 ) -> Option<Vec<Finished>> {
     let mut timing = Timing::new(start, streams.len());
     let mut finishes = Vec::new();
     let mut merged = merge(streams);
+    let ping = wire.ping();
     loop {
         let next = tokio::select! {
             _ = tx.closed() => return None,
             e = merged.next() => e,
+            _ = tokio::time::sleep(PING_INTERVAL), if ping.is_some() => {
+                if tx.send(ping.clone().expect("checked")).await.is_err() {
+                    return None;
+                }
+                continue;
+            }
         };
         let Some((index, event)) = next else { return Some(finishes) };
         if let Event::Error(e) = event {
-            let _ = send(tx, &ApiError::from(e).body()).await;
+            for payload in wire.error(ApiError::from(e)) {
+                let _ = tx.send(payload).await;
+            }
             return None;
         }
         if matches!(event, Event::Token(_)) {
             timing.token(index, metrics);
         }
-        for payload in chunks(index, &event) {
-            if !send(tx, &payload).await {
+        for payload in wire.event(index, &event) {
+            if tx.send(payload).await.is_err() {
                 return None;
             }
         }
@@ -172,12 +214,12 @@ pub async fn pump(
     }
 }
 
-/// The optional usage payload, then `[DONE]`.
-pub async fn close(tx: &mpsc::Sender<String>, usage: Option<serde_json::Value>) {
+/// The optional usage payload, then `[DONE]` (OpenAI's chat and completion streams).
+pub async fn close(tx: &mpsc::Sender<SseEvent>, usage: Option<SseEvent>) {
     if let Some(u) = usage {
-        if !send(tx, &u).await {
+        if tx.send(u).await.is_err() {
             return;
         }
     }
-    let _ = tx.send("[DONE]".to_string()).await;
+    let _ = tx.send(SseEvent::default().data("[DONE]")).await;
 }

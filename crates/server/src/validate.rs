@@ -246,6 +246,11 @@ impl ValidRequest {
         e.for_param(self.constraint_param)
     }
 
+    /// The request field its constraint came from.
+    pub fn constraint_param(&self) -> &'static str {
+        self.constraint_param
+    }
+
     /// Prompt tokens over every choice (what `usage.prompt_tokens` reports).
     pub fn num_prompt_tokens(&self) -> usize {
         self.prompts.iter().map(Vec::len).sum::<usize>() * self.sampling.n
@@ -372,17 +377,32 @@ pub async fn chat(
     let tools = offered.as_ref().and(req.tools);
     let tool_names = offered.map(|o| o.names);
     blocking(move || {
-        let text = model
-            .chat_template
-            .render_prompt(&model.tokenizer, &messages, tools.as_deref())
-            .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-        let prompt = model.tokenizer.encode(&text, true, true)?;
+        let prompt = render(&model, &messages, tools.as_deref())?;
         let max_tokens = max_tokens(max_param, "messages", requested, prompt.len(), max_model_len)?;
         let constraint = compile(&model, spec, param)?;
         let request = ValidRequest { prompts: vec![prompt], sampling, max_tokens, constraint, constraint_param: param };
         Ok(ValidChat { request, tool_names, logprobs })
     })
     .await
+}
+
+/// The chat template's prompt for `messages` (and the offered tools), tokenized.
+fn render(model: &Model, messages: &[Value], tools: Option<&[Value]>) -> Result<Vec<u32>, ApiError> {
+    let text = model
+        .chat_template
+        .render_prompt(&model.tokenizer, messages, tools)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    Ok(model.tokenizer.encode(&text, true, true)?)
+}
+
+/// How many tokens a chat request's prompt takes (whether or not it fits the context):
+/// the Responses and Messages APIs' token-counting endpoints.
+pub async fn count_chat_tokens(engine: &EngineHandle, req: ChatCompletionRequest) -> Result<usize, ApiError> {
+    let model = engine.model().clone();
+    let messages = messages(&req.messages)?;
+    let offered = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
+    let tools = offered.and(req.tools);
+    blocking(move || Ok(render(&model, &messages, tools.as_deref())?.len())).await
 }
 
 /// OpenAI's default `max_tokens` for text completions.

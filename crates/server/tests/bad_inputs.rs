@@ -17,7 +17,7 @@ use slm_server::{app, AppState, ServedModel, Settings};
 use tower::ServiceExt;
 
 fn state(body_limit: usize) -> (AppState, EngineHandle) {
-    let state = AppState::new(Settings { api_keys: vec![], body_limit });
+    let state = AppState::new(Settings::new(vec![], body_limit));
     let engine = EngineHandle::start(qwen(), EngineConfig { max_model_len: Some(2048), ..Default::default() }).unwrap();
     state.set_models(vec![ServedModel { id: "qwen".into(), engine: engine.clone(), created: 1 }]);
     (state, engine)

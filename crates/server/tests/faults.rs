@@ -33,7 +33,7 @@ async fn post(state: &AppState, body: Value) -> (StatusCode, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_one_request_fails_it_alone() {
     slm_engine::fault::inject_sampling_panic(Some(|prompt| prompt.contains(&POISON)));
-    let state = AppState::new(Settings { api_keys: vec![], body_limit: 1 << 20 });
+    let state = AppState::new(Settings::new(vec![], 1 << 20));
     let engine = EngineHandle::start(qwen(), EngineConfig::default()).unwrap();
     state.set_models(vec![ServedModel { id: "qwen".into(), engine: engine.clone(), created: 1 }]);
     let ok = |n: u32| json!({"prompt": [9707, 11, n], "max_tokens": 8, "temperature": 0});

@@ -21,10 +21,7 @@ fn state_with(config: EngineConfig, settings: Settings) -> AppState {
 }
 
 fn state() -> AppState {
-    state_with(
-        EngineConfig { max_model_len: Some(2048), ..Default::default() },
-        Settings { api_keys: vec![], body_limit: 16 << 20 },
-    )
+    state_with(EngineConfig { max_model_len: Some(2048), ..Default::default() }, Settings::new(vec![], 16 << 20))
 }
 
 async fn call(
@@ -169,7 +166,7 @@ async fn bad_requests_get_openai_errors_naming_the_field() {
 
 #[tokio::test]
 async fn auth_body_limit_queue_and_routing_errors() {
-    let s = state_with(EngineConfig::default(), Settings { api_keys: vec!["sekret".into()], body_limit: 1024 });
+    let s = state_with(EngineConfig::default(), Settings::new(vec!["sekret".into()], 1024));
     let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
     let (st, v, _) = call(&s, "POST", "/v1/chat/completions", Some(body.clone()), &[]).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
@@ -188,10 +185,8 @@ async fn auth_body_limit_queue_and_routing_errors() {
     assert_openai_error(&v, None);
 
     // A full queue: one sequence runs, one waits, the queue holds one: 429 with Retry-After.
-    let s = state_with(
-        EngineConfig { max_waiting: 1, max_seqs: 1, ..Default::default() },
-        Settings { api_keys: vec![], body_limit: 1 << 20 },
-    );
+    let s =
+        state_with(EngineConfig { max_waiting: 1, max_seqs: 1, ..Default::default() }, Settings::new(vec![], 1 << 20));
     let engine = &s.models().unwrap()[0].engine;
     let long = || slm_engine::Request::new(vec![9707; 8], slm_engine::SamplingParams::greedy(), 1000);
     let running = engine.submit(long()).unwrap();
@@ -207,10 +202,10 @@ async fn auth_body_limit_queue_and_routing_errors() {
     drop((running, queued));
 
     // Loading: 503; several models: unknown name 404.
-    let loading = AppState::new(Settings { api_keys: vec![], body_limit: 1 << 20 });
+    let loading = AppState::new(Settings::new(vec![], 1 << 20));
     let (st, _, _) = call(&loading, "GET", "/health", None, &[]).await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-    let two = AppState::new(Settings { api_keys: vec![], body_limit: 1 << 20 });
+    let two = AppState::new(Settings::new(vec![], 1 << 20));
     let e = |id: &str| ServedModel {
         id: id.into(),
         engine: EngineHandle::start(qwen(), EngineConfig { num_kv_blocks: Some(64), ..Default::default() }).unwrap(),

@@ -108,7 +108,7 @@ fn response_schema<'a>(spec: &'a Value, method: &str, path: &str, status: u16, c
 #[tokio::test]
 async fn responses_match_the_openapi_spec() {
     let spec = spec();
-    let state = AppState::new(Settings { api_keys: vec![], body_limit: 1 << 20 });
+    let state = AppState::new(Settings::new(vec![], 1 << 20));
     state.set_models(vec![ServedModel {
         id: "qwen".into(),
         engine: EngineHandle::start(common::qwen(), EngineConfig::default()).unwrap(),

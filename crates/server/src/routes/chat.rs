@@ -144,7 +144,7 @@ async fn stream_chat(
     include_usage: bool,
     tool_names: Option<Vec<String>>,
     start: Instant,
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<axum::response::sse::Event>,
 ) {
     // With tools offered, each choice's text goes through a ToolStream: content as it
     // comes, and a call as its name, then its arguments while the model writes them.
@@ -162,8 +162,8 @@ async fn stream_chat(
             return;
         }
     }
-    let to_json = |c: ChatCompletionChunk| serde_json::to_value(c).expect("serializable");
-    let deltas = |index: usize, pieces: Vec<Piece>, ids: &mut Vec<String>| -> Vec<serde_json::Value> {
+    let to_json = |c: ChatCompletionChunk| stream::data(&c);
+    let deltas = |index: usize, pieces: Vec<Piece>, ids: &mut Vec<String>| -> Vec<axum::response::sse::Event> {
         pieces
             .into_iter()
             .map(|p| {
@@ -179,7 +179,7 @@ async fn stream_chat(
             })
             .collect()
     };
-    let finishes = stream::pump(streams, &tx, &state.metrics, start, |index, event| match event {
+    let finishes = stream::pump(streams, &tx, &state.metrics, start, &mut |index: usize, event: &Event| match event {
         Event::Token(t) if tool_names.is_some() => {
             let pieces = calls[index].push(&t.text);
             deltas(index, pieces, &mut ids[index])

@@ -121,7 +121,7 @@ async fn stream_completions(
     num_prompt_tokens: usize,
     include_usage: bool,
     start: Instant,
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<axum::response::sse::Event>,
 ) {
     let mut offsets: Vec<usize> = echoes.iter().map(String::len).collect();
     for (index, e) in echoes.into_iter().enumerate().filter(|(_, e)| !e.is_empty()) {
@@ -130,8 +130,8 @@ async fn stream_completions(
             return;
         }
     }
-    let to_json = |c: Completion| serde_json::to_value(c).expect("serializable");
-    let finishes = stream::pump(streams, &tx, &state.metrics, start, |index, event| match event {
+    let to_json = |c: Completion| stream::data(&c);
+    let finishes = stream::pump(streams, &tx, &state.metrics, start, &mut |index: usize, event: &Event| match event {
         Event::Token(t) if t.text.is_empty() && !logprobs => vec![],
         Event::Token(t) => {
             let lp = logprobs.then(|| legacy_logprobs(&model, std::slice::from_ref(t), offsets[index]));

@@ -18,6 +18,7 @@ pub mod completions;
 pub mod health;
 pub mod metrics;
 pub mod models;
+pub mod responses;
 pub mod tokenize;
 
 use axum::body::Bytes;
@@ -27,6 +28,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::openai::{ChatCompletionRequest, CompletionRequest};
+use crate::responses_api::ResponsesRequest;
 use crate::state::{AppState, ServedModel};
 
 /// Parses a JSON body. Malformed JSON and wrong types are 400s naming the field; an over-
@@ -61,7 +63,7 @@ pub trait NamesModel {
     fn model_name(&self) -> Option<&str>;
 }
 
-names_model!(ChatCompletionRequest, CompletionRequest);
+names_model!(ChatCompletionRequest, CompletionRequest, ResponsesRequest);
 
 /// Parses the body and finds the served model it names: every model route's first step.
 pub fn parse_for<T: DeserializeOwned + NamesModel>(
