@@ -7,6 +7,7 @@
 //!        → engine events → stream.rs (SSE chunks or one JSON answer)
 //! ```
 
+pub mod anthropic;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -44,6 +45,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/responses/input_tokens", post(routes::responses::input_tokens))
         .route("/v1/responses/{id}", get(routes::responses::get).delete(routes::responses::delete))
         .route("/v1/responses/{id}/input_items", get(routes::responses::input_items))
+        .route("/v1/messages", post(routes::messages::create))
+        .route("/v1/messages/count_tokens", post(routes::messages::count_tokens))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::get))
         .route("/health", get(routes::health::health))
@@ -55,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn(require_json_body))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn(anthropic::anthropic_errors))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

@@ -16,6 +16,7 @@ macro_rules! names_model {
 pub mod chat;
 pub mod completions;
 pub mod health;
+pub mod messages;
 pub mod metrics;
 pub mod models;
 pub mod responses;
@@ -26,6 +27,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
+use crate::anthropic::MessagesRequest;
 use crate::error::ApiError;
 use crate::openai::{ChatCompletionRequest, CompletionRequest};
 use crate::responses_api::ResponsesRequest;
@@ -63,7 +65,7 @@ pub trait NamesModel {
     fn model_name(&self) -> Option<&str>;
 }
 
-names_model!(ChatCompletionRequest, CompletionRequest, ResponsesRequest);
+names_model!(ChatCompletionRequest, CompletionRequest, ResponsesRequest, MessagesRequest);
 
 /// Parses the body and finds the served model it names: every model route's first step.
 pub fn parse_for<T: DeserializeOwned + NamesModel>(
