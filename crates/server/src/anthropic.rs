@@ -37,6 +37,8 @@ pub struct MessagesRequest {
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
     pub stream: Option<bool>,
+    /// Structured output: `{"format": {"type": "json_schema", "schema": …}}`.
+    pub output_config: Option<Value>,
     // Extensions shared with chat.
     pub seed: Option<i64>,
     pub min_p: Option<f64>,
@@ -45,7 +47,22 @@ pub struct MessagesRequest {
 }
 
 /// Chat's field names → this API's, for errors from the shared path.
-pub const FIELD_NAMES: &[(&str, &str)] = &[("stop", "stop_sequences"), ("max_tokens", "max_tokens")];
+pub const FIELD_NAMES: &[(&str, &str)] =
+    &[("stop", "stop_sequences"), ("max_tokens", "max_tokens"), ("response_format", "output_config.format")];
+
+/// `output_config.format` as chat's `response_format`.
+fn response_format(config: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(format) = config.and_then(|c| c.get("format")).filter(|f| !f.is_null()) else { return Ok(None) };
+    match (format.get("type").and_then(Value::as_str), format.get("schema")) {
+        (Some("json_schema"), Some(schema)) => {
+            Ok(Some(json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}})))
+        }
+        _ => Err(ApiError::invalid(
+            "output_config.format",
+            "`output_config.format` must be {\"type\": \"json_schema\", \"schema\": {…}}",
+        )),
+    }
+}
 
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{:024x}", rand::random::<u128>() >> 32)
@@ -231,6 +248,7 @@ pub fn chat_request(req: &MessagesRequest, counting: bool) -> Result<ChatComplet
         tools: req.tools.as_deref().map(chat_tools).transpose()?,
         tool_choice,
         parallel_tool_calls,
+        response_format: response_format(req.output_config.as_ref())?,
         stop: req.stop_sequences.clone().map(StopField::Many),
         temperature: req.temperature,
         top_p: req.top_p,
