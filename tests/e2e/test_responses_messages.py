@@ -249,3 +249,11 @@ def test_an_agent_with_a_function_tool(server):
     plain = Agent(name="plain", instructions="Answer in one word.", model=QWEN, model_settings=ModelSettings(temperature=0, max_tokens=200))
     out = Runner.run_sync(plain, "Name a color.", max_turns=1).final_output
     assert isinstance(out, str) and out
+
+
+def test_metrics_count_both_endpoints(client, claude, server):
+    client.responses.create(model=QWEN, input="hi", max_output_tokens=2)
+    claude.messages.create(model=QWEN, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    m = server.metrics()
+    assert m['slm_http_requests_total{endpoint="/v1/responses",status="200"}'] >= 1
+    assert m['slm_http_requests_total{endpoint="/v1/messages",status="200"}'] >= 1

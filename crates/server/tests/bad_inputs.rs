@@ -248,8 +248,79 @@ fn rows() -> Vec<Row> {
             StatusCode::OK,
             None,
         ),
+        // The Responses and Messages APIs share chat's path: the same bounds, their own names.
+        row("responses: no input", RESPONSES, json!({"model": "qwen"}), BAD, Some("input")),
+        row(
+            "responses: unknown item",
+            RESPONSES,
+            json!({"input": [{"type": "computer_call"}]}),
+            BAD,
+            Some("input[0].type"),
+        ),
+        row(
+            "responses: image part",
+            RESPONSES,
+            json!({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}),
+            BAD,
+            Some("input[0].content[0].type"),
+        ),
+        row(
+            "responses: prompt over the context",
+            RESPONSES,
+            json!({"input": "word ".repeat(3000)}),
+            BAD,
+            Some("input"),
+        ),
+        row(
+            "responses: 7,000-property schema",
+            RESPONSES,
+            json!({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": props(7000)}}}),
+            BAD,
+            Some("text.format"),
+        ),
+        row(
+            "responses: unknown previous id",
+            RESPONSES,
+            json!({"input": "hi", "previous_response_id": "resp_x"}),
+            StatusCode::NOT_FOUND,
+            Some("previous_response_id"),
+        ),
+        row("responses: wrong type", RESPONSES, json!({"input": 5}), BAD, Some("input")),
+        row("messages: no max_tokens", MESSAGES, json!({"messages": [{"role": "user", "content": "hi"}]}), BAD, None),
+        row(
+            "messages: system role",
+            MESSAGES,
+            json!({"max_tokens": 4, "messages": [{"role": "system", "content": "hi"}]}),
+            BAD,
+            None,
+        ),
+        row(
+            "messages: tool_result without id",
+            MESSAGES,
+            json!({"max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "tool_result"}]}]}),
+            BAD,
+            None,
+        ),
+        row(
+            "messages: over the context",
+            MESSAGES,
+            json!({"max_tokens": 4000, "messages": [{"role": "user", "content": "hi"}]}),
+            BAD,
+            None,
+        ),
+        row(
+            "messages: recursive tool schema",
+            MESSAGES,
+            json!({"max_tokens": 4, "tool_choice": {"type": "any"}, "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"name": "f", "input_schema": {"$ref": "#/$defs/a", "$defs": {"a": {"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}, "required": ["x"]}}}}]}),
+            BAD,
+            None,
+        ),
     ]
 }
+
+const RESPONSES: &str = "/v1/responses";
+const MESSAGES: &str = "/v1/messages";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_is_answered_and_changes_nothing() {

@@ -139,6 +139,30 @@ async fn responses_match_the_openapi_spec() {
         ),
         ("post", "/v1/completions", "/v1/completions", Some(json!({"prompt": "a", "max_tokens": 3, "stream": true}))),
         ("post", "/v1/completions", "/v1/completions", Some(json!({"prompt": "a", "max_tokens": 100000}))),
+        ("post", "/v1/responses", "/v1/responses", Some(json!({"input": "Say hi.", "max_output_tokens": 3}))),
+        (
+            "post",
+            "/v1/responses",
+            "/v1/responses",
+            Some(json!({"input": "Say hi.", "max_output_tokens": 3, "stream": true})),
+        ),
+        (
+            "post",
+            "/v1/responses",
+            "/v1/responses",
+            Some(
+                json!({"input": "Say hi.", "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}], "tool_choice": "required", "stream": true}),
+            ),
+        ),
+        ("post", "/v1/responses", "/v1/responses", Some(json!({"input": []}))),
+        ("post", "/v1/responses/input_tokens", "/v1/responses/input_tokens", Some(json!({"input": "Say hi."}))),
+        ("get", "/v1/responses/resp_none", "/v1/responses/{id}", None),
+        ("delete", "/v1/responses/resp_none", "/v1/responses/{id}", None),
+        ("get", "/v1/responses/resp_none/input_items", "/v1/responses/{id}/input_items", None),
+        ("post", "/v1/messages", "/v1/messages", Some(json!({"messages": msgs, "max_tokens": 3}))),
+        ("post", "/v1/messages", "/v1/messages", Some(json!({"messages": msgs, "max_tokens": 3, "stream": true}))),
+        ("post", "/v1/messages", "/v1/messages", Some(json!({"messages": msgs}))),
+        ("post", "/v1/messages/count_tokens", "/v1/messages/count_tokens", Some(json!({"messages": msgs}))),
         ("get", "/v1/models", "/v1/models", None),
         ("get", "/v1/models/qwen", "/v1/models/{id}", None),
         ("get", "/v1/models/nope", "/v1/models/{id}", None),
@@ -164,9 +188,13 @@ async fn responses_match_the_openapi_spec() {
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
         let text = String::from_utf8(bytes.to_vec()).unwrap();
         let bodies: Vec<Value> = if ct == "text/event-stream" {
-            let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
-            assert_eq!(data.last(), Some(&"[DONE]"), "{uri}: SSE must end with [DONE]");
-            data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect()
+            let mut data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            // OpenAI's chat and completion streams end with [DONE]; the Responses and
+            // Messages streams end with their own last event.
+            if path.starts_with("/v1/chat") || path == "/v1/completions" {
+                assert_eq!(data.pop(), Some("[DONE]"), "{uri}: SSE must end with [DONE]");
+            }
+            data.iter().map(|d| serde_json::from_str(d).unwrap()).collect()
         } else {
             vec![serde_json::from_str(&text).unwrap_or_else(|e| panic!("{uri}: {e}: {text}"))]
         };
