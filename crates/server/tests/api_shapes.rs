@@ -293,7 +293,8 @@ async fn every_messages_error_has_anthropics_shape() {
     let s = state(vec!["sekret".into()]);
     let auth = [("x-api-key", "sekret"), ("anthropic-version", "2023-06-01")];
     let ok = json!({"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
-    let cases: Vec<(&str, Option<Value>, Vec<(&str, &str)>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, Option<Value>, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("POST", Some(ok.clone()), vec![], 401, "authentication_error"),
         ("POST", Some(ok.clone()), vec![("x-api-key", "wrong")], 401, "authentication_error"),
         (

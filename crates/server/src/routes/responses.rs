@@ -285,18 +285,19 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Response with id '{id}' not found."))
 }
 
+/// The tenant's stored response `id`, or a 404.
+async fn stored(state: &AppState, tenant: Option<Extension<Tenant>>, id: &str) -> Result<Stored, ApiError> {
+    let owner = response_store::owner(tenant.map(|t| t.0).as_ref());
+    let key = id.to_string();
+    on_store(state, move |s| s.get(&owner, &key)).await?.ok_or_else(|| not_found(id))
+}
+
 pub async fn get(
     State(state): State<AppState>,
     tenant: Option<Extension<Tenant>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let owner = response_store::owner(tenant.map(|t| t.0).as_ref());
-    let found = on_store(&state, {
-        let id = id.clone();
-        move |s| s.get(&owner, &id)
-    })
-    .await?;
-    found.map(|r| Json(r.response)).ok_or_else(|| not_found(&id))
+    Ok(Json(stored(&state, tenant, &id).await?.response))
 }
 
 pub async fn delete(
@@ -335,13 +336,7 @@ pub async fn input_items(
         Some("asc") => false,
         Some(_) => return Err(ApiError::invalid("order", "`order` must be \"asc\" or \"desc\"")),
     };
-    let owner = response_store::owner(tenant.map(|t| t.0).as_ref());
-    let found = on_store(&state, {
-        let id = id.clone();
-        move |s| s.get(&owner, &id)
-    })
-    .await?;
-    let mut items = found.ok_or_else(|| not_found(&id))?.input_items;
+    let mut items = stored(&state, tenant, &id).await?.input_items;
     if desc {
         items.reverse();
     }
