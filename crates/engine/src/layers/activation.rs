@@ -27,6 +27,13 @@ impl Activation {
     }
 }
 
+/// Exact GELU, `x·Φ(x)` with the error function (BERT's `gelu`, as Hugging Face and candle
+/// compute it), evaluated in f64.
+pub fn gelu_erf(x: f32) -> f32 {
+    let x = x as f64;
+    (0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))) as f32
+}
+
 /// `x[i] = act(x[i])`, in place (ungated MLPs: Phi-2).
 pub fn activate(act: Activation, x: &mut [f32]) {
     #[inline(always)]

@@ -1,6 +1,7 @@
 //! Model architectures. `load` opens a GGUF and dispatches on `general.architecture` to the
 //! file that knows how that architecture's tensors map onto the shared `Decoder`.
 
+pub mod bert;
 pub mod common;
 pub mod decoder;
 pub mod gemma;

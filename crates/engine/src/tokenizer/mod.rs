@@ -1,11 +1,13 @@
 //! The tokenizer, built from GGUF metadata alone (no tokenizer.json), reproducing llama.cpp:
 //! special-token text is split out first (`partition`), then each raw fragment goes through the
-//! vocabulary's own algorithm — byte-level BPE (`gpt2`) or SentencePiece merges (`llama`).
+//! vocabulary's own algorithm — byte-level BPE (`gpt2`), SentencePiece merges (`llama`) or
+//! WordPiece (`bert`, the embedding models).
 //! Used by the CLI, the server (prompts, /tokenize) and the engine (stop tokens, detokenizing).
 
 mod bpe;
 mod detok;
 mod spm;
+mod wordpiece;
 
 pub use detok::Detokenizer;
 
@@ -43,6 +45,7 @@ impl TokenType {
 enum Algorithm {
     Bpe(Box<tokenizers::Tokenizer>),
     Spm { spm: spm::Spm, add_space_prefix: bool },
+    WordPiece(Box<tokenizers::Tokenizer>),
 }
 
 pub struct Tokenizer {
@@ -87,8 +90,9 @@ impl Tokenizer {
         }
         let id =
             |k: &str| -> Result<Option<u32>> { Ok(g.opt_usize(k)?.map(|v| v as u32).filter(|&v| (v as usize) < n)) };
-        let bos = id("tokenizer.ggml.bos_token_id")?;
-        let eos = id("tokenizer.ggml.eos_token_id")?;
+        // BERT vocabularies may name only their [CLS] and [SEP] tokens.
+        let bos = id("tokenizer.ggml.bos_token_id")?.or(id("tokenizer.ggml.cls_token_id")?);
+        let eos = id("tokenizer.ggml.eos_token_id")?.or(id("tokenizer.ggml.seperator_token_id")?);
         let eot = id("tokenizer.ggml.eot_token_id")?;
         let unk = id("tokenizer.ggml.unknown_token_id")?;
         let (algorithm, default_add_bos) = match model.as_str() {
@@ -102,14 +106,19 @@ impl Tokenizer {
                 let add_space_prefix = g.opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
                 (Algorithm::Spm { spm: spm::Spm::new(&tokens, scores, unk), add_space_prefix }, true)
             }
+            "bert" => {
+                let unk_text = unk.map(|u| tokens[u as usize].as_str());
+                (Algorithm::WordPiece(Box::new(wordpiece::build(&tokens, unk_text)?)), true)
+            }
             other => {
                 return Err(EngineError::Tokenizer(format!(
-                    "unsupported tokenizer model `{other}` (supported: gpt2, llama)"
+                    "unsupported tokenizer model `{other}` (supported: gpt2, llama, bert)"
                 )))
             }
         };
         let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
-        let add_eos = g.opt_bool("tokenizer.ggml.add_eos_token").unwrap_or(false);
+        let default_add_eos = matches!(algorithm, Algorithm::WordPiece(_));
+        let add_eos = g.opt_bool("tokenizer.ggml.add_eos_token").unwrap_or(default_add_eos);
 
         let byte_decoder = bpe::unicode_to_byte();
         let bytes = tokens
@@ -118,13 +127,13 @@ impl Tokenizer {
             .map(|(t, ty)| match (&algorithm, ty) {
                 (_, TokenType::Control | TokenType::UserDefined | TokenType::Unknown | TokenType::Unused) => {
                     match &algorithm {
-                        Algorithm::Spm { .. } => t.replace('\u{2581}', " ").into_bytes(),
+                        Algorithm::Spm { .. } | Algorithm::WordPiece(_) => t.replace('\u{2581}', " ").into_bytes(),
                         Algorithm::Bpe(_) => t.clone().into_bytes(),
                     }
                 }
                 (Algorithm::Bpe(_), _) => t.chars().map(|c| byte_decoder.get(&c).copied().unwrap_or(b'?')).collect(),
                 (Algorithm::Spm { .. }, TokenType::Byte) => vec![u8::from_str_radix(&t[3..5], 16).unwrap_or(b'?')],
-                (Algorithm::Spm { .. }, _) => t.replace('\u{2581}', " ").into_bytes(),
+                (Algorithm::Spm { .. } | Algorithm::WordPiece(_), _) => t.replace('\u{2581}', " ").into_bytes(),
             })
             .collect();
 
@@ -214,7 +223,7 @@ impl Tokenizer {
 
     fn encode_raw(&self, s: &str, prev_special: bool, out: &mut Vec<u32>) -> Result<()> {
         match &self.algorithm {
-            Algorithm::Bpe(tk) => {
+            Algorithm::Bpe(tk) | Algorithm::WordPiece(tk) => {
                 let enc = tk.encode(s, false).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
                 out.extend_from_slice(enc.get_ids());
             }

