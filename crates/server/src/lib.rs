@@ -33,7 +33,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use state::{AppState, ServedModel, Settings};
+pub use state::{AppState, ServedEmbedder, ServedModel, Settings};
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
@@ -47,6 +47,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/responses/{id}/input_items", get(routes::responses::input_items))
         .route("/v1/messages", post(routes::messages::create))
         .route("/v1/messages/count_tokens", post(routes::messages::count_tokens))
+        .route("/v1/embeddings", post(routes::embeddings::embeddings))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::get))
         .route("/health", get(routes::health::health))

@@ -293,6 +293,19 @@ pub struct ModelCard {
     pub object: &'static str,
     pub created: u64,
     pub owned_by: &'static str,
+    /// What the model serves: `["chat", "completion"]` or `["embeddings"]`.
+    pub capabilities: &'static [&'static str],
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingsRequest {
+    pub model: Option<String>,
+    pub input: PromptField,
+    pub encoding_format: Option<String>,
+    pub dimensions: Option<i64>,
+    pub user: Option<String>,
+    /// Extension (Ollama, TEI): cut inputs longer than the model's context instead of a 400.
+    pub truncate: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::http::HeaderValue;
-use slm_engine::{EngineHandle, Model};
+use slm_engine::{EmbedderHandle, EmbeddingModel, EngineHandle, Model};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -16,7 +16,10 @@ use crate::config::ServerConfig;
 use crate::listener::Limits;
 use crate::response_store::ResponseStore;
 use crate::routes::unix_now;
-use crate::state::{AppState, ServedModel, Settings};
+use crate::state::{AppState, ServedEmbedder, ServedModel, Settings};
+
+/// Tokens per embedding forward: large batches keep the matmuls efficient.
+const EMBED_BATCH_TOKENS: usize = 8192;
 
 pub async fn serve(cfg: ServerConfig) -> Result<()> {
     raise_fd_limit();
@@ -59,31 +62,42 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     let specs = cfg.models.clone();
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
-        let mut served = Vec::new();
+        let (mut served, mut embedders) = (Vec::new(), Vec::new());
         for spec in specs {
             let t = std::time::Instant::now();
-            let engine =
-                Model::load(&spec.path).map(Arc::new).and_then(|m| EngineHandle::start(m, spec.engine.clone()));
-            match engine {
-                Ok(engine) => {
-                    // The grammar index is built off the loading path: only a constrained
-                    // request that comes in the first second waits for it.
-                    let model = engine.model().clone();
-                    std::thread::spawn(move || model.grammar.warm_up());
-                    println!(
-                        "slm: model `{}` ready ({}, {:.1} s)",
-                        spec.alias,
-                        spec.path.display(),
-                        t.elapsed().as_secs_f64()
-                    );
-                    served.push(ServedModel { id: spec.alias, engine, created: unix_now() });
-                }
-                Err(e) => {
-                    eprintln!("slm: error: cannot load model `{}`: {e}", spec.alias);
-                    std::process::exit(1);
-                }
+            let fail = |e: slm_engine::EngineError| -> ! {
+                eprintln!("slm: error: cannot load model `{}`: {e}", spec.alias);
+                std::process::exit(1);
+            };
+            let ready = |what: &str| {
+                println!(
+                    "slm: {what} `{}` ready ({}, {:.1} s)",
+                    spec.alias,
+                    spec.path.display(),
+                    t.elapsed().as_secs_f64()
+                )
+            };
+            // A file that cannot even be opened is reported by `Model::load` below.
+            if slm_engine::is_embedding_gguf(&spec.path).unwrap_or(false) {
+                let embedder = EmbeddingModel::load(&spec.path)
+                    .and_then(|m| EmbedderHandle::start(Arc::new(m), EMBED_BATCH_TOKENS))
+                    .unwrap_or_else(|e| fail(e));
+                ready("embedding model");
+                embedders.push(ServedEmbedder { id: spec.alias.clone(), embedder, created: unix_now() });
+                continue;
             }
+            let engine = Model::load(&spec.path)
+                .map(Arc::new)
+                .and_then(|m| EngineHandle::start(m, spec.engine.clone()))
+                .unwrap_or_else(|e| fail(e));
+            // The grammar index is built off the loading path: only a constrained request
+            // that comes in the first second waits for it.
+            let model = engine.model().clone();
+            std::thread::spawn(move || model.grammar.warm_up());
+            ready("model");
+            served.push(ServedModel { id: spec.alias, engine, created: unix_now() });
         }
+        st.set_embedders(embedders);
         st.set_models(served);
     });
 

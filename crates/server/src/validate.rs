@@ -331,7 +331,9 @@ fn num_alternatives(param: &str, k: Option<i64>) -> Result<Option<usize>, ApiErr
 
 /// Runs `f` on the blocking pool: template rendering, tokenization and grammar compilation
 /// are CPU work whose size the request decides.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("request preparation failed: {e}")))?
 }
 

@@ -15,6 +15,7 @@ macro_rules! names_model {
 
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 pub mod health;
 pub mod messages;
 pub mod metrics;
