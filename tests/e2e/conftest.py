@@ -14,6 +14,7 @@ BIN = ROOT / "target" / "release" / "slm"
 MODELS = Path(os.environ.get("SLM_HOME", Path.home() / ".cache" / "slm")) / "models"
 QWEN = "qwen2.5-coder-0.5b-instruct-q4_k_m"
 GEMMA = "gemma-3-270m-q4_k_m"
+MINILM = "all-minilm-l6-v2-f16"
 API_KEY = "e2e-test-key"
 
 
@@ -65,8 +66,8 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server():
-    """Both real models: requests must name one."""
-    s = Server(["--model", str(MODELS / f"{QWEN}.gguf"), "--model", GEMMA])
+    """Both real generation models (requests must name one) and the embedding model."""
+    s = Server(["--model", str(MODELS / f"{QWEN}.gguf"), "--model", GEMMA, "--model", MINILM])
     yield s
     s.stop()
 

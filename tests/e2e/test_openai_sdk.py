@@ -8,14 +8,14 @@ import httpx
 import openai
 import pytest
 
-from conftest import API_KEY, GEMMA, MODELS, QWEN, Server
+from conftest import API_KEY, GEMMA, MINILM, MODELS, QWEN, Server
 
 MSG = [{"role": "user", "content": "Name three colors."}]
 
 
 def test_models_are_listed(client):
     ids = sorted(m.id for m in client.models.list().data)
-    assert ids == sorted([QWEN, GEMMA])
+    assert ids == sorted([QWEN, GEMMA, MINILM])
     assert client.models.retrieve(QWEN).id == QWEN
 
 

@@ -109,6 +109,9 @@ fn response_schema<'a>(spec: &'a Value, method: &str, path: &str, status: u16, c
 async fn responses_match_the_openapi_spec() {
     let spec = spec();
     let state = AppState::new(Settings::new(vec![], 1 << 20));
+    let minilm = slm_engine::EmbeddingModel::load(common::model_path("all-minilm-l6-v2-f16")).unwrap();
+    let embedder = slm_engine::EmbedderHandle::start(std::sync::Arc::new(minilm), 8192).unwrap();
+    state.set_embedders(vec![slm_server::ServedEmbedder { id: "minilm".into(), embedder, created: 1 }]);
     state.set_models(vec![ServedModel {
         id: "qwen".into(),
         engine: EngineHandle::start(common::qwen(), EngineConfig::default()).unwrap(),
@@ -163,6 +166,9 @@ async fn responses_match_the_openapi_spec() {
         ("post", "/v1/messages", "/v1/messages", Some(json!({"messages": msgs, "max_tokens": 3, "stream": true}))),
         ("post", "/v1/messages", "/v1/messages", Some(json!({"messages": msgs}))),
         ("post", "/v1/messages/count_tokens", "/v1/messages/count_tokens", Some(json!({"messages": msgs}))),
+        ("post", "/v1/embeddings", "/v1/embeddings", Some(json!({"input": ["a", "b"]}))),
+        ("post", "/v1/embeddings", "/v1/embeddings", Some(json!({"input": [[101, 102]], "encoding_format": "base64"}))),
+        ("post", "/v1/embeddings", "/v1/embeddings", Some(json!({"input": ""}))),
         ("get", "/v1/models", "/v1/models", None),
         ("get", "/v1/models/qwen", "/v1/models/{id}", None),
         ("get", "/v1/models/nope", "/v1/models/{id}", None),
