@@ -1,6 +1,8 @@
-//! Embedding models and the thread that serves them. `EmbeddingModel` is what an encoder GGUF
-//! (`bert`) holds: the network and its WordPiece tokenizer; `embed` runs any number of token
-//! sequences through it in batches of at most `max_batch_tokens` and pools each into one
+//! Embedding models and the thread that serves them. `EmbeddingModel` is an encoder GGUF
+//! (`bert`: the network and its WordPiece tokenizer), or any decoder slm runs pooled over its
+//! final hidden states (`pooling = "last" | "mean"`, the Qwen3-Embedding recipe) through the
+//! same batched forward as generation, on a small KV cache of its own. `embed` runs any number
+//! of token sequences in batches of at most `max_batch_tokens` and pools each into one
 //! L2-normalized vector. `EmbedderHandle` owns a thread that takes requests from a queue and
 //! runs every request waiting at that moment as one batch, so concurrent clients share
 //! forwards; the matmuls and attention go through the process's one worker pool, which takes
@@ -8,14 +10,20 @@
 //! than one starving the other. Used by the server's `/v1/embeddings`.
 
 use std::path::Path;
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
+use crate::batch::BatchInput;
 use crate::error::{panic_message, EngineError, Result};
+use crate::kv_cache::KvCache;
 use crate::layers::pool::THREAD_STACK_BYTES;
 use crate::loader::Gguf;
-use crate::models::bert::{self, Bert};
+use crate::model::Model;
+use crate::models::bert::{self, Bert, Pooling};
 use crate::tokenizer::Tokenizer;
+
+/// A decoder embedder's KV cache: blocks of `DECODER_BLOCK_SIZE` tokens, reused by every batch.
+const DECODER_BLOCKS: usize = 256;
+const DECODER_BLOCK_SIZE: usize = 16;
 
 /// Architectures `EmbeddingModel` loads.
 pub const EMBEDDING_ARCHITECTURES: &[&str] = &["bert"];
@@ -26,9 +34,14 @@ pub fn is_embedding_gguf(path: impl AsRef<Path>) -> Result<bool> {
     Ok(EMBEDDING_ARCHITECTURES.contains(&g.architecture()?.as_str()))
 }
 
+enum Backbone {
+    Bert(Bert),
+    Decoder { model: Arc<Model>, pooling: Pooling, kv: Mutex<KvCache> },
+}
+
 pub struct EmbeddingModel {
     pub path: String,
-    pub bert: Bert,
+    backbone: Backbone,
     pub tokenizer: Arc<Tokenizer>,
 }
 
@@ -49,7 +62,7 @@ impl EmbeddingModel {
                     bert.config.vocab_size
                 )));
             }
-            Ok(Self { path: g.path.clone(), bert, tokenizer: Arc::new(tokenizer) })
+            Ok(Self { path: g.path.clone(), backbone: Backbone::Bert(bert), tokenizer: Arc::new(tokenizer) })
         })
         .unwrap_or_else(|p| Err(named(format!("the file could not be loaded ({})", panic_message(&*p)))));
         loaded.map_err(|e| match e {
@@ -58,31 +71,102 @@ impl EmbeddingModel {
         })
     }
 
-    pub fn dim(&self) -> usize {
-        self.bert.config.hidden_size
+    /// A decoder pooled over its final hidden states (its output projection is not used).
+    pub fn from_decoder(model: Arc<Model>, pooling: Pooling) -> Self {
+        let kv = Mutex::new(model.new_kv_cache(DECODER_BLOCKS, DECODER_BLOCK_SIZE));
+        Self {
+            path: model.path.clone(),
+            tokenizer: model.tokenizer.clone(),
+            backbone: Backbone::Decoder { model, pooling, kv },
+        }
     }
 
-    /// The longest input, in tokens (the position table's length).
+    pub fn dim(&self) -> usize {
+        match &self.backbone {
+            Backbone::Bert(b) => b.config.hidden_size,
+            Backbone::Decoder { model, .. } => model.decoder.config.hidden_size,
+        }
+    }
+
+    pub fn pooling(&self) -> Pooling {
+        match &self.backbone {
+            Backbone::Bert(b) => b.config.pooling,
+            Backbone::Decoder { pooling, .. } => *pooling,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.backbone {
+            Backbone::Bert(b) => b.config.vocab_size,
+            Backbone::Decoder { model, .. } => model.decoder.config.vocab_size,
+        }
+    }
+
+    /// The longest input, in tokens (the position table's length; a decoder's context, at
+    /// most what its embedding KV cache holds).
     pub fn context_length(&self) -> usize {
-        self.bert.config.context_length
+        match &self.backbone {
+            Backbone::Bert(b) => b.config.context_length,
+            Backbone::Decoder { model, .. } => model.context_length().min(DECODER_BLOCKS * DECODER_BLOCK_SIZE),
+        }
     }
 
     /// Embeds every sequence (each non-empty and within `context_length`), in batches of at
     /// most `max_batch_tokens` tokens (a longer sequence runs alone).
     pub fn embed(&self, inputs: &[&[u32]], max_batch_tokens: usize) -> Vec<Vec<f32>> {
+        let blocks = |s: &[u32]| s.len().div_ceil(DECODER_BLOCK_SIZE);
+        let decoder = matches!(self.backbone, Backbone::Decoder { .. });
         let mut out = Vec::with_capacity(inputs.len());
         let mut i = 0;
         while i < inputs.len() {
-            let (mut tokens, mut lens) = (Vec::new(), Vec::new());
-            while i < inputs.len() && (lens.is_empty() || tokens.len() + inputs[i].len() <= max_batch_tokens) {
-                tokens.extend_from_slice(inputs[i]);
-                lens.push(inputs[i].len());
+            let (mut num_tokens, mut num_blocks, start) = (0, 0, i);
+            while i < inputs.len()
+                && (i == start
+                    || (num_tokens + inputs[i].len() <= max_batch_tokens
+                        && (!decoder || num_blocks + blocks(inputs[i]) <= DECODER_BLOCKS)))
+            {
+                num_tokens += inputs[i].len();
+                num_blocks += blocks(inputs[i]);
                 i += 1;
             }
-            let states = self.bert.forward(&tokens, &lens);
-            out.extend(bert::pool(&states, &lens, self.dim(), self.bert.config.pooling));
+            out.extend(self.embed_batch(&inputs[start..i]));
         }
         out
+    }
+
+    fn embed_batch(&self, seqs: &[&[u32]]) -> Vec<Vec<f32>> {
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let dim = self.dim();
+        match &self.backbone {
+            Backbone::Bert(b) => {
+                let tokens: Vec<u32> = seqs.concat();
+                bert::pool(&b.forward(&tokens, &lens), &lens, dim, b.config.pooling)
+            }
+            Backbone::Decoder { model, pooling, kv } => {
+                // Each sequence gets the next free blocks of the private cache; causal attention
+                // over its own blocks only, as a prompt's prefill.
+                let mut batch = BatchInput::default();
+                let mut next_block = 0u32;
+                for s in seqs {
+                    let n = s.len().div_ceil(DECODER_BLOCK_SIZE) as u32;
+                    let table: Vec<u32> = (next_block..next_block + n).collect();
+                    next_block += n;
+                    let first_row = batch.num_rows();
+                    batch.push_seq(s, 0, &table, DECODER_BLOCK_SIZE, false);
+                    match pooling {
+                        Pooling::Mean => batch.logits_rows.extend(first_row..first_row + s.len()),
+                        Pooling::Cls => batch.logits_rows.push(first_row),
+                        Pooling::Last => batch.logits_rows.push(first_row + s.len() - 1),
+                    }
+                }
+                let mut kv = kv.lock().unwrap_or_else(|e| e.into_inner());
+                let states = model.decoder.hidden(&batch, &mut kv);
+                match pooling {
+                    Pooling::Mean => bert::pool(&states, &lens, dim, Pooling::Mean),
+                    Pooling::Cls | Pooling::Last => bert::pool(&states, &vec![1; seqs.len()], dim, Pooling::Cls),
+                }
+            }
+        }
     }
 }
 

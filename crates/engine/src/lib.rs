@@ -46,6 +46,7 @@ pub use engine::{EngineHandle, RequestStream};
 pub use error::{EngineError, Result};
 pub use grammar::{Constraint, ConstraintSpec, Grammar};
 pub use model::Model;
+pub use models::bert::Pooling;
 pub use request::{Event, FinishReason, Finished, Request, TokenEvent};
 pub use sampling::{Sampled, SamplingParams};
 pub use stats::StatsSnapshot;

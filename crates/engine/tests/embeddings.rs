@@ -118,3 +118,18 @@ fn an_embedding_is_the_same_alone_and_in_a_batch_of_64() {
         assert_eq!(small[i], together[i], "input {i} in small batches");
     }
 }
+
+#[test]
+fn a_decoder_pooled_over_its_hidden_states_is_batch_invariant() {
+    for pooling in [slm_engine::Pooling::Last, slm_engine::Pooling::Mean] {
+        let m = EmbeddingModel::from_decoder(common::model(common::QWEN), pooling);
+        assert_eq!(m.dim(), 896);
+        let inputs: Vec<Vec<u32>> = SENTENCES.iter().map(|s| m.tokenizer.encode(s, true, false).unwrap()).collect();
+        let slices: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+        let together = m.embed(&slices, 4096);
+        for (i, s) in slices.iter().enumerate().step_by(5) {
+            assert_eq!(m.embed(&[s], 4096)[0], together[i], "{pooling:?}: input {i} alone vs in the batch");
+        }
+        assert!(together.iter().all(|v| (v.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-4));
+    }
+}

@@ -43,6 +43,16 @@ pub struct ModelEntry {
     pub kv_cache_dtype: Option<KvCacheDtype>,
     pub max_seqs: Option<usize>,
     pub max_batched_tokens: Option<usize>,
+    /// Serve this decoder as an embedding model, pooled over its final hidden states:
+    /// "last" (the Qwen3-Embedding recipe) or "mean".
+    pub pooling: Option<PoolingMode>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolingMode {
+    Last,
+    Mean,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -67,6 +77,8 @@ pub struct ModelSpec {
     pub alias: String,
     pub path: PathBuf,
     pub engine: EngineConfig,
+    /// Set: a decoder served as an embedding model.
+    pub pooling: Option<slm_engine::Pooling>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +126,13 @@ fn alias_of(path: &Path) -> String {
         .unwrap_or_else(|| "model".into())
 }
 
+fn pooling_of(e: Option<&ModelEntry>) -> Option<slm_engine::Pooling> {
+    e.and_then(|e| e.pooling).map(|p| match p {
+        PoolingMode::Last => slm_engine::Pooling::Last,
+        PoolingMode::Mean => slm_engine::Pooling::Mean,
+    })
+}
+
 fn engine_config(e: Option<&ModelEntry>, queue_limit: Option<usize>) -> EngineConfig {
     let d = EngineConfig::default();
     EngineConfig {
@@ -148,6 +167,7 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
                 alias: e.alias.clone().unwrap_or_else(|| alias_of(&path)),
                 path,
                 engine: engine_config(Some(e), file.queue_limit),
+                pooling: pooling_of(Some(e)),
             });
         }
     }
@@ -166,7 +186,12 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
             );
         };
         let alias = entry.and_then(|e| e.alias.clone()).unwrap_or_else(|| alias_of(&path));
-        models.push(ModelSpec { alias, path, engine: engine_config(entry, file.queue_limit) });
+        models.push(ModelSpec {
+            alias,
+            path,
+            engine: engine_config(entry, file.queue_limit),
+            pooling: pooling_of(entry),
+        });
     }
     if models.is_empty() {
         let path = models_dir().join(format!("{DEFAULT_MODEL}.gguf"));
@@ -176,7 +201,12 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
                 path.display()
             );
         }
-        models.push(ModelSpec { alias: DEFAULT_MODEL.into(), path, engine: engine_config(None, file.queue_limit) });
+        models.push(ModelSpec {
+            alias: DEFAULT_MODEL.into(),
+            path,
+            engine: engine_config(None, file.queue_limit),
+            pooling: None,
+        });
     }
     for m in &models {
         if !m.path.is_file() {
@@ -236,6 +266,14 @@ mod tests {
         assert_eq!(engine_config(c.models.first(), None).kv_dtype, KvDtype::F32);
         assert_eq!(engine_config(None, None).kv_dtype, KvDtype::F16);
         assert!(toml::from_str::<FileConfig>("[[models]]\npath = \"m.gguf\"\nkv_cache_dtype = \"q8\"").is_err());
+    }
+
+    #[test]
+    fn pooling_is_read_and_checked() {
+        let c: FileConfig = toml::from_str("[[models]]\npath = \"m.gguf\"\npooling = \"last\"").unwrap();
+        assert_eq!(pooling_of(c.models.first()), Some(slm_engine::Pooling::Last));
+        assert_eq!(pooling_of(None), None);
+        assert!(toml::from_str::<FileConfig>("[[models]]\npath = \"m.gguf\"\npooling = \"max\"").is_err());
     }
 
     #[test]

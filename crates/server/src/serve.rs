@@ -78,8 +78,15 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
                 )
             };
             // A file that cannot even be opened is reported by `Model::load` below.
-            if slm_engine::is_embedding_gguf(&spec.path).unwrap_or(false) {
-                let embedder = EmbeddingModel::load(&spec.path)
+            let encoder = slm_engine::is_embedding_gguf(&spec.path).unwrap_or(false);
+            if encoder || spec.pooling.is_some() {
+                let model = match spec.pooling {
+                    Some(p) if !encoder => {
+                        Model::load(&spec.path).map(|m| EmbeddingModel::from_decoder(Arc::new(m), p))
+                    }
+                    _ => EmbeddingModel::load(&spec.path),
+                };
+                let embedder = model
                     .and_then(|m| EmbedderHandle::start(Arc::new(m), EMBED_BATCH_TOKENS))
                     .unwrap_or_else(|e| fail(e));
                 ready("embedding model");

@@ -103,6 +103,17 @@ impl Decoder {
     /// Runs one step: writes the K/V of every row into `kv` at its slot and returns
     /// `logits_rows.len() × vocab_size` logits.
     pub fn forward(&self, batch: &BatchInput, kv: &mut KvCache) -> Vec<f32> {
+        let last = self.hidden(batch, kv);
+        let mut logits = self.output.forward(&last, batch.logits_rows.len());
+        if let Some(cap) = self.config.final_softcap {
+            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
+        logits
+    }
+
+    /// The final-normed hidden states of `logits_rows` (`len × hidden_size`): what the output
+    /// projection reads, and what a decoder used as an embedder pools.
+    pub fn hidden(&self, batch: &BatchInput, kv: &mut KvCache) -> Vec<f32> {
         let _span = tracing::trace_span!("forward", rows = batch.num_rows()).entered();
         let c = &self.config;
         let rows = batch.num_rows();
@@ -176,11 +187,6 @@ impl Decoder {
         for &r in &batch.logits_rows {
             last.extend_from_slice(&x[r * d..(r + 1) * d]);
         }
-        let last = self.output_norm.apply(&last, c.rms_eps);
-        let mut logits = self.output.forward(&last, batch.logits_rows.len());
-        if let Some(cap) = c.final_softcap {
-            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
-        }
-        logits
+        self.output_norm.apply(&last, c.rms_eps)
     }
 }

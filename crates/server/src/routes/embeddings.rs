@@ -9,6 +9,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::Json;
 use base64::Engine as _;
+use serde::Serialize;
 use serde_json::{json, Value};
 use slm_engine::{EmbeddingModel, EngineError};
 
@@ -80,7 +81,7 @@ fn tokenize(model: &EmbeddingModel, input: PromptField, truncate: bool) -> Resul
 pub async fn embeddings(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EmbeddingList>, ApiError> {
     let req: EmbeddingsRequest = parse_body(body, state.settings.body_limit)?;
     let served = state.embedder_for(req.model.as_deref())?;
     let base64 = match req.encoding_format.as_deref() {
@@ -104,23 +105,46 @@ pub async fn embeddings(
     let inputs = blocking(move || tokenize(&model, req.input, truncate)).await?;
     let num_tokens: usize = inputs.iter().map(Vec::len).sum();
     let vectors = served.embedder.embed(inputs).await?;
-    let data: Vec<Value> = vectors
+    let data: Vec<Embedding> = vectors
         .into_iter()
         .enumerate()
         .map(|(index, v)| {
             let embedding = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(v)
+                Vector::Floats(v)
             };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
+            Embedding { object: "embedding", index, embedding }
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": served.id,
-        "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
-    })))
+    Ok(Json(EmbeddingList {
+        object: "list",
+        data,
+        model: served.id.clone(),
+        usage: json!({"prompt_tokens": num_tokens, "total_tokens": num_tokens}),
+    }))
+}
+
+/// Typed (not `Value`) so each f32 prints as its shortest round-trip text, not as an f64's.
+#[derive(Serialize)]
+pub struct EmbeddingList {
+    object: &'static str,
+    data: Vec<Embedding>,
+    model: String,
+    usage: Value,
+}
+
+#[derive(Serialize)]
+struct Embedding {
+    object: &'static str,
+    index: usize,
+    embedding: Vector,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Vector {
+    Floats(Vec<f32>),
+    Base64(String),
 }
