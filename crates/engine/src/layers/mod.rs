@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod dense;
 pub mod kernels;
 pub(crate) mod lanes;
 pub mod norm;

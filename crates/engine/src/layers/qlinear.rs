@@ -1,7 +1,7 @@
 //! `QLinear`, the one quantized linear type every model's matmuls go through, and
 //! `QEmbedding`, row lookup in a quantized table. Q5_0, Q8_0, Q4_K and Q6_K weights are
-//! repacked at load for slm's own kernels (`kernels/`); other types use candle's row-wise
-//! `k_quants::matmul`.
+//! repacked at load for slm's own kernels (`kernels/`), F16 and F32 weights go to the float
+//! matmul (`dense.rs`); other types use candle's row-wise `k_quants::matmul`.
 //!
 //! Batch invariance: each output element is computed from one activation row (quantized on its
 //! own) and one weight row in a fixed order, so a row's result never depends on how many rows
@@ -14,6 +14,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use std::sync::Arc;
 
+use super::dense::DenseWeights;
 use super::kernels;
 use crate::error::{EngineError, Result};
 use crate::profile::{self, Op};
@@ -175,8 +176,18 @@ pub struct QLinear {
     /// The weights repacked for slm's kernels (Q5_0, Q8_0, Q4_K, Q6_K); candle's serve the rest.
     /// Shared with a tied embedding table.
     packed: Option<Arc<kernels::PackedWeights>>,
+    /// F16 and F32 weights, for the float matmul (dense.rs).
+    dense: Option<DenseWeights>,
     bias: Option<Vec<f32>>,
     profile_op: Op,
+}
+
+fn dense(w: &QWeight) -> Option<DenseWeights> {
+    match w.dtype {
+        GgmlDType::F16 => Some(DenseWeights::F16(w.blocks::<f16>().to_vec())),
+        GgmlDType::F32 => Some(DenseWeights::F32(w.blocks::<f32>().to_vec())),
+        _ => None,
+    }
 }
 
 fn pack(w: &QWeight) -> Option<Arc<kernels::PackedWeights>> {
@@ -207,13 +218,15 @@ impl QLinear {
 
     fn from_weight(w: QWeight, bias: Option<Vec<f32>>) -> Self {
         let packed = pack(&w);
+        let dense = if packed.is_none() { dense(&w) } else { None };
         Self {
             in_dim: w.in_dim,
             out_dim: w.out_dim,
             dtype: w.dtype,
             profile_op: Op::for_dtype(&w.dtype),
-            w: packed.is_none().then_some(w),
+            w: (packed.is_none() && dense.is_none()).then_some(w),
             packed,
+            dense,
             bias,
         }
     }
@@ -246,9 +259,10 @@ impl QLinear {
         if rows == 0 {
             return out;
         }
-        match &self.packed {
-            Some(p) => kernels::matmul(p, x, rows, &mut out),
-            None => with_block_type!(
+        match (&self.packed, &self.dense) {
+            (Some(p), _) => kernels::matmul(p, x, rows, &mut out),
+            (None, Some(d)) => d.matmul(x, rows, k, n, &mut out),
+            (None, None) => with_block_type!(
                 self.dtype,
                 T,
                 {

@@ -9,7 +9,7 @@
 use std::sync::Mutex;
 
 use crate::error::{EngineError, Result};
-use crate::layers::activation::gelu_erf;
+use crate::layers::activation::{activate, Activation};
 use crate::layers::norm::Norm;
 use crate::layers::pool::Pool;
 use crate::layers::vecmath::{add_assign, axpy, dot, exp};
@@ -169,7 +169,7 @@ impl Bert {
             add_assign(&mut x, &layer.o.forward(&a, rows));
             x = layer.attn_norm.apply(&x, c.eps);
             let mut u = layer.up.forward(&x, rows);
-            u.iter_mut().for_each(|v| *v = gelu_erf(*v));
+            activate(Activation::GeluErf, &mut u);
             add_assign(&mut x, &layer.down.forward(&u, rows));
             x = layer.out_norm.apply(&x, c.eps);
         }
