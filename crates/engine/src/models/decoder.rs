@@ -42,6 +42,8 @@ impl DecoderConfig {
 
 /// The query/key/value projections: three matrices, or one (Phi) whose output rows hold
 /// q, k, v one after the other.
+// One per layer: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Qkv {
     Separate { wq: QLinear, wk: QLinear, wv: QLinear },
     Fused(QLinear),
