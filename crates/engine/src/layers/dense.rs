@@ -1,47 +1,84 @@
 //! `DenseWeights`: F16 and F32 weight matrices (embedding models, F16/F32 GGUFs) multiplied by
 //! f32 activations on the worker pool. F16 weights are widened exactly and the activations
 //! stay f32 (llama.cpp and candle round them to f16), so the result is closer to the f32
-//! reference. Output tiles of `ROW_TILE × COL_TILE` are pool tasks; inside, a 4 × 4 register
-//! block of `Lanes` accumulators walks the shared dimension 16 values at a time.
+//! reference. At load the weights are repacked into panels of 16 output columns, `k` rows
+//! each (the transpose, 16 columns side by side); a register block of R activation rows × C
+//! panels broadcasts one activation value at a time against one panel row: the classic GEMM
+//! micro-kernel, no horizontal sums. Output tiles of `ROW_TILE × COL_TILE` are pool tasks.
+//! Small matrices keep their panels in f32 (widening is exact, so the bits do not change),
+//! large ones in f16 to keep memory as the file has it.
 //!
-//! Batch invariance: every output element is one accumulator's fixed sequence of lane-wise
-//! FMAs over its row and column, then the fixed `reduce` tree and a fixed tail, whichever
-//! tile, register block or vector width computes it — so a row's result never depends on the
-//! other rows of the call.
+//! Batch invariance: every output element is one accumulator lane's FMA chain over
+//! `p = 0..k` in order, whichever tile, register block or vector width computes it, so a
+//! row's result never depends on the other rows of the call.
 
 use half::f16;
 
 use super::kernels::{detected_level, Level};
 use super::lanes::{KvElem, Lanes};
 use super::pool::Pool;
-use super::vecmath::reduce;
 
 const LANES: usize = 16;
-/// Rows and columns of one pool task: the activation tile (64 × k f32) and the weight tile
-/// stay in L2 while the task runs.
-const ROW_TILE: usize = 64;
+/// Rows and columns of one pool task.
+const ROW_TILE: usize = 48;
 const COL_TILE: usize = 64;
+/// Matrices up to this many values keep f32 panels.
+const F32_PANEL_LIMIT: usize = 16 << 20;
 
-/// Row-major `out_dim × in_dim` weights, f16 or f32.
-pub enum DenseWeights {
+/// Weights in panels: panel `j` holds columns `16j..16j+16` as `k` rows of 16 (zero-padded).
+pub struct DenseWeights {
+    panels: Panels,
+    k: usize,
+    n: usize,
+}
+
+enum Panels {
     F16(Vec<f16>),
     F32(Vec<f32>),
 }
 
+fn pack<E: KvElem, O: Copy + Default>(w: &[E], n: usize, k: usize, conv: impl Fn(E) -> O) -> Vec<O> {
+    let num_panels = n.div_ceil(LANES);
+    let mut out = vec![O::default(); num_panels * k * LANES];
+    for c in 0..n {
+        let (j, l) = (c / LANES, c % LANES);
+        for p in 0..k {
+            out[(j * k + p) * LANES + l] = conv(w[c * k + p]);
+        }
+    }
+    out
+}
+
 impl DenseWeights {
-    /// `x`: `m × k` row-major; writes `out` (`m × n`); the weights are `n × k`.
-    pub fn matmul(&self, x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-        match self {
-            DenseWeights::F16(w) => matmul_over(w, x, m, k, n, out),
-            DenseWeights::F32(w) => matmul_over(w, x, m, k, n, out),
+    /// From row-major `n × k` weights as the GGUF stores them.
+    pub fn from_f16(w: &[f16], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weights are n × k");
+        let panels = if n * k <= F32_PANEL_LIMIT {
+            Panels::F32(pack(w, n, k, |v| v.to_f32()))
+        } else {
+            Panels::F16(pack(w, n, k, |v| v))
+        };
+        Self { panels, k, n }
+    }
+
+    pub fn from_f32(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weights are n × k");
+        Self { panels: Panels::F32(pack(w, n, k, |v| v)), k, n }
+    }
+
+    /// `x`: `m × k` row-major; writes `out` (`m × n`).
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        match &self.panels {
+            Panels::F16(p) => matmul_over(p, x, m, self.k, self.n, out),
+            Panels::F32(p) => matmul_over(p, x, m, self.k, self.n, out),
         }
     }
 }
 
-fn matmul_over<E: KvElem>(w: &[E], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    assert_eq!(w.len(), n * k, "weights are n × k");
+fn matmul_over<E: KvElem>(panels: &[E], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), m * k, "activations are m × k");
     assert_eq!(out.len(), m * n, "output is m × n");
+    assert_eq!(panels.len(), n.div_ceil(LANES) * k * LANES, "panels cover n × k");
     let (row_tiles, col_tiles) = (m.div_ceil(ROW_TILE), n.div_ceil(COL_TILE));
     let out_ptr = out.as_mut_ptr() as usize;
     let task = |t: usize| {
@@ -51,10 +88,10 @@ fn matmul_over<E: KvElem>(w: &[E], x: &[f32], m: usize, k: usize, n: usize, out:
         // SAFETY: each level is only reported when the CPU has its features.
         match detected_level() {
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512Vnni => unsafe { tile_avx512(w, x, k, r0, rows, c0, cols, &mut tile) },
+            Level::Avx512Vnni => unsafe { tile_avx512(panels, x, k, r0, rows, c0, &mut tile) },
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => unsafe { tile_avx2(w, x, k, r0, rows, c0, cols, &mut tile) },
-            _ => unsafe { tile_lanes::<[f32; LANES], E>(w, x, k, r0, rows, c0, cols, &mut tile) },
+            Level::Avx2 => unsafe { tile_avx2(panels, x, k, r0, rows, c0, &mut tile) },
+            _ => unsafe { tile_lanes::<[f32; LANES], E, 4>(panels, x, k, r0, rows, c0, &mut tile) },
         }
         for r in 0..rows {
             // SAFETY: tasks cover disjoint (row, column) rectangles of `out`, which outlives
@@ -70,111 +107,97 @@ fn matmul_over<E: KvElem>(w: &[E], x: &[f32], m: usize, k: usize, n: usize, out:
 /// The CPU must have AVX-512 F/BW/DQ/VL (`Level::Avx512Vnni`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512<E: KvElem>(
-    w: &[E],
-    x: &[f32],
-    k: usize,
-    r0: usize,
-    rows: usize,
-    c0: usize,
-    cols: usize,
-    tile: &mut [f32],
-) {
-    tile_lanes::<std::arch::x86_64::__m512, E>(w, x, k, r0, rows, c0, cols, tile)
+unsafe fn tile_avx512<E: KvElem>(p: &[E], x: &[f32], k: usize, r0: usize, rows: usize, c0: usize, tile: &mut [f32]) {
+    tile_lanes::<std::arch::x86_64::__m512, E, 6>(p, x, k, r0, rows, c0, tile)
 }
 
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C (`Level::Avx2`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2<E: KvElem>(
-    w: &[E],
-    x: &[f32],
-    k: usize,
-    r0: usize,
-    rows: usize,
-    c0: usize,
-    cols: usize,
-    tile: &mut [f32],
-) {
-    tile_lanes::<super::lanes::Avx2x2, E>(w, x, k, r0, rows, c0, cols, tile)
+unsafe fn tile_avx2<E: KvElem>(p: &[E], x: &[f32], k: usize, r0: usize, rows: usize, c0: usize, tile: &mut [f32]) {
+    tile_lanes::<super::lanes::Avx2x2, E, 2>(p, x, k, r0, rows, c0, tile)
 }
 
-/// One output tile (`rows × cols` at `r0, c0`) into `tile` (row stride `COL_TILE`), in 4 × 4
-/// register blocks (narrower at the edges; every accumulator runs the same sequence).
+/// One output tile (`rows` rows at `r0`, the `COL_TILE` columns at `c0`, padded panels
+/// included) into `tile` (row stride `COL_TILE`), in blocks of up to `R` rows × 2 panels.
 ///
 /// # Safety
 /// The CPU must have `L`'s features (see `Lanes`). Every access is bounds-checked.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_lanes<L: Lanes, E: KvElem>(
-    w: &[E],
+unsafe fn tile_lanes<L: Lanes, E: KvElem, const R: usize>(
+    panels: &[E],
     x: &[f32],
     k: usize,
     r0: usize,
     rows: usize,
     c0: usize,
-    cols: usize,
     tile: &mut [f32],
 ) {
-    let mut r = 0;
-    while r < rows {
-        let mut c = 0;
-        while c < cols {
-            match (rows - r >= 4, cols - c >= 4) {
-                (true, true) => block::<L, E, 4, 4>(w, x, k, r0 + r, c0 + c, r, c, tile),
-                (true, false) => block::<L, E, 4, 1>(w, x, k, r0 + r, c0 + c, r, c, tile),
-                (false, true) => block::<L, E, 1, 4>(w, x, k, r0 + r, c0 + c, r, c, tile),
-                (false, false) => block::<L, E, 1, 1>(w, x, k, r0 + r, c0 + c, r, c, tile),
+    let num_panels = panels.len() / (k * LANES);
+    let first = c0 / LANES;
+    let last = (first + COL_TILE / LANES).min(num_panels);
+    let mut j = first;
+    while j < last {
+        let two = last - j >= 2;
+        let mut r = 0;
+        while r < rows {
+            let n = (rows - r).min(R);
+            macro_rules! go {
+                ($rr:literal) => {
+                    if two {
+                        block::<L, E, $rr, 2>(panels, x, k, r0 + r, j, r, (j - first) * LANES, tile)
+                    } else {
+                        block::<L, E, $rr, 1>(panels, x, k, r0 + r, j, r, (j - first) * LANES, tile)
+                    }
+                };
             }
-            c += if cols - c >= 4 { 4 } else { 1 };
+            match n {
+                6 => go!(6),
+                5 => go!(5),
+                4 => go!(4),
+                3 => go!(3),
+                2 => go!(2),
+                _ => go!(1),
+            }
+            r += n;
         }
-        r += if rows - r >= 4 { 4 } else { 1 };
+        j += if two { 2 } else { 1 };
     }
 }
 
-/// `R × C` outputs at global row `gr`, column `gc`, written at `tile[tr][tc]`.
+/// `RR` rows from global row `gr` × `C` panels from panel `j`, written at `tile[tr][tc..]`.
 ///
 /// # Safety
 /// As `tile_lanes`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<L: Lanes, E: KvElem, const R: usize, const C: usize>(
-    w: &[E],
+unsafe fn block<L: Lanes, E: KvElem, const RR: usize, const C: usize>(
+    panels: &[E],
     x: &[f32],
     k: usize,
     gr: usize,
-    gc: usize,
+    j: usize,
     tr: usize,
     tc: usize,
     tile: &mut [f32],
 ) {
-    let xs: [&[f32]; R] = std::array::from_fn(|i| &x[(gr + i) * k..(gr + i + 1) * k]);
-    let ws: [&[E]; C] = std::array::from_fn(|j| &w[(gc + j) * k..(gc + j + 1) * k]);
-    let mut acc = [[L::zero(); C]; R];
-    let full = k / LANES * LANES;
-    let mut at = 0;
-    while at < full {
-        let wv: [L; C] = std::array::from_fn(|j| E::load::<L>(&ws[j][at..]));
-        for i in 0..R {
-            let xv = L::load(&xs[i][at..]);
-            for j in 0..C {
-                acc[i][j] = acc[i][j].fma(xv, wv[j]);
+    let xs: [&[f32]; RR] = std::array::from_fn(|i| &x[(gr + i) * k..(gr + i + 1) * k]);
+    let ps: [&[E]; C] = std::array::from_fn(|c| &panels[(j + c) * k * LANES..(j + c + 1) * k * LANES]);
+    let mut acc = [[L::zero(); C]; RR];
+    for p in 0..k {
+        let wv: [L; C] = std::array::from_fn(|c| E::load::<L>(&ps[c][p * LANES..]));
+        for i in 0..RR {
+            let xv = L::splat(xs[i][p]);
+            for c in 0..C {
+                acc[i][c] = acc[i][c].fma(xv, wv[c]);
             }
         }
-        at += LANES;
     }
-    for i in 0..R {
-        for j in 0..C {
-            let mut lanes = [0f32; LANES];
-            acc[i][j].store(&mut lanes);
-            let mut s = reduce(lanes);
-            for p in full..k {
-                s = xs[i][p].mul_add(ws[j][p].to_f32(), s);
-            }
-            tile[(tr + i) * COL_TILE + tc + j] = s;
+    for i in 0..RR {
+        for c in 0..C {
+            let at = (tr + i) * COL_TILE + tc + c * LANES;
+            acc[i][c].store(&mut tile[at..at + LANES]);
         }
     }
 }
@@ -199,26 +222,29 @@ mod tests {
 
     #[test]
     fn products_are_right_and_rows_do_not_depend_on_the_batch() {
-        // Odd sizes: edge tiles, 1-wide register blocks and a k tail.
+        // Odd sizes: edge tiles, short register blocks, a padded panel.
         let (k, n) = (67, 70);
         let wf = values(n * k, 1);
         let wh: Vec<f16> = wf.iter().map(|v| f16::from_f32(*v)).collect();
-        for weights in [DenseWeights::F32(wf.clone()), DenseWeights::F16(wh.clone())] {
-            let exact: Vec<f32> = match &weights {
-                DenseWeights::F32(w) => w.clone(),
-                DenseWeights::F16(w) => w.iter().map(|v| v.to_f32()).collect(),
-            };
+        let widened: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+        let cases = [
+            (DenseWeights::from_f32(&wf, n, k), wf.clone()),
+            (DenseWeights::from_f16(&wh, n, k), widened.clone()),
+            // Large matrices keep f16 panels: the same bits as f32 ones.
+            (DenseWeights { panels: Panels::F16(pack(&wh, n, k, |v| v)), k, n }, widened),
+        ];
+        for (weights, exact) in cases {
             let m = 69;
             let x = values(m * k, 7);
             let mut out = vec![0f32; m * n];
-            weights.matmul(&x, m, k, n, &mut out);
+            weights.matmul(&x, m, &mut out);
             for (got, want) in out.iter().zip(reference(&exact, &x, m, k, n)) {
                 assert!((*got as f64 - want).abs() < 1e-4, "{got} vs {want}");
             }
             // Each row alone gives the same bits as inside the batch.
             for r in [0, 3, 4, 64, 68] {
                 let mut one = vec![0f32; n];
-                weights.matmul(&x[r * k..(r + 1) * k], 1, k, n, &mut one);
+                weights.matmul(&x[r * k..(r + 1) * k], 1, &mut one);
                 assert_eq!(one, out[r * n..(r + 1) * n], "row {r}");
             }
         }

@@ -184,8 +184,8 @@ pub struct QLinear {
 
 fn dense(w: &QWeight) -> Option<DenseWeights> {
     match w.dtype {
-        GgmlDType::F16 => Some(DenseWeights::F16(w.blocks::<f16>().to_vec())),
-        GgmlDType::F32 => Some(DenseWeights::F32(w.blocks::<f32>().to_vec())),
+        GgmlDType::F16 => Some(DenseWeights::from_f16(w.blocks::<f16>(), w.out_dim, w.in_dim)),
+        GgmlDType::F32 => Some(DenseWeights::from_f32(w.blocks::<f32>(), w.out_dim, w.in_dim)),
         _ => None,
     }
 }
@@ -261,7 +261,7 @@ impl QLinear {
         }
         match (&self.packed, &self.dense) {
             (Some(p), _) => kernels::matmul(p, x, rows, &mut out),
-            (None, Some(d)) => d.matmul(x, rows, k, n, &mut out),
+            (None, Some(d)) => d.matmul(x, rows, &mut out),
             (None, None) => with_block_type!(
                 self.dtype,
                 T,

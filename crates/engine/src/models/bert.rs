@@ -213,20 +213,31 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], lens: &[usize], heads: usize, hd: 
         for t in range {
             let (s, h) = tasks[t];
             let (start, n) = (starts[s], lens[s]);
-            let at = |m: &[f32], i: usize| -> Vec<f32> { m[(start + i) * d + h * hd..][..hd].to_vec() };
-            let keys: Vec<Vec<f32>> = (0..n).map(|j| at(k, j)).collect();
-            let values: Vec<Vec<f32>> = (0..n).map(|j| at(v, j)).collect();
+            fn head(m: &[f32], at: usize, hd: usize) -> &[f32] {
+                &m[at..at + hd]
+            }
+            let off = |i: usize| (start + i) * d + h * hd;
+            // Keys transposed (`hd` rows of `n`): a query's scores are `hd` vector updates
+            // across all keys, each score summed over the head dimension in order.
+            let mut kt = vec![0f32; hd * n];
+            for j in 0..n {
+                for (p, x) in head(k, off(j), hd).iter().enumerate() {
+                    kt[p * n + j] = *x;
+                }
+            }
             let mut out = vec![0f32; n * hd];
             let mut scores = vec![0f32; n];
             for i in 0..n {
-                let qi = at(q, i);
-                scores.iter_mut().zip(&keys).for_each(|(s, kj)| *s = dot(&qi, kj) * scale);
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                scores.iter_mut().for_each(|s| *s = exp(*s - max));
+                scores.iter_mut().for_each(|s| *s = 0.0);
+                for (p, qp) in head(q, off(i), hd).iter().enumerate() {
+                    axpy(*qp, &kt[p * n..(p + 1) * n], &mut scores);
+                }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(s * scale));
+                scores.iter_mut().for_each(|s| *s = exp(*s * scale - max));
                 let sum: f32 = scores.iter().sum();
                 let oi = &mut out[i * hd..(i + 1) * hd];
-                for (p, vj) in scores.iter().zip(&values) {
-                    axpy(p / sum, vj, oi);
+                for (j, p) in scores.iter().enumerate() {
+                    axpy(p / sum, head(v, off(j), hd), oi);
                 }
             }
             done.lock().unwrap_or_else(|e| e.into_inner()).push((t, out));
