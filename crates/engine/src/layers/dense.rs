@@ -194,10 +194,10 @@ unsafe fn block<L: Lanes, E: KvElem, const RR: usize, const C: usize>(
             }
         }
     }
-    for i in 0..RR {
-        for c in 0..C {
+    for (i, row) in acc.iter().enumerate() {
+        for (c, a) in row.iter().enumerate() {
             let at = (tr + i) * COL_TILE + tc + c * LANES;
-            acc[i][c].store(&mut tile[at..at + LANES]);
+            a.store(&mut tile[at..at + LANES]);
         }
     }
 }
