@@ -2,7 +2,7 @@
 # Runs the code behind slm's `unsafe` under checkers (not in CI: each builds the engine's
 # dependencies again, for minutes):
 #
-#   miri   the portable level under Miri (nightly `miri` component): the kernel, attention,
+#   miri   the portable level under Miri (nightly `miri` component): the kernel, dense, attention,
 #          lanes, pool, block-manager and stop-string unit tests, built for baseline x86-64 so
 #          only the portable code exists; catches out-of-bounds, aliasing (Stacked Borrows),
 #          data races and uninitialized reads in the code it runs.
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Unit tests whose code holds or drives the unsafe blocks (names are substring filters).
-FILTERS=(layers::kernels layers::attention layers::activation layers::pool layers::vecmath block_manager stop::)
+FILTERS=(layers::kernels layers::dense layers::attention layers::activation layers::pool layers::vecmath block_manager stop::)
 # Heavy tests that quantize with candle: too slow to interpret, and not our unsafe code.
 MIRI_SKIP=(k_quants_decode_like_candle packed_columns_dequantize_like_candle)
 

@@ -68,14 +68,21 @@ impl DenseWeights {
 
     /// `x`: `m × k` row-major; writes `out` (`m × n`).
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_at(x, m, out, detected_level())
+    }
+
+    /// `matmul` at a given kernel level; a level the CPU lacks runs the portable code.
+    fn matmul_at(&self, x: &[f32], m: usize, out: &mut [f32], level: Level) {
+        let level = if level.is_supported() { level } else { Level::Scalar };
         match &self.panels {
-            Panels::F16(p) => matmul_over(p, x, m, self.k, self.n, out),
-            Panels::F32(p) => matmul_over(p, x, m, self.k, self.n, out),
+            Panels::F16(p) => matmul_over(p, x, m, self.k, self.n, out, level),
+            Panels::F32(p) => matmul_over(p, x, m, self.k, self.n, out, level),
         }
     }
 }
 
-fn matmul_over<E: KvElem>(panels: &[E], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+/// `level` must be supported (callers check).
+fn matmul_over<E: KvElem>(panels: &[E], x: &[f32], m: usize, k: usize, n: usize, out: &mut [f32], level: Level) {
     assert_eq!(x.len(), m * k, "activations are m × k");
     assert_eq!(out.len(), m * n, "output is m × n");
     assert_eq!(panels.len(), n.div_ceil(LANES) * k * LANES, "panels cover n × k");
@@ -85,8 +92,8 @@ fn matmul_over<E: KvElem>(panels: &[E], x: &[f32], m: usize, k: usize, n: usize,
         let (r0, c0) = ((t / col_tiles) * ROW_TILE, (t % col_tiles) * COL_TILE);
         let (rows, cols) = (ROW_TILE.min(m - r0), COL_TILE.min(n - c0));
         let mut tile = [0f32; ROW_TILE * COL_TILE];
-        // SAFETY: each level is only reported when the CPU has its features.
-        match detected_level() {
+        // SAFETY: `level` is supported (checked by `matmul_at`).
+        match level {
             #[cfg(target_arch = "x86_64")]
             Level::Avx512Vnni => unsafe { tile_avx512(panels, x, k, r0, rows, c0, &mut tile) },
             #[cfg(target_arch = "x86_64")]
@@ -241,11 +248,16 @@ mod tests {
             for (got, want) in out.iter().zip(reference(&exact, &x, m, k, n)) {
                 assert!((*got as f64 - want).abs() < 1e-4, "{got} vs {want}");
             }
-            // Each row alone gives the same bits as inside the batch.
-            for r in [0, 3, 4, 64, 68] {
-                let mut one = vec![0f32; n];
-                weights.matmul(&x[r * k..(r + 1) * k], 1, &mut one);
-                assert_eq!(one, out[r * n..(r + 1) * n], "row {r}");
+            // Each row alone gives the same bits as inside the batch, at every level.
+            for level in crate::layers::kernels::supported_levels() {
+                let mut all = vec![0f32; m * n];
+                weights.matmul_at(&x, m, &mut all, level);
+                assert_eq!(all, out, "{level:?} vs the detected level");
+                for r in [0, 3, 4, 48, 68] {
+                    let mut one = vec![0f32; n];
+                    weights.matmul_at(&x[r * k..(r + 1) * k], 1, &mut one, level);
+                    assert_eq!(one, out[r * n..(r + 1) * n], "{level:?}: row {r}");
+                }
             }
         }
     }
