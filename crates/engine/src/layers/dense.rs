@@ -230,7 +230,8 @@ mod tests {
     #[test]
     fn products_are_right_and_rows_do_not_depend_on_the_batch() {
         // Odd sizes: edge tiles, short register blocks, a padded panel.
-        let (k, n) = (67, 70);
+        // (Smaller under Miri, which interprets every lane.)
+        let (k, n, m) = if cfg!(miri) { (19, 37, 9) } else { (67, 70, 69) };
         let wf = values(n * k, 1);
         let wh: Vec<f16> = wf.iter().map(|v| f16::from_f32(*v)).collect();
         let widened: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
@@ -241,7 +242,6 @@ mod tests {
             (DenseWeights { panels: Panels::F16(pack(&wh, n, k, |v| v)), k, n }, widened),
         ];
         for (weights, exact) in cases {
-            let m = 69;
             let x = values(m * k, 7);
             let mut out = vec![0f32; m * n];
             weights.matmul(&x, m, &mut out);
@@ -253,7 +253,7 @@ mod tests {
                 let mut all = vec![0f32; m * n];
                 weights.matmul_at(&x, m, &mut all, level);
                 assert_eq!(all, out, "{level:?} vs the detected level");
-                for r in [0, 3, 4, 48, 68] {
+                for r in [0, 3, 4, 48, 68].into_iter().filter(|&r| r < m) {
                     let mut one = vec![0f32; n];
                     weights.matmul_at(&x[r * k..(r + 1) * k], 1, &mut one, level);
                     assert_eq!(one, out[r * n..(r + 1) * n], "{level:?}: row {r}");
