@@ -197,7 +197,7 @@ pub fn argmax(l: &[f32]) -> u32 {
 }
 
 /// Log-softmax of the raw logits: a lookup for any token, and the top `n`.
-fn raw_logprobs(l: &[f32], n: usize) -> (impl Fn(u32) -> f32 + '_, Vec<(u32, f32)>) {
+pub(crate) fn raw_logprobs(l: &[f32], n: usize) -> (impl Fn(u32) -> f32 + '_, Vec<(u32, f32)>) {
     let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + l.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
     let mut top = Vec::new();

@@ -246,6 +246,11 @@ impl ValidRequest {
         e.for_param(self.constraint_param)
     }
 
+    /// The tokenized prompts.
+    pub fn prompts(&self) -> &[Vec<u32>] {
+        &self.prompts
+    }
+
     /// The request field its constraint came from.
     pub fn constraint_param(&self) -> &'static str {
         self.constraint_param
@@ -306,6 +311,11 @@ pub struct ValidCompletion {
     /// Per choice (prompt `i / n`): the prompt's text when `echo` is set, else empty.
     pub echoes: Vec<String>,
     pub logprobs: bool,
+    /// `echo` with `logprobs`: the prompt tokens' own logprobs are reported too, with this
+    /// many alternatives.
+    pub prompt_logprobs: Option<usize>,
+    /// `echo` with `max_tokens: 0`: only the prompt is answered (nothing is generated).
+    pub echo_only: bool,
 }
 
 /// The tool-call format the model is asked for: its template's own, or Hermes when the
@@ -461,12 +471,22 @@ pub async fn completion(
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let requested = Some(req.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS));
-        let max_tokens = max_tokens("max_tokens", "prompt", requested, longest, max_model_len)?;
+        // `echo` with `max_tokens: 0` scores the prompt alone (evaluation harnesses do this).
+        let echo_only = echo && requested == Some(0);
+        let max_tokens = if echo_only {
+            if longest > max_model_len {
+                return Err(max_tokens("max_tokens", "prompt", Some(1), longest, max_model_len).unwrap_err());
+            }
+            0
+        } else {
+            max_tokens("max_tokens", "prompt", requested, longest, max_model_len)?
+        };
         let constraint = compile(&model, spec, param)?;
         let n = sampling.n;
         let echoes = (0..prompts.len() * n).map(|i| if echo { texts[i / n].clone() } else { String::new() }).collect();
         let request = ValidRequest { prompts, sampling, max_tokens, constraint, constraint_param: param };
-        Ok(ValidCompletion { request, echoes, logprobs: logprobs.is_some() })
+        let prompt_logprobs = if echo { logprobs } else { None };
+        Ok(ValidCompletion { request, echoes, logprobs: logprobs.is_some(), prompt_logprobs, echo_only })
     })
     .await
 }

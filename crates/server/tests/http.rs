@@ -348,3 +348,35 @@ async fn schema_integers_are_bounded_so_answers_end() {
     assert!(parsed["population"].as_i64().is_some_and(|p| p.unsigned_abs() < 10_000_000_000_000_000), "{text}");
     assert_eq!(v["choices"][0]["finish_reason"], "stop", "{text}");
 }
+
+#[tokio::test]
+async fn echo_with_logprobs_scores_the_prompt_as_evaluation_harnesses_ask() {
+    let s = state();
+    let prompt = "The capital of France is Paris";
+    let (status, v) =
+        post(&s, "/v1/completions", json!({"prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 2})).await;
+    assert_eq!(status, 200, "{v}");
+    let c = &v["choices"][0];
+    assert_eq!((c["text"].as_str(), c["finish_reason"].as_str()), (Some(prompt), Some("length")));
+    let lp = &c["logprobs"];
+    let n = v["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    assert_eq!((lp["tokens"].as_array().unwrap().len(), v["usage"]["completion_tokens"].as_u64()), (n, Some(0)));
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null(), "the first token has none: {lp}");
+    assert!(lp["token_logprobs"].as_array().unwrap()[1..].iter().all(|x| x.as_f64().unwrap() <= 0.0));
+    assert_eq!(lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect::<String>(), prompt);
+    // " Paris" after "The capital of France is" is likely: among the top 2 alternatives.
+    assert!(lp["top_logprobs"][n - 1].as_object().unwrap().contains_key(" Paris"), "{lp}");
+
+    // With generation too: the prompt's entries, then the generated tokens'.
+    let body = json!({"prompt": prompt, "max_tokens": 3, "echo": true, "logprobs": 1, "temperature": 0});
+    let (status, g) = post(&s, "/v1/completions", body).await;
+    assert_eq!(status, 200, "{g}");
+    let glp = &g["choices"][0]["logprobs"];
+    let generated = g["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(glp["tokens"].as_array().unwrap().len(), n + generated);
+    assert_eq!(glp["token_logprobs"][1], lp["token_logprobs"][1], "the same prompt scores the same");
+
+    // `max_tokens: 0` means something only with `echo`.
+    let (status, e) = post(&s, "/v1/completions", json!({"prompt": prompt, "max_tokens": 0})).await;
+    assert_eq!((status, e["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("max_tokens")));
+}

@@ -42,6 +42,29 @@ impl Ctx {
     }
 }
 
+/// Legacy logprobs of a prompt's own tokens (`echo`): the first token has none, as OpenAI's.
+fn prompt_legacy_logprobs(model: &Model, prompt: &[u32], top: usize) -> CompletionLogprobs {
+    let mut lp = CompletionLogprobs::default();
+    let mut offset = 0;
+    let mut push =
+        |lp: &mut CompletionLogprobs, token: u32, logprob: Option<f32>, alts: Option<BTreeMap<String, f32>>| {
+            let (text, _) = token_text(&model.tokenizer, token);
+            lp.text_offset.push(offset);
+            offset += text.len();
+            lp.tokens.push(text);
+            lp.token_logprobs.push(logprob);
+            lp.top_logprobs.push(alts);
+        };
+    if let Some(&first) = prompt.first() {
+        push(&mut lp, first, None, None);
+    }
+    for p in slm_engine::prompt_logprobs(model, prompt, top) {
+        let alts = p.top.iter().map(|(id, l)| (token_text(&model.tokenizer, *id).0, *l)).collect();
+        push(&mut lp, p.token, Some(p.logprob), Some(alts));
+    }
+    lp
+}
+
 /// Legacy logprobs of generated tokens; `offset` is where their text starts in the choice.
 fn legacy_logprobs(model: &Model, tokens: &[TokenEvent], mut offset: usize) -> CompletionLogprobs {
     let mut lp = CompletionLogprobs::default();
@@ -66,11 +89,25 @@ pub async fn completions(
     let start = Instant::now();
     let (req, served) = parse_for::<CompletionRequest>(&state, body)?;
     let valid = validate::completion(&served.engine, req, tenant.as_ref().map(|t| &t.0)).await?;
-    let streams = valid.request.submit(&served.engine)?;
     let model = served.engine.model().clone();
+    // The prompts' own logprobs (`echo` + `logprobs`), one list per prompt.
+    let prompt_lps: Option<Vec<CompletionLogprobs>> = match valid.prompt_logprobs {
+        Some(top) => {
+            let (m, prompts) = (model.clone(), valid.request.prompts().to_vec());
+            Some(
+                validate::blocking(move || Ok(prompts.iter().map(|p| prompt_legacy_logprobs(&m, p, top)).collect()))
+                    .await?,
+            )
+        }
+        None => None,
+    };
+    let streams = if valid.echo_only { Vec::new() } else { valid.request.submit(&served.engine)? };
     let s = valid.request.sampling();
     let num_prompt_tokens = valid.request.num_prompt_tokens();
     let (echoes, logprobs) = (valid.echoes, valid.logprobs);
+    let n = s.n;
+    // Per choice: the echoed prompt's logprobs, if asked for.
+    let echo_lps = |i: usize| prompt_lps.as_ref().map(|v| v[i / n].clone());
     let ctx = Ctx {
         id: new_id("cmpl"),
         created: unix_now(),
@@ -78,7 +115,27 @@ pub async fn completions(
         fingerprint: state.fingerprint.clone(),
     };
 
+    if valid.echo_only {
+        let choices = echoes
+            .into_iter()
+            .enumerate()
+            .map(|(index, text)| CompletionChoice {
+                text,
+                index,
+                logprobs: echo_lps(index),
+                finish_reason: Some("length"),
+            })
+            .collect();
+        let usage = Usage {
+            prompt_tokens: num_prompt_tokens,
+            completion_tokens: 0,
+            total_tokens: num_prompt_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: 0 },
+        };
+        return Ok(Json(ctx.answer(choices, Some(usage))).into_response());
+    }
     if s.stream {
+        let echo_logprobs: Vec<Option<CompletionLogprobs>> = (0..echoes.len()).map(echo_lps).collect();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(stream_completions(
             state.clone(),
@@ -86,6 +143,7 @@ pub async fn completions(
             model,
             streams,
             echoes,
+            echo_logprobs,
             logprobs,
             num_prompt_tokens,
             s.include_usage,
@@ -101,7 +159,19 @@ pub async fn completions(
         .zip(echoes)
         .enumerate()
         .map(|(index, (o, prefix))| CompletionChoice {
-            logprobs: logprobs.then(|| legacy_logprobs(&model, &o.tokens, prefix.len())),
+            logprobs: logprobs.then(|| {
+                let generated = legacy_logprobs(&model, &o.tokens, prefix.len());
+                match echo_lps(index) {
+                    Some(mut lp) => {
+                        lp.tokens.extend(generated.tokens);
+                        lp.token_logprobs.extend(generated.token_logprobs);
+                        lp.top_logprobs.extend(generated.top_logprobs);
+                        lp.text_offset.extend(generated.text_offset);
+                        lp
+                    }
+                    None => generated,
+                }
+            }),
             text: prefix + &o.text,
             index,
             finish_reason: Some(o.finish.reason.as_str()),
@@ -117,6 +187,7 @@ async fn stream_completions(
     model: Arc<Model>,
     streams: Vec<slm_engine::RequestStream>,
     echoes: Vec<String>,
+    echo_logprobs: Vec<Option<CompletionLogprobs>>,
     logprobs: bool,
     num_prompt_tokens: usize,
     include_usage: bool,
@@ -124,8 +195,8 @@ async fn stream_completions(
     tx: mpsc::Sender<axum::response::sse::Event>,
 ) {
     let mut offsets: Vec<usize> = echoes.iter().map(String::len).collect();
-    for (index, e) in echoes.into_iter().enumerate().filter(|(_, e)| !e.is_empty()) {
-        let c = CompletionChoice { text: e, index, logprobs: None, finish_reason: None };
+    for ((index, e), lp) in echoes.into_iter().enumerate().zip(echo_logprobs).filter(|((_, e), _)| !e.is_empty()) {
+        let c = CompletionChoice { text: e, index, logprobs: lp, finish_reason: None };
         if !stream::send(&tx, &ctx.answer(vec![c], None)).await {
             return;
         }
