@@ -73,7 +73,11 @@ def test_completions_with_token_id_prompts(client):
     ids = client._client.post(client.base_url.join("/tokenize"), json={"model": QWEN, "content": "1, 2, 3,"}, headers={"Authorization": f"Bearer {API_KEY}"}).json()["tokens"]
     r = client.completions.create(model=QWEN, prompt=ids, max_tokens=4, temperature=0, echo=True, logprobs=2)
     assert r.choices[0].text.startswith("1, 2, 3, 4")
-    assert len(r.choices[0].logprobs.tokens) == 4
+    # With echo, the prompt's tokens come first (the first without a logprob), as OpenAI's.
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(ids) + 4
+    assert lp.token_logprobs[0] is None and all(x <= 0 for x in lp.token_logprobs[1:])
+    assert "".join(lp.tokens) == r.choices[0].text
     r = client.completions.create(model=QWEN, prompt=[ids, ids], max_tokens=2, temperature=0)
     assert len(r.choices) == 2 and r.choices[0].text == r.choices[1].text
 
