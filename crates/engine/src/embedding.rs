@@ -88,20 +88,6 @@ impl EmbeddingModel {
         }
     }
 
-    pub fn pooling(&self) -> Pooling {
-        match &self.backbone {
-            Backbone::Bert(b) => b.config.pooling,
-            Backbone::Decoder { pooling, .. } => *pooling,
-        }
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        match &self.backbone {
-            Backbone::Bert(b) => b.config.vocab_size,
-            Backbone::Decoder { model, .. } => model.decoder.config.vocab_size,
-        }
-    }
-
     /// The longest input, in tokens (the position table's length; a decoder's context, at
     /// most what its embedding KV cache holds).
     pub fn context_length(&self) -> usize {

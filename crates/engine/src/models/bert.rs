@@ -33,15 +33,6 @@ impl Pooling {
             _ => None,
         }
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "mean" => Some(Pooling::Mean),
-            "cls" => Some(Pooling::Cls),
-            "last" => Some(Pooling::Last),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
