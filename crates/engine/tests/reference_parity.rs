@@ -1,6 +1,7 @@
-//! Parity with llama.cpp (`../shared/reference/*.json`) on the two real models: tokenizer ids
-//! three ways for 40 texts, the Qwen chat-template renders, and greedy continuations with the
-//! first step's top-5 logprobs.
+//! Parity with llama.cpp (`../shared/reference/*.json`, and for SmolLM2 the fixture
+//! `scripts/record-goldens.py` recorded) on the real models: tokenizer ids three ways for 40
+//! texts, the chat-template renders, and greedy continuations with every step's top-5
+//! logprobs.
 
 mod common;
 
@@ -45,16 +46,32 @@ fn gemma_tokenizer_matches_llama_cpp() {
     check_tokenizer(GEMMA);
 }
 
-#[test]
-fn qwen_chat_template_matches_llama_cpp() {
-    let m = model(QWEN);
-    let r = reference(QWEN);
-    for (i, case) in r["chat_template"].as_array().unwrap().iter().enumerate() {
+fn check_chat_template(name: &str) {
+    let m = model(name);
+    let r = reference(name);
+    let cases = r["chat_template"].as_array().unwrap();
+    assert!(!cases.is_empty(), "{name}: no chat-template cases recorded");
+    for (i, case) in cases.iter().enumerate() {
         let messages = case["messages"].as_array().unwrap();
         let tools = case.get("tools").and_then(|t| t.as_array()).map(|t| t.as_slice());
         let got = m.chat_template.render(messages, tools, true).unwrap();
-        assert_eq!(got, case["prompt"].as_str().unwrap(), "chat template case {i}");
+        assert_eq!(got, case["prompt"].as_str().unwrap(), "{name}: chat template case {i}");
     }
+}
+
+#[test]
+fn qwen_chat_template_matches_llama_cpp() {
+    check_chat_template(QWEN);
+}
+
+#[test]
+fn smollm2_tokenizer_matches_llama_cpp() {
+    check_tokenizer(SMOLLM2);
+}
+
+#[test]
+fn smollm2_chat_template_matches_llama_cpp() {
+    check_chat_template(SMOLLM2);
 }
 
 #[test]

@@ -11,6 +11,8 @@ use slm_engine::Model;
 
 pub const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m";
 pub const GEMMA: &str = "gemma-3-270m-q4_k_m";
+/// Llama architecture, Q4_1 weights and a Q8_0 embedding table tied to the output.
+pub const SMOLLM2: &str = "smollm2-135m-instruct-q4_1";
 
 pub fn models_dir() -> PathBuf {
     match std::env::var_os("SLM_HOME") {
@@ -25,8 +27,12 @@ pub fn model_path(name: &str) -> PathBuf {
     p
 }
 
+/// llama.cpp's outputs on a model: the shared reference, or for a model it does not cover the
+/// fixture `scripts/record-goldens.py` recorded in the same format.
 pub fn reference(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference").join(format!("{name}.json"));
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shared = here.join("../../../shared/reference").join(format!("{name}.json"));
+    let p = if shared.exists() { shared } else { here.join("tests/fixtures").join(format!("{name}.json")) };
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
     serde_json::from_str(&text).expect("reference JSON")
 }

@@ -22,6 +22,18 @@ pub struct KernelTiming {
     pub flops: f64,
 }
 
+/// Every type slm's kernels take, as the benchmarks name them.
+const TYPES: &[(GgmlDType, &str)] = &[
+    (GgmlDType::Q4_0, "Q4_0"),
+    (GgmlDType::Q4_1, "Q4_1"),
+    (GgmlDType::Q5_0, "Q5_0"),
+    (GgmlDType::Q5_1, "Q5_1"),
+    (GgmlDType::Q8_0, "Q8_0"),
+    (GgmlDType::Q4K, "Q4_K"),
+    (GgmlDType::Q5K, "Q5_K"),
+    (GgmlDType::Q6K, "Q6_K"),
+];
+
 /// The fastest of `iters` calls, in ms: on a small shared machine other processes only
 /// ever slow a call down, so the minimum is the repeatable figure.
 fn time(mut f: impl FnMut(), iters: usize) -> f64 {
@@ -40,9 +52,7 @@ fn time(mut f: impl FnMut(), iters: usize) -> f64 {
 pub fn run(n: usize, k: usize) -> candle_core::Result<Vec<KernelTiming>> {
     let mut out = Vec::new();
     let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
-    for (dtype, name) in
-        [(GgmlDType::Q4K, "Q4_K"), (GgmlDType::Q5_0, "Q5_0"), (GgmlDType::Q6K, "Q6_K"), (GgmlDType::Q8_0, "Q8_0")]
-    {
+    for &(dtype, name) in TYPES {
         let q = QTensor::quantize(&w, dtype)?;
         let lin = QLinear::new(QTensor::quantize(&w, dtype)?, None, name, "bench").expect("supported type");
         for rows in [1usize, 4, 16, 64] {
@@ -79,7 +89,7 @@ pub fn run(n: usize, k: usize) -> candle_core::Result<Vec<KernelTiming>> {
 }
 
 fn rowwise(q: &QTensor, x: &[f32], m: usize, k: usize, n: usize, dst: &mut [f32]) {
-    use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType};
+    use candle_core::quantized::k_quants::{self, *};
     fn run<T: GgmlType + crate::layers::qlinear::GgufBlock>(
         q: &QTensor,
         x: &[f32],
@@ -91,8 +101,12 @@ fn rowwise(q: &QTensor, x: &[f32], m: usize, k: usize, n: usize, dst: &mut [f32]
         k_quants::matmul::<T>((m, k, n), x, tensor_blocks::<T>(q), dst).unwrap();
     }
     match q.dtype() {
-        GgmlDType::Q4K => run::<BlockQ4K>(q, x, m, k, n, dst),
+        GgmlDType::Q4_0 => run::<BlockQ4_0>(q, x, m, k, n, dst),
+        GgmlDType::Q4_1 => run::<BlockQ4_1>(q, x, m, k, n, dst),
         GgmlDType::Q5_0 => run::<BlockQ5_0>(q, x, m, k, n, dst),
+        GgmlDType::Q5_1 => run::<BlockQ5_1>(q, x, m, k, n, dst),
+        GgmlDType::Q4K => run::<BlockQ4K>(q, x, m, k, n, dst),
+        GgmlDType::Q5K => run::<BlockQ5K>(q, x, m, k, n, dst),
         GgmlDType::Q6K => run::<BlockQ6K>(q, x, m, k, n, dst),
         _ => run::<BlockQ8_0>(q, x, m, k, n, dst),
     }
@@ -109,7 +123,9 @@ pub struct StreamTiming {
 
 /// Decode's access pattern: every call reads a weight that is not in cache.
 pub fn run_streaming(n: usize, k: usize, total_mb: usize) -> candle_core::Result<Vec<StreamTiming>> {
-    use super::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, PackedWeights, WeightBlock};
+    use super::{
+        BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, PackedWeights, WeightBlock,
+    };
     fn packs<W: WeightBlock + crate::layers::qlinear::GgufBlock>(
         q: &QTensor,
         n: usize,
@@ -124,13 +140,15 @@ pub fn run_streaming(n: usize, k: usize, total_mb: usize) -> candle_core::Result
     let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
     let x: Vec<f32> = Tensor::randn(0f32, 1.0, (1, k), &Device::Cpu)?.flatten_all()?.to_vec1()?;
     let mut out = Vec::new();
-    for (dtype, name) in
-        [(GgmlDType::Q4K, "Q4_K"), (GgmlDType::Q5_0, "Q5_0"), (GgmlDType::Q6K, "Q6_K"), (GgmlDType::Q8_0, "Q8_0")]
-    {
+    for &(dtype, name) in TYPES {
         let q = QTensor::quantize(&w, dtype)?;
         let ws = match dtype {
-            GgmlDType::Q4K => packs::<BlockQ4K>(&q, n, k, total_mb),
+            GgmlDType::Q4_0 => packs::<BlockQ4_0>(&q, n, k, total_mb),
+            GgmlDType::Q4_1 => packs::<BlockQ4_1>(&q, n, k, total_mb),
             GgmlDType::Q5_0 => packs::<BlockQ5_0>(&q, n, k, total_mb),
+            GgmlDType::Q5_1 => packs::<BlockQ5_1>(&q, n, k, total_mb),
+            GgmlDType::Q4K => packs::<BlockQ4K>(&q, n, k, total_mb),
+            GgmlDType::Q5K => packs::<BlockQ5K>(&q, n, k, total_mb),
             GgmlDType::Q6K => packs::<BlockQ6K>(&q, n, k, total_mb),
             _ => packs::<BlockQ8_0>(&q, n, k, total_mb),
         };

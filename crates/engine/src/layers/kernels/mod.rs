@@ -1,11 +1,14 @@
-//! slm's own quantized matmul kernels for the weight types that dominate small GGUF models
-//! (Q5_0, Q8_0, Q4_K, Q6_K). At load, weights are repacked into tiles of 16 output columns: per 32-value
+//! slm's own quantized matmul kernels for the weight types of small GGUF models (Q4_0, Q4_1,
+//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K). At load, weights are repacked into tiles of 16 output
+//! columns: per 32-value
 //! sub-block (32 values, 16 for Q6_K), the 16 columns' values as unsigned numbers (`value +
 //! offset`), interleaved four at a time so one `vpdpbusd` feeds 16 columns with 4 products
 //! each, and the 16 scales (and mins). Decode reads every weight once per token, so the
-//! packing keeps the file's bits: Q8_0 as bytes; Q4_K, Q5_0 and Q6_K as nibbles (two groups
-//! of 64 values per 64-byte line, low and high nibble) plus one 64-bit mask per extra bit and
-//! group (Q5_0: one, Q6_K: two), expanded in registers (`vpaddb` under a mask). Scales stay as
+//! packing keeps the file's bits: Q8_0 as bytes; the 4- to 6-bit types as nibbles (two groups
+//! of 64 values per 64-byte line, low and high nibble) plus, for the 5- and 6-bit types, one
+//! 64-byte line of high bits per sub-block: byte i holds the bits above the nibble of value i of
+//! every group (group g's at bits `g·extra..`, 8 bits in all: Q5_* has 8 groups of one extra
+//! bit, Q6_K 4 groups of two), so one shift and one mask per group expand them. Scales stay as
 //! the file has them: f16 per block, and for the K-quants 8-bit integer scales (and mins) per
 //! sub-block, so a packed weight is no larger than the file's. A row of activations is
 //! quantized once to 8 bits (Q8_0 or Q8_K, as ggml does for the weight type) and broadcast
@@ -16,10 +19,13 @@
 //! the exact integer dot product of its weights and activations (for the K-quants, the sum
 //! over its sub-blocks of each sub-block's dot product times its integer scale, as ggml does),
 //! converted to f32 and fused-multiply-added with `d_w × d_x` into one f32 accumulator (then
-//! Q4_K's min term, `Σ m·Σx` times `-dmin_w × d_x`). That sequence is the same for any number
+//! the min term: for Q4_K and Q5_K `Σ m·Σx` times `-dmin_w × d_x`, for Q4_1 and Q5_1 `Σx` times
+//! `m_w × d_x`). That sequence is the same for any number
 //! of rows, any tile, and AVX-512 VNNI, AVX2 or the portable path: results are bit-identical
 //! across all of them.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod bench;
 mod blocks;
 mod quantize;
@@ -42,8 +48,8 @@ struct Line([u8; 64]);
 
 /// Weights repacked for the kernels: per tile of 16 columns and sub-block of `sub` values,
 /// `sub / 4` groups of 64 values (16 columns × 4 consecutive values, value `lane·4 + j`) —
-/// as 64-byte lines of bytes, or of nibble pairs (group 2i low, 2i+1 high) with `bits − 4`
-/// masks per group for the high bits — and for the K-quants 16 integer scales (and mins);
+/// as 64-byte lines of bytes, or of nibble pairs (group 2i low, 2i+1 high) with a line of
+/// high bits when `bits > 4` — and for the K-quants 16 integer scales (and mins);
 /// per tile and block, the 16 columns' f16 `d` (and negated `dmin`).
 pub struct PackedWeights {
     pub n: usize,
@@ -61,12 +67,14 @@ pub struct PackedWeights {
     num_subs: usize,
     num_blocks: usize,
     lines: Vec<Line>,
-    /// Per tile and sub-block: `(bits − 4)` planes × groups of 64-bit masks (nibble packing).
-    planes: Vec<u64>,
-    /// Per tile and sub-block: 16 integer scales and (Q4_K) 16 mins (K-quants).
+    /// Per tile and sub-block (5- and 6-bit types): byte i = the high bits of value i of every
+    /// group, group g's `bits − 4` of them at bit `g · (bits − 4)`.
+    high: Vec<Line>,
+    /// Per tile and sub-block: 16 integer scales and (Q4_K, Q5_K) 16 mins (K-quants).
     sub_scales: Vec<i8>,
     sub_mins: Vec<i8>,
-    /// Per tile and block: 16 f16 scales and (Q4_K) 16 negated f16 mins, the file's bits.
+    /// Per tile and block: 16 f16 scales and (types with mins) 16 f16 min factors, the file's
+    /// bits: `−dmin` for the K-quants, `m` for Q4_1 and Q5_1 (whose integer min is 1).
     d: Vec<u16>,
     neg_dmin: Vec<u16>,
 }
@@ -84,9 +92,10 @@ impl PackedWeights {
         let lines_per_sub = if nibbles { groups / 2 } else { groups };
         let extra = if nibbles { (W::BITS - 4) as usize } else { 0 };
         let mut lines = vec![Line([0; 64]); tiles * nsub * lines_per_sub];
-        let mut planes = vec![0u64; tiles * nsub * extra * groups];
+        assert!(extra * groups <= 8 || extra == 0, "high bits of {groups} groups fill more than a byte");
+        let mut high = vec![Line([0; 64]); if extra > 0 { tiles * nsub } else { 0 }];
         let mut sub_scales = vec![0i8; if spb > 1 { tiles * nsub * TILE } else { 0 }];
-        let mut sub_mins = vec![0i8; if W::HAS_MIN { tiles * nsub * TILE } else { 0 }];
+        let mut sub_mins = vec![0i8; if W::HAS_MIN && spb > 1 { tiles * nsub * TILE } else { 0 }];
         let mut d = vec![0u16; tiles * blocks * TILE];
         let mut neg_dmin = vec![0u16; if W::HAS_MIN { tiles * blocks * TILE } else { 0 }];
         let mut u = vec![0u8; W::VALUES];
@@ -109,8 +118,8 @@ impl PackedWeights {
                             let bit = lane * 4 + i;
                             if nibbles {
                                 lines[tsub * lines_per_sub + g / 2].0[bit] |= (v & 0x0F) << (4 * (g % 2));
-                                for p in 0..extra {
-                                    planes[(tsub * extra + p) * groups + g] |= (((v >> (4 + p)) & 1) as u64) << bit;
+                                if extra > 0 {
+                                    high[tsub].0[bit] |= (v >> 4) << (g * extra);
                                 }
                             } else {
                                 lines[tsub * lines_per_sub + g].0[bit] = v;
@@ -120,7 +129,7 @@ impl PackedWeights {
                     if spb > 1 {
                         sub_scales[tsub * TILE + lane] = sc[j];
                     }
-                    if W::HAS_MIN {
+                    if W::HAS_MIN && spb > 1 {
                         sub_mins[tsub * TILE + lane] = mn[j];
                     }
                 }
@@ -138,7 +147,7 @@ impl PackedWeights {
             num_subs: nsub,
             num_blocks: blocks,
             lines,
-            planes,
+            high,
             sub_scales,
             sub_mins,
             d,
@@ -149,14 +158,14 @@ impl PackedWeights {
     /// Bytes the kernels read for one pass over this weight.
     pub fn num_bytes(&self) -> usize {
         self.lines.len() * 64
-            + self.planes.len() * 8
+            + self.high.len() * 64
             + self.sub_scales.len()
             + self.sub_mins.len()
             + (self.d.len() + self.neg_dmin.len()) * 2
     }
 
-    /// Extra bit planes per group (0 for byte packing).
-    pub fn num_planes(&self) -> usize {
+    /// High bits per value above its nibble (0 for 4-bit and byte packing).
+    pub fn num_high_bits(&self) -> usize {
         if self.bits < 8 {
             (self.bits - 4) as usize
         } else {
@@ -172,12 +181,11 @@ impl PackedWeights {
         }
     }
 
-    /// The masks of tile `t`, sub-block `s`: plane p of group g at `p · sub/4 + g`.
+    /// The high-bit line of tile `t`, sub-block `s` (64 bytes, 64-aligned): byte i holds group
+    /// g's high bits of value i at bit `g · num_high_bits()`.
     #[inline]
-    pub fn tile_planes(&self, t: usize, s: usize) -> &[u64] {
-        let n = self.num_planes() * self.sub / 4;
-        let first = (t * self.num_subs() + s) * n;
-        &self.planes[first..first + n]
+    pub fn tile_high(&self, t: usize, s: usize) -> &[u8] {
+        &self.high[t * self.num_subs() + s].0
     }
 
     /// Group `g` of tile `t`, sub-block `s`, decoded to bytes (the portable kernel's view).
@@ -192,10 +200,10 @@ impl PackedWeights {
         if self.bits == 8 {
             return line[g * 64 + i];
         }
-        let planes = self.tile_planes(t, s);
         let mut v = (line[(g / 2) * 64 + i] >> (4 * (g % 2))) & 0x0F;
-        for p in 0..self.num_planes() {
-            v |= (((planes[p * self.sub / 4 + g] >> i) & 1) as u8) << (4 + p);
+        let extra = self.num_high_bits();
+        if extra > 0 {
+            v |= ((self.tile_high(t, s)[i] >> (g * extra)) & ((1 << extra) - 1)) << 4;
         }
         v
     }
@@ -217,8 +225,12 @@ impl PackedWeights {
                 if self.has_min { half::f16::from_bits(self.tile_neg_dmin(t, b)[lane]).to_f32() } else { 0.0 };
             for s in b * spb..(b + 1) * spb {
                 let scale = if self.int_scales() { d * self.tile_sub_scales(t, s)[lane] as f32 } else { d };
-                // −(dmin·m), exactly: negation commutes with rounding.
-                let neg_min = if self.has_min { neg_dmin * self.tile_sub_mins(t, s)[lane] as f32 } else { 0.0 };
+                // −(dmin·m), exactly: negation commutes with rounding; Q4_1/Q5_1: m itself.
+                let neg_min = match (self.has_min, self.int_scales()) {
+                    (true, true) => neg_dmin * self.tile_sub_mins(t, s)[lane] as f32,
+                    (true, false) => neg_dmin,
+                    _ => 0.0,
+                };
                 for g in 0..self.sub / 4 {
                     for i in 0..4 {
                         let v = (self.value(t, s, g, lane * 4 + i) as i32 - self.offset) as f32;
@@ -262,7 +274,7 @@ impl PackedWeights {
         tile_columns(&self.sub_scales, t * self.num_subs + s)
     }
 
-    /// The 16 integer mins of tile `t`, sub-block `s` (Q4_K).
+    /// The 16 integer mins of tile `t`, sub-block `s` (Q4_K, Q5_K).
     #[inline]
     pub fn tile_sub_mins(&self, t: usize, s: usize) -> &[i8] {
         tile_columns(&self.sub_mins, t * self.num_subs + s)
@@ -274,7 +286,7 @@ impl PackedWeights {
         tile_columns(&self.d, t * self.num_blocks + b)
     }
 
-    /// The 16 negated f16 mins of tile `t`, block `b` (Q4_K).
+    /// The 16 f16 min factors of tile `t`, block `b` (types with mins).
     #[inline]
     pub fn tile_neg_dmin(&self, t: usize, b: usize) -> &[u16] {
         tile_columns(&self.neg_dmin, t * self.num_blocks + b)
@@ -424,7 +436,7 @@ pub unsafe fn matmul_at(w: &PackedWeights, x: &[f32], m: usize, out: &mut [f32],
                 #[cfg(target_arch = "x86_64")]
                 Level::Avx512Vnni => unsafe { x86::tiles_vnni(w, q, m, tiles, &mut share) },
                 #[cfg(target_arch = "x86_64")]
-                Level::Avx2 => unsafe { x86::tiles_avx2(w, q, m, tiles, &mut share) },
+                Level::Avx2 => unsafe { avx2::tiles_avx2(w, q, m, tiles, &mut share) },
                 _ => scalar::tiles(w, q, m, tiles, &mut share),
             }
         };
@@ -476,7 +488,9 @@ mod tests {
             out.extend(u.iter().enumerate().map(|(i, &v)| {
                 let j = i / W::SUB;
                 let scale = if W::VALUES > W::SUB { d * sc[j] as f32 } else { d };
-                (v as i32 - W::OFFSET) as f32 * scale - if W::HAS_MIN { dmin * mn[j] as f32 } else { 0.0 }
+                // Q4_1/Q5_1 report −m as their min factor, with an integer min of 1.
+                let min = if W::VALUES > W::SUB { mn[j] as f32 } else { 1.0 };
+                (v as i32 - W::OFFSET) as f32 * scale - if W::HAS_MIN { dmin * min } else { 0.0 }
             }));
         }
         out
@@ -535,50 +549,54 @@ mod tests {
         }
     }
 
-    /// K-quant blocks from real quantization of random weights (candle's quantizer).
-    fn k_blocks<W: WeightBlock + GgufBlock>(
+    /// Blocks of `dtype` from candle's quantizer on `n × k` random weights (seeded).
+    fn candle_blocks<W: WeightBlock + GgufBlock>(
         dtype: candle_core::quantized::GgmlDType,
         n: usize,
         k: usize,
         seed: u64,
-    ) -> Vec<W> {
+    ) -> (Vec<W>, Vec<f32>) {
         let mut s = seed;
         let v: Vec<f32> = (0..n * k).map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0).collect();
         let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
         let q = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
-        tensor_blocks::<W>(&q).to_vec()
+        let want: Vec<f32> = q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        (tensor_blocks::<W>(&q).to_vec(), want)
+    }
+
+    /// The block decoder agrees with candle's dequantization, and the kernels with the
+    /// dequantize-then-f64 reference, across levels and row counts.
+    fn check_type<W: WeightBlock + GgufBlock>(dtype: candle_core::quantized::GgmlDType, k: usize, seed: &mut u64) {
+        let shapes: &[(usize, usize)] = if cfg!(miri) { &[(1, 19), (5, 17)] } else { &[(1, 19), (6, 33), (9, 50)] };
+        for &(m, n) in shapes {
+            let (blocks, want) = candle_blocks::<W>(dtype, n, k, 7);
+            let got = dequant(&blocks);
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + b.abs())),
+                "{dtype:?} decode differs from candle"
+            );
+            check(&blocks, m, k, n, seed);
+        }
     }
 
     #[test]
     fn k_quants_decode_like_candle_and_match_reference() {
         use candle_core::quantized::GgmlDType;
         let mut seed = 3;
-        for (m, n) in [(1, 19), (6, 33)] {
-            let k = 512;
-            for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
-                // The decoder agrees with candle's dequantization.
-                let mut s = 7;
-                let v: Vec<f32> = (0..n * k).map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0).collect();
-                let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
-                let qt = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
-                let want: Vec<f32> =
-                    qt.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-                let got = if dtype == GgmlDType::Q4K {
-                    dequant(&k_blocks::<BlockQ4K>(dtype, n, k, 7))
-                } else {
-                    dequant(&k_blocks::<BlockQ6K>(dtype, n, k, 7))
-                };
-                assert!(
-                    got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + b.abs())),
-                    "{dtype:?} decode differs from candle"
-                );
-                if dtype == GgmlDType::Q4K {
-                    check(&k_blocks::<BlockQ4K>(dtype, n, k, 7), m, k, n, &mut seed);
-                } else {
-                    check(&k_blocks::<BlockQ6K>(dtype, n, k, 7), m, k, n, &mut seed);
-                }
-            }
-        }
+        check_type::<BlockQ4K>(GgmlDType::Q4K, 512, &mut seed);
+        check_type::<BlockQ5K>(GgmlDType::Q5K, 512, &mut seed);
+        check_type::<BlockQ6K>(GgmlDType::Q6K, 512, &mut seed);
+    }
+
+    #[test]
+    fn legacy_quants_decode_like_candle_and_match_reference() {
+        use candle_core::quantized::GgmlDType;
+        let mut seed = 5;
+        // 576: SmolLM2's width, not a multiple of 256.
+        let k = if cfg!(miri) { 64 } else { 576 };
+        check_type::<BlockQ4_0>(GgmlDType::Q4_0, k, &mut seed);
+        check_type::<BlockQ4_1>(GgmlDType::Q4_1, k, &mut seed);
+        check_type::<BlockQ5_1>(GgmlDType::Q5_1, k, &mut seed);
     }
 
     /// A packed column dequantizes to candle's `to_float` of the file's row, bit for bit.
@@ -589,14 +607,27 @@ mod tests {
         let mut s = 11;
         let v: Vec<f32> = (0..n * k).map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0).collect();
         let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
             let q = candle_core::quantized::QTensor::quantize(&t, dtype).unwrap();
             let want: Vec<f32> =
                 q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let packed = match dtype {
                 GgmlDType::Q8_0 => PackedWeights::pack(tensor_blocks::<BlockQ8_0>(&q), n, k),
+                GgmlDType::Q4_0 => PackedWeights::pack(tensor_blocks::<BlockQ4_0>(&q), n, k),
+                GgmlDType::Q4_1 => PackedWeights::pack(tensor_blocks::<BlockQ4_1>(&q), n, k),
                 GgmlDType::Q5_0 => PackedWeights::pack(tensor_blocks::<BlockQ5_0>(&q), n, k),
+                GgmlDType::Q5_1 => PackedWeights::pack(tensor_blocks::<BlockQ5_1>(&q), n, k),
                 GgmlDType::Q4K => PackedWeights::pack(tensor_blocks::<BlockQ4K>(&q), n, k),
+                GgmlDType::Q5K => PackedWeights::pack(tensor_blocks::<BlockQ5K>(&q), n, k),
                 _ => PackedWeights::pack(tensor_blocks::<BlockQ6K>(&q), n, k),
             };
             let mut row = vec![0f32; k];

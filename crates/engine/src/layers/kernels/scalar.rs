@@ -1,7 +1,8 @@
 //! Portable kernel: per column, per block in order, the exact integer dot product (for the
 //! K-quants, each sub-block's times its integer scale, summed over the block), converted to
-//! f32 and fused-multiply-added with `d_w × d_x`, then for Q4_K the min term `Σ m·Σx` times
-//! `-dmin_w × d_x` — the very sequence the SIMD lanes run.
+//! f32 and fused-multiply-added with `d_w × d_x`, then for types with mins the min term `Σ
+//! m·Σx` times the min factor `× d_x` (`-dmin_w`, or Q4_1/Q5_1's `m_w` with an integer min of
+//! 1) — the very sequence the SIMD lanes run.
 
 use half::f16;
 
@@ -41,7 +42,8 @@ pub(super) fn tiles(w: &PackedWeights, q: &QuantizedRows, m: usize, tiles: std::
                             isum_b = isum;
                         }
                         if w.has_min {
-                            msum_b += w.tile_sub_mins(t, s)[lane] as i32 * xsum;
+                            let min = if w.int_scales() { w.tile_sub_mins(t, s)[lane] as i32 } else { 1 };
+                            msum_b += min * xsum;
                         }
                     }
                     *a = (isum_b as f32).mul_add(f16::from_bits(w.tile_d(t, b)[lane]).to_f32() * dx, *a);

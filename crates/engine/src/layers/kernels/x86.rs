@@ -1,10 +1,9 @@
-//! x86 kernels over packed tiles. AVX-512 VNNI: one 512-bit vector holds 16 columns × 4
-//! weights, `vpdpbusd` multiplies them with 4 broadcast activations; `sub / 4` of them cover a
-//! sub-block. AVX2: the same tile in two 8-column halves with `vpmaddubsw` + `vpmaddwd` (Q8_0
-//! through the sign trick, since `(w + 128) · x` pairs would saturate 16 bits). Both produce,
-//! per column and sub-block, the exact integer dot product; the K-quants multiply it by the
-//! sub-block's integer scale and sum over the block in integers (`vpmulld`); then the same
-//! f32 FMAs per block as the portable kernel.
+//! AVX-512 VNNI kernel over packed tiles: one 512-bit vector holds 16 columns × 4 weights,
+//! `vpdpbusd` multiplies them with 4 broadcast activations; `sub / 4` of them cover a
+//! sub-block. It produces, per column and sub-block, the exact integer dot product; the
+//! K-quants multiply it by the sub-block's integer scale and sum over the block in integers
+//! (`vpmulld`); then the same f32 FMAs per block as the portable kernel. The AVX2 kernel
+//! (`avx2.rs`) shares the prefetch schedule.
 
 use std::arch::x86_64::*;
 
@@ -25,7 +24,7 @@ const PREFETCH_BYTES: usize = 4096;
 /// The CPU must have SSE (every x86-64 does); prefetches never fault, so addresses past the
 /// weights' end are harmless (`wrapping_add`).
 #[inline(always)]
-unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(
+pub(super) unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(
     w: &PackedWeights,
     t: usize,
     s: usize,
@@ -39,12 +38,12 @@ unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const
     let ahead = |bytes_per_sub: usize| PREFETCH_BYTES * bytes_per_sub / (lines * 64);
     let fetch = |p: *const i8, bytes_per_sub: usize| _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead(bytes_per_sub)));
     if EXTRA > 0 {
-        fetch(w.tile_planes(t, s).as_ptr() as *const i8, EXTRA * G * 8);
+        fetch(w.tile_high(t, s).as_ptr() as *const i8, 64);
     }
     if SPB > 1 {
         fetch(w.tile_sub_scales(t, s).as_ptr(), TILE);
     }
-    if MIN {
+    if MIN && SPB > 1 {
         fetch(w.tile_sub_mins(t, s).as_ptr(), TILE);
     }
     fetch(w.tile_d(t, s / SPB).as_ptr() as *const i8, TILE * 2 / SPB);
@@ -64,11 +63,15 @@ pub(super) unsafe fn tiles_vnni(
     tiles: Range<usize>,
     out: &mut TileOut,
 ) {
-    match (w.sub, w.has_min, w.bits) {
-        (32, false, 8) => tiles_vnni_impl::<8, false, false, 0, 1>(w, q, m, tiles, out),
-        (32, false, 5) => tiles_vnni_impl::<8, false, true, 1, 1>(w, q, m, tiles, out),
-        (32, true, 4) => tiles_vnni_impl::<8, true, true, 0, 8>(w, q, m, tiles, out),
-        (16, false, 6) => tiles_vnni_impl::<4, false, true, 2, 16>(w, q, m, tiles, out),
+    match (w.sub, w.has_min, w.bits, w.subs_per_block) {
+        (32, false, 8, 1) => tiles_vnni_impl::<8, false, false, 0, 1>(w, q, m, tiles, out),
+        (32, false, 4, 1) => tiles_vnni_impl::<8, false, true, 0, 1>(w, q, m, tiles, out),
+        (32, true, 4, 1) => tiles_vnni_impl::<8, true, true, 0, 1>(w, q, m, tiles, out),
+        (32, false, 5, 1) => tiles_vnni_impl::<8, false, true, 1, 1>(w, q, m, tiles, out),
+        (32, true, 5, 1) => tiles_vnni_impl::<8, true, true, 1, 1>(w, q, m, tiles, out),
+        (32, true, 4, 8) => tiles_vnni_impl::<8, true, true, 0, 8>(w, q, m, tiles, out),
+        (32, true, 5, 8) => tiles_vnni_impl::<8, true, true, 1, 8>(w, q, m, tiles, out),
+        (16, false, 6, 16) => tiles_vnni_impl::<4, false, true, 2, 16>(w, q, m, tiles, out),
         other => unreachable!("no kernel for packing {other:?}"),
     }
 }
@@ -85,11 +88,11 @@ unsafe fn tiles_vnni_impl<const G: usize, const MIN: bool, const NIB: bool, cons
 ) {
     for t in tiles {
         let mut r = 0;
-        // Rows in groups of 8 (4 for Q4_K, whose mins need more registers), then 4, 2, 1:
-        // each row's arithmetic is the same in any group.
+        // Rows in groups of 8 (4 for the K-quants with mins, whose integer mins need more
+        // registers), then 4, 2, 1: each row's arithmetic is the same in any group.
         while r < m {
             let rows = match m - r {
-                8.. if !MIN => 8,
+                8.. if !MIN || SPB == 1 => 8,
                 4.. => 4,
                 2..=3 => 2,
                 _ => 1,
@@ -124,7 +127,7 @@ unsafe fn tile_vnni<
     r0: usize,
     out: &mut TileOut,
 ) {
-    // SAFETY (the loads below): tile lines, planes, scales and `d` come from `PackedWeights`'
+    // SAFETY (the loads below): tile lines, high bits, scales and `d` come from `PackedWeights`'
     // bounds-checked slices and are read within them (64-byte lines are 64-aligned); the
     // activation offsets `(row · nsub + s) · sub` stay below `m · k` for rows below `m`,
     // which the caller guarantees.
@@ -153,12 +156,18 @@ unsafe fn tile_vnni<
                     wv[2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
                 }
                 if EXTRA > 0 {
-                    let planes = w.tile_planes(t, s).as_ptr();
-                    for e in 0..EXTRA {
-                        let add = _mm512_set1_epi8((16 << e) as i8);
-                        for (g, v) in wv.iter_mut().enumerate() {
-                            *v = _mm512_mask_add_epi8(*v, *planes.add(e * G + g), *v, add);
-                        }
+                    // Group g's high bits sit at bit g·EXTRA of each byte: shift them to bit 4
+                    // (16-bit shifts: what crosses a byte boundary lands outside the mask).
+                    let hb = _mm512_load_si512(w.tile_high(t, s).as_ptr() as *const _);
+                    let hmask = _mm512_set1_epi8((((1u32 << EXTRA) - 1) << 4) as i8);
+                    for (g, v) in wv.iter_mut().enumerate() {
+                        let at = (g * EXTRA) as i64;
+                        let moved = if at <= 4 {
+                            _mm512_sll_epi16(hb, _mm_set_epi64x(0, 4 - at))
+                        } else {
+                            _mm512_srl_epi16(hb, _mm_set_epi64x(0, at - 4))
+                        };
+                        *v = _mm512_or_si512(*v, _mm512_and_si512(moved, hmask));
                     }
                 }
             } else {
@@ -171,12 +180,18 @@ unsafe fn tile_vnni<
             } else {
                 _mm512_setzero_si512()
             };
-            let mn = if MIN {
+            let mn = if MIN && SPB > 1 {
                 _mm512_cvtepi8_epi32(_mm_loadu_si128(w.tile_sub_mins(t, s).as_ptr() as *const __m128i))
             } else {
                 _mm512_setzero_si512()
             };
             let d = if SPB > 1 { _mm512_setzero_ps() } else { d1(b) };
+            // Q4_1/Q5_1: the block's `m` (integer min 1).
+            let nd1 = if MIN && SPB == 1 {
+                _mm512_cvtph_ps(_mm256_loadu_si256(w.tile_neg_dmin(t, b).as_ptr() as *const __m256i))
+            } else {
+                _mm512_setzero_ps()
+            };
             for (i, (ib, mb)) in isb.iter_mut().zip(msb.iter_mut()).enumerate() {
                 let qs = (r0 + i) * nsub + s;
                 let xsum = *q.isums.get_unchecked(qs);
@@ -188,6 +203,10 @@ unsafe fn tile_vnni<
                 if SPB == 1 {
                     let dx = _mm512_set1_ps(*q.d.get_unchecked(qs * G * 4 / QK));
                     acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, dx), acc[i]);
+                    if MIN {
+                        let xs = _mm512_cvtepi32_ps(_mm512_set1_epi32(xsum));
+                        acc[i] = _mm512_fmadd_ps(xs, _mm512_mul_ps(nd1, dx), acc[i]);
+                    }
                     continue;
                 }
                 *ib = _mm512_add_epi32(*ib, _mm512_mullo_epi32(isum, sc));
@@ -219,148 +238,5 @@ unsafe fn tile_vnni<
     for (i, a) in acc.iter().enumerate() {
         // The mask covers exactly the tile's valid columns: the slice's length.
         _mm512_mask_storeu_ps(out.row_tile(r0 + i, t).as_mut_ptr(), mask, *a);
-    }
-}
-
-/// # Safety
-/// The CPU must have AVX2, FMA and F16C; `q` must hold `m` rows quantized for `w` (`QuantizedRows::quantize`
-/// with `w.k`, `w.sub`, `w.act_block`), and `tiles` must lie within `w.num_tiles()`: the
-/// activation reads are unchecked.
-pub(super) unsafe fn tiles_avx2(
-    w: &PackedWeights,
-    q: &QuantizedRows,
-    m: usize,
-    tiles: Range<usize>,
-    out: &mut TileOut,
-) {
-    match (w.sub, w.has_min, w.bits) {
-        (32, false, 8) => tiles_avx2_impl::<8, false, true, false, 0, 1>(w, q, m, tiles, out),
-        (32, false, 5) => tiles_avx2_impl::<8, false, false, true, 1, 1>(w, q, m, tiles, out),
-        (32, true, 4) => tiles_avx2_impl::<8, true, false, true, 0, 8>(w, q, m, tiles, out),
-        (16, false, 6) => tiles_avx2_impl::<4, false, false, true, 2, 16>(w, q, m, tiles, out),
-        other => unreachable!("no kernel for packing {other:?}"),
-    }
-}
-
-/// # Safety
-/// As `tiles_avx2`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tiles_avx2_impl<
-    const G: usize,
-    const MIN: bool,
-    const SIGNED: bool,
-    const NIB: bool,
-    const EXTRA: usize,
-    const SPB: usize,
->(
-    w: &PackedWeights,
-    q: &QuantizedRows,
-    m: usize,
-    tiles: Range<usize>,
-    out: &mut TileOut,
-) {
-    // SAFETY (the loads below): tile lines, planes, scales and `d` come from `PackedWeights`'
-    // bounds-checked slices and are read within them (64-byte lines are 64-aligned); the
-    // activation offsets `(row · nsub + s) · sub` stay below `m · k` for rows below `m`,
-    // which the caller guarantees.
-    let nsub = w.num_subs();
-    let spb = SPB;
-    let ones = _mm256_set1_epi16(1);
-    let flip = _mm256_set1_epi8(-128);
-    let low = _mm256_set1_epi8(0x0F);
-    // Bit k of a 32-bit mask to byte k: each byte picks its mask byte, then tests its bit.
-    let spread = _mm256_setr_epi8(
-        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
-    );
-    let select = _mm256_setr_epi8(
-        1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32,
-        64, -128,
-    );
-    for t in tiles {
-        let c0 = t * TILE;
-        let valid = (w.n - c0).min(TILE);
-        for r in 0..m {
-            let mut acc = [_mm256_setzero_ps(); 2];
-            for b in 0..nsub / spb {
-                let mut isb = [_mm256_setzero_si256(); 2];
-                let mut msb = [_mm256_setzero_si256(); 2];
-                for s in b * spb..(b + 1) * spb {
-                    let p = w.tile_sub(t, s).as_ptr();
-                    prefetch_ahead::<G, MIN, NIB, EXTRA, SPB>(w, t, s);
-                    let qs = r * nsub + s;
-                    let xsum = *q.isums.get_unchecked(qs);
-                    let xp = q.qs.as_ptr().add(qs * G * 4) as *const i32;
-                    for h in 0..2 {
-                        // This half's 8 columns of every group, as bytes.
-                        let mut wd = [_mm256_setzero_si256(); G];
-                        if NIB {
-                            for i in 0..G / 2 {
-                                let v = _mm256_load_si256(p.add(i * 64 + h * 32) as *const __m256i);
-                                wd[2 * i] = _mm256_and_si256(v, low);
-                                wd[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                            }
-                            if EXTRA > 0 {
-                                let planes = w.tile_planes(t, s).as_ptr();
-                                for e in 0..EXTRA {
-                                    let add = _mm256_set1_epi8((16 << e) as i8);
-                                    for (g, v) in wd.iter_mut().enumerate() {
-                                        let bits = (*planes.add(e * G + g) >> (32 * h)) as u32;
-                                        let b = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), spread);
-                                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(b, select), select);
-                                        *v = _mm256_add_epi8(*v, _mm256_and_si256(set, add));
-                                    }
-                                }
-                            }
-                        } else {
-                            for (g, v) in wd.iter_mut().enumerate() {
-                                *v = _mm256_load_si256(p.add(g * 64 + h * 32) as *const __m256i);
-                            }
-                        }
-                        // Q8_0's signed path multiplies the signed values: no offset correction.
-                        let mut isum =
-                            if SIGNED { _mm256_setzero_si256() } else { _mm256_set1_epi32(-w.offset * xsum) };
-                        for (g, &wu) in wd.iter().enumerate() {
-                            let xb = _mm256_set1_epi32(xp.add(g).read_unaligned());
-                            let prod = if SIGNED {
-                                let ws = _mm256_xor_si256(wu, flip);
-                                _mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws), _mm256_sign_epi8(xb, ws))
-                            } else {
-                                _mm256_maddubs_epi16(wu, xb)
-                            };
-                            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(prod, ones));
-                        }
-                        isb[h] = if SPB > 1 {
-                            let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                                w.tile_sub_scales(t, s).as_ptr().add(h * 8) as *const __m128i
-                            ));
-                            _mm256_add_epi32(isb[h], _mm256_mullo_epi32(isum, sc))
-                        } else {
-                            isum
-                        };
-                        if MIN {
-                            let mn = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                                w.tile_sub_mins(t, s).as_ptr().add(h * 8) as *const __m128i
-                            ));
-                            msb[h] = _mm256_add_epi32(msb[h], _mm256_mullo_epi32(mn, _mm256_set1_epi32(xsum)));
-                        }
-                    }
-                }
-                let dx = _mm256_set1_ps(*q.d.get_unchecked((r * nsub + b * spb) * w.sub / QK));
-                for (h, a) in acc.iter_mut().enumerate() {
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(w.tile_d(t, b).as_ptr().add(h * 8) as *const __m128i));
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isb[h]), _mm256_mul_ps(d, dx), *a);
-                    if MIN {
-                        let nd = _mm256_cvtph_ps(_mm_loadu_si128(
-                            w.tile_neg_dmin(t, b).as_ptr().add(h * 8) as *const __m128i
-                        ));
-                        *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msb[h]), _mm256_mul_ps(nd, dx), *a);
-                    }
-                }
-            }
-            let mut lanes = [0f32; TILE];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
-            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
-            out.row_tile(r, t).copy_from_slice(&lanes[..valid]);
-        }
     }
 }
