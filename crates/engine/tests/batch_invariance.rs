@@ -1,5 +1,6 @@
-//! Batch invariance of the forward pass on the real model: a sequence's logits are
-//! bit-identical whether it runs alone or beside others, and however its prompt was chunked.
+//! Batch invariance of the forward pass on the real models (Q4_K_M, and SmolLM2's Q4_1): a
+//! sequence's logits are bit-identical whether it runs alone or beside others, and however its
+//! prompt was chunked.
 
 mod common;
 
@@ -23,7 +24,7 @@ fn prompts(m: &slm_engine::Model) -> Vec<Vec<u32>> {
 
 #[test]
 fn logits_do_not_depend_on_batch_or_chunking() {
-    for name in [QWEN, GEMMA] {
+    for name in [QWEN, GEMMA, SMOLLM2] {
         let m = model(name);
         let ps = prompts(&m);
         let vocab = m.decoder.config.vocab_size;

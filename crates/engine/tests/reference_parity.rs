@@ -279,3 +279,26 @@ fn gemma_distribution_matches_llama_cpp() {
     );
     assert!(t.mean_abs_delta <= 0.15, "mean |Δlogprob| {}", t.mean_abs_delta);
 }
+
+// SmolLM2-135M (Q4_1 weights through slm's packed kernels, Q8_0 embedding tied to the output),
+// against the fixture scripts/record-goldens.py recorded from llama.cpp on the same GGUF.
+
+#[test]
+fn smollm2_greedy_matches_llama_cpp() {
+    let (equal, equal_or_tie) = free_running_matches(SMOLLM2);
+    assert!(equal >= SMOLLM2_MIN_EQUAL, "{equal}/12 equal");
+    assert!(equal_or_tie >= 11, "{equal_or_tie}/12 equal or differing at a near tie");
+}
+
+#[test]
+fn smollm2_distribution_matches_llama_cpp() {
+    let t = teacher_forced(SMOLLM2);
+    assert_eq!(t.decided_agree, t.decided_steps, "argmax differs where llama.cpp's choice is decided");
+    assert!(
+        t.clear_agree * 100 >= t.clear_steps * 98,
+        "argmax agrees on {}/{} clear steps",
+        t.clear_agree,
+        t.clear_steps
+    );
+    assert!(t.mean_abs_delta <= SMOLLM2_MAX_MEAN_DELTA, "mean |Δlogprob| {}", t.mean_abs_delta);
+}

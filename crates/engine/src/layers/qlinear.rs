@@ -1,8 +1,8 @@
 //! `QLinear`, the one quantized linear type every model's matmuls go through, and
-//! `QEmbedding`, row lookup in a quantized table. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and
-//! Q6_K weights are repacked at load for slm's own kernels (`kernels/`), F16 and F32 weights
-//! go to the float matmul (`dense.rs`); other types (Q2_K, Q3_K) use candle's row-wise
-//! `k_quants::matmul`.
+//! `QEmbedding`, row lookup in a quantized table. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the
+//! K-quants Q2_K–Q6_K (rows a multiple of 256) are repacked at load for slm's own kernels
+//! (`kernels/`), F16 and F32 weights go to the float matmul (`dense.rs`); anything else (a
+//! K-quant row not a multiple of 256) uses candle's row-wise `k_quants::matmul`.
 //!
 //! Batch invariance: each output element is computed from one activation row (quantized on its
 //! own) and one weight row in a fixed order, so a row's result never depends on how many rows
@@ -149,7 +149,8 @@ gguf_blocks!(
     f32 => F32, f16 => F16, BlockQ4_0 => Q4_0, BlockQ4_1 => Q4_1, BlockQ5_0 => Q5_0, BlockQ5_1 => Q5_1,
     BlockQ8_0 => Q8_0, BlockQ2K => Q2K, BlockQ3K => Q3K, BlockQ4K => Q4K, BlockQ5K => Q5K, BlockQ6K => Q6K,
     kernels::BlockQ4_0 => Q4_0, kernels::BlockQ4_1 => Q4_1, kernels::BlockQ5_0 => Q5_0, kernels::BlockQ5_1 => Q5_1,
-    kernels::BlockQ8_0 => Q8_0, kernels::BlockQ4K => Q4K, kernels::BlockQ5K => Q5K, kernels::BlockQ6K => Q6K,
+    kernels::BlockQ8_0 => Q8_0, kernels::BlockQ2K => Q2K, kernels::BlockQ3K => Q3K, kernels::BlockQ4K => Q4K,
+    kernels::BlockQ5K => Q5K, kernels::BlockQ6K => Q6K,
 );
 
 /// The blocks of a quantized tensor of `T`'s dtype, borrowed from candle's CPU storage.
@@ -200,6 +201,8 @@ fn pack(w: &QWeight) -> Option<Arc<kernels::PackedWeights>> {
         GgmlDType::Q5_0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ5_0>(), n, k)),
         GgmlDType::Q5_1 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ5_1>(), n, k)),
         GgmlDType::Q8_0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ8_0>(), n, k)),
+        GgmlDType::Q2K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ2K>(), n, k)),
+        GgmlDType::Q3K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ3K>(), n, k)),
         GgmlDType::Q4K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ4K>(), n, k)),
         GgmlDType::Q5K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ5K>(), n, k)),
         GgmlDType::Q6K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ6K>(), n, k)),

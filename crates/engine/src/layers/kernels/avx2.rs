@@ -37,7 +37,8 @@ pub(super) unsafe fn tiles_avx2(
 ) {
     // PAIR: products of `bits`-bit unsigned weights and activations in [-127, 127] summed in
     // i16 without overflow: 2 · (2^bits − 1) · 127 per `vpmaddubsw` lane, so 8 (4-bit), 4
-    // (5-bit), 2 (6-bit); Q8_0's signed products reach 32,512 and get no pairing.
+    // (5-bit), 2 (6-bit), and all 4 groups of the 2- and 3-bit K-quants; Q8_0's signed
+    // products reach 32,512 and get no pairing.
     match (w.sub, w.has_min, w.bits, w.subs_per_block) {
         (32, false, 8, 1) => tiles_impl::<8, false, true, false, 0, 1, 1>(w, q, m, tiles, out),
         (32, false, 4, 1) => tiles_impl::<8, false, false, true, 0, 1, 8>(w, q, m, tiles, out),
@@ -47,6 +48,8 @@ pub(super) unsafe fn tiles_avx2(
         (32, true, 4, 8) => tiles_impl::<8, true, false, true, 0, 8, 8>(w, q, m, tiles, out),
         (32, true, 5, 8) => tiles_impl::<8, true, false, true, 1, 8, 4>(w, q, m, tiles, out),
         (16, false, 6, 16) => tiles_impl::<4, false, false, true, 2, 16, 2>(w, q, m, tiles, out),
+        (16, false, 3, 16) => tiles_impl::<4, false, false, true, 0, 16, 4>(w, q, m, tiles, out),
+        (16, true, 2, 16) => tiles_impl::<4, true, false, true, 0, 16, 4>(w, q, m, tiles, out),
         other => unreachable!("no kernel for packing {other:?}"),
     }
 }

@@ -29,6 +29,8 @@ const TYPES: &[(GgmlDType, &str)] = &[
     (GgmlDType::Q5_0, "Q5_0"),
     (GgmlDType::Q5_1, "Q5_1"),
     (GgmlDType::Q8_0, "Q8_0"),
+    (GgmlDType::Q2K, "Q2_K"),
+    (GgmlDType::Q3K, "Q3_K"),
     (GgmlDType::Q4K, "Q4_K"),
     (GgmlDType::Q5K, "Q5_K"),
     (GgmlDType::Q6K, "Q6_K"),
@@ -105,6 +107,8 @@ fn rowwise(q: &QTensor, x: &[f32], m: usize, k: usize, n: usize, dst: &mut [f32]
         GgmlDType::Q4_1 => run::<BlockQ4_1>(q, x, m, k, n, dst),
         GgmlDType::Q5_0 => run::<BlockQ5_0>(q, x, m, k, n, dst),
         GgmlDType::Q5_1 => run::<BlockQ5_1>(q, x, m, k, n, dst),
+        GgmlDType::Q2K => run::<BlockQ2K>(q, x, m, k, n, dst),
+        GgmlDType::Q3K => run::<BlockQ3K>(q, x, m, k, n, dst),
         GgmlDType::Q4K => run::<BlockQ4K>(q, x, m, k, n, dst),
         GgmlDType::Q5K => run::<BlockQ5K>(q, x, m, k, n, dst),
         GgmlDType::Q6K => run::<BlockQ6K>(q, x, m, k, n, dst),
@@ -124,7 +128,8 @@ pub struct StreamTiming {
 /// Decode's access pattern: every call reads a weight that is not in cache.
 pub fn run_streaming(n: usize, k: usize, total_mb: usize) -> candle_core::Result<Vec<StreamTiming>> {
     use super::{
-        BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, PackedWeights, WeightBlock,
+        BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+        PackedWeights, WeightBlock,
     };
     fn packs<W: WeightBlock + crate::layers::qlinear::GgufBlock>(
         q: &QTensor,
@@ -147,6 +152,8 @@ pub fn run_streaming(n: usize, k: usize, total_mb: usize) -> candle_core::Result
             GgmlDType::Q4_1 => packs::<BlockQ4_1>(&q, n, k, total_mb),
             GgmlDType::Q5_0 => packs::<BlockQ5_0>(&q, n, k, total_mb),
             GgmlDType::Q5_1 => packs::<BlockQ5_1>(&q, n, k, total_mb),
+            GgmlDType::Q2K => packs::<BlockQ2K>(&q, n, k, total_mb),
+            GgmlDType::Q3K => packs::<BlockQ3K>(&q, n, k, total_mb),
             GgmlDType::Q4K => packs::<BlockQ4K>(&q, n, k, total_mb),
             GgmlDType::Q5K => packs::<BlockQ5K>(&q, n, k, total_mb),
             GgmlDType::Q6K => packs::<BlockQ6K>(&q, n, k, total_mb),

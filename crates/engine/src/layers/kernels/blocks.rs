@@ -1,6 +1,6 @@
-//! The GGUF block formats the kernels repack (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)
-//! and how each decodes into unsigned values, the file's f16 scale (and min), and the
-//! K-quants' per-sub-block integer scales and mins (`WeightBlock`); used by
+//! The GGUF block formats the kernels repack (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K,
+//! Q5_K, Q6_K) and how each decodes into unsigned values, the file's f16 scale (and min), and
+//! the K-quants' per-sub-block integer scales and mins (`WeightBlock`); used by
 //! `PackedWeights::pack`.
 
 /// GGUF Q5_0 block: 32 weights, 5 bits each (low nibbles in `qs`, high bits in `qh`), value
@@ -70,7 +70,8 @@ pub trait WeightBlock: Copy + Send + Sync + 'static {
     /// Added to every value so it fits an unsigned byte (undone through the activation sums).
     const OFFSET: i32;
     const HAS_MIN: bool;
-    /// Bits of `value + OFFSET`: 4 to 6 are packed as nibbles plus bit planes, 8 as bytes.
+    /// Bits of `value + OFFSET`: 2 to 6 are packed as nibbles (plus high bits above 4), 8 as
+    /// bytes.
     const BITS: u32;
     /// Activations are quantized as ggml does for this type: Q8_0 (32 values per f16 scale)
     /// for the legacy quants, Q8_K (256 values per f32 scale) for the K-quants.
@@ -201,6 +202,89 @@ const _: () = assert!(
         && std::mem::size_of::<BlockQ5K>() == 176
         && std::mem::size_of::<BlockQ6K>() == 210
 );
+
+/// GGUF Q2_K super-block: 256 weights in 16 sub-blocks of 16, 2 bits each; per sub-block a
+/// 4-bit scale (low nibble) and 4-bit min (high nibble).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockQ2K {
+    pub scales: [u8; 16],
+    pub qs: [u8; 64],
+    pub d: u16,
+    pub dmin: u16,
+}
+
+/// GGUF Q3_K super-block: 256 weights in 16 sub-blocks of 16, 2 low bits in `qs` and a high
+/// bit in `hmask` (value = q − 4 when it is clear), 6-bit scales offset by 32.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BlockQ3K {
+    pub hmask: [u8; 32],
+    pub qs: [u8; 64],
+    pub scales: [u8; 12],
+    pub d: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ2K>() == 84 && std::mem::size_of::<BlockQ3K>() == 110);
+
+/// ggml's 2-bit order (Q2_K, Q3_K): per half of 128 values, 32 bytes of `qs`; value
+/// `128n + 32j + l` is bits `2j..2j + 2` of byte `32n + l`.
+fn k_crumbs(qs: &[u8; 64], u: &mut [u8]) {
+    for n in 0..2 {
+        for j in 0..4 {
+            for l in 0..32 {
+                u[128 * n + 32 * j + l] = (qs[32 * n + l] >> (2 * j)) & 3;
+            }
+        }
+    }
+}
+
+impl WeightBlock for BlockQ2K {
+    const ACT_BLOCK: usize = 256;
+    const VALUES: usize = 256;
+    const SUB: usize = 16;
+    const OFFSET: i32 = 0;
+    const HAS_MIN: bool = true;
+    const BITS: u32 = 2;
+    fn decode(&self, u: &mut [u8], scales: &mut [i8], mins: &mut [i8]) -> (u16, u16) {
+        for (j, &sc) in self.scales.iter().enumerate() {
+            scales[j] = (sc & 0xF) as i8;
+            mins[j] = (sc >> 4) as i8;
+        }
+        k_crumbs(&self.qs, u);
+        (self.d, self.dmin)
+    }
+}
+
+impl WeightBlock for BlockQ3K {
+    const ACT_BLOCK: usize = 256;
+    const VALUES: usize = 256;
+    const SUB: usize = 16;
+    const OFFSET: i32 = 4;
+    const HAS_MIN: bool = false;
+    const BITS: u32 = 3;
+    fn decode(&self, u: &mut [u8], scales: &mut [i8], _: &mut [i8]) -> (u16, u16) {
+        // ggml's dequantize_row_q3_K: 16 6-bit scales, low nibbles in bytes 0–7, high 2 bits
+        // in bytes 8–11.
+        let a = &self.scales;
+        for (j, s) in scales.iter_mut().enumerate().take(16) {
+            let low = if j < 8 { a[j] & 0xF } else { a[j - 8] >> 4 };
+            let high = (a[8 + j % 4] >> (2 * (j / 4))) & 3;
+            *s = ((low | (high << 4)) as i32 - 32) as i8;
+        }
+        k_crumbs(&self.qs, u);
+        // The high bit (set: value q, clear: q − 4, so `u = q + 4·bit`) is bit `2n + j` of
+        // `hmask[l]` for value `128n + 32j + l`.
+        for n in 0..2 {
+            for j in 0..4 {
+                for l in 0..32 {
+                    u[128 * n + 32 * j + l] += ((self.hmask[l] >> (4 * n + j)) & 1) << 2;
+                }
+            }
+        }
+        (self.d, 0)
+    }
+}
 
 /// ggml's `get_scale_min_k4`: Q4_K's and Q5_K's eight 6-bit scales and mins (they fit an i8).
 fn scale_min_k4(q: &[u8; 12], scales: &mut [i8], mins: &mut [i8]) {

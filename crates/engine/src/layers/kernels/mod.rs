@@ -1,10 +1,12 @@
 //! slm's own quantized matmul kernels for the weight types of small GGUF models (Q4_0, Q4_1,
-//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K). At load, weights are repacked into tiles of 16 output
-//! columns: per 32-value
+//! Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K). At load, weights are repacked into tiles of
+//! 16 output columns: per 32-value
 //! sub-block (32 values, 16 for Q6_K), the 16 columns' values as unsigned numbers (`value +
 //! offset`), interleaved four at a time so one `vpdpbusd` feeds 16 columns with 4 products
 //! each, and the 16 scales (and mins). Decode reads every weight once per token, so the
-//! packing keeps the file's bits: Q8_0 as bytes; the 4- to 6-bit types as nibbles (two groups
+//! packing keeps the file's bits (Q2_K's and Q3_K's 2- and 3-bit values are widened to nibbles,
+//! 4 bits, so their packed weights are 1.5× and 1.2× the file's): Q8_0 as bytes; the 2- to
+//! 6-bit types as nibbles (two groups
 //! of 64 values per 64-byte line, low and high nibble) plus, for the 5- and 6-bit types, one
 //! 64-byte line of high bits per sub-block: byte i holds the bits above the nibble of value i of
 //! every group (group g's at bits `g·extra..`, 8 bits in all: Q5_* has 8 groups of one extra
@@ -90,7 +92,7 @@ impl PackedWeights {
         let groups = W::SUB / 4;
         let nibbles = W::BITS < 8;
         let lines_per_sub = if nibbles { groups / 2 } else { groups };
-        let extra = if nibbles { (W::BITS - 4) as usize } else { 0 };
+        let extra = if nibbles { W::BITS.saturating_sub(4) as usize } else { 0 };
         let mut lines = vec![Line([0; 64]); tiles * nsub * lines_per_sub];
         assert!(extra * groups <= 8 || extra == 0, "high bits of {groups} groups fill more than a byte");
         let mut high = vec![Line([0; 64]); if extra > 0 { tiles * nsub } else { 0 }];
@@ -167,7 +169,7 @@ impl PackedWeights {
     /// High bits per value above its nibble (0 for 4-bit and byte packing).
     pub fn num_high_bits(&self) -> usize {
         if self.bits < 8 {
-            (self.bits - 4) as usize
+            self.bits.saturating_sub(4) as usize
         } else {
             0
         }
@@ -583,6 +585,8 @@ mod tests {
     fn k_quants_decode_like_candle_and_match_reference() {
         use candle_core::quantized::GgmlDType;
         let mut seed = 3;
+        check_type::<BlockQ2K>(GgmlDType::Q2K, 512, &mut seed);
+        check_type::<BlockQ3K>(GgmlDType::Q3K, 512, &mut seed);
         check_type::<BlockQ4K>(GgmlDType::Q4K, 512, &mut seed);
         check_type::<BlockQ5K>(GgmlDType::Q5K, 512, &mut seed);
         check_type::<BlockQ6K>(GgmlDType::Q6K, 512, &mut seed);
@@ -609,6 +613,8 @@ mod tests {
         let t = candle_core::Tensor::from_vec(v, (n, k), &candle_core::Device::Cpu).unwrap();
         for dtype in [
             GgmlDType::Q8_0,
+            GgmlDType::Q2K,
+            GgmlDType::Q3K,
             GgmlDType::Q4_0,
             GgmlDType::Q4_1,
             GgmlDType::Q5_0,
@@ -622,6 +628,8 @@ mod tests {
                 q.dequantize(&candle_core::Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let packed = match dtype {
                 GgmlDType::Q8_0 => PackedWeights::pack(tensor_blocks::<BlockQ8_0>(&q), n, k),
+                GgmlDType::Q2K => PackedWeights::pack(tensor_blocks::<BlockQ2K>(&q), n, k),
+                GgmlDType::Q3K => PackedWeights::pack(tensor_blocks::<BlockQ3K>(&q), n, k),
                 GgmlDType::Q4_0 => PackedWeights::pack(tensor_blocks::<BlockQ4_0>(&q), n, k),
                 GgmlDType::Q4_1 => PackedWeights::pack(tensor_blocks::<BlockQ4_1>(&q), n, k),
                 GgmlDType::Q5_0 => PackedWeights::pack(tensor_blocks::<BlockQ5_0>(&q), n, k),

@@ -24,7 +24,13 @@ const PREFETCH_BYTES: usize = 4096;
 /// The CPU must have SSE (every x86-64 does); prefetches never fault, so addresses past the
 /// weights' end are harmless (`wrapping_add`).
 #[inline(always)]
-pub(super) unsafe fn prefetch_ahead<const G: usize, const MIN: bool, const NIB: bool, const EXTRA: usize, const SPB: usize>(
+pub(super) unsafe fn prefetch_ahead<
+    const G: usize,
+    const MIN: bool,
+    const NIB: bool,
+    const EXTRA: usize,
+    const SPB: usize,
+>(
     w: &PackedWeights,
     t: usize,
     s: usize,
@@ -72,6 +78,8 @@ pub(super) unsafe fn tiles_vnni(
         (32, true, 4, 8) => tiles_vnni_impl::<8, true, true, 0, 8>(w, q, m, tiles, out),
         (32, true, 5, 8) => tiles_vnni_impl::<8, true, true, 1, 8>(w, q, m, tiles, out),
         (16, false, 6, 16) => tiles_vnni_impl::<4, false, true, 2, 16>(w, q, m, tiles, out),
+        (16, false, 3, 16) => tiles_vnni_impl::<4, false, true, 0, 16>(w, q, m, tiles, out),
+        (16, true, 2, 16) => tiles_vnni_impl::<4, true, true, 0, 16>(w, q, m, tiles, out),
         other => unreachable!("no kernel for packing {other:?}"),
     }
 }
