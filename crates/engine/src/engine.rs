@@ -42,6 +42,13 @@ impl EngineHandle {
     /// Starts the engine thread for `model`.
     pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<Self> {
         config.validate()?;
+        let head_dim = model.decoder.config.head_dim;
+        if !config.kv_dtype.supports_head_dim(head_dim) {
+            return Err(EngineError::InvalidConfig(format!(
+                "kv_cache_dtype {:?} needs a head dimension that is a multiple of 32; this model's is {head_dim}",
+                config.kv_dtype
+            )));
+        }
         let num_blocks = config.num_blocks(model.kv_bytes_per_block(config.block_size, config.kv_dtype));
         let max_model_len = config.max_model_len.unwrap_or(usize::MAX).min(model.context_length());
         let stats = Arc::new(EngineStats::default());

@@ -1,6 +1,6 @@
-//! Batch invariance of the forward pass on the real models (Q4_K_M, and SmolLM2's Q4_1): a
-//! sequence's logits are bit-identical whether it runs alone or beside others, and however its
-//! prompt was chunked.
+//! Batch invariance of the forward pass on the real models (Q4_K_M, and SmolLM2's Q4_1; f16 and
+//! q8_0 KV caches): a sequence's logits are bit-identical whether it runs alone or beside
+//! others, and however its prompt was chunked.
 
 mod common;
 
@@ -24,7 +24,8 @@ fn prompts(m: &slm_engine::Model) -> Vec<Vec<u32>> {
 
 #[test]
 fn logits_do_not_depend_on_batch_or_chunking() {
-    for name in [QWEN, GEMMA, SMOLLM2] {
+    use slm_engine::config::KvDtype;
+    for (name, dtype) in [(QWEN, KvDtype::F16), (GEMMA, KvDtype::F16), (SMOLLM2, KvDtype::F16), (QWEN, KvDtype::Q8_0)] {
         let m = model(name);
         let ps = prompts(&m);
         let vocab = m.decoder.config.vocab_size;
@@ -35,19 +36,23 @@ fn logits_do_not_depend_on_batch_or_chunking() {
         // Each prompt alone, in one chunk.
         let mut alone = Vec::new();
         for (p, t) in ps.iter().zip(&tables) {
-            let mut kv = m.new_kv_cache(64, BS);
+            let mut kv = m.new_kv_cache_of(64, BS, dtype);
             let mut b = BatchInput::default();
             b.push_seq(p, 0, t, BS, true);
             alone.push(m.decoder.forward(&b, &mut kv));
         }
         // Twice alone: deterministic.
-        let mut kv = m.new_kv_cache(64, BS);
+        let mut kv = m.new_kv_cache_of(64, BS, dtype);
         let mut b = BatchInput::default();
         b.push_seq(&ps[0], 0, &tables[0], BS, true);
-        assert_eq!(bits(&m.decoder.forward(&b, &mut kv)), bits(&alone[0]), "{name}: same input, different logits");
+        assert_eq!(
+            bits(&m.decoder.forward(&b, &mut kv)),
+            bits(&alone[0]),
+            "{name} {dtype:?}: same input, different logits"
+        );
 
         // All together in one batch.
-        let mut kv = m.new_kv_cache(64, BS);
+        let mut kv = m.new_kv_cache_of(64, BS, dtype);
         let mut b = BatchInput::default();
         for (p, t) in ps.iter().zip(&tables) {
             b.push_seq(p, 0, t, BS, true);
@@ -57,12 +62,12 @@ fn logits_do_not_depend_on_batch_or_chunking() {
             assert_eq!(
                 bits(&together[i * vocab..(i + 1) * vocab]),
                 bits(a),
-                "{name}: prompt {i} differs inside a batch"
+                "{name} {dtype:?}: prompt {i} differs inside a batch"
             );
         }
 
         // Chunked prefill (chunks of 3 tokens, interleaved with the other prompts' chunks).
-        let mut kv = m.new_kv_cache(64, BS);
+        let mut kv = m.new_kv_cache_of(64, BS, dtype);
         let mut done = vec![0usize; ps.len()];
         let mut last = vec![Vec::new(); ps.len()];
         while done.iter().zip(&ps).any(|(d, p)| *d < p.len()) {
@@ -84,7 +89,7 @@ fn logits_do_not_depend_on_batch_or_chunking() {
             }
         }
         for (i, a) in alone.iter().enumerate() {
-            assert_eq!(bits(&last[i]), bits(a), "{name}: prompt {i} differs when chunked");
+            assert_eq!(bits(&last[i]), bits(a), "{name} {dtype:?}: prompt {i} differs when chunked");
         }
     }
 }

@@ -54,6 +54,11 @@ fn check_chat_template(name: &str) {
     for (i, case) in cases.iter().enumerate() {
         let messages = case["messages"].as_array().unwrap();
         let tools = case.get("tools").and_then(|t| t.as_array()).map(|t| t.as_slice());
+        // A template that knows nothing of tools (SmolLM2's) drops them in llama.cpp; slm
+        // describes them in a system message instead (`with_tools_as_text`), on purpose.
+        if tools.is_some() && !m.chat_template.renders_tools {
+            continue;
+        }
         let got = m.chat_template.render(messages, tools, true).unwrap();
         assert_eq!(got, case["prompt"].as_str().unwrap(), "{name}: chat template case {i}");
     }
@@ -103,9 +108,12 @@ fn free_running_matches(name: &str) -> (usize, usize) {
         // A continuation may end early on an end-of-generation token llama.cpp also chose.
         let same = got[..] == want[..n] && (n == 16 || m.tokenizer.is_end_of_generation(got[n - 1]));
         let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
+        // (A recorded fixture's step may have no top-5, a null: no tie can be shown there.)
         let tie = first_diff.is_some_and(|i| {
-            let top = case["top5"][i].as_array().unwrap();
-            top[0]["logprob"].as_f64().unwrap() - top[1]["logprob"].as_f64().unwrap() < 0.2
+            case["top5"]
+                .get(i)
+                .and_then(|t| t.as_array())
+                .is_some_and(|top| top[0]["logprob"].as_f64().unwrap() - top[1]["logprob"].as_f64().unwrap() < 0.2)
         });
         equal += same as usize;
         equal_or_tie += (same || tie) as usize;
@@ -149,8 +157,12 @@ struct TeacherForced {
 /// every step with the reference top-5 (each step's logits come from one prefill of the
 /// whole sequence, requested for every row).
 fn teacher_forced(name: &str) -> TeacherForced {
+    teacher_forced_with(name, &reference(name), slm_engine::config::KvDtype::F16)
+}
+
+/// `teacher_forced` against reference `r`, with a KV cache of `dtype`.
+fn teacher_forced_with(name: &str, r: &serde_json::Value, dtype: slm_engine::config::KvDtype) -> TeacherForced {
     let m = model(name);
-    let r = reference(name);
     let mut t = TeacherForced {
         first_step_within_01: 0,
         first_step_same_ids: 0,
@@ -174,12 +186,17 @@ fn teacher_forced(name: &str) -> TeacherForced {
         let mut blocks =
             slm_engine::block_manager::BlockManager::with_prefix_caching(seq.len().div_ceil(16), 16, false);
         let table = blocks.try_allocate(&seq, seq.len()).expect("sized for the sequence");
-        let mut kv = m.new_kv_cache(table.len(), 16);
+        let mut kv = m.new_kv_cache_of(table.len(), 16, dtype);
         let mut b = slm_engine::batch::BatchInput::default();
         b.push_seq(&seq, 0, table.blocks(), 16, false);
         b.logits_rows = (prompt.len() - 1..seq.len()).collect();
         let logits = m.decoder.forward(&b, &mut kv);
         for (step, want) in top5.iter().enumerate() {
+            // A fixture from scripts/record-goldens.py holds null for a step whose token ends
+            // inside a UTF-8 character (llama-server reports no probabilities for it).
+            if want.is_null() {
+                continue;
+            }
             let l = &logits[step * vocab..(step + 1) * vocab];
             let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let lse = max + l.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
@@ -219,7 +236,7 @@ fn teacher_forced(name: &str) -> TeacherForced {
     }
     t.mean_abs_delta /= n_delta as f64;
     eprintln!(
-        "{name}: first step top-5 ids equal {}/12, and within 0.1 {}/12; argmax agrees on {}/{} steps ({}/{} where llama.cpp's top two are >= 0.2 apart, {}/{} where >= 0.5); top-5 |Δlogprob| mean {:.4} max {:.4}",
+        "{name} ({dtype:?} KV): first step top-5 ids equal {}/12, and within 0.1 {}/12; argmax agrees on {}/{} steps ({}/{} where llama.cpp's top two are >= 0.2 apart, {}/{} where >= 0.5); top-5 |Δlogprob| mean {:.4} max {:.4}",
         t.first_step_same_ids, t.first_step_within_01, t.argmax_agree, t.steps, t.clear_agree, t.clear_steps, t.decided_agree, t.decided_steps, t.mean_abs_delta, t.max_abs_delta
     );
     t
@@ -239,45 +256,53 @@ fn teacher_forced(name: &str) -> TeacherForced {
 // is decided (top two ≥ 0.5 apart) and at ≥ 98-99% of those ≥ 0.2 apart; mean |Δlogprob| of
 // the top-5 at the noise level measured above. The raw counts are printed for the record.
 
+/// Free-running greedy continuations: at least `min_equal` of 12 equal, and at least 11 equal
+/// or parting at a near tie.
+fn assert_greedy(name: &str, min_equal: usize) {
+    let (equal, equal_or_tie) = free_running_matches(name);
+    assert!(equal >= min_equal, "{name}: {equal}/12 equal");
+    assert!(equal_or_tie >= 11, "{name}: {equal_or_tie}/12 equal or differing at a near tie");
+}
+
+/// Teacher-forced distributions (`assert_agreement`): argmax equal wherever llama.cpp's choice is decided, on at
+/// least `clear_percent` % of the clear steps, and the top-5's mean |Δlogprob| at most
+/// `max_mean_delta`.
+fn assert_distribution(name: &str, clear_percent: usize, max_mean_delta: f64) -> TeacherForced {
+    let t = teacher_forced(name);
+    assert_agreement(name, &t, clear_percent, max_mean_delta);
+    t
+}
+
+fn assert_agreement(name: &str, t: &TeacherForced, clear_percent: usize, max_mean_delta: f64) {
+    assert_eq!(t.decided_agree, t.decided_steps, "{name}: argmax differs where llama.cpp's choice is decided");
+    assert!(
+        t.clear_agree * 100 >= t.clear_steps * clear_percent,
+        "{name}: argmax agrees on {}/{} clear steps",
+        t.clear_agree,
+        t.clear_steps
+    );
+    assert!(t.mean_abs_delta <= max_mean_delta, "{name}: mean |Δlogprob| {}", t.mean_abs_delta);
+}
+
 #[test]
 fn qwen_greedy_matches_llama_cpp() {
-    let (equal, equal_or_tie) = free_running_matches(QWEN);
-    assert!(equal >= 8, "{equal}/12 equal");
-    assert!(equal_or_tie >= 11, "{equal_or_tie}/12 equal or differing at a near tie");
+    assert_greedy(QWEN, 8);
 }
 
 #[test]
 fn gemma_greedy_matches_llama_cpp() {
-    let (equal, equal_or_tie) = free_running_matches(GEMMA);
-    assert!(equal >= 6, "{equal}/12 equal");
-    assert!(equal_or_tie >= 11, "{equal_or_tie}/12 equal or differing at a near tie");
+    assert_greedy(GEMMA, 6);
 }
 
 #[test]
 fn qwen_distribution_matches_llama_cpp() {
-    let t = teacher_forced(QWEN);
-    assert_eq!(t.decided_agree, t.decided_steps, "argmax differs where llama.cpp's choice is decided");
-    assert!(
-        t.clear_agree * 100 >= t.clear_steps * 99,
-        "argmax agrees on {}/{} clear steps",
-        t.clear_agree,
-        t.clear_steps
-    );
-    assert!(t.argmax_agree * 100 >= t.steps * 98);
-    assert!(t.mean_abs_delta <= 0.08, "mean |Δlogprob| {}", t.mean_abs_delta);
+    let t = assert_distribution(QWEN, 99, 0.08);
+    assert!(t.argmax_agree * 100 >= t.steps * 98, "argmax agrees on {}/{} steps", t.argmax_agree, t.steps);
 }
 
 #[test]
 fn gemma_distribution_matches_llama_cpp() {
-    let t = teacher_forced(GEMMA);
-    assert_eq!(t.decided_agree, t.decided_steps, "argmax differs where llama.cpp's choice is decided");
-    assert!(
-        t.clear_agree * 100 >= t.clear_steps * 98,
-        "argmax agrees on {}/{} clear steps",
-        t.clear_agree,
-        t.clear_steps
-    );
-    assert!(t.mean_abs_delta <= 0.15, "mean |Δlogprob| {}", t.mean_abs_delta);
+    assert_distribution(GEMMA, 98, 0.15);
 }
 
 // SmolLM2-135M (Q4_1 weights through slm's packed kernels, Q8_0 embedding tied to the output),
@@ -285,20 +310,30 @@ fn gemma_distribution_matches_llama_cpp() {
 
 #[test]
 fn smollm2_greedy_matches_llama_cpp() {
-    let (equal, equal_or_tie) = free_running_matches(SMOLLM2);
-    assert!(equal >= SMOLLM2_MIN_EQUAL, "{equal}/12 equal");
-    assert!(equal_or_tie >= 11, "{equal_or_tie}/12 equal or differing at a near tie");
+    assert_greedy(SMOLLM2, SMOLLM2_MIN_EQUAL);
 }
 
 #[test]
 fn smollm2_distribution_matches_llama_cpp() {
-    let t = teacher_forced(SMOLLM2);
-    assert_eq!(t.decided_agree, t.decided_steps, "argmax differs where llama.cpp's choice is decided");
-    assert!(
-        t.clear_agree * 100 >= t.clear_steps * 98,
-        "argmax agrees on {}/{} clear steps",
-        t.clear_agree,
-        t.clear_steps
-    );
-    assert!(t.mean_abs_delta <= SMOLLM2_MAX_MEAN_DELTA, "mean |Δlogprob| {}", t.mean_abs_delta);
+    assert_distribution(SMOLLM2, 98, SMOLLM2_MAX_MEAN_DELTA);
 }
+
+/// With q8_0 keys and values, against llama.cpp run with `-ctk q8_0 -ctv q8_0` (the fixture
+/// `scripts/record-goldens.py --cache-type q8_0` recorded).
+#[test]
+fn qwen_q8_0_kv_distribution_matches_llama_cpp_q8_0() {
+    let r = reference(&format!("{QWEN}.kv-q8_0"));
+    let t = teacher_forced_with(QWEN, &r, slm_engine::config::KvDtype::Q8_0);
+    assert_agreement(QWEN, &t, 98, Q8_KV_MAX_MEAN_DELTA);
+}
+
+// Measured (AVX2 and portable levels give the same bits): SmolLM2 free-running 7/12 equal and
+// 11/12 equal or parting at a near tie; teacher-forced mean |Δlogprob| 0.096, argmax equal on
+// 219/219 decided and 251/253 clear steps. candle-transformers' quantized_llama on the same GGUF
+// agrees with slm where llama.cpp's fixture once seemed far off (a byte token's probabilities
+// llama-server leaves out, which the recorder now aligns). Qwen with q8_0 KV against llama.cpp
+// with `-ctk q8_0 -ctv q8_0`: mean 0.072, 221/221 decided, 255/255 clear (llama.cpp's own q8_0
+// run is 0.124 from its f16 run over their common prefixes).
+const SMOLLM2_MIN_EQUAL: usize = 6;
+const SMOLLM2_MAX_MEAN_DELTA: f64 = 0.13;
+const Q8_KV_MAX_MEAN_DELTA: f64 = 0.10;

@@ -60,6 +60,8 @@ pub enum PoolingMode {
 pub enum KvCacheDtype {
     F16,
     F32,
+    #[serde(rename = "q8_0")]
+    Q8_0,
 }
 
 /// Flags of `slm serve`.
@@ -140,6 +142,7 @@ fn engine_config(e: Option<&ModelEntry>, queue_limit: Option<usize>) -> EngineCo
         kv_dtype: match e.and_then(|e| e.kv_cache_dtype) {
             Some(KvCacheDtype::F32) => KvDtype::F32,
             Some(KvCacheDtype::F16) => KvDtype::F16,
+            Some(KvCacheDtype::Q8_0) => KvDtype::Q8_0,
             None => d.kv_dtype,
         },
         max_seqs: e.and_then(|e| e.max_seqs).unwrap_or(d.max_seqs),
@@ -266,6 +269,8 @@ mod tests {
         assert_eq!(engine_config(c.models.first(), None).kv_dtype, KvDtype::F32);
         assert_eq!(engine_config(None, None).kv_dtype, KvDtype::F16);
         assert!(toml::from_str::<FileConfig>("[[models]]\npath = \"m.gguf\"\nkv_cache_dtype = \"q8\"").is_err());
+        let c: FileConfig = toml::from_str("[[models]]\npath = \"m.gguf\"\nkv_cache_dtype = \"q8_0\"").unwrap();
+        assert_eq!(engine_config(c.models.first(), None).kv_dtype, KvDtype::Q8_0);
     }
 
     #[test]

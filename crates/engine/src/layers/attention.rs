@@ -19,7 +19,7 @@ use super::lanes::{KvElem, Lanes};
 use super::pool::Pool;
 use super::vecmath::{exp, reduce};
 use crate::batch::BatchInput;
-use crate::kv_cache::{KvData, LayerKv};
+use crate::kv_cache::{dequantize_keys, dequantize_values, hadamard, q8_rotations, KvData, LayerKv, Q8Data};
 
 #[derive(Debug, Clone)]
 pub struct AttentionParams {
@@ -50,21 +50,91 @@ pub fn paged_attention(
 ) -> Vec<f32> {
     let _span = tracing::trace_span!("attention", rows = batch.num_rows()).entered();
     let _timer = crate::profile::timer(crate::profile::Op::Attention);
+    let (bs, nkv, hd) = (block_size, p.num_kv_heads, p.head_dim);
     match (&kv.k, &kv.v) {
-        (KvData::F16(k), KvData::F16(v)) => attention_over(q, batch, k, v, block_size, p),
-        (KvData::F32(k), KvData::F32(v)) => attention_over(q, batch, k, v, block_size, p),
+        (KvData::F16(k), KvData::F16(v)) => attention_over(q, batch, &InPlace { k, v, bs, nkv, hd }, p),
+        (KvData::F32(k), KvData::F32(v)) => attention_over(q, batch, &InPlace { k, v, bs, nkv, hd }, p),
+        (KvData::Q8_0(k), KvData::Q8_0(v)) => {
+            // The cache holds rotated keys and values (`kv_cache::q8_rotations`): rotate the
+            // queries alike, and the output back.
+            let (k_rot, v_rot) = q8_rotations(hd);
+            let mut rotated = q.to_vec();
+            if let Some(n) = k_rot {
+                hadamard(&mut rotated, n);
+            }
+            let mut out = attention_over(&rotated, batch, &Dequantized { k, v, bs, nkv, hd }, p);
+            if let Some(n) = v_rot {
+                hadamard(&mut out, n);
+            }
+            out
+        }
         _ => unreachable!("keys and values share one type"),
     }
 }
 
-fn attention_over<E: KvElem>(
-    q: &[f32],
-    batch: &BatchInput,
-    k: &[E],
-    v: &[E],
-    block_size: usize,
-    p: &AttentionParams,
-) -> Vec<f32> {
+/// Where a task's keys and values come from: a float cache read in place, or a q8_0 cache
+/// dequantized block by block into the task's thread's scratch (exactly `q · d`, so the
+/// kernels below see the same values whatever else is in the batch).
+trait KvSource: Sync {
+    type Elem: KvElem;
+    /// Calls `f` with KV head `kvh` of the sequence whose block table is `table`, covering
+    /// positions `lo..=pos`.
+    fn with_head(&self, table: &[u32], kvh: usize, lo: usize, pos: usize, f: &mut dyn FnMut(&HeadView<Self::Elem>));
+}
+
+struct InPlace<'a, E> {
+    k: &'a [E],
+    v: &'a [E],
+    bs: usize,
+    nkv: usize,
+    hd: usize,
+}
+
+impl<E: KvElem> KvSource for InPlace<'_, E> {
+    type Elem = E;
+    fn with_head(&self, table: &[u32], kvh: usize, _: usize, _: usize, f: &mut dyn FnMut(&HeadView<E>)) {
+        f(&HeadView { k: self.k, v: self.v, table, block_size: self.bs, num_kv_heads: self.nkv, kvh, hd: self.hd })
+    }
+}
+
+struct Dequantized<'a> {
+    k: &'a Q8Data,
+    v: &'a Q8Data,
+    bs: usize,
+    nkv: usize,
+    hd: usize,
+}
+
+thread_local! {
+    /// Dequantized keys, values and the block table over them (logical block → scratch block).
+    static DEQUANT: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<u32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+impl KvSource for Dequantized<'_> {
+    type Elem = f32;
+    fn with_head(&self, table: &[u32], kvh: usize, lo: usize, pos: usize, f: &mut dyn FnMut(&HeadView<f32>)) {
+        let (bs, hd) = (self.bs, self.hd);
+        let (first, last, n) = (lo / bs, pos / bs, hd * bs);
+        DEQUANT.with(|d| {
+            let (keys, values, scratch_table) = &mut *d.borrow_mut();
+            keys.resize((last + 1 - first) * n, 0.0);
+            values.resize((last + 1 - first) * n, 0.0);
+            scratch_table.clear();
+            scratch_table.resize(last + 1, 0);
+            for b in first..=last {
+                let i = b - first;
+                scratch_table[b] = i as u32;
+                let block = table[b] as usize;
+                dequantize_keys(self.k, block, self.nkv, kvh, hd, bs, &mut keys[i * n..(i + 1) * n]);
+                dequantize_values(self.v, block, self.nkv, kvh, hd, bs, &mut values[i * n..(i + 1) * n]);
+            }
+            f(&HeadView { k: keys, v: values, table: scratch_table, block_size: bs, num_kv_heads: 1, kvh: 0, hd })
+        })
+    }
+}
+
+fn attention_over<S: KvSource>(q: &[f32], batch: &BatchInput, src: &S, p: &AttentionParams) -> Vec<f32> {
     let hd = p.head_dim;
     let q_dim = p.num_heads * hd;
     let group = p.num_heads / p.num_kv_heads;
@@ -82,25 +152,19 @@ fn attention_over<E: KvElem>(
             None => 0,
         };
         let qh = &q[row * q_dim + kvh * group * hd..row * q_dim + (kvh + 1) * group * hd];
-        let head = HeadView {
-            k,
-            v,
-            table: &batch.block_tables[batch.row_seq[row]],
-            block_size,
-            num_kv_heads: p.num_kv_heads,
-            kvh,
-            hd,
-        };
-        SCORES.with(|s| {
-            let s = &mut s.borrow_mut();
-            // SAFETY: each level is only reported when the CPU has its features.
-            match detected_level() {
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx512Vnni => unsafe { attend_avx512(&head, qh, lo, pos, p, s, o) },
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx2 => unsafe { attend_avx2(&head, qh, lo, pos, p, s, o) },
-                _ => unsafe { attend::<[f32; LANES], E, 4, 2, 2>(&head, qh, lo, pos, p, s, o) },
-            }
+        let table = &batch.block_tables[batch.row_seq[row]];
+        src.with_head(table, kvh, lo, pos, &mut |head| {
+            SCORES.with(|s| {
+                let s = &mut s.borrow_mut();
+                // SAFETY: each level is only reported when the CPU has its features.
+                match detected_level() {
+                    #[cfg(target_arch = "x86_64")]
+                    Level::Avx512Vnni => unsafe { attend_avx512(head, qh, lo, pos, p, s, o) },
+                    #[cfg(target_arch = "x86_64")]
+                    Level::Avx2 => unsafe { attend_avx2(head, qh, lo, pos, p, s, o) },
+                    _ => unsafe { attend::<[f32; LANES], S::Elem, 4, 2, 2>(head, qh, lo, pos, p, s, o) },
+                }
+            })
         });
     };
     let num_kv = p.num_kv_heads;
@@ -568,5 +632,108 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A q8_0 cache's values are ggml's q8_0 of what was written, rotated (within half a step),
+    /// and attention over it gives the bits of attention over an f32 cache holding those
+    /// dequantized values with rotated queries, rotated back — for prefill rows and across a
+    /// scattered block table; and that is within quantization error of the unrotated result.
+    #[test]
+    fn q8_0_cache_attends_like_f32_over_its_dequantized_values() {
+        use crate::kv_cache::{dequantize_keys, dequantize_values};
+        let (heads, kv_heads, hd, bs, len) =
+            if cfg!(miri) { (2, 1, 64, 4, 6) } else { (14usize, 2usize, 64usize, 16usize, 37usize) };
+        let kv_dim = kv_heads * hd;
+        let num_blocks = len.div_ceil(bs) + 3;
+        let table: Vec<u32> = (0..len.div_ceil(bs)).map(|i| ((i * 2 + 1) % num_blocks) as u32).collect();
+        let slots: Vec<usize> = (0..len).map(|j| table[j / bs] as usize * bs + j % bs).collect();
+        let mut seed = 11;
+        let k: Vec<f32> = (0..len * kv_dim).map(|_| lcg(&mut seed) * 2.0).collect();
+        let v: Vec<f32> = (0..len * kv_dim).map(|_| lcg(&mut seed)).collect();
+        let mut q8 = KvCache::new(1, num_blocks, bs, kv_heads, hd, KvDtype::Q8_0);
+        q8.write(0, &slots, &k, &v);
+        let (k_rot, v_rot) = q8_rotations(hd);
+        let rotate = |x: &[f32], n: Option<usize>| {
+            let mut x = x.to_vec();
+            n.into_iter().for_each(|n| hadamard(&mut x, n));
+            x
+        };
+        let (k_rotated, v_rotated) = (rotate(&k, k_rot), rotate(&v, v_rot));
+        let (KvData::Q8_0(kq), KvData::Q8_0(vq)) = (&q8.layer(0).k, &q8.layer(0).v) else { unreachable!() };
+        let (mut kd, mut vd) = (vec![0f32; len * kv_dim], vec![0f32; len * kv_dim]);
+        let mut buf = vec![0f32; hd * bs];
+        for j in 0..len {
+            for h in 0..kv_heads {
+                let at = h * hd;
+                dequantize_keys(kq, table[j / bs] as usize, kv_heads, h, hd, bs, &mut buf);
+                (0..hd).for_each(|d| kd[j * kv_dim + at + d] = buf[d * bs + j % bs]);
+                dequantize_values(vq, table[j / bs] as usize, kv_heads, h, hd, bs, &mut buf);
+                (0..hd).for_each(|d| vd[j * kv_dim + at + d] = buf[(j % bs) * hd + d]);
+            }
+        }
+        // Half a step of rounding, plus the scale's own rounding to f16 (up to 127 · 2⁻¹¹ steps).
+        for (x, want) in [(&kd, &k_rotated), (&vd, &v_rotated)] {
+            for (g, w) in x.chunks(32).zip(want.chunks(32)) {
+                let step = w.iter().fold(0f32, |a, x| a.max(x.abs())) / 127.0;
+                assert!(g.iter().zip(w).all(|(a, b)| (a - b).abs() <= step * 0.57), "off by more than q8_0 rounding");
+            }
+        }
+        let mut exact = KvCache::new(1, num_blocks, bs, kv_heads, hd, KvDtype::F32);
+        exact.write(0, &slots, &kd, &vd);
+        let mut batch = BatchInput::default();
+        batch.push_seq(&vec![0; len], 0, &table, bs, false);
+        let q: Vec<f32> = (0..len * heads * hd).map(|_| lcg(&mut seed)).collect();
+        let p = AttentionParams {
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            softcap: None,
+            window: None,
+        };
+        let a = paged_attention(&q, &batch, q8.layer(0), bs, &p);
+        let b = rotate(&paged_attention(&rotate(&q, k_rot), &batch, exact.layer(0), bs, &p), v_rot);
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "q8_0 attention differs from f32 over its values"
+        );
+        let mut plain = KvCache::new(1, num_blocks, bs, kv_heads, hd, KvDtype::F32);
+        plain.write(0, &slots, &k, &v);
+        let c = paged_attention(&q, &batch, plain.layer(0), bs, &p);
+        let worst = a.iter().zip(&c).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 0.05, "q8_0 attention is {worst} from the f32 cache's");
+    }
+
+    /// The fast transform is the matrix llama.cpp builds (`ggml_gen_hadamard`), and its own
+    /// inverse.
+    #[test]
+    fn hadamard_is_llama_cpps_matrix_and_an_involution() {
+        let n = 64;
+        let mut m = vec![0f64; n * n];
+        m[0] = 1.0 / (n as f64).sqrt();
+        let mut s = 1;
+        while s < n {
+            for i in 0..s {
+                for j in 0..s {
+                    let v = m[i * n + j];
+                    m[(i + s) * n + j] = v;
+                    m[i * n + j + s] = v;
+                    m[(i + s) * n + j + s] = -v;
+                }
+            }
+            s *= 2;
+        }
+        let mut seed = 3;
+        let x: Vec<f32> = (0..2 * n).map(|_| lcg(&mut seed)).collect();
+        let mut y = x.clone();
+        hadamard(&mut y, n);
+        for b in 0..2 {
+            for j in 0..n {
+                let want: f64 = (0..n).map(|i| x[b * n + i] as f64 * m[i * n + j]).sum();
+                assert!((y[b * n + j] as f64 - want).abs() < 1e-6, "column {j}");
+            }
+        }
+        hadamard(&mut y, n);
+        assert!(y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-6));
     }
 }

@@ -38,7 +38,7 @@ mod x86;
 use std::cell::RefCell;
 
 pub use blocks::*;
-pub use quantize::QuantizedRows;
+pub use quantize::{quantize_q8_0_block, QuantizedRows};
 
 /// Output columns per tile (lanes of a 512-bit vector of i32).
 pub const TILE: usize = 16;

@@ -29,25 +29,37 @@ impl QuantizedRows {
         self.isums.resize(m * k / sub, 0);
         let per = act_block / QK;
         for (b, (xs, qs)) in x.chunks_exact(act_block).zip(self.qs.chunks_exact_mut(act_block)).enumerate() {
-            let amax = abs_max(xs);
-            let (d, id) = if act_block == QK {
-                let d = amax / 127.0;
-                (half::f16::from_f32(d).to_f32(), if amax != 0.0 { 127.0 / amax } else { 0.0 })
-            } else if amax == 0.0 {
-                (0.0, 0.0)
+            let d = if act_block == QK {
+                quantize_q8_0_block(xs, qs).to_f32()
             } else {
-                // The first value whose magnitude is amax, with its sign.
-                let max = *xs.iter().find(|v| v.abs() == amax).expect("amax is one of the values");
-                let iscale = -127.0 / max;
-                (1.0 / iscale, iscale)
+                let amax = abs_max(xs);
+                let (d, id) = if amax == 0.0 {
+                    (0.0, 0.0)
+                } else {
+                    // The first value whose magnitude is amax, with its sign.
+                    let max = *xs.iter().find(|v| v.abs() == amax).expect("amax is one of the values");
+                    let iscale = -127.0 / max;
+                    (1.0 / iscale, iscale)
+                };
+                scale_round(xs, id, qs);
+                d
             };
-            scale_round(xs, id, qs);
             self.d[b * per..(b + 1) * per].iter_mut().for_each(|x| *x = d);
         }
         for (s, qs) in self.qs.chunks_exact(sub).enumerate() {
             self.isums[s] = qs.iter().map(|&v| v as i32).sum();
         }
     }
+}
+
+/// One ggml q8_0 block as x86 ggml quantizes it (`quantize_row_q8_0`): `d = amax / 127`,
+/// stored as f16 (returned), `qs = round_half_even(xs · 127 / amax)`. `xs` is 32 values (or a
+/// multiple: one scale for all). Also what a q8_0 KV cache stores.
+pub fn quantize_q8_0_block(xs: &[f32], qs: &mut [i8]) -> half::f16 {
+    let amax = abs_max(xs);
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    scale_round(xs, id, qs);
+    half::f16::from_f32(amax / 127.0)
 }
 
 /// The largest magnitude in `xs` (a multiple of 32 values long).
