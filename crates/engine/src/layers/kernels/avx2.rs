@@ -1,8 +1,8 @@
 //! AVX2 kernel over packed tiles (for CPUs without AVX-512: Intel's small cores and laptops,
 //! Zen 1–3). A 16-column tile is two 8-column halves of 256 bits; per sub-block and half, the
 //! weights are decoded once into `sub / 4` registers of 8 columns × 4 values and reused for a
-//! group of up to `ROWS` activation rows, so prefill decodes each weight byte once per four
-//! rows instead of once per row. The products come from `vpmaddubsw` (unsigned weight bytes
+//! group of up to `ROWS` activation rows, so prefill decodes each weight byte once per eight
+//! rows (four for types with mins) instead of once per row. The products come from `vpmaddubsw` (unsigned weight bytes
 //! × signed activation bytes, pairs summed to i16); as many of them as cannot overflow 16 bits
 //! (`PAIR`, from the weight's bit width) are summed in i16 before one `vpmaddwd` widens them,
 //! which halves the widening work for 5-bit weights and cuts it to an eighth for 4-bit ones.
@@ -22,7 +22,7 @@ use super::{PackedWeights, QuantizedRows, TileOut, QK, TILE};
 /// one row's sums and the constants inside AVX2's 16 registers; the per-row block sums live
 /// on the stack (L1). Measured on a Zen 1 EPYC (`slm bench-kernels`): 2 rows gain less, 8
 /// spill the weights themselves.
-const ROWS: usize = 4;
+const ROWS: usize = 8;
 
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `q` must hold `m` rows quantized for `w`
@@ -76,14 +76,17 @@ unsafe fn tiles_impl<
         let mut r = 0;
         // Each row's arithmetic is the same in any group: only the decoding is shared.
         while r < m {
-            // Q8_0 keeps twice the registers per group: 2 rows.
+            // Types with mins keep more sums per row: 4 rows; Q8_0 twice the registers per
+            // group: 2 rows.
             let rows = match m - r {
-                ROWS.. if !SIGNED => ROWS,
+                ROWS.. if !SIGNED && !MIN => ROWS,
+                4.. if !SIGNED => 4,
                 2.. => 2,
                 _ => 1,
             };
             match rows {
                 ROWS => tile::<G, MIN, SIGNED, NIB, EXTRA, SPB, PAIR, ROWS>(w, q, t, r, out),
+                4 => tile::<G, MIN, SIGNED, NIB, EXTRA, SPB, PAIR, 4>(w, q, t, r, out),
                 2 => tile::<G, MIN, SIGNED, NIB, EXTRA, SPB, PAIR, 2>(w, q, t, r, out),
                 _ => tile::<G, MIN, SIGNED, NIB, EXTRA, SPB, PAIR, 1>(w, q, t, r, out),
             }
