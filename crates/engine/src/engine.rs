@@ -43,10 +43,10 @@ impl EngineHandle {
     pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<Self> {
         config.validate()?;
         let head_dim = model.decoder.config.head_dim;
-        if !config.kv_dtype.supports_head_dim(head_dim) {
+        if !config.kv_dtype.supports(head_dim, config.block_size) {
             return Err(EngineError::InvalidConfig(format!(
-                "kv_cache_dtype {:?} needs a head dimension that is a multiple of 32; this model's is {head_dim}",
-                config.kv_dtype
+                "kv_cache_dtype {:?} needs a head dimension that is a multiple of 32 (and, for q4_0, an even block size); this model's head dimension is {head_dim}, the block size {}",
+                config.kv_dtype, config.block_size
             )));
         }
         let num_blocks = config.num_blocks(model.kv_bytes_per_block(config.block_size, config.kv_dtype));

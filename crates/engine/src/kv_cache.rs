@@ -8,55 +8,48 @@
 //! over its slots, which is how the attention kernel scores them), values row-major
 //! (`block_size × head_dim`).
 //!
-//! `Q8_0` stores each token's key and value of each head as ggml's q8_0 blocks (32 values per
-//! f16 scale, quantized when written as ggml's `quantize_row_q8_0` does): the 8-bit values in
-//! the same layout as the float caches, and per block and head the scales, `head_dim / 32`
-//! per slot (keys: scale group-major, `(head_dim / 32) × block_size`; values: slot-major).
-//! Half an f16 cache's bytes, plus 1/16 for the scales. As llama.cpp does for quantized
-//! caches, keys and values are first rotated by an orthonormal Walsh–Hadamard transform
-//! (`q8_rotations`): it spreads the few huge dimensions some models' keys carry (Qwen2's)
-//! over the whole block, so 8-bit steps stop erasing the small ones; attention rotates the
-//! queries the same way (scores are unchanged: H is orthonormal) and its output back (H = H⁻¹).
+//! `Q8_0` and `Q4_0` store ggml's quantized blocks, rotated first as llama.cpp does
+//! (`kv_quant`).
 
 use half::f16;
 
+use crate::kv_quant::{self, Q4Data, Q8Data, GROUP};
 use crate::layers::lanes::KvElem;
 
 /// The element type of the cache. f16 (llama.cpp's default) halves memory and the bytes
 /// attention reads; f32 keeps keys and values exact (the F32 architecture tests use it); q8_0
-/// (llama.cpp's `-ctk/-ctv q8_0`) halves f16's memory again, for boxes short of RAM.
+/// (llama.cpp's `-ctk/-ctv q8_0`) halves f16's memory again and q4_0 nearly halves q8_0's, for
+/// boxes short of RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvDtype {
     #[default]
     F16,
     F32,
     Q8_0,
+    Q4_0,
 }
 
-/// Values per q8_0 scale.
-pub const Q8_GROUP: usize = 32;
-
 impl KvDtype {
-    /// Bytes `n` cached values take (`n` a multiple of 32 for q8_0).
+    /// Bytes `n` cached values take (`n` a multiple of 32 for the quantized types).
     pub fn bytes(self, n: usize) -> usize {
         match self {
             KvDtype::F16 => 2 * n,
             KvDtype::F32 => 4 * n,
-            KvDtype::Q8_0 => n + n / Q8_GROUP * 2,
+            KvDtype::Q8_0 => n + n / GROUP * 2,
+            KvDtype::Q4_0 => n / 2 + n / GROUP * 2,
         }
     }
 
-    /// Whether a model with heads of `head_dim` can use this type (q8_0 scales whole groups
-    /// of 32 dimensions, as ggml requires).
-    pub fn supports_head_dim(self, head_dim: usize) -> bool {
-        self != KvDtype::Q8_0 || head_dim % Q8_GROUP == 0
+    /// Whether a model with heads of `head_dim` can use this type in blocks of `block_size`
+    /// tokens: the quantized types scale whole groups of 32 dimensions, as ggml requires, and
+    /// q4_0 packs two slots per byte.
+    pub fn supports(self, head_dim: usize, block_size: usize) -> bool {
+        match self {
+            KvDtype::F16 | KvDtype::F32 => true,
+            KvDtype::Q8_0 => head_dim % GROUP == 0,
+            KvDtype::Q4_0 => head_dim % GROUP == 0 && block_size % 2 == 0,
+        }
     }
-}
-
-/// 8-bit values and their f16 scales (see the module's layout).
-pub struct Q8Data {
-    pub q: Vec<i8>,
-    pub d: Vec<f16>,
 }
 
 /// One layer's keys or values.
@@ -64,6 +57,7 @@ pub enum KvData {
     F16(Vec<f16>),
     F32(Vec<f32>),
     Q8_0(Q8Data),
+    Q4_0(Q4Data),
 }
 
 impl KvData {
@@ -71,7 +65,8 @@ impl KvData {
         match dtype {
             KvDtype::F16 => KvData::F16(vec![f16::ZERO; len]),
             KvDtype::F32 => KvData::F32(vec![0.0; len]),
-            KvDtype::Q8_0 => KvData::Q8_0(Q8Data { q: vec![0; len], d: vec![f16::ZERO; len / Q8_GROUP] }),
+            KvDtype::Q8_0 => KvData::Q8_0(Q8Data::new(len)),
+            KvDtype::Q4_0 => KvData::Q4_0(Q4Data::new(len)),
         }
     }
 }
@@ -98,7 +93,10 @@ impl KvCache {
         head_dim: usize,
         dtype: KvDtype,
     ) -> Self {
-        assert!(dtype.supports_head_dim(head_dim), "{dtype:?} KV cache with head_dim {head_dim}");
+        assert!(
+            dtype.supports(head_dim, block_size),
+            "{dtype:?} KV cache, head_dim {head_dim}, blocks of {block_size}"
+        );
         let slots = num_blocks * block_size * num_kv_heads * head_dim;
         let layers =
             (0..num_layers).map(|_| LayerKv { k: KvData::new(dtype, slots), v: KvData::new(dtype, slots) }).collect();
@@ -129,7 +127,8 @@ impl KvCache {
         match (&mut l.k, &mut l.v) {
             (KvData::F16(kc), KvData::F16(vc)) => write_rows(kc, vc, slots, k, v, nkv, hd, bs),
             (KvData::F32(kc), KvData::F32(vc)) => write_rows(kc, vc, slots, k, v, nkv, hd, bs),
-            (KvData::Q8_0(kc), KvData::Q8_0(vc)) => write_rows_q8(kc, vc, slots, k, v, nkv, hd, bs),
+            (KvData::Q8_0(kc), KvData::Q8_0(vc)) => kv_quant::write_rows(kc, vc, slots, k, v, nkv, hd, bs),
+            (KvData::Q4_0(kc), KvData::Q4_0(vc)) => kv_quant::write_rows(kc, vc, slots, k, v, nkv, hd, bs),
             _ => unreachable!("keys and values share one type"),
         }
     }
@@ -164,119 +163,5 @@ fn write_rows<E: KvElem>(
                 *o = E::from_f32(x);
             }
         }
-    }
-}
-
-/// The Walsh–Hadamard block sizes llama.cpp rotates keys and values by before quantizing them
-/// (`llama_kv_cache`: keys by the largest power of two from 64 dividing the head dimension,
-/// values by 64; none when the head dimension is not a multiple of 64).
-pub fn q8_rotations(head_dim: usize) -> (Option<usize>, Option<usize>) {
-    if head_dim % 64 != 0 {
-        return (None, None);
-    }
-    let mut k = 64;
-    while head_dim % (2 * k) == 0 {
-        k *= 2;
-    }
-    (Some(k), Some(64))
-}
-
-/// `x ← x · H_n` in place for every `n` consecutive values (`n` a power of two dividing
-/// `x.len()`): the Sylvester-ordered Walsh–Hadamard matrix scaled by `1/√n` (llama.cpp's
-/// `ggml_gen_hadamard`), by the fast butterfly; `H_n` is symmetric and its own inverse.
-pub fn hadamard(x: &mut [f32], n: usize) {
-    debug_assert!(n.is_power_of_two() && x.len() % n == 0);
-    let scale = 1.0 / (n as f32).sqrt();
-    for block in x.chunks_exact_mut(n) {
-        let mut h = 1;
-        while h < n {
-            for i in (0..n).step_by(2 * h) {
-                for j in i..i + h {
-                    let (a, b) = (block[j], block[j + h]);
-                    block[j] = a + b;
-                    block[j + h] = a - b;
-                }
-            }
-            h *= 2;
-        }
-        block.iter_mut().for_each(|v| *v *= scale);
-    }
-}
-
-/// `write_rows` for q8_0: each head's key and value rotated (`q8_rotations`) and quantized
-/// per 32 dimensions.
-#[allow(clippy::too_many_arguments)]
-fn write_rows_q8(
-    kc: &mut Q8Data,
-    vc: &mut Q8Data,
-    slots: &[usize],
-    k: &[f32],
-    v: &[f32],
-    nkv: usize,
-    hd: usize,
-    bs: usize,
-) {
-    let (d, groups) = (nkv * hd, hd / Q8_GROUP);
-    let (k_rot, v_rot) = q8_rotations(hd);
-    let mut rotated = vec![0f32; hd];
-    let mut q = vec![0i8; hd];
-    let mut scales = vec![f16::ZERO; groups];
-    for (i, &slot) in slots.iter().enumerate() {
-        let (block, at) = (slot / bs, slot % bs);
-        for (h, (key, value)) in
-            k[i * d..(i + 1) * d].chunks_exact(hd).zip(v[i * d..(i + 1) * d].chunks_exact(hd)).enumerate()
-        {
-            let (first, dfirst) = ((block * nkv + h) * hd * bs, (block * nkv + h) * groups * bs);
-            rotated.copy_from_slice(key);
-            if let Some(n) = k_rot {
-                hadamard(&mut rotated, n);
-            }
-            quantize_q8_0(&rotated, &mut q, &mut scales);
-            for (j, &x) in q.iter().enumerate() {
-                kc.q[first + j * bs + at] = x;
-            }
-            for (g, &s) in scales.iter().enumerate() {
-                kc.d[dfirst + g * bs + at] = s;
-            }
-            rotated.copy_from_slice(value);
-            if let Some(n) = v_rot {
-                hadamard(&mut rotated, n);
-            }
-            quantize_q8_0(&rotated, &mut q, &mut scales);
-            vc.q[first + at * hd..first + (at + 1) * hd].copy_from_slice(&q);
-            vc.d[dfirst + at * groups..dfirst + (at + 1) * groups].copy_from_slice(&scales);
-        }
-    }
-}
-
-/// ggml's `quantize_row_q8_0` on x86 (what llama.cpp writes into a q8_0 cache): per 32
-/// values, `d = amax / 127` stored as f16, values `x · 127 / amax` rounded half to even.
-fn quantize_q8_0(x: &[f32], q: &mut [i8], d: &mut [f16]) {
-    for ((x, q), d) in x.chunks_exact(Q8_GROUP).zip(q.chunks_exact_mut(Q8_GROUP)).zip(d.iter_mut()) {
-        *d = crate::layers::kernels::quantize_q8_0_block(x, q);
-    }
-}
-
-/// The dequantized (still rotated) keys of one block and KV head, transposed (`hd × bs`), into `out`: each
-/// value exactly `q · d` (an 8-bit integer times an f16 is exact in f32).
-pub fn dequantize_keys(kc: &Q8Data, block: usize, nkv: usize, h: usize, hd: usize, bs: usize, out: &mut [f32]) {
-    let (first, dfirst, groups) =
-        ((block * nkv + h) * hd * bs, (block * nkv + h) * (hd / Q8_GROUP) * bs, hd / Q8_GROUP);
-    for g in 0..groups {
-        let d: Vec<f32> = kc.d[dfirst + g * bs..dfirst + (g + 1) * bs].iter().map(|d| d.to_f32()).collect();
-        for j in g * Q8_GROUP..(g + 1) * Q8_GROUP {
-            for (s, (o, &q)) in out[j * bs..(j + 1) * bs].iter_mut().zip(&kc.q[first + j * bs..]).enumerate() {
-                *o = q as f32 * d[s];
-            }
-        }
-    }
-}
-
-/// The dequantized (still rotated) values of one block and KV head, row-major (`bs × hd`), into `out`.
-pub fn dequantize_values(vc: &Q8Data, block: usize, nkv: usize, h: usize, hd: usize, bs: usize, out: &mut [f32]) {
-    let (first, groups) = ((block * nkv + h) * hd * bs, hd / Q8_GROUP);
-    let dfirst = (block * nkv + h) * groups * bs;
-    for (i, (o, &q)) in out[..hd * bs].iter_mut().zip(&vc.q[first..first + hd * bs]).enumerate() {
-        *o = q as f32 * vc.d[dfirst + i / Q8_GROUP].to_f32();
     }
 }

@@ -26,6 +26,7 @@ pub mod fault;
 pub mod generate;
 pub mod grammar;
 pub mod kv_cache;
+pub mod kv_quant;
 pub mod layers;
 pub mod loader;
 pub mod model;

@@ -10,7 +10,9 @@ use candle_core::quantized::GgmlDType;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     MatmulQ4_0,
+    MatmulQ4_1,
     MatmulQ4K,
+    MatmulQ5K,
     MatmulQ5_0,
     MatmulQ6K,
     MatmulQ8_0,
@@ -20,9 +22,11 @@ pub enum Op {
     Attention,
 }
 
-const OPS: [(Op, &str); 8] = [
+const OPS: [(Op, &str); 10] = [
     (Op::MatmulQ4_0, "matmul Q4_0"),
+    (Op::MatmulQ4_1, "matmul Q4_1"),
     (Op::MatmulQ4K, "matmul Q4_K"),
+    (Op::MatmulQ5K, "matmul Q5_K"),
     (Op::MatmulQ5_0, "matmul Q5_0"),
     (Op::MatmulQ6K, "matmul Q6_K"),
     (Op::MatmulQ8_0, "matmul Q8_0"),
@@ -32,13 +36,15 @@ const OPS: [(Op, &str); 8] = [
 ];
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static NS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static NS: [AtomicU64; OPS.len()] = [const { AtomicU64::new(0) }; OPS.len()];
 
 impl Op {
     pub fn for_dtype(d: &GgmlDType) -> Op {
         match d {
             GgmlDType::Q4_0 => Op::MatmulQ4_0,
+            GgmlDType::Q4_1 => Op::MatmulQ4_1,
             GgmlDType::Q4K => Op::MatmulQ4K,
+            GgmlDType::Q5K => Op::MatmulQ5K,
             GgmlDType::Q5_0 => Op::MatmulQ5_0,
             GgmlDType::Q6K => Op::MatmulQ6K,
             GgmlDType::Q8_0 => Op::MatmulQ8_0,

@@ -1,5 +1,5 @@
-//! Batch invariance of the forward pass on the real models (Q4_K_M, and SmolLM2's Q4_1; f16 and
-//! q8_0 KV caches): a sequence's logits are bit-identical whether it runs alone or beside
+//! Batch invariance of the forward pass on the real models (Q4_K_M, and SmolLM2's Q4_1; f16, q8_0
+//! and q4_0 KV caches): a sequence's logits are bit-identical whether it runs alone or beside
 //! others, and however its prompt was chunked.
 
 mod common;
@@ -25,7 +25,13 @@ fn prompts(m: &slm_engine::Model) -> Vec<Vec<u32>> {
 #[test]
 fn logits_do_not_depend_on_batch_or_chunking() {
     use slm_engine::config::KvDtype;
-    for (name, dtype) in [(QWEN, KvDtype::F16), (GEMMA, KvDtype::F16), (SMOLLM2, KvDtype::F16), (QWEN, KvDtype::Q8_0)] {
+    for (name, dtype) in [
+        (QWEN, KvDtype::F16),
+        (GEMMA, KvDtype::F16),
+        (SMOLLM2, KvDtype::F16),
+        (QWEN, KvDtype::Q8_0),
+        (QWEN, KvDtype::Q4_0),
+    ] {
         let m = model(name);
         let ps = prompts(&m);
         let vocab = m.decoder.config.vocab_size;

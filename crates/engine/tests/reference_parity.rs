@@ -337,3 +337,21 @@ fn qwen_q8_0_kv_distribution_matches_llama_cpp_q8_0() {
 const SMOLLM2_MIN_EQUAL: usize = 6;
 const SMOLLM2_MAX_MEAN_DELTA: f64 = 0.13;
 const Q8_KV_MAX_MEAN_DELTA: f64 = 0.10;
+
+/// The same with q4_0 keys and values, against llama.cpp's `-ctk q4_0 -ctv q4_0`. 4-bit keys
+/// and values are coarse on this model: llama.cpp's own q4_0 run is 1.32 from its f16 run
+/// (mean |Δlogprob| of the top-5 over their common prefixes, which part after 52 steps in
+/// all), so the two implementations' q4_0 runs are held to that noise, not to q8_0's bounds.
+/// Measured: mean 0.434, argmax equal on 245/260 clear and 217/227 decided steps.
+#[test]
+fn qwen_q4_0_kv_distribution_matches_llama_cpp_q4_0() {
+    let r = reference(&format!("{QWEN}.kv-q4_0"));
+    let t = teacher_forced_with(QWEN, &r, slm_engine::config::KvDtype::Q4_0);
+    assert!(t.mean_abs_delta <= 0.6, "mean |Δlogprob| {}", t.mean_abs_delta);
+    assert!(
+        t.clear_agree * 100 >= t.clear_steps * 90,
+        "argmax agrees on {}/{} clear steps",
+        t.clear_agree,
+        t.clear_steps
+    );
+}

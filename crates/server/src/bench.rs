@@ -21,6 +21,7 @@ pub struct BenchArgs {
     pub json_schema: Option<serde_json::Value>,
     /// A shell command to run afterwards and put side by side (e.g. `llama-bench -m … -t 2`).
     pub compare: Option<String>,
+    pub kv_dtype: slm_engine::config::KvDtype,
 }
 
 /// Distinct prompts of exactly `n` tokens: a long text tokenized once, cut at different offsets.
@@ -110,13 +111,20 @@ fn run(
 pub fn bench(args: BenchArgs) -> Result<()> {
     let model = Arc::new(Model::load(&args.model)?);
     let max_c = args.concurrency.iter().copied().max().unwrap_or(1);
-    let config = EngineConfig { prefix_caching: false, max_seqs: max_c.max(1), ..EngineConfig::default() };
+    let config = EngineConfig {
+        prefix_caching: false,
+        max_seqs: max_c.max(1),
+        kv_dtype: args.kv_dtype,
+        ..EngineConfig::default()
+    };
     let engine = EngineHandle::start(model.clone(), config.clone())?;
     let all = prompts(&model, max_c + 1, args.prompt_tokens);
     println!(
-        "slm bench: {} ({} threads), prompts of {} tokens, {} generated tokens each, max_batched_tokens {}",
+        "slm bench: {} ({} threads, kernel level {:?}, {:?} KV cache), prompts of {} tokens, {} generated tokens each, max_batched_tokens {}",
         args.model,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        slm_engine::layers::kernels::detected_level(),
+        config.kv_dtype,
         args.prompt_tokens,
         args.gen_tokens,
         config.max_batched_tokens
@@ -167,17 +175,18 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         results.push((c, r.per_seq_decode_tps));
     }
     let single = results.iter().find(|(c, _)| *c == 1).map(|(_, tps)| *tps);
-    println!("\nforward time split (share of forward time):");
+    println!("\nforward time split (share of forward time; categories this model never used left out):");
     print!("{:>5}", "seqs");
-    for (name, _) in &breakdown[0].2 {
+    let used: Vec<bool> =
+        (0..breakdown[0].2.len()).map(|i| breakdown.iter().any(|(_, _, parts)| parts[i].1 > 0)).collect();
+    for ((name, _), _) in breakdown[0].2.iter().zip(&used).filter(|(_, u)| **u) {
         print!(" {:>14}", name);
     }
     println!(" {:>14}", "rest");
     for (c, fwd, parts) in &breakdown {
         print!("{:>5}", c);
-        let mut sum = 0;
-        for (_, ns) in parts {
-            sum += ns;
+        let sum: u64 = parts.iter().map(|(_, ns)| ns).sum();
+        for ((_, ns), _) in parts.iter().zip(&used).filter(|(_, u)| **u) {
             print!(" {:>13.1}%", 100.0 * *ns as f64 / *fwd as f64);
         }
         println!(" {:>13.1}%", 100.0 * fwd.saturating_sub(sum) as f64 / *fwd as f64);

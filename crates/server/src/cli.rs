@@ -70,6 +70,9 @@ pub enum Command {
         /// e.g. "llama-bench -m MODEL.gguf -p 128 -n 128 -t 2" (its ppN/tgN rows are read).
         #[arg(long)]
         compare: Option<String>,
+        /// KV-cache element type, as `kv_cache_dtype` in the config.
+        #[arg(long, default_value = "f16", value_parser = ["f16", "f32", "q8_0", "q4_0"])]
+        kv_cache_dtype: String,
     },
     /// Kernel micro-benchmark (not a test): quantized matmul time per call, candle vs slm.
     BenchKernels {
@@ -111,7 +114,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate { model, prompt, max_tokens, temperature, seed, chat } => {
             generate(&model, &prompt, max_tokens, temperature, seed, chat)
         }
-        Command::Bench { model, concurrency, prompt_tokens, gen_tokens, json_schema, compare } => {
+        Command::Bench { model, concurrency, prompt_tokens, gen_tokens, json_schema, compare, kv_cache_dtype } => {
             let json_schema = json_schema
                 .map(|s| serde_json::from_str(&s))
                 .transpose()
@@ -123,6 +126,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 gen_tokens,
                 json_schema,
                 compare,
+                kv_dtype: match kv_cache_dtype.as_str() {
+                    "f32" => slm_engine::config::KvDtype::F32,
+                    "q8_0" => slm_engine::config::KvDtype::Q8_0,
+                    "q4_0" => slm_engine::config::KvDtype::Q4_0,
+                    _ => slm_engine::config::KvDtype::F16,
+                },
             })
         }
         Command::BenchKernels { n, k, streaming_only, stream_mb } => {

@@ -62,6 +62,8 @@ pub enum KvCacheDtype {
     F32,
     #[serde(rename = "q8_0")]
     Q8_0,
+    #[serde(rename = "q4_0")]
+    Q4_0,
 }
 
 /// Flags of `slm serve`.
@@ -143,6 +145,7 @@ fn engine_config(e: Option<&ModelEntry>, queue_limit: Option<usize>) -> EngineCo
             Some(KvCacheDtype::F32) => KvDtype::F32,
             Some(KvCacheDtype::F16) => KvDtype::F16,
             Some(KvCacheDtype::Q8_0) => KvDtype::Q8_0,
+            Some(KvCacheDtype::Q4_0) => KvDtype::Q4_0,
             None => d.kv_dtype,
         },
         max_seqs: e.and_then(|e| e.max_seqs).unwrap_or(d.max_seqs),

@@ -19,7 +19,8 @@ use super::lanes::{KvElem, Lanes};
 use super::pool::Pool;
 use super::vecmath::{exp, reduce};
 use crate::batch::BatchInput;
-use crate::kv_cache::{dequantize_keys, dequantize_values, hadamard, q8_rotations, KvData, LayerKv, Q8Data};
+use crate::kv_cache::{KvData, LayerKv};
+use crate::kv_quant::{dequantize_keys, dequantize_values, hadamard, rotations, QuantizedKv};
 
 #[derive(Debug, Clone)]
 pub struct AttentionParams {
@@ -54,25 +55,28 @@ pub fn paged_attention(
     match (&kv.k, &kv.v) {
         (KvData::F16(k), KvData::F16(v)) => attention_over(q, batch, &InPlace { k, v, bs, nkv, hd }, p),
         (KvData::F32(k), KvData::F32(v)) => attention_over(q, batch, &InPlace { k, v, bs, nkv, hd }, p),
-        (KvData::Q8_0(k), KvData::Q8_0(v)) => {
-            // The cache holds rotated keys and values (`kv_cache::q8_rotations`): rotate the
-            // queries alike, and the output back.
-            let (k_rot, v_rot) = q8_rotations(hd);
-            let mut rotated = q.to_vec();
-            if let Some(n) = k_rot {
-                hadamard(&mut rotated, n);
-            }
-            let mut out = attention_over(&rotated, batch, &Dequantized { k, v, bs, nkv, hd }, p);
-            if let Some(n) = v_rot {
-                hadamard(&mut out, n);
-            }
-            out
-        }
+        (KvData::Q8_0(k), KvData::Q8_0(v)) => rotated_attention(q, batch, &Dequantized { k, v, bs, nkv, hd }, p),
+        (KvData::Q4_0(k), KvData::Q4_0(v)) => rotated_attention(q, batch, &Dequantized { k, v, bs, nkv, hd }, p),
         _ => unreachable!("keys and values share one type"),
     }
 }
 
-/// Where a task's keys and values come from: a float cache read in place, or a q8_0 cache
+/// A quantized cache holds rotated keys and values (`kv_quant::rotations`): the queries are
+/// rotated alike, and the output back.
+fn rotated_attention<S: KvSource>(q: &[f32], batch: &BatchInput, src: &S, p: &AttentionParams) -> Vec<f32> {
+    let (k_rot, v_rot) = rotations(p.head_dim);
+    let mut rotated = q.to_vec();
+    if let Some(n) = k_rot {
+        hadamard(&mut rotated, n);
+    }
+    let mut out = attention_over(&rotated, batch, src, p);
+    if let Some(n) = v_rot {
+        hadamard(&mut out, n);
+    }
+    out
+}
+
+/// Where a task's keys and values come from: a float cache read in place, or a quantized cache
 /// dequantized block by block into the task's thread's scratch (exactly `q · d`, so the
 /// kernels below see the same values whatever else is in the batch).
 trait KvSource: Sync {
@@ -97,9 +101,9 @@ impl<E: KvElem> KvSource for InPlace<'_, E> {
     }
 }
 
-struct Dequantized<'a> {
-    k: &'a Q8Data,
-    v: &'a Q8Data,
+struct Dequantized<'a, Q> {
+    k: &'a Q,
+    v: &'a Q,
     bs: usize,
     nkv: usize,
     hd: usize,
@@ -111,7 +115,7 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-impl KvSource for Dequantized<'_> {
+impl<Q: QuantizedKv> KvSource for Dequantized<'_, Q> {
     type Elem = f32;
     fn with_head(&self, table: &[u32], kvh: usize, lo: usize, pos: usize, f: &mut dyn FnMut(&HeadView<f32>)) {
         let (bs, hd) = (self.bs, self.hd);
@@ -634,13 +638,13 @@ mod tests {
         }
     }
 
-    /// A q8_0 cache's values are ggml's q8_0 of what was written, rotated (within half a step),
-    /// and attention over it gives the bits of attention over an f32 cache holding those
-    /// dequantized values with rotated queries, rotated back — for prefill rows and across a
-    /// scattered block table; and that is within quantization error of the unrotated result.
+    /// A quantized cache's values are ggml's q8_0 / q4_0 of what was written, rotated (within
+    /// rounding), and attention over it gives the bits of attention over an f32 cache holding
+    /// those dequantized values with rotated queries, rotated back — for prefill rows and
+    /// across a scattered block table; and that is within quantization error of the unrotated
+    /// f32 result.
     #[test]
-    fn q8_0_cache_attends_like_f32_over_its_dequantized_values() {
-        use crate::kv_cache::{dequantize_keys, dequantize_values};
+    fn quantized_caches_attend_like_f32_over_their_dequantized_values() {
         let (heads, kv_heads, hd, bs, len) =
             if cfg!(miri) { (2, 1, 64, 4, 6) } else { (14usize, 2usize, 64usize, 16usize, 37usize) };
         let kv_dim = kv_heads * hd;
@@ -650,39 +654,16 @@ mod tests {
         let mut seed = 11;
         let k: Vec<f32> = (0..len * kv_dim).map(|_| lcg(&mut seed) * 2.0).collect();
         let v: Vec<f32> = (0..len * kv_dim).map(|_| lcg(&mut seed)).collect();
-        let mut q8 = KvCache::new(1, num_blocks, bs, kv_heads, hd, KvDtype::Q8_0);
-        q8.write(0, &slots, &k, &v);
-        let (k_rot, v_rot) = q8_rotations(hd);
+        let q: Vec<f32> = (0..len * heads * hd).map(|_| lcg(&mut seed)).collect();
+        let (k_rot, v_rot) = rotations(hd);
         let rotate = |x: &[f32], n: Option<usize>| {
             let mut x = x.to_vec();
             n.into_iter().for_each(|n| hadamard(&mut x, n));
             x
         };
         let (k_rotated, v_rotated) = (rotate(&k, k_rot), rotate(&v, v_rot));
-        let (KvData::Q8_0(kq), KvData::Q8_0(vq)) = (&q8.layer(0).k, &q8.layer(0).v) else { unreachable!() };
-        let (mut kd, mut vd) = (vec![0f32; len * kv_dim], vec![0f32; len * kv_dim]);
-        let mut buf = vec![0f32; hd * bs];
-        for j in 0..len {
-            for h in 0..kv_heads {
-                let at = h * hd;
-                dequantize_keys(kq, table[j / bs] as usize, kv_heads, h, hd, bs, &mut buf);
-                (0..hd).for_each(|d| kd[j * kv_dim + at + d] = buf[d * bs + j % bs]);
-                dequantize_values(vq, table[j / bs] as usize, kv_heads, h, hd, bs, &mut buf);
-                (0..hd).for_each(|d| vd[j * kv_dim + at + d] = buf[(j % bs) * hd + d]);
-            }
-        }
-        // Half a step of rounding, plus the scale's own rounding to f16 (up to 127 · 2⁻¹¹ steps).
-        for (x, want) in [(&kd, &k_rotated), (&vd, &v_rotated)] {
-            for (g, w) in x.chunks(32).zip(want.chunks(32)) {
-                let step = w.iter().fold(0f32, |a, x| a.max(x.abs())) / 127.0;
-                assert!(g.iter().zip(w).all(|(a, b)| (a - b).abs() <= step * 0.57), "off by more than q8_0 rounding");
-            }
-        }
-        let mut exact = KvCache::new(1, num_blocks, bs, kv_heads, hd, KvDtype::F32);
-        exact.write(0, &slots, &kd, &vd);
         let mut batch = BatchInput::default();
         batch.push_seq(&vec![0; len], 0, &table, bs, false);
-        let q: Vec<f32> = (0..len * heads * hd).map(|_| lcg(&mut seed)).collect();
         let p = AttentionParams {
             num_heads: heads,
             num_kv_heads: kv_heads,
@@ -691,49 +672,61 @@ mod tests {
             softcap: None,
             window: None,
         };
-        let a = paged_attention(&q, &batch, q8.layer(0), bs, &p);
-        let b = rotate(&paged_attention(&rotate(&q, k_rot), &batch, exact.layer(0), bs, &p), v_rot);
-        assert!(
-            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "q8_0 attention differs from f32 over its values"
-        );
         let mut plain = KvCache::new(1, num_blocks, bs, kv_heads, hd, KvDtype::F32);
         plain.write(0, &slots, &k, &v);
-        let c = paged_attention(&q, &batch, plain.layer(0), bs, &p);
-        let worst = a.iter().zip(&c).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(worst < 0.05, "q8_0 attention is {worst} from the f32 cache's");
-    }
+        let exact_out = paged_attention(&q, &batch, plain.layer(0), bs, &p);
 
-    /// The fast transform is the matrix llama.cpp builds (`ggml_gen_hadamard`), and its own
-    /// inverse.
-    #[test]
-    fn hadamard_is_llama_cpps_matrix_and_an_involution() {
-        let n = 64;
-        let mut m = vec![0f64; n * n];
-        m[0] = 1.0 / (n as f64).sqrt();
-        let mut s = 1;
-        while s < n {
-            for i in 0..s {
-                for j in 0..s {
-                    let v = m[i * n + j];
-                    m[(i + s) * n + j] = v;
-                    m[i * n + j + s] = v;
-                    m[(i + s) * n + j + s] = -v;
+        fn read_back<Q: QuantizedKv>(
+            kq: &Q,
+            vq: &Q,
+            table: &[u32],
+            (len, kv_heads, hd, bs): (usize, usize, usize, usize),
+        ) -> (Vec<f32>, Vec<f32>) {
+            let kv_dim = kv_heads * hd;
+            let (mut kd, mut vd) = (vec![0f32; len * kv_dim], vec![0f32; len * kv_dim]);
+            let mut buf = vec![0f32; hd * bs];
+            for j in 0..len {
+                for h in 0..kv_heads {
+                    let at = h * hd;
+                    dequantize_keys(kq, table[j / bs] as usize, kv_heads, h, hd, bs, &mut buf);
+                    (0..hd).for_each(|d| kd[j * kv_dim + at + d] = buf[d * bs + j % bs]);
+                    dequantize_values(vq, table[j / bs] as usize, kv_heads, h, hd, bs, &mut buf);
+                    (0..hd).for_each(|d| vd[j * kv_dim + at + d] = buf[(j % bs) * hd + d]);
                 }
             }
-            s *= 2;
+            (kd, vd)
         }
-        let mut seed = 3;
-        let x: Vec<f32> = (0..2 * n).map(|_| lcg(&mut seed)).collect();
-        let mut y = x.clone();
-        hadamard(&mut y, n);
-        for b in 0..2 {
-            for j in 0..n {
-                let want: f64 = (0..n).map(|i| x[b * n + i] as f64 * m[i * n + j]).sum();
-                assert!((y[b * n + j] as f64 - want).abs() < 1e-6, "column {j}");
+        // (type, step per group's largest magnitude, error bound in steps, attention bound):
+        // q8_0 rounds to half a step plus its scale's f16 rounding (127 · 2⁻¹¹ steps); q4_0's
+        // code for minus the extreme saturates at 7 (a whole step).
+        for (dtype, per, steps, bound) in [(KvDtype::Q8_0, 127.0, 0.57, 0.05), (KvDtype::Q4_0, 8.0, 1.01, 0.5)] {
+            let mut cache = KvCache::new(1, num_blocks, bs, kv_heads, hd, dtype);
+            cache.write(0, &slots, &k, &v);
+            let shape = (len, kv_heads, hd, bs);
+            let (kd, vd) = match (&cache.layer(0).k, &cache.layer(0).v) {
+                (KvData::Q8_0(kq), KvData::Q8_0(vq)) => read_back(kq, vq, &table, shape),
+                (KvData::Q4_0(kq), KvData::Q4_0(vq)) => read_back(kq, vq, &table, shape),
+                _ => unreachable!(),
+            };
+            for (x, want) in [(&kd, &k_rotated), (&vd, &v_rotated)] {
+                for (g, w) in x.chunks(32).zip(want.chunks(32)) {
+                    let step = w.iter().fold(0f32, |a, x| a.max(x.abs())) / per;
+                    assert!(
+                        g.iter().zip(w).all(|(a, b)| (a - b).abs() <= step * steps),
+                        "{dtype:?}: off by more than its rounding"
+                    );
+                }
             }
+            let mut exact = KvCache::new(1, num_blocks, bs, kv_heads, hd, KvDtype::F32);
+            exact.write(0, &slots, &kd, &vd);
+            let a = paged_attention(&q, &batch, cache.layer(0), bs, &p);
+            let b = rotate(&paged_attention(&rotate(&q, k_rot), &batch, exact.layer(0), bs, &p), v_rot);
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{dtype:?} attention differs from f32 over its values"
+            );
+            let worst = a.iter().zip(&exact_out).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst < bound, "{dtype:?} attention is {worst} from the f32 cache's");
         }
-        hadamard(&mut y, n);
-        assert!(y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-6));
     }
 }
