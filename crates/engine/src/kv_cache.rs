@@ -46,8 +46,8 @@ impl KvDtype {
     pub fn supports(self, head_dim: usize, block_size: usize) -> bool {
         match self {
             KvDtype::F16 | KvDtype::F32 => true,
-            KvDtype::Q8_0 => head_dim % GROUP == 0,
-            KvDtype::Q4_0 => head_dim % GROUP == 0 && block_size % 2 == 0,
+            KvDtype::Q8_0 => head_dim.is_multiple_of(GROUP),
+            KvDtype::Q4_0 => head_dim.is_multiple_of(GROUP) && block_size.is_multiple_of(2),
         }
     }
 }

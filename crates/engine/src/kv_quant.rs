@@ -120,11 +120,11 @@ impl QuantizedKv for Q4Data {
 /// (`llama_kv_cache`: keys by the largest power of two from 64 dividing the head dimension,
 /// values by 64; none when the head dimension is not a multiple of 64).
 pub fn rotations(head_dim: usize) -> (Option<usize>, Option<usize>) {
-    if head_dim % 64 != 0 {
+    if !head_dim.is_multiple_of(64) {
         return (None, None);
     }
     let mut k = 64;
-    while head_dim % (2 * k) == 0 {
+    while head_dim.is_multiple_of(2 * k) {
         k *= 2;
     }
     (Some(k), Some(64))
@@ -134,7 +134,7 @@ pub fn rotations(head_dim: usize) -> (Option<usize>, Option<usize>) {
 /// `x.len()`): the Sylvester-ordered Walsh–Hadamard matrix scaled by `1/√n` (llama.cpp's
 /// `ggml_gen_hadamard`), by the fast butterfly; `H_n` is symmetric and its own inverse.
 pub fn hadamard(x: &mut [f32], n: usize) {
-    debug_assert!(n.is_power_of_two() && x.len() % n == 0);
+    debug_assert!(n.is_power_of_two() && x.len().is_multiple_of(n));
     let scale = 1.0 / (n as f32).sqrt();
     for block in x.chunks_exact_mut(n) {
         let mut h = 1;
