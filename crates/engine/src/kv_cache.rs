@@ -122,13 +122,13 @@ impl KvCache {
 
     /// Stores `k`/`v` rows (`slots.len() × kv_dim`) at the given slots of one layer.
     pub fn write(&mut self, layer: usize, slots: &[usize], k: &[f32], v: &[f32]) {
-        let (nkv, hd, bs) = (self.num_kv_heads, self.head_dim, self.block_size);
+        let rows = RowsAt { slots, k, v, nkv: self.num_kv_heads, hd: self.head_dim, bs: self.block_size };
         let l = &mut self.layers[layer];
         match (&mut l.k, &mut l.v) {
-            (KvData::F16(kc), KvData::F16(vc)) => write_rows(kc, vc, slots, k, v, nkv, hd, bs),
-            (KvData::F32(kc), KvData::F32(vc)) => write_rows(kc, vc, slots, k, v, nkv, hd, bs),
-            (KvData::Q8_0(kc), KvData::Q8_0(vc)) => kv_quant::write_rows(kc, vc, slots, k, v, nkv, hd, bs),
-            (KvData::Q4_0(kc), KvData::Q4_0(vc)) => kv_quant::write_rows(kc, vc, slots, k, v, nkv, hd, bs),
+            (KvData::F16(kc), KvData::F16(vc)) => write_rows(kc, vc, &rows),
+            (KvData::F32(kc), KvData::F32(vc)) => write_rows(kc, vc, &rows),
+            (KvData::Q8_0(kc), KvData::Q8_0(vc)) => kv_quant::write_rows(kc, vc, &rows),
+            (KvData::Q4_0(kc), KvData::Q4_0(vc)) => kv_quant::write_rows(kc, vc, &rows),
             _ => unreachable!("keys and values share one type"),
         }
     }
@@ -138,30 +138,40 @@ impl KvCache {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_rows<E: KvElem>(
-    kc: &mut [E],
-    vc: &mut [E],
-    slots: &[usize],
-    k: &[f32],
-    v: &[f32],
-    nkv: usize,
-    hd: usize,
-    bs: usize,
-) {
-    let d = nkv * hd;
-    for (i, &slot) in slots.iter().enumerate() {
-        let (block, at) = (slot / bs, slot % bs);
-        for (h, (key, value)) in
-            k[i * d..(i + 1) * d].chunks_exact(hd).zip(v[i * d..(i + 1) * d].chunks_exact(hd)).enumerate()
-        {
-            let first = (block * nkv + h) * hd * bs;
-            for (j, &x) in key.iter().enumerate() {
-                kc[first + j * bs + at] = E::from_f32(x);
-            }
-            for (o, &x) in vc[first + at * hd..first + (at + 1) * hd].iter_mut().zip(value) {
-                *o = E::from_f32(x);
+/// Rows of keys and values to store and their slots: what each cache type's writer walks.
+pub struct RowsAt<'a> {
+    pub slots: &'a [usize],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub nkv: usize,
+    pub hd: usize,
+    pub bs: usize,
+}
+
+impl RowsAt<'_> {
+    /// Calls `f(unit, at, key, value)` for every row and KV head: `unit = block · nkv + head`
+    /// numbers that head's part of the block, `at` is the slot within the block.
+    pub fn each_head(&self, mut f: impl FnMut(usize, usize, &[f32], &[f32])) {
+        let d = self.nkv * self.hd;
+        for (i, &slot) in self.slots.iter().enumerate() {
+            let (block, at) = (slot / self.bs, slot % self.bs);
+            let (keys, values) = (&self.k[i * d..(i + 1) * d], &self.v[i * d..(i + 1) * d]);
+            for (h, (key, value)) in keys.chunks_exact(self.hd).zip(values.chunks_exact(self.hd)).enumerate() {
+                f(block * self.nkv + h, at, key, value);
             }
         }
     }
+}
+
+fn write_rows<E: KvElem>(kc: &mut [E], vc: &mut [E], rows: &RowsAt) {
+    let (hd, bs) = (rows.hd, rows.bs);
+    rows.each_head(|unit, at, key, value| {
+        let first = unit * hd * bs;
+        for (j, &x) in key.iter().enumerate() {
+            kc[first + j * bs + at] = E::from_f32(x);
+        }
+        for (o, &x) in vc[first + at * hd..first + (at + 1) * hd].iter_mut().zip(value) {
+            *o = E::from_f32(x);
+        }
+    });
 }

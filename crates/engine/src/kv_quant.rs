@@ -19,6 +19,8 @@
 
 use half::f16;
 
+use crate::kv_cache::RowsAt;
+
 /// Values per scale.
 pub const GROUP: usize = 32;
 
@@ -154,18 +156,8 @@ pub fn hadamard(x: &mut [f32], n: usize) {
 
 /// Stores `k`/`v` rows (`slots.len() × nkv·hd`) at `slots`: each head's key and value rotated
 /// (`rotations`) and quantized per 32 dimensions.
-#[allow(clippy::too_many_arguments)]
-pub fn write_rows<Q: QuantizedKv>(
-    kc: &mut Q,
-    vc: &mut Q,
-    slots: &[usize],
-    k: &[f32],
-    v: &[f32],
-    nkv: usize,
-    hd: usize,
-    bs: usize,
-) {
-    let (d, groups) = (nkv * hd, hd / GROUP);
+pub fn write_rows<Q: QuantizedKv>(kc: &mut Q, vc: &mut Q, rows: &RowsAt) {
+    let (hd, bs, groups) = (rows.hd, rows.bs, rows.hd / GROUP);
     let (k_rot, v_rot) = rotations(hd);
     let mut rotated = vec![0f32; hd];
     let mut codes = vec![0i8; hd];
@@ -179,26 +171,21 @@ pub fn write_rows<Q: QuantizedKv>(
             *s = Q::quantize_group(x, c);
         }
     };
-    for (i, &slot) in slots.iter().enumerate() {
-        let (block, at) = (slot / bs, slot % bs);
-        for (h, (key, value)) in
-            k[i * d..(i + 1) * d].chunks_exact(hd).zip(v[i * d..(i + 1) * d].chunks_exact(hd)).enumerate()
-        {
-            let (first, dfirst) = ((block * nkv + h) * hd * bs, (block * nkv + h) * groups * bs);
-            quantize(key, k_rot, &mut codes, &mut scales);
-            for (j, &c) in codes.iter().enumerate() {
-                kc.set_code(first + j * bs + at, c);
-            }
-            for (g, &s) in scales.iter().enumerate() {
-                kc.scales_mut()[dfirst + g * bs + at] = s;
-            }
-            quantize(value, v_rot, &mut codes, &mut scales);
-            for (j, &c) in codes.iter().enumerate() {
-                vc.set_code(first + at * hd + j, c);
-            }
-            vc.scales_mut()[dfirst + at * groups..dfirst + (at + 1) * groups].copy_from_slice(&scales);
+    rows.each_head(|unit, at, key, value| {
+        let (first, dfirst) = (unit * hd * bs, unit * groups * bs);
+        quantize(key, k_rot, &mut codes, &mut scales);
+        for (j, &c) in codes.iter().enumerate() {
+            kc.set_code(first + j * bs + at, c);
         }
-    }
+        for (g, &s) in scales.iter().enumerate() {
+            kc.scales_mut()[dfirst + g * bs + at] = s;
+        }
+        quantize(value, v_rot, &mut codes, &mut scales);
+        for (j, &c) in codes.iter().enumerate() {
+            vc.set_code(first + at * hd + j, c);
+        }
+        vc.scales_mut()[dfirst + at * groups..dfirst + (at + 1) * groups].copy_from_slice(&scales);
+    });
 }
 
 /// The dequantized (still rotated) keys of one block and KV head, transposed (`hd × bs`), into
