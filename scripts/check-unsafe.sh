@@ -17,9 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Unit tests whose code holds or drives the unsafe blocks (names are substring filters).
-FILTERS=(layers::kernels layers::dense layers::attention layers::activation layers::pool layers::vecmath block_manager stop::)
+FILTERS=(layers::kernels layers::dense layers::attention kv_quant layers::activation layers::pool layers::vecmath block_manager stop::)
 # Heavy tests that quantize with candle: too slow to interpret, and not our unsafe code.
-MIRI_SKIP=(k_quants_decode_like_candle packed_columns_dequantize_like_candle)
+MIRI_SKIP=(k_quants_decode_like_candle legacy_quants_decode_like_candle packed_columns_dequantize_like_candle)
 
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=(miri asan)
