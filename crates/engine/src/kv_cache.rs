@@ -63,12 +63,20 @@ pub enum KvData {
 impl KvData {
     fn new(dtype: KvDtype, len: usize) -> Self {
         match dtype {
-            KvDtype::F16 => KvData::F16(vec![f16::ZERO; len]),
+            KvDtype::F16 => KvData::F16(zeroed_f16(len)),
             KvDtype::F32 => KvData::F32(vec![0.0; len]),
             KvDtype::Q8_0 => KvData::Q8_0(Q8Data::new(len)),
             KvDtype::Q4_0 => KvData::Q4_0(Q4Data::new(len)),
         }
     }
+}
+
+/// `len` f16 zeros from zeroed memory: the pages are only touched when a block is written,
+/// so a large cache costs neither start-up time nor resident memory until it is used
+/// (`vec![f16::ZERO; n]` writes every element).
+pub(crate) fn zeroed_f16(len: usize) -> Vec<f16> {
+    use half::vec::HalfBitsVecExt;
+    vec![0u16; len].reinterpret_into()
 }
 
 pub struct KvCache {

@@ -43,7 +43,7 @@ pub struct Q8Data {
 
 impl Q8Data {
     pub fn new(len: usize) -> Self {
-        Self { q: vec![0; len], d: vec![f16::ZERO; len / GROUP] }
+        Self { q: vec![0; len], d: crate::kv_cache::zeroed_f16(len / GROUP) }
     }
 }
 
@@ -77,7 +77,7 @@ pub struct Q4Data {
 
 impl Q4Data {
     pub fn new(len: usize) -> Self {
-        Self { q: vec![0x88; len / 2], d: vec![f16::ZERO; len / GROUP] }
+        Self { q: vec![0x88; len / 2], d: crate::kv_cache::zeroed_f16(len / GROUP) }
     }
 }
 

@@ -7,16 +7,26 @@ use std::io::BufReader;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
 use crate::error::{EngineError, Result};
 
-/// A parsed GGUF header plus an open reader for its tensor data.
+/// A parsed GGUF header plus an open reader for its tensor data, and the file mapped into
+/// memory so tensors the kernels repack are read in place, with no copy.
 pub struct Gguf {
     pub path: String,
     content: Content,
     reader: BufReader<File>,
+    map: Option<memmap2::Mmap>,
+}
+
+/// A tensor's bytes as the file holds them, borrowed from the mapping; `dims` outermost
+/// first, as candle's shapes.
+pub struct TensorView<'a> {
+    pub dtype: GgmlDType,
+    pub dims: Vec<usize>,
+    pub bytes: &'a [u8],
 }
 
 impl Gguf {
@@ -24,12 +34,19 @@ impl Gguf {
         let path_str = path.as_ref().display().to_string();
         let file = File::open(path.as_ref())
             .map_err(|e| EngineError::Io { path: path_str.clone(), message: e.to_string() })?;
+        // SAFETY: the mapping is read-only and lives only while the model loads (every tensor
+        // taken from it is copied or repacked); slm never writes model files. Another process
+        // truncating the file meanwhile would fault the loader, as for llama.cpp's mmap.
+        let map = unsafe { memmap2::Mmap::map(&file) }.ok();
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| EngineError::Gguf {
-            path: path_str.clone(),
-            message: format!("not a readable GGUF file: {e}"),
-        })?;
-        Ok(Self { path: path_str, content, reader })
+        // The header parser asks for its position once per string (300,000 for a 150k
+        // vocabulary): through the mapping that is free, through a file a system call.
+        let content = match &map {
+            Some(m) => Content::read(&mut std::io::Cursor::new(&m[..])),
+            None => Content::read(&mut reader),
+        }
+        .map_err(|e| EngineError::Gguf { path: path_str.clone(), message: format!("not a readable GGUF file: {e}") })?;
+        Ok(Self { path: path_str, content, reader, map })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -148,14 +165,41 @@ impl Gguf {
         self.content.tensor_infos.contains_key(name)
     }
 
+    /// The bytes of tensor `name` in place (None without a mapping); a missing tensor, or one
+    /// whose data would run past the file, is an error naming it.
+    pub fn view(&self, name: &str) -> Result<Option<TensorView<'_>>> {
+        let Some(map) = &self.map else { return Ok(None) };
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| EngineError::MissingTensor { path: self.path.clone(), name: name.into() })?;
+        let dtype = info.ggml_dtype;
+        let elems = info.shape.dims().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let size = elems
+            .filter(|e| e % dtype.block_size() == 0)
+            .and_then(|e| (e / dtype.block_size()).checked_mul(dtype.type_size()))
+            .ok_or_else(|| {
+                self.bad(format!("tensor `{name}`: its dims {:?} are not whole {dtype:?} blocks", info.shape))
+            })?;
+        let start = usize::try_from(self.content.tensor_data_offset.saturating_add(info.offset)).unwrap_or(usize::MAX);
+        let bytes = start.checked_add(size).and_then(|end| map.get(start..end)).ok_or_else(|| {
+            self.bad(format!("tensor `{name}` needs {size} bytes at offset {start}, past the end of the file"))
+        })?;
+        Ok(Some(TensorView { dtype, dims: info.shape.dims().to_vec(), bytes }))
+    }
+
     /// Loads one tensor; a missing one is an error naming it and the file.
     pub fn tensor(&mut self, name: &str) -> Result<QTensor> {
         if !self.has_tensor(name) {
             return Err(EngineError::MissingTensor { path: self.path.clone(), name: name.into() });
         }
-        self.content
-            .tensor(&mut self.reader, name, &Device::Cpu)
-            .map_err(|e| self.bad(format!("cannot read tensor `{name}`: {e}")))
+        // From the mapping: one copy (candle's reader makes two, through a read buffer).
+        let loaded = match self.view(name)? {
+            Some(v) => candle_core::quantized::ggml_file::qtensor_from_ggml(v.dtype, v.bytes, v.dims, &Device::Cpu),
+            None => self.content.tensor(&mut self.reader, name, &Device::Cpu),
+        };
+        loaded.map_err(|e| self.bad(format!("cannot read tensor `{name}`: {e}")))
     }
 
     pub fn opt_tensor(&mut self, name: &str) -> Result<Option<QTensor>> {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use super::dense::DenseWeights;
 use super::kernels;
 use crate::error::{EngineError, Result};
+use crate::loader::Gguf;
 use crate::profile::{self, Op};
 
 /// Runs `$body` with `$T` bound to the block type of `$dtype`, or returns `$unsupported`.
@@ -87,37 +88,40 @@ struct QWeight {
     out_dim: usize,
 }
 
+/// Checks that a tensor of `dtype` with `dims` and `bytes` of data is a 2-D weight slm can
+/// run: returns `(out_dim, in_dim)`. A crafted file may claim anything.
+fn check_weight(dtype: GgmlDType, dims: &[usize], bytes: usize, name: &str, path: &str) -> Result<(usize, usize)> {
+    let bad = |message: String| EngineError::Gguf { path: path.into(), message };
+    let &[out_dim, in_dim] = dims else {
+        return Err(bad(format!("tensor `{name}` should be 2-D, has shape {dims:?}")));
+    };
+    let values = out_dim
+        .checked_mul(in_dim)
+        .ok_or_else(|| bad(format!("tensor `{name}`: dims {out_dim} × {in_dim} overflow")))?;
+    if values % dtype.block_size() != 0 {
+        return Err(bad(format!("tensor `{name}`: {values} values are not whole {dtype:?} blocks")));
+    }
+    if Some(bytes) != (values / dtype.block_size()).checked_mul(dtype.type_size()) {
+        return Err(bad(format!("tensor `{name}`: {bytes} bytes of data for {out_dim} × {in_dim} {dtype:?} values")));
+    }
+    // For f32 and f16 the block is one value: the modulo is trivially 0 there.
+    #[allow(clippy::modulo_one)]
+    let supported = with_block_type!(dtype, T, { in_dim % T::BLCK_SIZE == 0 }, false);
+    if !supported {
+        return Err(EngineError::UnsupportedQuant {
+            path: path.into(),
+            name: name.into(),
+            dtype: format!("{dtype:?} (row length {in_dim})"),
+        });
+    }
+    Ok((out_dim, in_dim))
+}
+
 impl QWeight {
     fn new(tensor: QTensor, name: &str, path: &str) -> Result<Self> {
         let dtype = tensor.dtype();
-        let bad = |message: String| EngineError::Gguf { path: path.into(), message };
-        let (out_dim, in_dim) = tensor
-            .shape()
-            .dims2()
-            .map_err(|_| bad(format!("tensor `{name}` should be 2-D, has shape {:?}", tensor.shape())))?;
-        // A crafted file may claim dims whose product overflows or does not match its data.
-        let values = out_dim
-            .checked_mul(in_dim)
-            .ok_or_else(|| bad(format!("tensor `{name}`: dims {out_dim} × {in_dim} overflow")))?;
-        if values % dtype.block_size() != 0 {
-            return Err(bad(format!("tensor `{name}`: {values} values are not whole {dtype:?} blocks")));
-        }
         let bytes = tensor.data().map(|d| d.len()).unwrap_or(0);
-        if Some(bytes) != (values / dtype.block_size()).checked_mul(dtype.type_size()) {
-            return Err(bad(format!(
-                "tensor `{name}`: {bytes} bytes of data for {out_dim} × {in_dim} {dtype:?} values"
-            )));
-        }
-        // For f32 and f16 the block is one value: the modulo is trivially 0 there.
-        #[allow(clippy::modulo_one)]
-        let supported = with_block_type!(dtype, T, { in_dim % T::BLCK_SIZE == 0 }, false);
-        if !supported {
-            return Err(EngineError::UnsupportedQuant {
-                path: path.into(),
-                name: name.into(),
-                dtype: format!("{dtype:?} (row length {in_dim})"),
-            });
-        }
+        let (out_dim, in_dim) = check_weight(dtype, tensor.shape().dims(), bytes, name, path)?;
         Ok(Self { tensor: Arc::new(tensor), dtype, in_dim, out_dim })
     }
 
@@ -158,15 +162,26 @@ gguf_blocks!(
 /// the tensor's dtype, so either is a bug, never a property of the file.
 pub(crate) fn tensor_blocks<T: GgufBlock>(tensor: &QTensor) -> &[T] {
     assert_eq!(tensor.dtype(), T::DTYPE, "tensor_blocks: tensor is {:?}, not {:?}", tensor.dtype(), T::DTYPE);
-    assert_eq!(std::mem::size_of::<T>(), T::DTYPE.type_size(), "block size of {:?}", T::DTYPE);
     let bytes = tensor.data().expect("cpu tensor data");
     let std::borrow::Cow::Borrowed(bytes) = bytes else { panic!("quantized CPU storage is expected to be borrowed") };
     let n = tensor.shape().elem_count() / T::DTYPE.block_size();
     assert_eq!(bytes.len(), n * std::mem::size_of::<T>(), "tensor of {n} {:?} blocks", T::DTYPE);
+    bytes_as_blocks(bytes).expect("candle's block storage is aligned")
+}
+
+/// `bytes` as blocks of `T`, or None when they are not aligned for `T` (a mapped file whose
+/// tensor offsets ignore the GGUF alignment). Panics unless `bytes` is whole blocks.
+pub(crate) fn bytes_as_blocks<T: GgufBlock>(bytes: &[u8]) -> Option<&[T]> {
+    assert_eq!(std::mem::size_of::<T>(), T::DTYPE.type_size(), "block size of {:?}", T::DTYPE);
+    assert_eq!(bytes.len() % std::mem::size_of::<T>(), 0, "bytes of whole {:?} blocks", T::DTYPE);
+    let n = bytes.len() / std::mem::size_of::<T>();
+    if bytes.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
+        return None;
+    }
     assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0, "misaligned {:?} blocks", T::DTYPE);
     // SAFETY: `bytes` holds exactly `n` blocks of `T::DTYPE` (checked above), aligned for
     // `T`, and `T: GgufBlock` may be any bit pattern of that layout; the borrow keeps them.
-    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) }
+    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) })
 }
 
 pub struct QLinear {
@@ -194,21 +209,40 @@ fn dense(w: &QWeight) -> Option<DenseWeights> {
 }
 
 fn pack(w: &QWeight) -> Option<Arc<kernels::PackedWeights>> {
-    let (n, k) = (w.out_dim, w.in_dim);
-    match w.dtype {
-        GgmlDType::Q4_0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ4_0>(), n, k)),
-        GgmlDType::Q4_1 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ4_1>(), n, k)),
-        GgmlDType::Q5_0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ5_0>(), n, k)),
-        GgmlDType::Q5_1 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ5_1>(), n, k)),
-        GgmlDType::Q8_0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ8_0>(), n, k)),
-        GgmlDType::Q2K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ2K>(), n, k)),
-        GgmlDType::Q3K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ3K>(), n, k)),
-        GgmlDType::Q4K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ4K>(), n, k)),
-        GgmlDType::Q5K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ5K>(), n, k)),
-        GgmlDType::Q6K if k % 256 == 0 => Some(kernels::PackedWeights::pack(w.blocks::<kernels::BlockQ6K>(), n, k)),
+    let bytes = w.tensor.data().ok()?;
+    pack_bytes(w.dtype, &bytes, w.out_dim, w.in_dim)
+}
+
+/// Repacks `n × k` weights of `dtype` for slm's kernels; None for a type (or row length)
+/// they do not take, or bytes not aligned for the block type.
+fn pack_bytes(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Option<Arc<kernels::PackedWeights>> {
+    use kernels::PackedWeights as P;
+    fn blocks<T: GgufBlock + kernels::WeightBlock>(bytes: &[u8], n: usize, k: usize) -> Option<P> {
+        bytes_as_blocks::<T>(bytes).map(|b| P::pack(b, n, k))
+    }
+    let kq = k % 256 == 0;
+    match dtype {
+        GgmlDType::Q4_0 => blocks::<kernels::BlockQ4_0>(bytes, n, k),
+        GgmlDType::Q4_1 => blocks::<kernels::BlockQ4_1>(bytes, n, k),
+        GgmlDType::Q5_0 => blocks::<kernels::BlockQ5_0>(bytes, n, k),
+        GgmlDType::Q5_1 => blocks::<kernels::BlockQ5_1>(bytes, n, k),
+        GgmlDType::Q8_0 => blocks::<kernels::BlockQ8_0>(bytes, n, k),
+        GgmlDType::Q2K if kq => blocks::<kernels::BlockQ2K>(bytes, n, k),
+        GgmlDType::Q3K if kq => blocks::<kernels::BlockQ3K>(bytes, n, k),
+        GgmlDType::Q4K if kq => blocks::<kernels::BlockQ4K>(bytes, n, k),
+        GgmlDType::Q5K if kq => blocks::<kernels::BlockQ5K>(bytes, n, k),
+        GgmlDType::Q6K if kq => blocks::<kernels::BlockQ6K>(bytes, n, k),
         _ => None,
     }
     .map(Arc::new)
+}
+
+/// Repacks tensor `name` straight from the mapped file, when the kernels take its type:
+/// no copy of the file's bytes is made. None: load it through candle instead.
+fn pack_in_place(g: &Gguf, name: &str) -> Result<Option<(Arc<kernels::PackedWeights>, GgmlDType)>> {
+    let Some(v) = g.view(name)? else { return Ok(None) };
+    let (n, k) = check_weight(v.dtype, &v.dims, v.bytes.len(), name, &g.path)?;
+    Ok(pack_bytes(v.dtype, v.bytes, n, k).map(|p| (p, v.dtype)))
 }
 
 impl QLinear {
@@ -223,6 +257,40 @@ impl QLinear {
             }
         }
         Ok(Self::from_weight(w, bias))
+    }
+
+    /// Loads weight `name` (and its bias), repacking it in place from the mapped file when
+    /// the kernels take its type.
+    pub fn load(g: &mut Gguf, name: &str, bias: Option<Vec<f32>>) -> Result<Self> {
+        match pack_in_place(g, name)? {
+            Some((packed, dtype)) => Self::from_packed(packed, dtype, bias, name, &g.path),
+            None => Self::new(g.tensor(name)?, bias, name, &g.path),
+        }
+    }
+
+    fn from_packed(
+        packed: Arc<kernels::PackedWeights>,
+        dtype: GgmlDType,
+        bias: Option<Vec<f32>>,
+        name: &str,
+        path: &str,
+    ) -> Result<Self> {
+        if let Some(b) = bias.as_ref().filter(|b| b.len() != packed.n) {
+            return Err(EngineError::Gguf {
+                path: path.into(),
+                message: format!("bias of `{name}` has {} values, expected {}", b.len(), packed.n),
+            });
+        }
+        Ok(Self {
+            in_dim: packed.k,
+            out_dim: packed.n,
+            dtype,
+            profile_op: Op::for_dtype(&dtype),
+            w: None,
+            packed: Some(packed),
+            dense: None,
+            bias,
+        })
     }
 
     fn from_weight(w: QWeight, bias: Option<Vec<f32>>) -> Self {
@@ -309,6 +377,18 @@ impl QEmbedding {
     pub fn new(weight: QTensor, name: &str, path: &str) -> Result<Self> {
         let w = QWeight::new(weight, name, path)?;
         Ok(Self { vocab_size: w.out_dim, dim: w.in_dim, w: EmbedSource::File(w) })
+    }
+
+    /// A table that is also the output projection (tied embeddings), loaded once: repacked
+    /// in place when the kernels take its type, else through candle (`tie_output`).
+    pub fn load_tied(g: &mut Gguf, name: &str) -> Result<(Self, QLinear)> {
+        if let Some((packed, dtype)) = pack_in_place(g, name)? {
+            let table = Self { vocab_size: packed.n, dim: packed.k, w: EmbedSource::Packed(packed.clone()) };
+            return Ok((table, QLinear::from_packed(packed, dtype, None, name, &g.path)?));
+        }
+        let mut table = Self::new(g.tensor(name)?, name, &g.path)?;
+        let output = table.tie_output();
+        Ok((table, output))
     }
 
     pub fn vocab_size(&self) -> usize {

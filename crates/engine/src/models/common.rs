@@ -94,16 +94,15 @@ impl ArchReader {
         self.config.activation = activation;
         self.config.embed_scale = embed_scale;
         self.config.final_softcap = final_softcap;
-        let mut embed = QEmbedding::new(g.tensor("token_embd.weight")?, "token_embd.weight", &path)?;
+        let (embed, output) = if g.has_tensor("output.weight") {
+            let embed = QEmbedding::new(g.tensor("token_embd.weight")?, "token_embd.weight", &path)?;
+            let bias = g.opt_vector("output.bias")?;
+            (embed, QLinear::load(g, "output.weight", bias)?)
+        } else {
+            QEmbedding::load_tied(g, "token_embd.weight")?
+        };
+        let output = output.with_profile_op(crate::profile::Op::Output);
         self.config.vocab_size = embed.vocab_size();
-        let output = match g.opt_tensor("output.weight")? {
-            Some(t) => {
-                let bias = g.opt_vector("output.bias")?;
-                QLinear::new(t, bias, "output.weight", &path)?
-            }
-            None => embed.tie_output(),
-        }
-        .with_profile_op(crate::profile::Op::Output);
         let parallel = self.parallel_layer_norm;
         let norm = |g: &mut Gguf, name: &str| -> Result<Norm> {
             let weight = g.vector(&format!("{name}.weight"))?;
@@ -138,7 +137,7 @@ impl ArchReader {
             let lin = |g: &mut Gguf, name: &str, bias: bool| -> Result<QLinear> {
                 let w = format!("blk.{l}.{name}.weight");
                 let b = if bias { g.opt_vector(&format!("blk.{l}.{name}.bias"))? } else { None };
-                QLinear::new(g.tensor(&w)?, b, &w, &path)
+                QLinear::load(g, &w, b)
             };
             let qkv = if g.has_tensor(&format!("blk.{l}.attn_qkv.weight")) {
                 Qkv::Fused(lin(g, "attn_qkv", true)?)

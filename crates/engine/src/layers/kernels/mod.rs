@@ -81,7 +81,46 @@ pub struct PackedWeights {
     neg_dmin: Vec<u16>,
 }
 
+/// Elements per tile of each of `PackedWeights`' arrays.
+#[derive(Clone, Copy)]
+struct TileShape {
+    lines: usize,
+    high: usize,
+    sub_scales: usize,
+    sub_mins: usize,
+    d: usize,
+    neg_dmin: usize,
+}
+
+/// Mutable views of a run of whole tiles in each array, for packing on several threads.
+struct TileSlices<'a> {
+    lines: &'a mut [Line],
+    high: &'a mut [Line],
+    sub_scales: &'a mut [i8],
+    sub_mins: &'a mut [i8],
+    d: &'a mut [u16],
+    neg_dmin: &'a mut [u16],
+}
+
+impl<'a> TileSlices<'a> {
+    /// The first `tiles` tiles, and the rest.
+    fn split(self, tiles: usize, per: &TileShape) -> (Self, Self) {
+        let (lines, l) = self.lines.split_at_mut(tiles * per.lines);
+        let (high, h) = self.high.split_at_mut(tiles * per.high);
+        let (sub_scales, ss) = self.sub_scales.split_at_mut(tiles * per.sub_scales);
+        let (sub_mins, sm) = self.sub_mins.split_at_mut(tiles * per.sub_mins);
+        let (d, dd) = self.d.split_at_mut(tiles * per.d);
+        let (neg_dmin, nd) = self.neg_dmin.split_at_mut(tiles * per.neg_dmin);
+        (
+            Self { lines, high, sub_scales, sub_mins, d, neg_dmin },
+            Self { lines: l, high: h, sub_scales: ss, sub_mins: sm, d: dd, neg_dmin: nd },
+        )
+    }
+}
+
 impl PackedWeights {
+    /// Repacks `n` columns of `k` values. Tiles are independent, so big weights are packed
+    /// on several threads (loading time is mostly this and reading the file).
     pub fn pack<W: WeightBlock>(w: &[W], n: usize, k: usize) -> Self {
         assert_eq!(k % W::VALUES, 0);
         let blocks = k / W::VALUES;
@@ -93,50 +132,99 @@ impl PackedWeights {
         let nibbles = W::BITS < 8;
         let lines_per_sub = if nibbles { groups / 2 } else { groups };
         let extra = if nibbles { W::BITS.saturating_sub(4) as usize } else { 0 };
-        let mut lines = vec![Line([0; 64]); tiles * nsub * lines_per_sub];
         assert!(extra * groups <= 8 || extra == 0, "high bits of {groups} groups fill more than a byte");
-        let mut high = vec![Line([0; 64]); if extra > 0 { tiles * nsub } else { 0 }];
-        let mut sub_scales = vec![0i8; if spb > 1 { tiles * nsub * TILE } else { 0 }];
-        let mut sub_mins = vec![0i8; if W::HAS_MIN && spb > 1 { tiles * nsub * TILE } else { 0 }];
-        let mut d = vec![0u16; tiles * blocks * TILE];
-        let mut neg_dmin = vec![0u16; if W::HAS_MIN { tiles * blocks * TILE } else { 0 }];
-        let mut u = vec![0u8; W::VALUES];
-        let (mut sc, mut mn) = (vec![0i8; spb], vec![0i8; spb]);
-        for c in 0..n {
-            let (t, lane) = (c / TILE, c % TILE);
-            for b in 0..blocks {
-                let (db, dminb) = w[c * blocks + b].decode(&mut u, &mut sc, &mut mn);
-                d[(t * blocks + b) * TILE + lane] = db;
-                if W::HAS_MIN {
-                    // Negating an f16 flips its sign bit: exact.
-                    neg_dmin[(t * blocks + b) * TILE + lane] = dminb ^ 0x8000;
-                }
-                for j in 0..spb {
-                    let s = b * spb + j;
-                    let tsub = t * nsub + s;
-                    for g in 0..groups {
-                        for i in 0..4 {
-                            let v = u[j * W::SUB + g * 4 + i];
-                            let bit = lane * 4 + i;
+        // Per tile, each array's share (0 where the type has none of it).
+        let per_tile = TileShape {
+            lines: nsub * lines_per_sub,
+            high: if extra > 0 { nsub } else { 0 },
+            sub_scales: if spb > 1 { nsub * TILE } else { 0 },
+            sub_mins: if W::HAS_MIN && spb > 1 { nsub * TILE } else { 0 },
+            d: blocks * TILE,
+            neg_dmin: if W::HAS_MIN { blocks * TILE } else { 0 },
+        };
+        let mut lines = vec![Line([0; 64]); tiles * per_tile.lines];
+        let mut high = vec![Line([0; 64]); tiles * per_tile.high];
+        let mut sub_scales = vec![0i8; tiles * per_tile.sub_scales];
+        let mut sub_mins = vec![0i8; tiles * per_tile.sub_mins];
+        let mut d = vec![0u16; tiles * per_tile.d];
+        let mut neg_dmin = vec![0u16; tiles * per_tile.neg_dmin];
+        // Fills tiles `t0..` into slices that start at tile t0.
+        let fill = |t0: usize, num_tiles: usize, out: TileSlices| {
+            let TileSlices { lines, high, sub_scales, sub_mins, d, neg_dmin } = out;
+            let mut u = vec![0u8; W::VALUES];
+            let (mut sc, mut mn) = (vec![0i8; spb], vec![0i8; spb]);
+            for c in t0 * TILE..((t0 + num_tiles) * TILE).min(n) {
+                let (t, lane) = (c / TILE - t0, c % TILE);
+                for b in 0..blocks {
+                    let (db, dminb) = w[c * blocks + b].decode(&mut u, &mut sc, &mut mn);
+                    d[(t * blocks + b) * TILE + lane] = db;
+                    if W::HAS_MIN {
+                        // Negating an f16 flips its sign bit: exact.
+                        neg_dmin[(t * blocks + b) * TILE + lane] = dminb ^ 0x8000;
+                    }
+                    for j in 0..spb {
+                        let tsub = t * nsub + b * spb + j;
+                        let sub_values = &u[j * W::SUB..(j + 1) * W::SUB];
+                        let sub_lines = &mut lines[tsub * lines_per_sub..(tsub + 1) * lines_per_sub];
+                        for (g, v4) in sub_values.chunks_exact(4).enumerate() {
+                            let v4: &[u8; 4] = v4.try_into().expect("4 values");
                             if nibbles {
-                                lines[tsub * lines_per_sub + g / 2].0[bit] |= (v & 0x0F) << (4 * (g % 2));
+                                let dst: &mut [u8; 4] =
+                                    (&mut sub_lines[g / 2].0[lane * 4..lane * 4 + 4]).try_into().expect("4 bytes");
+                                for i in 0..4 {
+                                    dst[i] |= (v4[i] & 0x0F) << (4 * (g % 2));
+                                }
                                 if extra > 0 {
-                                    high[tsub].0[bit] |= (v >> 4) << (g * extra);
+                                    let hi: &mut [u8; 4] =
+                                        (&mut high[tsub].0[lane * 4..lane * 4 + 4]).try_into().expect("4 bytes");
+                                    for i in 0..4 {
+                                        hi[i] |= (v4[i] >> 4) << (g * extra);
+                                    }
                                 }
                             } else {
-                                lines[tsub * lines_per_sub + g].0[bit] = v;
+                                sub_lines[g].0[lane * 4..lane * 4 + 4].copy_from_slice(v4);
                             }
                         }
-                    }
-                    if spb > 1 {
-                        sub_scales[tsub * TILE + lane] = sc[j];
-                    }
-                    if W::HAS_MIN && spb > 1 {
-                        sub_mins[tsub * TILE + lane] = mn[j];
+                        if spb > 1 {
+                            sub_scales[tsub * TILE + lane] = sc[j];
+                        }
+                        if W::HAS_MIN && spb > 1 {
+                            sub_mins[tsub * TILE + lane] = mn[j];
+                        }
                     }
                 }
             }
-        }
+        };
+        // Below ~1M values a thread costs more than it saves.
+        let threads = if n * k < (1 << 20) {
+            1
+        } else {
+            std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1).min(tiles)
+        };
+        let tiles_per_thread = tiles.div_ceil(threads.max(1));
+        let mut parts = TileSlices {
+            lines: &mut lines,
+            high: &mut high,
+            sub_scales: &mut sub_scales,
+            sub_mins: &mut sub_mins,
+            d: &mut d,
+            neg_dmin: &mut neg_dmin,
+        };
+        std::thread::scope(|scope| {
+            let mut t0 = 0;
+            while t0 < tiles {
+                let count = tiles_per_thread.min(tiles - t0);
+                let (head, rest) = parts.split(count, &per_tile);
+                parts = rest;
+                if t0 + count == tiles {
+                    fill(t0, count, head); // the last share runs on this thread
+                } else {
+                    let fill = &fill;
+                    scope.spawn(move || fill(t0, count, head));
+                }
+                t0 += count;
+            }
+        });
         Self {
             n,
             k,
