@@ -175,7 +175,7 @@ pub(crate) fn bytes_as_blocks<T: GgufBlock>(bytes: &[u8]) -> Option<&[T]> {
     assert_eq!(std::mem::size_of::<T>(), T::DTYPE.type_size(), "block size of {:?}", T::DTYPE);
     assert_eq!(bytes.len() % std::mem::size_of::<T>(), 0, "bytes of whole {:?} blocks", T::DTYPE);
     let n = bytes.len() / std::mem::size_of::<T>();
-    if bytes.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
+    if !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return None;
     }
     assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0, "misaligned {:?} blocks", T::DTYPE);
@@ -220,7 +220,7 @@ fn pack_bytes(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Option<Arc<
     fn blocks<T: GgufBlock + kernels::WeightBlock>(bytes: &[u8], n: usize, k: usize) -> Option<P> {
         bytes_as_blocks::<T>(bytes).map(|b| P::pack(b, n, k))
     }
-    let kq = k % 256 == 0;
+    let kq = k.is_multiple_of(256);
     match dtype {
         GgmlDType::Q4_0 => blocks::<kernels::BlockQ4_0>(bytes, n, k),
         GgmlDType::Q4_1 => blocks::<kernels::BlockQ4_1>(bytes, n, k),
