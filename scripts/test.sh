@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer runs it (and as .ci/run does): `cargo fmt --check` and
-# clippy with warnings as errors (they fail fast), fetches the two real models if they are
+# clippy with warnings as errors (they fail fast), fetches the real models if they are
 # missing, runs every Rust test in release mode (the parity tests run the real models and need
 # optimized code), then the end-to-end tests: a real `slm serve` driven by the official openai
 # Python SDK and curl.
@@ -15,5 +15,5 @@ venv=target/e2e-venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai anthropic openai-agents pytest httpx jsonschema
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai anthropic openai-agents pytest httpx jsonschema huggingface_hub
 "$venv/bin/python" -m pytest -q tests/e2e

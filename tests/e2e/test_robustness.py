@@ -16,9 +16,9 @@ HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: slm\r\nContent-Type: applic
 BODY = b'{"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2}'
 
 
-def _server(tmp_path, extra):
+def _server(tmp_path, extra, kv_cache_mb=256):
     cfg = tmp_path / "slm.toml"
-    cfg.write_text(extra + f'\n[[models]]\npath = "{MODELS / (QWEN + ".gguf")}"\nkv_cache_mb = 256\n')
+    cfg.write_text(extra + f'\n[[models]]\npath = "{MODELS / (QWEN + ".gguf")}"\nkv_cache_mb = {kv_cache_mb}\n')
     return Server(["--config", str(cfg)], api_key=None)
 
 
@@ -123,7 +123,7 @@ def test_one_client_cannot_take_every_connection(strict):
 
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory):
-    s = _server(tmp_path_factory.mktemp("busy"), "queue_limit = 16\n")
+    s = _server(tmp_path_factory.mktemp("busy"), "queue_limit = 16\n", kv_cache_mb=32)
     yield s
     s.stop()
 
@@ -134,8 +134,17 @@ def test_a_disconnect_storm_leaves_nothing_behind(busy):
     is where it was."""
     body = {"messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}], "max_tokens": 200, "stream": True}
     rng = random.Random(12)
-    # Warm up (first requests allocate the scratch buffers), then measure.
-    httpx.post(busy.base + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 8}, timeout=60)
+    # Warm up, then measure: 16 whole requests at once allocate the batch's scratch buffers
+    # and touch every page of the (32 MiB, so 16 requests overflow it) KV pool, which is
+    # mapped from zeroed pages and only becomes resident as blocks are first written.
+    async def warm_up():
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=32)) as client:
+            await asyncio.gather(*(
+                client.post(busy.base + "/v1/chat/completions", json={**body, "stream": False}, timeout=120)
+                for _ in range(16)
+            ))
+
+    asyncio.run(warm_up())
     rss_before, _ = _rss_kb(busy)
     cut = {"before_first_byte": 0, "mid_stream": 0}
 

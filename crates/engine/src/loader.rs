@@ -161,6 +161,15 @@ impl Gguf {
             .map(Some)
     }
 
+    /// Values in all tensors (saturating: a crafted header cannot overflow it).
+    pub fn num_params(&self) -> u64 {
+        self.content
+            .tensor_infos
+            .values()
+            .map(|t| t.shape.dims().iter().fold(1u64, |a, &d| a.saturating_mul(d as u64)))
+            .fold(0u64, u64::saturating_add)
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }

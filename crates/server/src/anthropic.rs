@@ -26,6 +26,8 @@ pub enum System {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct MessagesRequest {
     pub model: Option<String>,
+    /// Extension (Ollama): how long the model stays loaded after this request.
+    pub keep_alive: Option<crate::keep_alive::KeepAlive>,
     pub max_tokens: Option<i64>,
     pub system: Option<System>,
     pub messages: Option<Vec<Value>>,

@@ -35,6 +35,24 @@ pub enum Command {
         #[arg(long = "api-key")]
         api_keys: Vec<String>,
     },
+    /// Download a model: a catalog name (`qwen2.5-coder:1.5b`), a Hugging Face repo with an
+    /// optional quant or file (`Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF:Q4_K_M`), or a URL.
+    Pull {
+        source: String,
+        /// Branch, tag or commit of a Hugging Face repo.
+        #[arg(long)]
+        revision: Option<String>,
+        /// Expected sha256 of the file (catalog models and the hub's LFS files carry their own).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Where a catalog model comes from.
+        #[arg(long, value_enum, default_value = "auto")]
+        from: slm_server::hub::pull::From,
+    },
+    /// List the models in the models directory and the Hugging Face cache.
+    List,
+    /// Remove an installed model (a name from `slm list`).
+    Rm { name: String },
     /// Generate text from a prompt; prints only the generated text, streamed.
     Generate {
         #[arg(long)]
@@ -111,6 +129,23 @@ pub fn run(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(slm_server::serve::serve(cfg))
         }
+        Command::Pull { source, revision, sha256, from } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let args = slm_server::hub::pull::PullArgs { source, revision, sha256, from };
+            let path = rt.block_on(slm_server::hub::pull::pull(args, &slm_server::config::models_dir()))?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::List => list(),
+        Command::Rm { name } => {
+            let m = slm_server::hub::local::remove(
+                &slm_server::config::models_dir(),
+                &slm_server::hub::hf_cache::hub_dir(),
+                &name,
+            )?;
+            println!("removed {} ({})", m.name, m.path.display());
+            Ok(())
+        }
         Command::Generate { model, prompt, max_tokens, temperature, seed, chat } => {
             generate(&model, &prompt, max_tokens, temperature, seed, chat)
         }
@@ -174,6 +209,36 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn list() -> Result<()> {
+    use slm_server::hub::local::{installed, Location};
+    let models = installed(&slm_server::config::models_dir(), &slm_server::hub::hf_cache::hub_dir());
+    println!("{:<40} {:>9} {:<8} {:<8} {:>8}  WHERE", "NAME", "SIZE", "QUANT", "ARCH", "CONTEXT");
+    for m in models {
+        let info = slm_engine::GgufInfo::read(&m.path);
+        let (quant, arch, ctx) = match &info {
+            Ok(i) => (
+                i.quant.clone(),
+                i.architecture.clone(),
+                i.context_length.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            ),
+            Err(_) => ("?".into(), "unreadable".into(), "-".into()),
+        };
+        let place = match &m.location {
+            Location::ModelsDir => m.path.display().to_string(),
+            Location::HfCache { repo, file, .. } => format!("hf: {repo}/{file}"),
+        };
+        println!(
+            "{:<40} {:>9} {:<8} {:<8} {:>8}  {place}",
+            m.name,
+            indicatif::HumanBytes(m.size).to_string(),
+            quant,
+            arch,
+            ctx
+        );
+    }
+    Ok(())
 }
 
 fn generate(

@@ -8,7 +8,13 @@ use serde::Deserialize;
 use slm_engine::config::KvDtype;
 use slm_engine::EngineConfig;
 
+use crate::hub::hf_cache::hub_dir;
+use crate::hub::local;
+use crate::keep_alive::KeepAlive;
+
 pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m";
+/// The default model's name in the pull catalog.
+pub const DEFAULT_CATALOG_NAME: &str = "qwen2.5-coder:0.5b";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +34,21 @@ pub struct FileConfig {
     pub responses_db: Option<String>,
     pub responses_max_count: Option<usize>,
     pub responses_max_age_days: Option<u64>,
+    /// Keys that may call `POST /models/load|unload` (they are API keys too); unset: every
+    /// API key may.
+    pub admin_api_keys: Option<Vec<String>>,
+    /// How long a model found in the models directory stays loaded after its last request
+    /// (Ollama's `keep_alive`: seconds or "5m"; negative: for good). Default "5m".
+    pub keep_alive: Option<KeepAlive>,
+    /// At most this many models loaded at once; the least recently used idle one makes room.
+    pub max_loaded_models: Option<usize>,
+    /// Memory the loaded models may hold, in MiB (GGUF size + KV cache each).
+    pub memory_budget_mb: Option<u64>,
+    /// How long a request waits for its model to load before a 503 (default 120 s).
+    pub load_timeout_s: Option<u64>,
+    /// Also serve, on demand, every model in the models directory and the Hugging Face cache.
+    /// Default: only when no model is named (by `--model` or `[[models]]`).
+    pub discover_models: Option<bool>,
     #[serde(default)]
     pub models: Vec<ModelEntry>,
 }
@@ -46,6 +67,8 @@ pub struct ModelEntry {
     /// Serve this decoder as an embedding model, pooled over its final hidden states:
     /// "last" (the Qwen3-Embedding recipe) or "mean".
     pub pooling: Option<PoolingMode>,
+    /// How long it stays loaded after its last request; default: for good (it was named).
+    pub keep_alive: Option<KeepAlive>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -83,6 +106,9 @@ pub struct ModelSpec {
     pub engine: EngineConfig,
     /// Set: a decoder served as an embedding model.
     pub pooling: Option<slm_engine::Pooling>,
+    pub keep_alive: KeepAlive,
+    /// Other names it answers to (its catalog name, file stem).
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +128,12 @@ pub struct ServerConfig {
     pub responses_db: Option<PathBuf>,
     pub responses_max_count: usize,
     pub responses_max_age_s: u64,
+    /// Loaded at start-up.
     pub models: Vec<ModelSpec>,
+    /// Listed, loaded when a request names them.
+    pub discovered: Vec<ModelSpec>,
+    pub admin_api_keys: Vec<String>,
+    pub limits: crate::registry::Limits,
 }
 
 /// `$SLM_HOME`, by default `~/.cache/slm`: models and the response store live here.
@@ -174,6 +205,8 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
                 path,
                 engine: engine_config(Some(e), file.queue_limit),
                 pooling: pooling_of(Some(e)),
+                keep_alive: e.keep_alive.unwrap_or(KeepAlive::FOREVER),
+                aliases: Vec::new(),
             });
         }
     }
@@ -185,10 +218,13 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
             PathBuf::from(m)
         } else if models_dir().join(format!("{m}.gguf")).is_file() {
             models_dir().join(format!("{m}.gguf"))
+        } else if let Some(found) = local::find(&models_dir(), &hub_dir(), m) {
+            found.path
         } else {
             bail!(
-                "model `{m}` is neither a file, nor `{m}.gguf` in {}, nor an alias in the config file",
-                models_dir().display()
+                "model `{m}` is neither a file, nor a model in {} or the Hugging Face cache (see `slm list`), nor an alias in the config file{}",
+                models_dir().display(),
+                if crate::hub::catalog::lookup(m).is_some() { format!("; fetch it with `slm pull {m}`") } else { String::new() }
             );
         };
         let alias = entry.and_then(|e| e.alias.clone()).unwrap_or_else(|| alias_of(&path));
@@ -197,23 +233,45 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
             path,
             engine: engine_config(entry, file.queue_limit),
             pooling: pooling_of(entry),
+            keep_alive: entry.and_then(|e| e.keep_alive).unwrap_or(KeepAlive::FOREVER),
+            aliases: Vec::new(),
         });
     }
+    let named = !models.is_empty();
+    let discover_on = file.discover_models.unwrap_or(!named);
     if models.is_empty() {
         let path = models_dir().join(format!("{DEFAULT_MODEL}.gguf"));
-        if !path.is_file() {
-            bail!(
-                "the default model is missing: {} does not exist.\nFetch it with:  bash scripts/fetch-models.sh qwen",
+        let found = if path.is_file() {
+            Some(path.clone())
+        } else {
+            local::find(&models_dir(), &hub_dir(), DEFAULT_CATALOG_NAME).map(|m| m.path)
+        };
+        match found {
+            Some(path) => models.push(ModelSpec {
+                alias: DEFAULT_MODEL.into(),
+                path,
+                engine: engine_config(None, file.queue_limit),
+                pooling: None,
+                keep_alive: KeepAlive::FOREVER,
+                aliases: Vec::new(),
+            }),
+            // Other installed models are served on demand: no model loads at start.
+            None if discover_on && !local::installed(&models_dir(), &hub_dir()).is_empty() => {}
+            None => bail!(
+                "the default model is missing: {} does not exist, and no other model is installed.\nFetch it with:  slm pull {DEFAULT_CATALOG_NAME}",
                 path.display()
-            );
+            ),
         }
-        models.push(ModelSpec {
-            alias: DEFAULT_MODEL.into(),
-            path,
-            engine: engine_config(None, file.queue_limit),
-            pooling: None,
-        });
     }
+    let discovered = if discover_on {
+        discover(
+            &mut models,
+            file.keep_alive.unwrap_or(KeepAlive::parse("5m").expect("a valid duration")),
+            file.queue_limit,
+        )
+    } else {
+        Vec::new()
+    };
     for m in &models {
         if !m.path.is_file() {
             bail!("model file {} (alias `{}`) does not exist", m.path.display(), m.alias);
@@ -226,6 +284,11 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
     }
     let mut api_keys = file.api_keys.unwrap_or_default();
     api_keys.extend(flags.api_keys);
+    let admin_api_keys = file.admin_api_keys.unwrap_or_default();
+    if !admin_api_keys.is_empty() && api_keys.is_empty() {
+        bail!("admin_api_keys is set but api_keys is not: with no API keys the server is open to anyone, admin actions included; set api_keys too");
+    }
+    api_keys.extend(admin_api_keys.iter().cloned());
     if let Ok(k) = std::env::var("SLM_API_KEY") {
         if !k.is_empty() {
             api_keys.push(k);
@@ -251,7 +314,42 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
         responses_max_count: file.responses_max_count.unwrap_or(10_000).max(1),
         responses_max_age_s: file.responses_max_age_days.unwrap_or(30).saturating_mul(86_400),
         models,
+        discovered,
+        admin_api_keys,
+        limits: crate::registry::Limits {
+            max_loaded_models: file.max_loaded_models.map(|m| m.max(1)),
+            memory_budget_bytes: file.memory_budget_mb.map(|m| m << 20),
+            load_wait: std::time::Duration::from_secs(file.load_timeout_s.unwrap_or(120).max(1)),
+        },
     })
+}
+
+/// Every installed model not already named: listed, loaded on demand, unloaded after
+/// `keep_alive` idle. A named model that is also installed gets the installed names as aliases.
+fn discover(named: &mut [ModelSpec], keep_alive: KeepAlive, queue_limit: Option<usize>) -> Vec<ModelSpec> {
+    let mut out: Vec<ModelSpec> = Vec::new();
+    for m in local::installed(&models_dir(), &hub_dir()) {
+        let same_file = |p: &Path| std::fs::canonicalize(p).ok() == std::fs::canonicalize(&m.path).ok();
+        if let Some(n) = named.iter_mut().find(|n| same_file(&n.path)) {
+            n.aliases.extend(std::iter::once(m.name.clone()).chain(m.aliases.clone()).filter(|a| *a != n.alias));
+            continue;
+        }
+        let taken =
+            |id: &str| named.iter().chain(out.iter()).any(|s| s.alias == id || s.aliases.iter().any(|a| a == id));
+        if taken(&m.name) {
+            continue;
+        }
+        let aliases: Vec<String> = m.aliases.iter().filter(|a| !taken(a)).cloned().collect();
+        out.push(ModelSpec {
+            alias: m.name.clone(),
+            path: m.path.clone(),
+            engine: engine_config(None, queue_limit),
+            pooling: None,
+            keep_alive,
+            aliases,
+        });
+    }
+    out
 }
 
 #[cfg(test)]

@@ -69,6 +69,21 @@ impl ApiError {
         }
     }
 
+    /// 503 that says when to retry: the condition passes by itself (a model loading, a model
+    /// that cannot be loaded until another finishes its requests).
+    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after_s: u64) -> Self {
+        Self {
+            retry_after_s: Some(retry_after_s),
+            code: Some(code),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+        }
+    }
+
+    /// 403: a valid key without the right for this action (admin endpoints).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self { code: Some("permission_denied"), ..Self::new(StatusCode::FORBIDDEN, "invalid_request_error", message) }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

@@ -12,9 +12,12 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grammar;
+pub mod hub;
+pub mod keep_alive;
 pub mod listener;
 pub mod metrics;
 pub mod openai;
+pub mod registry;
 pub mod response_store;
 pub mod responses_api;
 pub mod routes;
@@ -50,6 +53,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/embeddings", post(routes::embeddings::embeddings))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::get))
+        .route("/models/load", post(routes::models::load))
+        .route("/models/unload", post(routes::models::unload))
         .route("/health", get(routes::health::health))
         .route("/metrics", get(routes::metrics::metrics))
         .route("/tokenize", post(routes::tokenize::tokenize))

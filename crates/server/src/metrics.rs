@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use crate::registry::Registry;
 use crate::state::ServedModel;
 
 const TTFT_BUCKETS: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -73,7 +74,7 @@ impl Metrics {
         *self.requests.lock().unwrap().entry((endpoint.to_string(), status)).or_default() += 1;
     }
 
-    pub fn render(&self, models: &[ServedModel]) -> String {
+    pub fn render(&self, models: &[std::sync::Arc<ServedModel>]) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP slm_http_requests_total HTTP requests by endpoint and status.\n# TYPE slm_http_requests_total counter");
         for ((ep, st), n) in self.requests.lock().unwrap().iter() {
@@ -118,5 +119,45 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// The registry's gauges and counters: models loaded, loads, unloads by reason, load time.
+pub fn render_registry(reg: &Registry, out: &mut String) {
+    let c = &reg.counters;
+    let _ = writeln!(
+        out,
+        "# HELP slm_models_loaded Models loaded now.\n# TYPE slm_models_loaded gauge\nslm_models_loaded {}",
+        reg.num_loaded()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP slm_model_loads_total Models loaded (at start-up or on demand).\n# TYPE slm_model_loads_total counter\nslm_model_loads_total {}",
+        c.loads.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP slm_model_load_failures_total Model loads that failed.\n# TYPE slm_model_load_failures_total counter\nslm_model_load_failures_total {}",
+        c.load_failures.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP slm_model_load_seconds_total Time spent loading models.\n# TYPE slm_model_load_seconds_total counter\nslm_model_load_seconds_total {}",
+        c.load_us.load(Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "# HELP slm_model_unloads_total Models unloaded, by reason.\n# TYPE slm_model_unloads_total counter"
+    );
+    for (reason, n) in [("idle", &c.unloads_idle), ("evicted", &c.unloads_evicted), ("request", &c.unloads_requested)] {
+        let _ = writeln!(out, "slm_model_unloads_total{{reason=\"{reason}\"}} {}", n.load(Relaxed));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP slm_model_loaded Whether each model is loaded (1) or not (0).\n# TYPE slm_model_loaded gauge"
+    );
+    for e in &reg.entries {
+        let loaded = (e.status() == crate::registry::Status::Loaded) as u8;
+        let _ = writeln!(out, "slm_model_loaded{{model=\"{}\"}} {loaded}", e.spec.id);
     }
 }

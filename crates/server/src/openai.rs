@@ -99,6 +99,8 @@ macro_rules! with_sampling_fields {
             pub ignore_eos: Option<bool>,
             /// Extension (vLLM): only requests with the same salt share prefix-cache blocks.
             pub cache_salt: Option<String>,
+            /// Extension (Ollama): how long the model stays loaded after this request.
+            pub keep_alive: Option<$crate::keep_alive::KeepAlive>,
         }
 
         impl $name {
@@ -295,11 +297,15 @@ pub struct ModelCard {
     pub owned_by: &'static str,
     /// What the model serves: `["chat", "completion"]` or `["embeddings"]`.
     pub capabilities: &'static [&'static str],
+    /// `loaded`, `loading` or `unloaded` (a request for it loads it).
+    pub status: &'static str,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct EmbeddingsRequest {
     pub model: Option<String>,
+    /// Extension (Ollama): how long the model stays loaded after this request.
+    pub keep_alive: Option<crate::keep_alive::KeepAlive>,
     pub input: PromptField,
     pub encoding_format: Option<String>,
     pub dimensions: Option<i64>,

@@ -22,6 +22,8 @@ pub enum Input {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ResponsesRequest {
     pub model: Option<String>,
+    /// Extension (Ollama): how long the model stays loaded after this request.
+    pub keep_alive: Option<crate::keep_alive::KeepAlive>,
     pub input: Option<Input>,
     pub instructions: Option<String>,
     pub max_output_tokens: Option<i64>,

@@ -1,5 +1,5 @@
-//! `slm serve`: binds first (so `/health` answers 503 while loading), loads each model and
-//! starts its engine, then serves (listener.rs: connection caps, read timeouts) until
+//! `slm serve`: binds first (so `/health` answers 503 while loading), registers every model
+//! (registry.rs), loads the start-up ones, then serves (listener.rs: connection caps, read timeouts) until
 //! SIGTERM/Ctrl-C; in-flight requests get `shutdown_timeout_s` to finish.
 
 use std::net::IpAddr;
@@ -8,19 +8,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::http::HeaderValue;
-use slm_engine::{EmbedderHandle, EmbeddingModel, EngineHandle, Model};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use crate::config::ModelSpec;
 use crate::config::ServerConfig;
 use crate::listener::Limits;
+use crate::registry::{Entry, EntrySpec, Registry};
 use crate::response_store::ResponseStore;
 use crate::routes::unix_now;
-use crate::state::{AppState, ServedEmbedder, ServedModel, Settings};
-
-/// Tokens per embedding forward: 2,048 measured best on MiniLM (1,024 and 8,192 were slower:
-/// too little work per matmul, or buffers past the caches).
-const EMBED_BATCH_TOKENS: usize = 2048;
+use crate::state::{AppState, Settings};
 
 pub async fn serve(cfg: ServerConfig) -> Result<()> {
     raise_fd_limit();
@@ -38,6 +35,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     };
     let state = AppState::new(Settings {
         api_keys: cfg.api_keys.clone(),
+        admin_api_keys: cfg.admin_api_keys.clone(),
         body_limit: cfg.body_limit,
         responses: Arc::new(responses),
     });
@@ -60,53 +58,42 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     let addr = listener.local_addr()?;
     println!("slm: listening on http://{addr}");
 
-    let specs = cfg.models.clone();
+    let eager = cfg.models.len();
+    let entries: Vec<Entry> =
+        cfg.models.iter().chain(&cfg.discovered).map(|m| Entry::new(entry_spec(m), unix_now())).collect();
+    state.set_registry(Registry::new(entries, cfg.limits.clone()));
     let st = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let (mut served, mut embedders) = (Vec::new(), Vec::new());
-        for spec in specs {
+    tokio::spawn(async move {
+        let Ok(reg) = st.registry() else { return };
+        // The start-up models load one after another, each on its own thread; a bad one ends
+        // the process, as a typo in `--model` should.
+        for e in reg.entries.iter().take(eager) {
             let t = std::time::Instant::now();
-            let fail = |e: slm_engine::EngineError| -> ! {
-                eprintln!("slm: error: cannot load model `{}`: {e}", spec.alias);
+            if let Err(err) = reg.acquire(e, None).await {
+                eprintln!("slm: error: {}", err.message);
                 std::process::exit(1);
-            };
-            let ready = |what: &str| {
-                println!(
-                    "slm: {what} `{}` ready ({}, {:.1} s)",
-                    spec.alias,
-                    spec.path.display(),
-                    t.elapsed().as_secs_f64()
-                )
-            };
-            // A file that cannot even be opened is reported by `Model::load` below.
-            let encoder = slm_engine::is_embedding_gguf(&spec.path).unwrap_or(false);
-            if encoder || spec.pooling.is_some() {
-                let model = match spec.pooling {
-                    Some(p) if !encoder => {
-                        Model::load(&spec.path).map(|m| EmbeddingModel::from_decoder(Arc::new(m), p))
-                    }
-                    _ => EmbeddingModel::load(&spec.path),
-                };
-                let embedder = model
-                    .and_then(|m| EmbedderHandle::start(Arc::new(m), EMBED_BATCH_TOKENS))
-                    .unwrap_or_else(|e| fail(e));
-                ready("embedding model");
-                embedders.push(ServedEmbedder { id: spec.alias.clone(), embedder, created: unix_now() });
-                continue;
             }
-            let engine = Model::load(&spec.path)
-                .map(Arc::new)
-                .and_then(|m| EngineHandle::start(m, spec.engine.clone()))
-                .unwrap_or_else(|e| fail(e));
-            // The grammar index is built off the loading path: only a constrained request
-            // that comes in the first second waits for it.
-            let model = engine.model().clone();
-            std::thread::spawn(move || model.grammar.warm_up());
-            ready("model");
-            served.push(ServedModel { id: spec.alias, engine, created: unix_now() });
+            let what = if e.is_embedding() { "embedding model" } else { "model" };
+            println!(
+                "slm: {what} `{}` ready ({}, {:.1} s)",
+                e.spec.id,
+                e.spec.path.display(),
+                t.elapsed().as_secs_f64()
+            );
         }
-        st.set_embedders(embedders);
-        st.set_models(served);
+        st.mark_ready();
+        if reg.entries.len() > eager {
+            println!(
+                "slm: {} more model(s) load on demand: {}",
+                reg.entries.len() - eager,
+                reg.entries[eager..].iter().map(|e| e.spec.id.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            reg.reap_idle();
+        }
     });
 
     // Slow clients: a body that trickles in is cut off, like a head (listener.rs).
@@ -118,6 +105,20 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     };
     crate::listener::serve(listener, app, limits, shutdown_signal(cfg.shutdown_timeout_s)).await;
     Ok(())
+}
+
+/// A model's registry entry; whether it embeds is read from its GGUF header (a file that
+/// cannot be read is reported when it loads).
+fn entry_spec(m: &ModelSpec) -> EntrySpec {
+    let encoder = slm_engine::is_embedding_gguf(&m.path).unwrap_or(false);
+    EntrySpec {
+        id: m.alias.clone(),
+        aliases: m.aliases.clone(),
+        path: m.path.clone(),
+        engine: m.engine.clone(),
+        embedding: (encoder || m.pooling.is_some()).then_some(m.pooling),
+        keep_alive: m.keep_alive,
+    }
 }
 
 /// Raises the soft open-file limit to the hard one (where allowed), so the connection cap,

@@ -1,12 +1,16 @@
-//! Shared server state: the served models (set once loading finishes), API keys, limits and
-//! metrics. Routes reach a model through `model_for`, which applies the naming rules.
+//! Shared server state: the model registry (set at start-up), API keys, limits and metrics.
+//! Routes reach a model through `model_for`/`embedder_for`, which apply the naming rules and
+//! hand out a lease on the model, loading it first when it is not loaded.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use slm_engine::{EmbedderHandle, EngineHandle};
 
 use crate::error::ApiError;
+use crate::keep_alive::KeepAlive;
 use crate::metrics::Metrics;
+use crate::registry::{Entry, EntrySpec, Loaded, Registry};
 use crate::response_store::ResponseStore;
 
 pub struct ServedModel {
@@ -25,6 +29,8 @@ pub struct ServedEmbedder {
 
 pub struct Settings {
     pub api_keys: Vec<String>,
+    /// Keys that may load and unload models; empty: every API key may.
+    pub admin_api_keys: Vec<String>,
     pub body_limit: usize,
     /// The Responses API's stored responses.
     pub responses: Arc<ResponseStore>,
@@ -33,7 +39,12 @@ pub struct Settings {
 impl Settings {
     /// Settings with responses kept in memory only (tests; `slm serve` opens a database).
     pub fn new(api_keys: Vec<String>, body_limit: usize) -> Self {
-        Self { api_keys, body_limit, responses: Arc::new(ResponseStore::in_memory(10_000, 30 * 86_400)) }
+        Self {
+            api_keys,
+            admin_api_keys: Vec::new(),
+            body_limit,
+            responses: Arc::new(ResponseStore::in_memory(10_000, 30 * 86_400)),
+        }
     }
 }
 
@@ -41,8 +52,10 @@ impl Settings {
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
-    models: OnceLock<Vec<ServedModel>>,
-    embedders: OnceLock<Vec<ServedEmbedder>>,
+    registry: OnceLock<Registry>,
+    ready: AtomicBool,
+    /// Embedders handed over before `set_models` (tests).
+    pending_embedders: Mutex<Vec<ServedEmbedder>>,
     pub settings: Settings,
     pub metrics: Metrics,
     pub fingerprint: String,
@@ -59,78 +72,150 @@ impl AppState {
     pub fn new(settings: Settings) -> Self {
         let fingerprint = format!("slm-{}", env!("CARGO_PKG_VERSION"));
         Self(Arc::new(Inner {
-            models: OnceLock::new(),
-            embedders: OnceLock::new(),
+            registry: OnceLock::new(),
+            ready: AtomicBool::new(false),
+            pending_embedders: Mutex::new(Vec::new()),
             settings,
             metrics: Metrics::default(),
             fingerprint,
         }))
     }
 
-    /// Makes the models available; until then routes answer 503.
+    /// The models this server answers for; routes answer 503 until it is set.
+    pub fn set_registry(&self, registry: Registry) {
+        let _ = self.0.registry.set(registry);
+    }
+
+    /// The start-up models are loaded: `/health` says ok.
+    pub fn mark_ready(&self) {
+        self.0.ready.store(true, Ordering::Release);
+    }
+
+    /// Serves models that are already running, kept loaded for good (tests, embedders).
     pub fn set_models(&self, models: Vec<ServedModel>) {
-        let _ = self.0.models.set(models);
+        let spec = |id: &str, path: &str, embedding| EntrySpec {
+            id: id.to_string(),
+            aliases: Vec::new(),
+            path: path.into(),
+            engine: slm_engine::EngineConfig::default(),
+            embedding,
+            keep_alive: KeepAlive::FOREVER,
+        };
+        let mut entries: Vec<Entry> = models
+            .into_iter()
+            .map(|m| {
+                let s = spec(&m.id, &m.engine.model().path, None);
+                Entry::preloaded(s, Loaded::Gen(Arc::new(m)), crate::routes::unix_now())
+            })
+            .collect();
+        for e in std::mem::take(&mut *self.0.pending_embedders.lock().unwrap()) {
+            let s = spec(&e.id, &e.embedder.model().path, Some(None));
+            entries.push(Entry::preloaded(s, Loaded::Embed(Arc::new(e)), crate::routes::unix_now()));
+        }
+        let limits = crate::registry::Limits { load_wait: std::time::Duration::from_secs(120), ..Default::default() };
+        self.set_registry(Registry::new(entries, limits));
+        self.mark_ready();
     }
 
-    /// Makes the embedding models available (before `set_models`, which marks readiness).
+    /// Embedding models to serve alongside the next `set_models`.
     pub fn set_embedders(&self, embedders: Vec<ServedEmbedder>) {
-        let _ = self.0.embedders.set(embedders);
+        self.0.pending_embedders.lock().unwrap().extend(embedders);
     }
 
-    pub fn embedders(&self) -> &[ServedEmbedder] {
-        self.0.embedders.get().map(|v| v.as_slice()).unwrap_or_default()
+    pub fn registry(&self) -> Result<&Registry, ApiError> {
+        self.0.registry.get().ok_or_else(ApiError::loading)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.ready.load(Ordering::Acquire) && self.0.registry.get().is_some()
+    }
+
+    /// The generation models loaded now (metrics, tests).
+    pub fn models(&self) -> Result<Vec<Arc<ServedModel>>, ApiError> {
+        Ok(self
+            .registry()?
+            .entries
+            .iter()
+            .filter_map(|e| match e.loaded() {
+                Some(Loaded::Gen(m)) => Some(m),
+                _ => None,
+            })
+            .collect())
     }
 
     /// The embedding model a request names; with one embedder, any name that is not a
     /// generation model's picks it.
-    pub fn embedder_for(&self, name: Option<&str>) -> Result<&ServedEmbedder, ApiError> {
-        let models = self.models()?;
-        let embedders = self.embedders();
-        if let Some(e) = name.and_then(|n| embedders.iter().find(|e| e.id == n)) {
-            return Ok(e);
-        }
-        if let Some(n) = name.filter(|n| models.iter().any(|m| m.id == *n)) {
-            return Err(ApiError::invalid("model", format!("`{n}` is a generation model, not an embedding model")));
-        }
-        match (embedders, name) {
-            ([one], _) => Ok(one),
-            ([], _) => Err(ApiError::invalid("model", "this server serves no embedding model")),
-            (_, None) => {
-                Err(ApiError::invalid("model", "`model` is required: this server serves several embedding models"))
+    pub async fn embedder_for(
+        &self,
+        name: Option<&str>,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<Arc<ServedEmbedder>, ApiError> {
+        let reg = self.registry()?;
+        let embedders: Vec<&Arc<Entry>> = reg.entries.iter().filter(|e| e.is_embedding()).collect();
+        let entry = match name.and_then(|n| reg.find(n)) {
+            Some(e) if e.is_embedding() => e,
+            Some(e) => {
+                return Err(ApiError::invalid(
+                    "model",
+                    format!("`{}` is a generation model, not an embedding model", e.spec.id),
+                ))
             }
-            (_, Some(n)) => {
-                Err(ApiError::model_not_found(n, &embedders.iter().map(|e| e.id.clone()).collect::<Vec<_>>()))
+            None => match (embedders.as_slice(), name) {
+                ([one], _) => *one,
+                ([], _) => return Err(ApiError::invalid("model", "this server serves no embedding model")),
+                (_, None) => {
+                    return Err(ApiError::invalid(
+                        "model",
+                        "`model` is required: this server serves several embedding models",
+                    ))
+                }
+                (_, Some(n)) => return Err(ApiError::model_not_found(n, &ids(&embedders))),
+            },
+        };
+        match reg.acquire(entry, keep_alive).await? {
+            Loaded::Embed(e) => Ok(e),
+            Loaded::Gen(_) => Err(ApiError::internal("an embedding entry holds a generation model")),
+        }
+    }
+
+    /// With one generation model any name is accepted (clients send defaults like
+    /// `gpt-4o-mini`); with several the name picks one.
+    pub async fn model_for(
+        &self,
+        name: Option<&str>,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<Arc<ServedModel>, ApiError> {
+        let reg = self.registry()?;
+        let models: Vec<&Arc<Entry>> = reg.entries.iter().filter(|e| !e.is_embedding()).collect();
+        let entry = match name.and_then(|n| reg.find(n)) {
+            Some(e) if e.is_embedding() => {
+                return Err(ApiError::invalid(
+                    "model",
+                    format!("`{}` is an embedding model: use /v1/embeddings", e.spec.id),
+                ))
             }
+            Some(e) => e,
+            None => match (models.as_slice(), name) {
+                ([one], _) => *one,
+                ([], _) => {
+                    return Err(ApiError::invalid(
+                        "model",
+                        "this server serves only embedding models: use /v1/embeddings",
+                    ))
+                }
+                (_, Some(n)) => return Err(ApiError::model_not_found(n, &ids(&models))),
+                (_, None) => {
+                    return Err(ApiError::invalid("model", "`model` is required: this server serves several models"))
+                }
+            },
+        };
+        match reg.acquire(entry, keep_alive).await? {
+            Loaded::Gen(m) => Ok(m),
+            Loaded::Embed(_) => Err(ApiError::internal("a generation entry holds an embedding model")),
         }
     }
+}
 
-    pub fn models(&self) -> Result<&[ServedModel], ApiError> {
-        self.0.models.get().map(|v| v.as_slice()).ok_or_else(ApiError::loading)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.0.models.get().is_some()
-    }
-
-    /// With one model any name is accepted (clients send defaults like `gpt-4o-mini`); with
-    /// several the name picks one.
-    pub fn model_for(&self, name: Option<&str>) -> Result<&ServedModel, ApiError> {
-        let models = self.models()?;
-        if let Some(n) = name.filter(|n| self.embedders().iter().any(|e| e.id == *n)) {
-            return Err(ApiError::invalid("model", format!("`{n}` is an embedding model: use /v1/embeddings")));
-        }
-        if models.len() == 1 {
-            return Ok(&models[0]);
-        }
-        if models.is_empty() {
-            return Err(ApiError::invalid("model", "this server serves only embedding models: use /v1/embeddings"));
-        }
-        match name {
-            Some(n) => models
-                .iter()
-                .find(|m| m.id == n)
-                .ok_or_else(|| ApiError::model_not_found(n, &models.iter().map(|m| m.id.clone()).collect::<Vec<_>>())),
-            None => Err(ApiError::invalid("model", "`model` is required: this server serves several models")),
-        }
-    }
+fn ids(entries: &[&Arc<Entry>]) -> Vec<String> {
+    entries.iter().map(|e| e.spec.id.clone()).collect()
 }

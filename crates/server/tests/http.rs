@@ -187,7 +187,7 @@ async fn auth_body_limit_queue_and_routing_errors() {
     // A full queue: one sequence runs, one waits, the queue holds one: 429 with Retry-After.
     let s =
         state_with(EngineConfig { max_waiting: 1, max_seqs: 1, ..Default::default() }, Settings::new(vec![], 1 << 20));
-    let engine = &s.models().unwrap()[0].engine;
+    let engine = s.models().unwrap()[0].engine.clone();
     let long = || slm_engine::Request::new(vec![9707; 8], slm_engine::SamplingParams::greedy(), 1000);
     let running = engine.submit(long()).unwrap();
     let t = std::time::Instant::now();

@@ -61,7 +61,7 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let (req, served) = parse_for::<ChatCompletionRequest>(&state, body)?;
+    let (req, served) = parse_for::<ChatCompletionRequest>(&state, body).await?;
     let valid = validate::chat(&served.engine, req, tenant.as_ref().map(|t| &t.0)).await?;
     let streams = valid.request.submit(&served.engine)?;
     let model = served.engine.model().clone();

@@ -87,7 +87,7 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let (req, served) = parse_for::<CompletionRequest>(&state, body)?;
+    let (req, served) = parse_for::<CompletionRequest>(&state, body).await?;
     let valid = validate::completion(&served.engine, req, tenant.as_ref().map(|t| &t.0)).await?;
     let model = served.engine.model().clone();
     // The prompts' own logprobs (`echo` + `logprobs`), one list per prompt.

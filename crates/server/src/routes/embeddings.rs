@@ -83,7 +83,7 @@ pub async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<EmbeddingList>, ApiError> {
     let req: EmbeddingsRequest = parse_body(body, state.settings.body_limit)?;
-    let served = state.embedder_for(req.model.as_deref())?;
+    let served = state.embedder_for(req.model.as_deref(), req.keep_alive).await?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,

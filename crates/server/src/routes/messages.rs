@@ -30,7 +30,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let (req, served) = parse_for::<MessagesRequest>(&state, body)?;
+    let (req, served) = parse_for::<MessagesRequest>(&state, body).await?;
     let chat = anthropic::chat_request(&req, false)?;
     let rename = |e: ApiError| e.renamed(FIELD_NAMES);
     let valid = validate::chat(&served.engine, chat, tenant.as_ref().map(|t| &t.0)).await.map_err(rename)?;
@@ -55,7 +55,7 @@ pub async fn count_tokens(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let (req, served) = parse_for::<MessagesRequest>(&state, body)?;
+    let (req, served) = parse_for::<MessagesRequest>(&state, body).await?;
     let chat = anthropic::chat_request(&req, true)?;
     let n = validate::count_chat_tokens(&served.engine, chat).await.map_err(|e| e.renamed(FIELD_NAMES))?;
     Ok(Json(json!({"input_tokens": n})))

@@ -9,6 +9,9 @@ macro_rules! names_model {
             fn model_name(&self) -> Option<&str> {
                 self.model.as_deref()
             }
+            fn keep_alive(&self) -> Option<$crate::keep_alive::KeepAlive> {
+                self.keep_alive
+            }
         })*
     };
 }
@@ -22,6 +25,8 @@ pub mod metrics;
 pub mod models;
 pub mod responses;
 pub mod tokenize;
+
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -64,17 +69,20 @@ pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limi
 /// A request body that may name the model it is for.
 pub trait NamesModel {
     fn model_name(&self) -> Option<&str>;
+    /// Ollama's `keep_alive`: how long the model stays loaded after this request.
+    fn keep_alive(&self) -> Option<crate::keep_alive::KeepAlive>;
 }
 
 names_model!(ChatCompletionRequest, CompletionRequest, ResponsesRequest, MessagesRequest);
 
-/// Parses the body and finds the served model it names: every model route's first step.
-pub fn parse_for<T: DeserializeOwned + NamesModel>(
+/// Parses the body and finds the served model it names (loading it if it is not loaded):
+/// every model route's first step.
+pub async fn parse_for<T: DeserializeOwned + NamesModel>(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(T, &ServedModel), ApiError> {
+) -> Result<(T, Arc<ServedModel>), ApiError> {
     let req: T = parse_body(body, state.settings.body_limit)?;
-    let served = state.model_for(req.model_name())?;
+    let served = state.model_for(req.model_name(), req.keep_alive()).await?;
     Ok((req, served))
 }
 

@@ -1,25 +1,35 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`: generation and embedding models, each marked
-//! with what it serves.
+//! `GET /v1/models` and `GET /v1/models/{id}`: every model the server can answer for, loaded
+//! or not, each marked with what it serves and its `status` (loaded, loading, unloaded).
+//! `POST /models/load` and `POST /models/unload` (llama.cpp router mode's names) load and
+//! unload one by name; when API keys are set, only admin keys may.
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
+use super::parse_body;
+use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::openai::{ModelCard, ModelList};
-use crate::state::{AppState, ServedModel};
+use crate::registry::{Entry, Status, UnloadReason};
+use crate::state::AppState;
+
+fn card(e: &Entry) -> ModelCard {
+    ModelCard {
+        id: e.spec.id.clone(),
+        object: "model",
+        created: e.created,
+        owned_by: "slm",
+        capabilities: if e.is_embedding() { &["embeddings"] } else { &["chat", "completion"] },
+        status: e.status().as_str(),
+    }
+}
 
 fn cards(state: &AppState) -> Result<Vec<ModelCard>, ApiError> {
-    let card = |id: &str, created: u64, capabilities| ModelCard {
-        id: id.to_string(),
-        object: "model",
-        created,
-        owned_by: "slm",
-        capabilities,
-    };
-    let mut out: Vec<ModelCard> =
-        state.models()?.iter().map(|m: &ServedModel| card(&m.id, m.created, &["chat", "completion"])).collect();
-    out.extend(state.embedders().iter().map(|e| card(&e.id, e.created, &["embeddings"])));
-    Ok(out)
+    Ok(state.registry()?.entries.iter().map(|e| card(e)).collect())
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
@@ -27,7 +37,62 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ModelList>, ApiE
 }
 
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
-    let cards = cards(&state)?;
-    let ids: Vec<String> = cards.iter().map(|c| c.id.clone()).collect();
-    cards.into_iter().find(|c| c.id == id).map(Json).ok_or_else(|| ApiError::model_not_found(&id, &ids))
+    let reg = state.registry()?;
+    match reg.find(&id) {
+        Some(e) => Ok(Json(card(e))),
+        None => Err(ApiError::model_not_found(&id, &reg.entries.iter().map(|e| e.spec.id.clone()).collect::<Vec<_>>())),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ModelAction {
+    model: String,
+}
+
+fn admin_only(state: &AppState, tenant: Option<&Tenant>) -> Result<(), ApiError> {
+    let admins = &state.settings.admin_api_keys;
+    // With no keys at all the server is open; with keys but no admin keys, every key is one.
+    if admins.is_empty() {
+        return Ok(());
+    }
+    match tenant {
+        Some(t) if admins.iter().any(|k| crate::auth::constant_time_eq(k.as_bytes(), t.0.as_bytes())) => Ok(()),
+        _ => Err(ApiError::forbidden("Loading and unloading models needs an admin API key.")),
+    }
+}
+
+/// The entry an admin action names, once the caller may act.
+fn action_entry(
+    state: &AppState,
+    tenant: Option<Extension<Tenant>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<&std::sync::Arc<Entry>, ApiError> {
+    admin_only(state, tenant.as_ref().map(|t| &t.0))?;
+    let req: ModelAction = parse_body(body, state.settings.body_limit)?;
+    let reg = state.registry()?;
+    reg.find(&req.model).ok_or_else(|| {
+        ApiError::model_not_found(&req.model, &reg.entries.iter().map(|e| e.spec.id.clone()).collect::<Vec<_>>())
+    })
+}
+
+pub async fn load(
+    State(state): State<AppState>,
+    tenant: Option<Extension<Tenant>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = action_entry(&state, tenant, body)?;
+    state.registry()?.acquire(entry, None).await?;
+    Ok(Json(json!({"success": true, "model": entry.spec.id, "status": Status::Loaded.as_str()})))
+}
+
+pub async fn unload(
+    State(state): State<AppState>,
+    tenant: Option<Extension<Tenant>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = action_entry(&state, tenant, body)?;
+    let was_loaded = state.registry()?.unload_entry(entry, UnloadReason::Requested);
+    Ok(Json(
+        json!({"success": true, "model": entry.spec.id, "status": entry.status().as_str(), "was_loaded": was_loaded}),
+    ))
 }

@@ -108,7 +108,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let (req, served) = parse_for::<ResponsesRequest>(&state, body)?;
+    let (req, served) = parse_for::<ResponsesRequest>(&state, body).await?;
     let tenant = tenant.map(|t| t.0);
     let owner = response_store::owner(tenant.as_ref());
     let input = api::input_items(req.input.as_ref())?;
@@ -363,7 +363,7 @@ pub async fn input_tokens(
     tenant: Option<Extension<Tenant>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let (req, served) = parse_for::<ResponsesRequest>(&state, body)?;
+    let (req, served) = parse_for::<ResponsesRequest>(&state, body).await?;
     let owner = response_store::owner(tenant.map(|t| t.0).as_ref());
     let mut items = history(&state, &owner, req.previous_response_id.as_deref()).await?;
     items.extend(api::input_items(req.input.as_ref())?);

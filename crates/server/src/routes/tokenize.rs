@@ -14,6 +14,7 @@ use crate::state::AppState;
 #[derive(Deserialize)]
 pub struct TokenizeRequest {
     model: Option<String>,
+    keep_alive: Option<crate::keep_alive::KeepAlive>,
     content: String,
     #[serde(default)]
     add_special: bool,
@@ -24,6 +25,7 @@ pub struct TokenizeRequest {
 #[derive(Deserialize)]
 pub struct DetokenizeRequest {
     model: Option<String>,
+    keep_alive: Option<crate::keep_alive::KeepAlive>,
     tokens: Vec<u32>,
 }
 
@@ -33,7 +35,7 @@ pub async fn tokenize(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let (req, served) = parse_for::<TokenizeRequest>(&state, body)?;
+    let (req, served) = parse_for::<TokenizeRequest>(&state, body).await?;
     let model = served.engine.model();
     // llama.cpp parses special tokens unless told not to.
     let ids = model.tokenizer.encode(&req.content, req.add_special, req.parse_special.unwrap_or(true))?;
@@ -44,7 +46,7 @@ pub async fn detokenize(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let (req, served) = parse_for::<DetokenizeRequest>(&state, body)?;
+    let (req, served) = parse_for::<DetokenizeRequest>(&state, body).await?;
     let model = served.engine.model();
     let vocab = model.tokenizer.vocab_size();
     if let Some(t) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
