@@ -33,6 +33,7 @@ pub mod loader;
 pub mod model;
 pub mod model_runner;
 pub mod models;
+pub mod pack_cache;
 pub mod profile;
 pub mod prompt_logprobs;
 pub mod request;

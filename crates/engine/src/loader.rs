@@ -19,6 +19,8 @@ pub struct Gguf {
     content: Content,
     reader: BufReader<File>,
     map: Option<memmap2::Mmap>,
+    /// Repacked weights from an earlier load, and the record of this one's (pack_cache.rs).
+    pub(crate) pack_cache: Option<crate::pack_cache::PackCache>,
 }
 
 /// A tensor's bytes as the file holds them, borrowed from the mapping; `dims` outermost
@@ -30,7 +32,13 @@ pub struct TensorView<'a> {
 }
 
 impl Gguf {
+    /// Opens `path` with the default pack cache (`pack_cache::default_dir`).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with_pack_cache(path.as_ref(), crate::pack_cache::default_dir().as_deref())
+    }
+
+    /// Opens `path`, taking repacked weights from the cache in `pack_cache` (None: no cache).
+    pub fn open_with_pack_cache(path: impl AsRef<Path>, pack_cache: Option<&Path>) -> Result<Self> {
         let path_str = path.as_ref().display().to_string();
         let file = File::open(path.as_ref())
             .map_err(|e| EngineError::Io { path: path_str.clone(), message: e.to_string() })?;
@@ -46,7 +54,8 @@ impl Gguf {
             None => Content::read(&mut reader),
         }
         .map_err(|e| EngineError::Gguf { path: path_str.clone(), message: format!("not a readable GGUF file: {e}") })?;
-        Ok(Self { path: path_str, content, reader, map })
+        let pack_cache = pack_cache.and_then(|dir| crate::pack_cache::PackCache::open(dir, path.as_ref()));
+        Ok(Self { path: path_str, content, reader, map, pack_cache })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {

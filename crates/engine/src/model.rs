@@ -26,9 +26,19 @@ impl Model {
     /// reaches (a panic) comes back as an error naming the file, so a server can report it
     /// and stop instead of losing its loading thread.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with_pack_cache(path, crate::pack_cache::default_dir().as_deref(), false)
+    }
+
+    /// Loads with repacked weights cached in `pack_cache` (None: no cache); `wait_for_save`
+    /// writes a new cache file before returning instead of beside serving.
+    pub fn load_with_pack_cache(
+        path: impl AsRef<Path>,
+        pack_cache: Option<&Path>,
+        wait_for_save: bool,
+    ) -> Result<Self> {
         let path = path.as_ref();
         let named = |message: String| EngineError::Gguf { path: path.display().to_string(), message };
-        let loaded = std::panic::catch_unwind(|| Self::load_unchecked(path))
+        let loaded = std::panic::catch_unwind(|| Self::load_unchecked(path, pack_cache, wait_for_save))
             .unwrap_or_else(|p| Err(named(format!("the file could not be loaded ({})", panic_message(&*p)))));
         // Every error names the file, whichever part of it was at fault.
         loaded.map_err(|e| match e {
@@ -38,12 +48,36 @@ impl Model {
         })
     }
 
-    fn load_unchecked(path: &Path) -> Result<Self> {
+    fn load_unchecked(path: &Path, pack_cache: Option<&Path>, wait_for_save: bool) -> Result<Self> {
         let _span = tracing::info_span!("load_model", path = %path.display()).entered();
-        let mut g = Gguf::open(path)?;
-        let tokenizer = Tokenizer::from_gguf(&g)?;
+        // The pack cache is read while the tokenizer is built: one is mostly copying, the other
+        // mostly hashing strings, and together they are most of a warm load.
+        let (mut g, tokenizer) = std::thread::scope(|s| {
+            let cache = s.spawn(|| pack_cache.and_then(|dir| crate::pack_cache::PackCache::open(dir, path)));
+            let g = Gguf::open_with_pack_cache(path, None);
+            let tokenizer = g.as_ref().ok().map(Tokenizer::from_gguf);
+            let cache = cache.join().unwrap_or(None);
+            g.map(|mut g| {
+                g.pack_cache = cache;
+                (g, tokenizer)
+            })
+        })?;
+        let tokenizer = tokenizer.expect("built when the file opened")?;
         let chat_template = ChatTemplate::from_gguf(&g, &tokenizer)?;
         let decoder = models::load(&mut g)?;
+        if let Some(cache) = g.pack_cache.take().filter(|c| c.needs_save()) {
+            // Written beside serving: the weights are shared, not copied.
+            let write = move || {
+                if let Err(e) = cache.save() {
+                    tracing::warn!("cannot write the pack cache: {e}");
+                }
+            };
+            if wait_for_save {
+                write();
+            } else {
+                std::thread::spawn(write);
+            }
+        }
         let tokenizer = Arc::new(tokenizer);
         let grammar = GrammarCompiler::new(tokenizer.clone(), decoder.config.vocab_size);
         Ok(Self { path: g.path.clone(), decoder, tokenizer, chat_template, grammar })

@@ -213,36 +213,84 @@ fn pack(w: &QWeight) -> Option<Arc<kernels::PackedWeights>> {
     pack_bytes(w.dtype, &bytes, w.out_dim, w.in_dim)
 }
 
+/// Evaluates `$e` with `$T` the kernels' block type for `dtype` (K-quants only for rows of a
+/// multiple of 256 values); None for a type they do not take.
+macro_rules! with_kernel_block {
+    ($dtype:expr, $k:expr, $T:ident, $e:expr) => {{
+        let kq = $k.is_multiple_of(256);
+        match $dtype {
+            GgmlDType::Q4_0 => {
+                type $T = kernels::BlockQ4_0;
+                Some($e)
+            }
+            GgmlDType::Q4_1 => {
+                type $T = kernels::BlockQ4_1;
+                Some($e)
+            }
+            GgmlDType::Q5_0 => {
+                type $T = kernels::BlockQ5_0;
+                Some($e)
+            }
+            GgmlDType::Q5_1 => {
+                type $T = kernels::BlockQ5_1;
+                Some($e)
+            }
+            GgmlDType::Q8_0 => {
+                type $T = kernels::BlockQ8_0;
+                Some($e)
+            }
+            GgmlDType::Q2K if kq => {
+                type $T = kernels::BlockQ2K;
+                Some($e)
+            }
+            GgmlDType::Q3K if kq => {
+                type $T = kernels::BlockQ3K;
+                Some($e)
+            }
+            GgmlDType::Q4K if kq => {
+                type $T = kernels::BlockQ4K;
+                Some($e)
+            }
+            GgmlDType::Q5K if kq => {
+                type $T = kernels::BlockQ5K;
+                Some($e)
+            }
+            GgmlDType::Q6K if kq => {
+                type $T = kernels::BlockQ6K;
+                Some($e)
+            }
+            _ => None,
+        }
+    }};
+}
+
 /// Repacks `n × k` weights of `dtype` for slm's kernels; None for a type (or row length)
 /// they do not take, or bytes not aligned for the block type.
 fn pack_bytes(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize) -> Option<Arc<kernels::PackedWeights>> {
-    use kernels::PackedWeights as P;
-    fn blocks<T: GgufBlock + kernels::WeightBlock>(bytes: &[u8], n: usize, k: usize) -> Option<P> {
-        bytes_as_blocks::<T>(bytes).map(|b| P::pack(b, n, k))
-    }
-    let kq = k.is_multiple_of(256);
-    match dtype {
-        GgmlDType::Q4_0 => blocks::<kernels::BlockQ4_0>(bytes, n, k),
-        GgmlDType::Q4_1 => blocks::<kernels::BlockQ4_1>(bytes, n, k),
-        GgmlDType::Q5_0 => blocks::<kernels::BlockQ5_0>(bytes, n, k),
-        GgmlDType::Q5_1 => blocks::<kernels::BlockQ5_1>(bytes, n, k),
-        GgmlDType::Q8_0 => blocks::<kernels::BlockQ8_0>(bytes, n, k),
-        GgmlDType::Q2K if kq => blocks::<kernels::BlockQ2K>(bytes, n, k),
-        GgmlDType::Q3K if kq => blocks::<kernels::BlockQ3K>(bytes, n, k),
-        GgmlDType::Q4K if kq => blocks::<kernels::BlockQ4K>(bytes, n, k),
-        GgmlDType::Q5K if kq => blocks::<kernels::BlockQ5K>(bytes, n, k),
-        GgmlDType::Q6K if kq => blocks::<kernels::BlockQ6K>(bytes, n, k),
-        _ => None,
-    }
-    .map(Arc::new)
+    with_kernel_block!(dtype, k, T, bytes_as_blocks::<T>(bytes).map(|b| kernels::PackedWeights::pack(b, n, k)))
+        .flatten()
+        .map(Arc::new)
+}
+
+/// The shape `n × k` weights of `dtype` pack to (the pack cache checks stored weights by it).
+pub fn layout_for(dtype: GgmlDType, n: usize, k: usize) -> Option<kernels::Layout> {
+    with_kernel_block!(dtype, k, T, kernels::Layout::of::<T>(n, k))
 }
 
 /// Repacks tensor `name` straight from the mapped file, when the kernels take its type:
 /// no copy of the file's bytes is made. None: load it through candle instead.
+/// A weight the pack cache holds is taken from it instead; one packed here is recorded in it.
 fn pack_in_place(g: &Gguf, name: &str) -> Result<Option<(Arc<kernels::PackedWeights>, GgmlDType)>> {
     let Some(v) = g.view(name)? else { return Ok(None) };
     let (n, k) = check_weight(v.dtype, &v.dims, v.bytes.len(), name, &g.path)?;
-    Ok(pack_bytes(v.dtype, v.bytes, n, k).map(|p| (p, v.dtype)))
+    if let Some(hit) = g.pack_cache.as_ref().and_then(|c| c.take(name, v.dtype, n, k)) {
+        return Ok(Some((hit, v.dtype)));
+    }
+    let packed = pack_bytes(v.dtype, v.bytes, n, k);
+    if let (Some(c), Some(p)) = (&g.pack_cache, &packed) {
+        c.record(name, v.dtype, p.clone());
+    }
+    Ok(packed.map(|p| (p, v.dtype)))
 }
 
 impl QLinear {

@@ -30,6 +30,7 @@
 mod avx2;
 pub mod bench;
 mod blocks;
+mod pack_io;
 mod quantize;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -44,7 +45,7 @@ pub use quantize::{quantize_q8_0_block, QuantizedRows};
 pub const TILE: usize = 16;
 
 /// 64-byte aligned storage for the packed bytes.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
@@ -82,7 +83,7 @@ pub struct PackedWeights {
 }
 
 /// Elements per tile of each of `PackedWeights`' arrays.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TileShape {
     lines: usize,
     high: usize,
@@ -118,21 +119,33 @@ impl<'a> TileSlices<'a> {
     }
 }
 
-impl PackedWeights {
-    /// Repacks `n` columns of `k` values. Tiles are independent, so big weights are packed
-    /// on several threads (loading time is mostly this and reading the file).
-    pub fn pack<W: WeightBlock>(w: &[W], n: usize, k: usize) -> Self {
-        assert_eq!(k % W::VALUES, 0);
+/// Everything about a packed weight's shape that follows from its block type and size: what
+/// `pack` allocates, and what the pack cache checks a stored weight against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    n: usize,
+    k: usize,
+    sub: usize,
+    subs_per_block: usize,
+    offset: i32,
+    has_min: bool,
+    act_block: usize,
+    bits: u32,
+    num_subs: usize,
+    num_blocks: usize,
+    tiles: usize,
+    per_tile: TileShape,
+}
+
+impl Layout {
+    pub fn of<W: WeightBlock>(n: usize, k: usize) -> Self {
         let blocks = k / W::VALUES;
-        assert_eq!(w.len(), n * blocks);
         let nsub = k / W::SUB;
         let spb = W::VALUES / W::SUB;
-        let tiles = n.div_ceil(TILE);
         let groups = W::SUB / 4;
         let nibbles = W::BITS < 8;
         let lines_per_sub = if nibbles { groups / 2 } else { groups };
         let extra = if nibbles { W::BITS.saturating_sub(4) as usize } else { 0 };
-        assert!(extra * groups <= 8 || extra == 0, "high bits of {groups} groups fill more than a byte");
         // Per tile, each array's share (0 where the type has none of it).
         let per_tile = TileShape {
             lines: nsub * lines_per_sub,
@@ -142,6 +155,37 @@ impl PackedWeights {
             d: blocks * TILE,
             neg_dmin: if W::HAS_MIN { blocks * TILE } else { 0 },
         };
+        Self {
+            n,
+            k,
+            sub: W::SUB,
+            subs_per_block: spb,
+            offset: W::OFFSET,
+            has_min: W::HAS_MIN,
+            act_block: W::ACT_BLOCK,
+            bits: W::BITS,
+            num_subs: nsub,
+            num_blocks: blocks,
+            tiles: n.div_ceil(TILE),
+            per_tile,
+        }
+    }
+}
+
+impl PackedWeights {
+    /// Repacks `n` columns of `k` values. Tiles are independent, so big weights are packed
+    /// on several threads (loading time is mostly this and reading the file).
+    pub fn pack<W: WeightBlock>(w: &[W], n: usize, k: usize) -> Self {
+        assert_eq!(k % W::VALUES, 0);
+        let blocks = k / W::VALUES;
+        assert_eq!(w.len(), n * blocks);
+        let layout = Layout::of::<W>(n, k);
+        let (nsub, spb, tiles, per_tile) = (layout.num_subs, layout.subs_per_block, layout.tiles, layout.per_tile);
+        let groups = W::SUB / 4;
+        let nibbles = W::BITS < 8;
+        let lines_per_sub = if nibbles { groups / 2 } else { groups };
+        let extra = if nibbles { W::BITS.saturating_sub(4) as usize } else { 0 };
+        assert!(extra * groups <= 8 || extra == 0, "high bits of {groups} groups fill more than a byte");
         let mut lines = vec![Line([0; 64]); tiles * per_tile.lines];
         let mut high = vec![Line([0; 64]); tiles * per_tile.high];
         let mut sub_scales = vec![0i8; tiles * per_tile.sub_scales];
