@@ -15,6 +15,7 @@ pub mod grammar;
 pub mod hub;
 pub mod keep_alive;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod openai;
 pub mod registry;

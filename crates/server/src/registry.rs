@@ -352,8 +352,13 @@ impl Registry {
         if !matches!(st.slot, Slot::Loaded(_)) {
             return false;
         }
-        st.slot = Slot::Unloaded;
+        let Slot::Loaded(loaded) = std::mem::replace(&mut st.slot, Slot::Unloaded) else { return false };
         drop(st);
+        match &loaded {
+            Loaded::Gen(m) => crate::memory::trim_after_drop(std::sync::Arc::downgrade(m.engine.model())),
+            Loaded::Embed(e) => crate::memory::trim_after_drop(std::sync::Arc::downgrade(e.embedder.model())),
+        }
+        drop(loaded);
         let c = match reason {
             UnloadReason::Idle => &self.counters.unloads_idle,
             UnloadReason::Evicted => &self.counters.unloads_evicted,

@@ -21,6 +21,7 @@ use crate::state::{AppState, Settings};
 
 pub async fn serve(cfg: ServerConfig) -> Result<()> {
     raise_fd_limit();
+    crate::memory::tune_allocator();
     let loopback = cfg.host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(cfg.host == "localhost");
     if !loopback && cfg.api_keys.is_empty() {
         tracing::warn!(
