@@ -1,6 +1,7 @@
 //! A cache of repacked weights: the kernels' tiles for one GGUF, written once after its first
-//! load and read back on later loads, so a warm load reads the packed bytes instead of
-//! repacking them (most of the load time). Files live in `$SLM_PACK_CACHE` (default
+//! load and mapped on later loads, so a warm load maps the packed bytes instead of repacking
+//! them (most of the load time); the weights then live in the page cache, shared and
+//! reclaimable, as llama.cpp's mapped GGUFs do. Files live in `$SLM_PACK_CACHE` (default
 //! `$SLM_HOME/packed`; `off` disables the cache), named by a key over the GGUF's path, size,
 //! modification time and first 64 KiB and the packed layout's version. Every stored weight
 //! is checked against the shape its tensor packs to (`kernels::Layout`) and against the
@@ -13,6 +14,8 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
+
+use crate::layers::kernels::PosWriter;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +25,7 @@ use crate::layers::kernels::PackedWeights;
 use crate::layers::qlinear::layout_for;
 
 /// Bump when `PackedWeights`' layout or this file format changes.
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"SLMPACK\0";
 /// Smaller files (the tests' tiny models) pack faster than a cache file is worth.
 const MIN_CACHED_FILE: u64 = 16 << 20;
@@ -145,7 +148,13 @@ impl PackCache {
         }
         let stem = Path::new(&source.path).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let file = dir.join(format!("{stem}-{:016x}.slmpack", key(&source, gguf)));
-        let stored = File::open(&file).ok().and_then(|f| read_entries(BufReader::with_capacity(8 << 20, f), &source));
+        let stored = File::open(&file).ok().and_then(|f| {
+            // SAFETY: cache files are written under a temporary name and renamed into place,
+            // never changed in place, so the mapped bytes stay as they were read; another
+            // program truncating the file would fault the process, as for any mapped file.
+            let map = unsafe { memmap2::MmapOptions::new().populate().map(&f) }.ok()?;
+            read_entries(&Arc::new(map), &source)
+        });
         if stored.is_none() && file.exists() {
             let _ = std::fs::remove_file(&file);
         }
@@ -193,7 +202,7 @@ impl PackCache {
             std::process::id(),
         ));
         let written = (|| {
-            let mut w = BufWriter::with_capacity(8 << 20, File::create(&tmp)?);
+            let mut w = PosWriter { inner: BufWriter::with_capacity(8 << 20, File::create(&tmp)?), pos: 0 };
             self.source.write(&mut w)?;
             w.write_all(&(used.0.len() as u32).to_le_bytes())?;
             for (name, dtype, p) in &used.0 {
@@ -205,7 +214,7 @@ impl PackCache {
                 w.write_all(&(p.k as u64).to_le_bytes())?;
                 p.write_to(&mut w)?;
             }
-            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            w.inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             std::fs::rename(&tmp, &self.file)
         })();
         if written.is_err() {
@@ -259,30 +268,34 @@ fn key(source: &Source, gguf: &Path) -> u64 {
     h
 }
 
-fn read_entries(mut r: impl Read, source: &Source) -> Option<HashMap<String, Stored>> {
+fn read_entries(map: &Arc<memmap2::Mmap>, source: &Source) -> Option<HashMap<String, Stored>> {
+    let mut r: &[u8] = map;
     if Source::read(&mut r)? != *source {
         return None;
     }
     let count = read_u32(&mut r)?;
+    let mut pos = map.len() - r.len();
     let mut out = HashMap::new();
     for _ in 0..count {
+        let mut r = map.get(pos..)?;
         let len = read_u32(&mut r)? as usize;
-        if len > 1024 {
+        if len > 1024 || r.len() < len {
             return None;
         }
-        let mut name = vec![0u8; len];
-        r.read_exact(&mut name).ok()?;
+        let name = String::from_utf8(r[..len].to_vec()).ok()?;
+        r = &r[len..];
         let dtype = dtype_of(read_u32(&mut r)?)?;
         let n = usize::try_from(read_u64(&mut r)?).ok()?;
         let k = usize::try_from(read_u64(&mut r)?).ok()?;
-        // A shape no real tensor has would ask for absurd allocations: the GGUF's tensors
-        // are checked against the file size, so a stored one cannot be larger than it.
+        // A shape no real tensor has would describe arrays past the file: refused below, but
+        // the layout arithmetic must not overflow first.
         if n.checked_mul(k)? > (source.len as usize).saturating_mul(4) {
             return None;
         }
         let layout = layout_for(dtype, n, k)?;
-        let weights = Arc::new(PackedWeights::read_from(&mut r, &layout).ok()?);
-        out.insert(String::from_utf8(name).ok()?, Stored { dtype, n, k, weights });
+        pos = map.len() - r.len();
+        let weights = Arc::new(PackedWeights::from_map(map, &mut pos, &layout)?);
+        out.insert(name, Stored { dtype, n, k, weights });
     }
     Some(out)
 }

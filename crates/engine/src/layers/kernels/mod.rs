@@ -39,6 +39,7 @@ mod x86;
 use std::cell::RefCell;
 
 pub use blocks::*;
+pub use pack_io::PosWriter;
 pub use quantize::{quantize_q8_0_block, QuantizedRows};
 
 /// Output columns per tile (lanes of a 512-bit vector of i32).
@@ -48,6 +49,50 @@ pub const TILE: usize = 16;
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 struct Line([u8; 64]);
+
+/// One of a packed weight's arrays, never written once made: filled by `pack`, or borrowed
+/// from a mapped pack-cache file (`pack_io`). Derefs to its slice with no branch.
+struct Arr<T> {
+    ptr: *const T,
+    len: usize,
+    _owner: Owner<T>,
+}
+
+/// What keeps an `Arr`'s memory alive (held, never read: `ptr` is).
+enum Owner<T> {
+    Vec(#[allow(dead_code)] Vec<T>),
+    Map(#[allow(dead_code)] std::sync::Arc<memmap2::Mmap>),
+}
+
+// SAFETY: an `Arr` is immutable and its owner (a Vec, or a read-only mapping held by an Arc)
+// may be sent and shared across threads; the pointer only ever reads it.
+unsafe impl<T: Sync> Send for Arr<T> {}
+unsafe impl<T: Sync> Sync for Arr<T> {}
+
+impl<T> Arr<T> {
+    fn owned(v: Vec<T>) -> Self {
+        Self { ptr: v.as_ptr(), len: v.len(), _owner: Owner::Vec(v) }
+    }
+}
+
+impl<T: bytemuck::Pod> Arr<T> {
+    /// `len` values at byte `start` of `map`; None unless they are in bounds and aligned.
+    fn mapped(map: &std::sync::Arc<memmap2::Mmap>, start: usize, len: usize) -> Option<Self> {
+        let end = start.checked_add(len.checked_mul(std::mem::size_of::<T>())?)?;
+        let values: &[T] = bytemuck::try_cast_slice(map.get(start..end)?).ok()?;
+        Some(Self { ptr: values.as_ptr(), len: values.len(), _owner: Owner::Map(map.clone()) })
+    }
+}
+
+impl<T> std::ops::Deref for Arr<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` and `len` describe a slice inside what `_owner` keeps alive at a fixed
+        // address for as long as `self` (a Vec's heap buffer, never grown; or a mapping), made
+        // from a valid slice and never written since.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
 
 /// Weights repacked for the kernels: per tile of 16 columns and sub-block of `sub` values,
 /// `sub / 4` groups of 64 values (16 columns × 4 consecutive values, value `lane·4 + j`) —
@@ -69,17 +114,17 @@ pub struct PackedWeights {
     /// divisions.
     num_subs: usize,
     num_blocks: usize,
-    lines: Vec<Line>,
+    lines: Arr<Line>,
     /// Per tile and sub-block (5- and 6-bit types): byte i = the high bits of value i of every
     /// group, group g's `bits − 4` of them at bit `g · (bits − 4)`.
-    high: Vec<Line>,
+    high: Arr<Line>,
     /// Per tile and sub-block: 16 integer scales and (Q4_K, Q5_K) 16 mins (K-quants).
-    sub_scales: Vec<i8>,
-    sub_mins: Vec<i8>,
+    sub_scales: Arr<i8>,
+    sub_mins: Arr<i8>,
     /// Per tile and block: 16 f16 scales and (types with mins) 16 f16 min factors, the file's
     /// bits: `−dmin` for the K-quants, `m` for Q4_1 and Q5_1 (whose integer min is 1).
-    d: Vec<u16>,
-    neg_dmin: Vec<u16>,
+    d: Arr<u16>,
+    neg_dmin: Arr<u16>,
 }
 
 /// Elements per tile of each of `PackedWeights`' arrays.
@@ -280,12 +325,12 @@ impl PackedWeights {
             bits: W::BITS,
             num_subs: nsub,
             num_blocks: blocks,
-            lines,
-            high,
-            sub_scales,
-            sub_mins,
-            d,
-            neg_dmin,
+            lines: Arr::owned(lines),
+            high: Arr::owned(high),
+            sub_scales: Arr::owned(sub_scales),
+            sub_mins: Arr::owned(sub_mins),
+            d: Arr::owned(d),
+            neg_dmin: Arr::owned(neg_dmin),
         }
     }
 
