@@ -15,5 +15,5 @@ venv=target/e2e-venv
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai anthropic openai-agents pytest httpx jsonschema huggingface_hub
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai anthropic openai-agents pytest httpx jsonschema huggingface_hub schemathesis
 "$venv/bin/python" -m pytest -q tests/e2e
