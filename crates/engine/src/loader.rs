@@ -32,13 +32,8 @@ pub struct TensorView<'a> {
 }
 
 impl Gguf {
-    /// Opens `path` with the default pack cache (`pack_cache::default_dir`).
+    /// Opens `path` with no pack cache: `Model::load` opens one beside it when it loads weights.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::open_with_pack_cache(path.as_ref(), crate::pack_cache::default_dir().as_deref())
-    }
-
-    /// Opens `path`, taking repacked weights from the cache in `pack_cache` (None: no cache).
-    pub fn open_with_pack_cache(path: impl AsRef<Path>, pack_cache: Option<&Path>) -> Result<Self> {
         let path_str = path.as_ref().display().to_string();
         let file = File::open(path.as_ref())
             .map_err(|e| EngineError::Io { path: path_str.clone(), message: e.to_string() })?;
@@ -54,8 +49,7 @@ impl Gguf {
             None => Content::read(&mut reader),
         }
         .map_err(|e| EngineError::Gguf { path: path_str.clone(), message: format!("not a readable GGUF file: {e}") })?;
-        let pack_cache = pack_cache.and_then(|dir| crate::pack_cache::PackCache::open(dir, path.as_ref()));
-        Ok(Self { path: path_str, content, reader, map, pack_cache })
+        Ok(Self { path: path_str, content, reader, map, pack_cache: None })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {

@@ -54,7 +54,7 @@ impl Model {
         // mostly hashing strings, and together they are most of a warm load.
         let (mut g, tokenizer) = std::thread::scope(|s| {
             let cache = s.spawn(|| pack_cache.and_then(|dir| crate::pack_cache::PackCache::open(dir, path)));
-            let g = Gguf::open_with_pack_cache(path, None);
+            let g = Gguf::open(path);
             let tokenizer = g.as_ref().ok().map(Tokenizer::from_gguf);
             let cache = cache.join().unwrap_or(None);
             g.map(|mut g| {

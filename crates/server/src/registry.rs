@@ -30,9 +30,18 @@ pub struct EntrySpec {
     pub aliases: Vec<String>,
     pub path: PathBuf,
     pub engine: EngineConfig,
-    /// Some: served by `/v1/embeddings` (an encoder, or a decoder pooled so).
-    pub embedding: Option<Option<Pooling>>,
+    pub kind: ModelKind,
     pub keep_alive: KeepAlive,
+}
+
+/// What an entry serves, decided once from its GGUF header and config.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ModelKind {
+    Generate,
+    /// An encoder (BERT family), for `/v1/embeddings`.
+    Encoder,
+    /// A decoder pooled over its final hidden states, for `/v1/embeddings`.
+    PooledDecoder(Pooling),
 }
 
 #[derive(Clone)]
@@ -84,7 +93,7 @@ impl Status {
 impl Entry {
     pub fn new(spec: EntrySpec, created: u64) -> Self {
         let file = std::fs::metadata(&spec.path).map(|m| m.len()).unwrap_or(0);
-        let kv = if spec.embedding.is_some() { 0 } else { (spec.engine.kv_cache_mb as u64) << 20 };
+        let kv = if spec.kind != ModelKind::Generate { 0 } else { (spec.engine.kv_cache_mb as u64) << 20 };
         let keep_alive = spec.keep_alive;
         Self {
             spec,
@@ -107,7 +116,7 @@ impl Entry {
     }
 
     pub fn is_embedding(&self) -> bool {
-        self.spec.embedding.is_some()
+        self.spec.kind != ModelKind::Generate
     }
 
     pub fn status(&self) -> Status {
@@ -394,11 +403,12 @@ impl Registry {
 /// Loads and starts one model, off the async workers.
 fn load(spec: &EntrySpec) -> Result<Loaded, String> {
     let created = crate::routes::unix_now();
-    match spec.embedding {
-        Some(pooling) => {
-            let encoder = slm_engine::is_embedding_gguf(&spec.path).unwrap_or(false);
-            let model = match pooling {
-                Some(p) if !encoder => Model::load(&spec.path).map(|m| EmbeddingModel::from_decoder(Arc::new(m), p)),
+    match spec.kind {
+        ModelKind::Encoder | ModelKind::PooledDecoder(_) => {
+            let model = match spec.kind {
+                ModelKind::PooledDecoder(p) => {
+                    Model::load(&spec.path).map(|m| EmbeddingModel::from_decoder(Arc::new(m), p))
+                }
                 _ => EmbeddingModel::load(&spec.path),
             };
             let embedder = model
@@ -406,7 +416,7 @@ fn load(spec: &EntrySpec) -> Result<Loaded, String> {
                 .map_err(|e| e.to_string())?;
             Ok(Loaded::Embed(Arc::new(ServedEmbedder { id: spec.id.clone(), embedder, created })))
         }
-        None => {
+        ModelKind::Generate => {
             let engine = Model::load(&spec.path)
                 .map(Arc::new)
                 .and_then(|m| EngineHandle::start(m, spec.engine.clone()))

@@ -14,7 +14,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use crate::config::ModelSpec;
 use crate::config::ServerConfig;
 use crate::listener::Limits;
-use crate::registry::{Entry, EntrySpec, Registry};
+use crate::registry::{Entry, EntrySpec, ModelKind, Registry};
 use crate::response_store::ResponseStore;
 use crate::routes::unix_now;
 use crate::state::{AppState, Settings};
@@ -117,7 +117,12 @@ fn entry_spec(m: &ModelSpec) -> EntrySpec {
         aliases: m.aliases.clone(),
         path: m.path.clone(),
         engine: m.engine.clone(),
-        embedding: (encoder || m.pooling.is_some()).then_some(m.pooling),
+        kind: match m.pooling {
+            // An encoder pools as its header says, whatever the config asks.
+            _ if encoder => ModelKind::Encoder,
+            Some(p) => ModelKind::PooledDecoder(p),
+            None => ModelKind::Generate,
+        },
         keep_alive: m.keep_alive,
     }
 }

@@ -10,7 +10,7 @@ use slm_engine::{EmbedderHandle, EngineHandle};
 use crate::error::ApiError;
 use crate::keep_alive::KeepAlive;
 use crate::metrics::Metrics;
-use crate::registry::{Entry, EntrySpec, Loaded, Registry};
+use crate::registry::{Entry, EntrySpec, Loaded, ModelKind, Registry};
 use crate::response_store::ResponseStore;
 
 pub struct ServedModel {
@@ -93,23 +93,23 @@ impl AppState {
 
     /// Serves models that are already running, kept loaded for good (tests, embedders).
     pub fn set_models(&self, models: Vec<ServedModel>) {
-        let spec = |id: &str, path: &str, embedding| EntrySpec {
+        let spec = |id: &str, path: &str, kind| EntrySpec {
             id: id.to_string(),
             aliases: Vec::new(),
             path: path.into(),
             engine: slm_engine::EngineConfig::default(),
-            embedding,
+            kind,
             keep_alive: KeepAlive::FOREVER,
         };
         let mut entries: Vec<Entry> = models
             .into_iter()
             .map(|m| {
-                let s = spec(&m.id, &m.engine.model().path, None);
+                let s = spec(&m.id, &m.engine.model().path, ModelKind::Generate);
                 Entry::preloaded(s, Loaded::Gen(Arc::new(m)), crate::routes::unix_now())
             })
             .collect();
         for e in std::mem::take(&mut *self.0.pending_embedders.lock().unwrap()) {
-            let s = spec(&e.id, &e.embedder.model().path, Some(None));
+            let s = spec(&e.id, &e.embedder.model().path, ModelKind::Encoder);
             entries.push(Entry::preloaded(s, Loaded::Embed(Arc::new(e)), crate::routes::unix_now()));
         }
         let limits = crate::registry::Limits { load_wait: std::time::Duration::from_secs(120), ..Default::default() };

@@ -314,23 +314,45 @@ impl PackedWeights {
                 t0 += count;
             }
         });
+        Self::from_parts(
+            &layout,
+            Arr::owned(lines),
+            Arr::owned(high),
+            Arr::owned(sub_scales),
+            Arr::owned(sub_mins),
+            Arr::owned(d),
+            Arr::owned(neg_dmin),
+        )
+    }
+
+    /// A weight of `layout`'s shape with these arrays (packed here, or mapped by `pack_io`).
+    #[allow(clippy::too_many_arguments)]
+    fn from_parts(
+        l: &Layout,
+        lines: Arr<Line>,
+        high: Arr<Line>,
+        sub_scales: Arr<i8>,
+        sub_mins: Arr<i8>,
+        d: Arr<u16>,
+        neg_dmin: Arr<u16>,
+    ) -> Self {
         Self {
-            n,
-            k,
-            sub: W::SUB,
-            subs_per_block: spb,
-            offset: W::OFFSET,
-            has_min: W::HAS_MIN,
-            act_block: W::ACT_BLOCK,
-            bits: W::BITS,
-            num_subs: nsub,
-            num_blocks: blocks,
-            lines: Arr::owned(lines),
-            high: Arr::owned(high),
-            sub_scales: Arr::owned(sub_scales),
-            sub_mins: Arr::owned(sub_mins),
-            d: Arr::owned(d),
-            neg_dmin: Arr::owned(neg_dmin),
+            n: l.n,
+            k: l.k,
+            sub: l.sub,
+            subs_per_block: l.subs_per_block,
+            offset: l.offset,
+            has_min: l.has_min,
+            act_block: l.act_block,
+            bits: l.bits,
+            num_subs: l.num_subs,
+            num_blocks: l.num_blocks,
+            lines,
+            high,
+            sub_scales,
+            sub_mins,
+            d,
+            neg_dmin,
         }
     }
 

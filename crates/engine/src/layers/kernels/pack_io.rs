@@ -92,25 +92,15 @@ impl PackedWeights {
             *pos = start + len * std::mem::size_of::<T>();
             Some(a)
         }
-        let l = layout;
-        Some(Self {
-            n: l.n,
-            k: l.k,
-            sub: l.sub,
-            subs_per_block: l.subs_per_block,
-            offset: l.offset,
-            has_min: l.has_min,
-            act_block: l.act_block,
-            bits: l.bits,
-            num_subs: l.num_subs,
-            num_blocks: l.num_blocks,
-            lines: next(map, pos, t * p.lines)?,
-            high: next(map, pos, t * p.high)?,
-            sub_scales: next(map, pos, t * p.sub_scales)?,
-            sub_mins: next(map, pos, t * p.sub_mins)?,
-            d: next(map, pos, t * p.d)?,
-            neg_dmin: next(map, pos, t * p.neg_dmin)?,
-        })
+        Some(Self::from_parts(
+            layout,
+            next(map, pos, t * p.lines)?,
+            next(map, pos, t * p.high)?,
+            next(map, pos, t * p.sub_scales)?,
+            next(map, pos, t * p.sub_mins)?,
+            next(map, pos, t * p.d)?,
+            next(map, pos, t * p.neg_dmin)?,
+        ))
     }
 
     /// Same shape and same bits (tests).
