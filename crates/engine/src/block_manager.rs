@@ -274,6 +274,26 @@ impl BlockManager {
         }
     }
 
+    /// Shrinks the table to the blocks `num_tokens` tokens need, returning the rest to the
+    /// pool (speculative rows that were rejected). Only never-registered tail blocks go.
+    pub fn truncate(&mut self, table: &mut BlockTable, num_tokens: usize) {
+        let keep = self.blocks_for(num_tokens).max(table.num_registered);
+        while table.blocks.len() > keep {
+            let b = table.blocks.pop().expect("longer than keep");
+            self.release(b);
+        }
+    }
+
+    /// Drops one hold on a block; the last one returns it to the pool.
+    fn release(&mut self, b: BlockId) {
+        let blk = &mut self.blocks[b as usize];
+        assert!(blk.ref_count > 0, "double free of block {b}");
+        blk.ref_count -= 1;
+        if blk.ref_count == 0 {
+            self.push_free(b);
+        }
+    }
+
     /// Offers the table's newly full blocks whose tokens are computed to the prefix cache
     /// (`tokens` are the sequence's tokens, `num_computed` how many have K/V in the cache).
     /// Each block is hashed and registered once.
@@ -324,12 +344,7 @@ impl BlockManager {
     /// continuation in the LRU order.
     pub fn free(&mut self, table: &mut BlockTable) {
         for &b in table.blocks.iter().rev() {
-            let blk = &mut self.blocks[b as usize];
-            assert!(blk.ref_count > 0, "double free of block {b}");
-            blk.ref_count -= 1;
-            if blk.ref_count == 0 {
-                self.push_free(b);
-            }
+            self.release(b);
         }
         table.blocks.clear();
         table.num_registered = 0;

@@ -2,6 +2,7 @@
 
 use crate::error::{EngineError, Result};
 pub use crate::kv_cache::KvDtype;
+pub use crate::speculative::SpecConfig;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
@@ -22,6 +23,8 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     /// Most requests waiting for admission; more are refused (`QueueFull`).
     pub max_waiting: usize,
+    /// Speculative decoding (on by default; requests may opt out).
+    pub speculative: SpecConfig,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +39,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             prefix_caching: true,
             max_waiting: 256,
+            speculative: SpecConfig::default(),
         }
     }
 }

@@ -4,9 +4,10 @@
 //! events go to its own channel; a sequence whose receiver is gone is dropped at the next step.
 //!
 //! ```text
-//!  step:  schedule ──▶ ScheduledBatch (items keyed by sequence id)
-//!         run      ──▶ logits, one row per sampling item (a panic fails the batch, not us)
-//!         postprocess: mark computed → sample (on the pool) → append, stop checks → events
+//!  step:  schedule ──▶ ScheduledBatch (items keyed by sequence id), drafts added
+//!         run      ──▶ logits, rows per sampling item (a panic fails the batch, not us)
+//!         postprocess: mark computed → advance (on the pool: sample, verify drafts, append,
+//!                      stop checks, events) → accept drafts' KV, remove finished
 //! ```
 
 use std::collections::HashMap;
@@ -14,31 +15,25 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::advance::{advance, Advanced, Exit};
 use crate::block_manager::BlockManager;
 use crate::config::EngineConfig;
 use crate::error::{panic_message, EngineError};
 use crate::layers::pool::Pool;
 use crate::model::Model;
 use crate::model_runner::ModelRunner;
-use crate::request::{Event, Finished, TokenEvent};
-use crate::sampling::Sampled;
+use crate::request::Event;
 use crate::scheduler::{ScheduledBatch, Scheduler};
-use crate::sequence::{Appended, SeqId, Sequence};
+use crate::sequence::{SeqId, Sequence};
+use crate::speculative::Speculator;
 use crate::stats::EngineStats;
 
 pub struct EngineCore {
     model: Arc<Model>,
     scheduler: Scheduler,
     runner: ModelRunner,
+    speculator: Speculator,
     stats: Arc<EngineStats>,
-}
-
-/// Why a sequence leaves the engine (for the counters).
-#[derive(Clone, Copy)]
-enum Exit {
-    Finished,
-    Aborted,
-    Failed,
 }
 
 impl EngineCore {
@@ -48,7 +43,8 @@ impl EngineCore {
         let scheduler = Scheduler::new(blocks, config.max_batched_tokens, config.max_seqs);
         let runner = ModelRunner { kv: model.new_kv_cache_of(num_blocks, config.block_size, config.kv_dtype) };
         EngineStats::set(&stats.kv_blocks_total, num_blocks as u64);
-        Self { model, scheduler, runner, stats }
+        let speculator = Speculator::new(config.speculative.clone());
+        Self { model, scheduler, runner, speculator, stats }
     }
 
     pub fn is_idle(&self) -> bool {
@@ -104,6 +100,7 @@ impl EngineCore {
     fn schedule(&mut self) -> ScheduledBatch {
         let t0 = Instant::now();
         let mut batch = self.scheduler.schedule();
+        self.speculator.draft(&mut batch, &mut self.scheduler);
         let st = self.stats.clone();
         for &id in &batch.newly_admitted {
             if let Some(seq) = self.scheduler.running(id) {
@@ -137,7 +134,9 @@ impl EngineCore {
         let t0 = Instant::now();
         let model = self.model.clone();
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| self.runner.run(&model, batch, &self.scheduler)));
-        EngineStats::add(&self.stats.forward_ns, t0.elapsed().as_nanos() as u64);
+        let ns = t0.elapsed().as_nanos() as u64;
+        EngineStats::add(&self.stats.forward_ns, ns);
+        self.speculator.observe(batch.num_tokens, ns);
         match run {
             Ok(logits) => Some(logits),
             Err(panic) => {
@@ -151,90 +150,79 @@ impl EngineCore {
         }
     }
 
-    /// Samples one token for each sequence whose chunk reached its end, appends it, applies
-    /// the stop conditions and sends the events; finished and abandoned sequences leave.
+    /// Turns each sampling sequence's logits rows into tokens (`advance`: sample, verify
+    /// drafts, append, stop checks, events), then settles the KV bookkeeping; finished and
+    /// abandoned sequences leave.
     fn postprocess(&mut self, batch: &ScheduledBatch, logits: &[f32]) {
         let t0 = Instant::now();
         self.scheduler.mark_computed(batch);
-        let mut sampled = self.sample(batch, logits);
-        let sample_ns = t0.elapsed().as_nanos() as u64;
-        let tokenizer = self.model.tokenizer.clone();
+        let mut results = self.advance_all(batch, logits);
+        let advance_ns = t0.elapsed().as_nanos() as u64;
+        let st = self.stats.clone();
         for item in batch.items.iter().filter(|i| i.sample) {
             let id = item.seq_id;
-            let s = match sampled.remove(&id) {
-                Some(Ok(s)) => s,
+            let a = match results.remove(&id) {
+                Some(Ok(a)) => a,
                 Some(Err(e)) => {
                     self.fail(id, e);
                     continue;
                 }
                 None => continue,
             };
-            EngineStats::add(&self.stats.generated_tokens_total, 1);
-            let seq = self.scheduler.running_mut(id).expect("sampled sequences are running");
-            let token_event =
-                |text: String| TokenEvent { token: s.token, text, logprob: s.logprob, top_logprobs: s.top.clone() };
-            let exit = match seq.append(s.token, &tokenizer) {
-                Appended::Continue(text) => match seq.events.send(Event::Token(token_event(text))) {
-                    Ok(()) => continue,
-                    Err(_) => Exit::Aborted, // the caller went away
-                },
-                Appended::Finished { reason, text, stop_token, stop_string } => {
-                    let tail = if stop_token.is_none() {
-                        let _ = seq.events.send(Event::Token(token_event(text)));
-                        String::new()
-                    } else {
-                        text
-                    };
-                    let _ = seq.events.send(Event::Finished(Finished {
-                        reason,
-                        text: tail,
-                        num_prompt_tokens: seq.num_prompt_tokens,
-                        num_generated_tokens: seq.num_generated_tokens(),
-                        num_cached_tokens: seq.num_cached_tokens,
-                        stop_token: stop_token.map(|_| token_event(String::new())),
-                        stop_string,
-                    }));
-                    Exit::Finished
+            EngineStats::add(&st.generated_tokens_total, a.num_tokens as u64);
+            EngineStats::add(&st.spec_draft_tokens_total, item.draft.len() as u64);
+            EngineStats::add(&st.spec_accepted_tokens_total, a.num_accepted as u64);
+            if let Some(exit) = a.exit {
+                if let Some(seq) = self.scheduler.remove(id) {
+                    self.leave(&seq, exit);
                 }
-            };
-            if let Some(seq) = self.scheduler.remove(id) {
-                self.leave(&seq, exit);
+            } else if !item.draft.is_empty() {
+                if let Some(seq) = self.scheduler.running_mut(id) {
+                    seq.spec.acceptance.record(a.num_tested, a.num_accepted);
+                }
+                self.scheduler.accept_drafts(id, a.num_accepted);
             }
         }
-        EngineStats::add(&self.stats.sample_ns, sample_ns);
-        EngineStats::add(&self.stats.postprocess_ns, t0.elapsed().as_nanos() as u64 - sample_ns);
+        EngineStats::add(&st.sample_ns, advance_ns);
+        EngineStats::add(&st.postprocess_ns, t0.elapsed().as_nanos() as u64 - advance_ns);
     }
 
-    /// Each sampling sequence's token, in parallel on the pool: every sequence has its own
-    /// sampler and RNG, so the result does not depend on the split. A panic while sampling
-    /// one sequence (a grammar bug, say) fails that sequence only.
-    fn sample(&mut self, batch: &ScheduledBatch, logits: &[f32]) -> HashMap<SeqId, Result<Sampled, EngineError>> {
+    /// `advance` for every sampling sequence, in parallel on the pool: each sequence has its
+    /// own sampler, RNG and channel, so the result does not depend on the split. A panic while
+    /// sampling one sequence (a grammar bug, say) fails that sequence only.
+    fn advance_all(&mut self, batch: &ScheduledBatch, logits: &[f32]) -> HashMap<SeqId, Result<Advanced, EngineError>> {
         let vocab = self.model.decoder.config.vocab_size;
-        let row_of: HashMap<SeqId, usize> =
-            batch.items.iter().filter(|i| i.sample).enumerate().map(|(k, i)| (i.seq_id, k)).collect();
-        type Cell<'a> = (&'a mut Sequence, usize, Option<Result<Sampled, EngineError>>);
+        let tokenizer = self.model.tokenizer.clone();
+        // Each sampling item's logits rows and draft, by sequence.
+        let mut rows_of: HashMap<SeqId, (&[f32], &[u32])> = HashMap::new();
+        let mut at = 0;
+        for item in batch.items.iter().filter(|i| i.sample) {
+            let n = item.num_logits() * vocab;
+            rows_of.insert(item.seq_id, (&logits[at..at + n], &item.draft));
+            at += n;
+        }
+        type Cell<'a> = (&'a mut Sequence, &'a [f32], &'a [u32], Option<Result<Advanced, EngineError>>);
         // One cell per sequence: the pool hands each index to one thread, so the locks are
         // never contended; they only make the disjoint `&mut` access safe to express.
         let cells: Vec<Mutex<Cell>> = self
             .scheduler
             .running
             .iter_mut()
-            .filter_map(|seq| row_of.get(&seq.id).map(|&k| Mutex::new((seq, k, None))))
+            .filter_map(|seq| rows_of.get(&seq.id).map(|&(rows, draft)| Mutex::new((seq, rows, draft, None))))
             .collect();
         Pool::global().run(cells.len(), &|range| {
             for i in range {
                 let mut cell = cells[i].lock().unwrap_or_else(|e| e.into_inner());
-                let (seq, k, _) = &mut *cell;
-                let row = &logits[*k * vocab..(*k + 1) * vocab];
-                let out = std::panic::catch_unwind(AssertUnwindSafe(|| seq.sample(row)))
+                let (seq, rows, draft, _) = &mut *cell;
+                let out = std::panic::catch_unwind(AssertUnwindSafe(|| advance(seq, rows, draft, &tokenizer)))
                     .unwrap_or_else(|p| Err(EngineError::Internal(format!("sampling failed: {}", panic_message(&*p)))));
-                cell.2 = Some(out);
+                cell.3 = Some(out);
             }
         });
         cells
             .into_iter()
             .map(|c| c.into_inner().unwrap_or_else(|e| e.into_inner()))
-            .map(|(seq, _, out)| (seq.id, out.expect("every cell is sampled")))
+            .map(|(seq, _, _, out)| (seq.id, out.expect("every cell is sampled")))
             .collect()
     }
 }

@@ -14,6 +14,7 @@
 //! and stop checks → `Event`s on the request's `RequestStream`. `generate::Generator` drives a
 //! single sequence directly (CLI, parity tests). No HTTP types live here.
 
+pub mod advance;
 pub mod batch;
 pub mod block_manager;
 pub mod chat_template;
@@ -40,6 +41,7 @@ pub mod request;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
+pub mod speculative;
 pub mod stats;
 pub mod stop;
 pub mod tokenizer;

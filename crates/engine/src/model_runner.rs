@@ -1,5 +1,6 @@
 //! Turns a `ScheduledBatch` into the model's `BatchInput` (rows, positions, KV slots, block
-//! tables), runs the forward pass, and returns one logits row per item that samples.
+//! tables), runs the forward pass, and returns the logits rows the items sample from (one per
+//! sampling item, plus one per drafted token).
 
 use crate::batch::BatchInput;
 use crate::kv_cache::KvCache;
@@ -11,17 +12,18 @@ pub struct ModelRunner {
 }
 
 impl ModelRunner {
-    /// Logits (`vocab_size` values) for each sampling item, in item order.
+    /// Logits (`vocab_size` values) for each logits row of each item (`num_logits`), in
+    /// item order.
     pub fn run(&mut self, model: &Model, batch: &ScheduledBatch, seqs: &Scheduler) -> Vec<f32> {
         let mut input = BatchInput::default();
         for item in &batch.items {
             let seq = seqs.running(item.seq_id).expect("scheduled sequences are running");
-            input.push_seq(
-                &seq.tokens[item.start..item.start + item.len],
+            input.push_seq_rows(
+                &[&seq.tokens[item.start..item.start + item.len], &item.draft],
                 item.start,
                 seq.block_table.blocks(),
                 self.kv.block_size(),
-                item.sample,
+                item.num_logits(),
             );
         }
         model.decoder.forward(&input, &mut self.kv)

@@ -22,6 +22,9 @@ pub struct Request {
     /// Prefix-cache isolation (vLLM's `cache_salt`): only requests with the same salt share
     /// cached blocks, so one tenant cannot time another's prompts.
     pub cache_salt: Option<String>,
+    /// Allow speculative decoding where the engine has it on (it never changes the output,
+    /// only the speed; opting out is for measurements).
+    pub speculative: bool,
 }
 
 impl Request {
@@ -35,6 +38,7 @@ impl Request {
             ignore_eos: false,
             constraint: None,
             cache_salt: None,
+            speculative: true,
         }
     }
 }

@@ -24,6 +24,29 @@ pub struct ScheduledItem {
     pub len: usize,
     /// The chunk reaches the last token: sample from its logits.
     pub sample: bool,
+    /// Drafted tokens verified after the last one (rows `start+len..`; speculative decoding):
+    /// each of those rows has logits too.
+    pub draft: Vec<u32>,
+}
+
+impl ScheduledItem {
+    fn new(seq: &Sequence, start: usize, len: usize) -> Self {
+        Self { seq_id: seq.id, start, len, sample: start + len == seq.tokens.len(), draft: Vec::new() }
+    }
+
+    /// Rows this item puts in the batch.
+    pub fn num_rows(&self) -> usize {
+        self.len + self.draft.len()
+    }
+
+    /// Logits rows it needs: one per drafted token and one after them, when it samples.
+    pub fn num_logits(&self) -> usize {
+        if self.sample {
+            1 + self.draft.len()
+        } else {
+            0
+        }
+    }
 }
 
 #[derive(Default)]
@@ -89,7 +112,7 @@ impl Scheduler {
             let seq = &mut self.running[i];
             self.blocks.append(&mut seq.block_table, need);
             let start = seq.num_computed_tokens;
-            batch.items.push(ScheduledItem { seq_id: seq.id, start, len: n, sample: start + n == seq.tokens.len() });
+            batch.items.push(ScheduledItem::new(seq, start, n));
             budget -= n;
             i += 1;
         }
@@ -124,12 +147,47 @@ impl Scheduler {
             }
             seq.status = SeqStatus::Running;
             let start = seq.num_computed_tokens;
-            batch.items.push(ScheduledItem { seq_id: seq.id, start, len: n, sample: start + n == seq.tokens.len() });
+            batch.items.push(ScheduledItem::new(&seq, start, n));
             self.running.push(seq);
             budget -= n;
         }
         batch.num_tokens = self.max_batched_tokens - budget;
+        debug_assert_eq!(batch.num_tokens, batch.items.iter().map(|i| i.num_rows()).sum::<usize>());
         batch
+    }
+
+    /// Adds drafted tokens to decoding items, as far as the step's token budget and free KV
+    /// blocks allow: a draft never preempts anyone and never takes another sequence's place.
+    pub fn add_drafts(&mut self, batch: &mut ScheduledBatch, drafts: Vec<(SeqId, Vec<u32>)>) {
+        for (id, mut draft) in drafts {
+            let room = self.max_batched_tokens - batch.num_tokens;
+            draft.truncate(room);
+            let Some(item) = batch.items.iter_mut().find(|i| i.seq_id == id && i.sample && i.draft.is_empty()) else {
+                continue;
+            };
+            let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else { continue };
+            let end = item.start + item.len;
+            while !draft.is_empty() && !self.blocks.can_append(seq.block_table.len(), end + draft.len()) {
+                draft.pop();
+            }
+            if draft.is_empty() {
+                continue;
+            }
+            self.blocks.append(&mut seq.block_table, end + draft.len());
+            batch.num_tokens += draft.len();
+            item.draft = draft;
+        }
+    }
+
+    /// After verification: `num_accepted` drafted tokens (now appended to the sequence) have
+    /// their K/V in the cache; the rejected rows' slots are not counted, and blocks that only
+    /// they reached are freed.
+    pub fn accept_drafts(&mut self, id: SeqId, num_accepted: usize) {
+        let Some(seq) = self.running.iter_mut().find(|s| s.id == id) else { return };
+        seq.num_computed_tokens += num_accepted;
+        debug_assert!(seq.num_computed_tokens < seq.tokens.len(), "the last sampled token is never computed");
+        self.blocks.register_full_blocks(&mut seq.block_table, &seq.tokens, seq.num_computed_tokens);
+        self.blocks.truncate(&mut seq.block_table, seq.tokens.len());
     }
 
     /// Frees a running sequence's blocks and puts it back at the front of the queue; its

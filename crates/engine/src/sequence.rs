@@ -10,6 +10,7 @@ use crate::error::EngineError;
 use crate::grammar::Constraint;
 use crate::request::{Event, FinishReason, Request};
 use crate::sampling::{Sampled, Sampler};
+use crate::speculative::SeqSpec;
 use crate::stop::{OutputText, Pushed};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -61,6 +62,8 @@ pub struct Sequence {
     /// Whether it was admitted once already (a preempted sequence keeps its cache-hit count).
     pub was_admitted: bool,
     pub queue_state: std::sync::Arc<QueueState>,
+    /// Speculative decoding: whether the request allows it, its n-gram index and record.
+    pub spec: SeqSpec,
 }
 
 /// What appending a token decided.
@@ -100,6 +103,7 @@ impl Sequence {
             events,
             was_admitted: false,
             queue_state: Default::default(),
+            spec: SeqSpec::new(req.speculative),
         }
     }
 

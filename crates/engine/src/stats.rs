@@ -14,6 +14,9 @@ pub struct EngineStats {
     pub prefix_cache_hit_tokens_total: AtomicU64,
     pub prompt_tokens_total: AtomicU64,
     pub generated_tokens_total: AtomicU64,
+    /// Drafted tokens verified (speculative decoding), and how many were accepted.
+    pub spec_draft_tokens_total: AtomicU64,
+    pub spec_accepted_tokens_total: AtomicU64,
     pub preemptions_total: AtomicU64,
     pub steps_total: AtomicU64,
     /// Sum of rows over all steps (mean batch size = this / steps_total).
@@ -40,6 +43,8 @@ pub struct StatsSnapshot {
     pub prefix_cache_hit_tokens_total: u64,
     pub prompt_tokens_total: u64,
     pub generated_tokens_total: u64,
+    pub spec_draft_tokens_total: u64,
+    pub spec_accepted_tokens_total: u64,
     pub preemptions_total: u64,
     pub steps_total: u64,
     pub step_tokens_total: u64,
@@ -64,6 +69,8 @@ impl EngineStats {
             prefix_cache_hit_tokens_total: self.prefix_cache_hit_tokens_total.load(Relaxed),
             prompt_tokens_total: self.prompt_tokens_total.load(Relaxed),
             generated_tokens_total: self.generated_tokens_total.load(Relaxed),
+            spec_draft_tokens_total: self.spec_draft_tokens_total.load(Relaxed),
+            spec_accepted_tokens_total: self.spec_accepted_tokens_total.load(Relaxed),
             preemptions_total: self.preemptions_total.load(Relaxed),
             steps_total: self.steps_total.load(Relaxed),
             step_tokens_total: self.step_tokens_total.load(Relaxed),

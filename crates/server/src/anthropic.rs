@@ -46,6 +46,7 @@ pub struct MessagesRequest {
     pub min_p: Option<f64>,
     pub repetition_penalty: Option<f64>,
     pub cache_salt: Option<String>,
+    pub speculative: Option<bool>,
 }
 
 /// Chat's field names → this API's, for errors from the shared path.
@@ -260,6 +261,7 @@ pub fn chat_request(req: &MessagesRequest, counting: bool) -> Result<ChatComplet
         repetition_penalty: req.repetition_penalty,
         user: req.metadata.as_ref().and_then(|m| m.get("user_id")).and_then(Value::as_str).map(String::from),
         cache_salt: req.cache_salt.clone(),
+        speculative: req.speculative,
         ..Default::default()
     })
 }

@@ -69,6 +69,10 @@ pub struct ModelEntry {
     pub pooling: Option<PoolingMode>,
     /// How long it stays loaded after its last request; default: for good (it was named).
     pub keep_alive: Option<KeepAlive>,
+    /// Speculative decoding by prompt lookup (default true: adaptive, on where it pays).
+    pub speculative: Option<bool>,
+    /// Most drafted tokens verified per sequence and step (default 8).
+    pub max_draft_tokens: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -183,6 +187,11 @@ fn engine_config(e: Option<&ModelEntry>, queue_limit: Option<usize>) -> EngineCo
         max_batched_tokens: e.and_then(|e| e.max_batched_tokens).unwrap_or(d.max_batched_tokens),
         max_model_len: e.and_then(|e| e.context_length),
         max_waiting: queue_limit.unwrap_or(d.max_waiting),
+        speculative: slm_engine::config::SpecConfig {
+            enabled: e.and_then(|e| e.speculative).unwrap_or(d.speculative.enabled),
+            max_draft_tokens: e.and_then(|e| e.max_draft_tokens).unwrap_or(d.speculative.max_draft_tokens),
+            ..d.speculative.clone()
+        },
         ..d
     }
 }

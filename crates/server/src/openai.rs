@@ -72,6 +72,7 @@ pub struct SamplingFields {
     pub stream_options: Option<StreamOptions>,
     pub ignore_eos: Option<bool>,
     pub cache_salt: Option<String>,
+    pub speculative: Option<bool>,
 }
 
 /// Defines a request struct with its own fields plus the shared sampling fields (written out,
@@ -99,6 +100,9 @@ macro_rules! with_sampling_fields {
             pub ignore_eos: Option<bool>,
             /// Extension (vLLM): only requests with the same salt share prefix-cache blocks.
             pub cache_salt: Option<String>,
+            /// Extension: `false` turns speculative decoding off for this request (the
+            /// output is the same either way; only the speed differs).
+            pub speculative: Option<bool>,
             /// Extension (Ollama): how long the model stays loaded after this request.
             pub keep_alive: Option<$crate::keep_alive::KeepAlive>,
         }
@@ -122,6 +126,7 @@ macro_rules! with_sampling_fields {
                     stream_options: self.stream_options.clone(),
                     ignore_eos: self.ignore_eos,
                     cache_salt: self.cache_salt.clone(),
+                    speculative: self.speculative,
                 }
             }
         }

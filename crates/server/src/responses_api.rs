@@ -50,6 +50,7 @@ pub struct ResponsesRequest {
     pub logit_bias: Option<BTreeMap<String, f64>>,
     pub ignore_eos: Option<bool>,
     pub cache_salt: Option<String>,
+    pub speculative: Option<bool>,
 }
 
 /// Chat's field names → this API's, for errors from the shared path.
@@ -334,6 +335,7 @@ pub fn chat_request(req: &ResponsesRequest, items: &[Value]) -> Result<ChatCompl
         user: req.user.clone(),
         ignore_eos: req.ignore_eos,
         cache_salt: req.cache_salt.clone(),
+        speculative: req.speculative,
         ..Default::default()
     })
 }

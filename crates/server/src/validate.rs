@@ -35,6 +35,8 @@ pub struct ValidSampling {
     pub ignore_eos: bool,
     /// The prefix-cache salt: the request's `cache_salt`, under its API key when keys are set.
     pub cache_salt: Option<String>,
+    /// Speculative decoding allowed (default) or turned off by the request.
+    pub speculative: bool,
 }
 
 fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, lo_open: bool) -> Result<Option<f64>, ApiError> {
@@ -125,6 +127,7 @@ pub fn sampling(
             (Some(t), salt) => Some(format!("{}\u{0}{}", t.0, salt.as_deref().unwrap_or(""))),
             (None, salt) => salt.clone(),
         },
+        speculative: f.speculative.unwrap_or(true),
     })
 }
 
@@ -290,6 +293,7 @@ impl ValidRequest {
                 r.ignore_eos = s.ignore_eos;
                 r.constraint = self.constraint.clone();
                 r.cache_salt = s.cache_salt.clone();
+                r.speculative = s.speculative;
                 streams.push(engine.submit(r)?);
             }
         }
