@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 bash scripts/fetch-models.sh all
+bash scripts/fetch-models.sh qwen1.5b  # the speculative target's parity tests
 cargo test --release --workspace "$@"
 cargo build --release --bin slm
 venv=target/e2e-venv

@@ -1,8 +1,12 @@
 //! `slm bench`: offline throughput of the engine on a model — aggregate and per-sequence
 //! decode tok/s at several concurrencies, prefill tok/s, and where step time goes — and,
 //! with `--compare CMD`, a side-by-side with another engine's benchmark run right after on
-//! the same machine (llama.cpp's `llama-bench` output is read; anything else is printed). A
-//! benchmark, not a test: it prints figures, it asserts nothing.
+//! the same machine (llama.cpp's `llama-bench` output is read; anything else is printed).
+//! `--speculative` measures every concurrency twice, without and with speculative decoding
+//! (per request, on one engine), and prints the ratio and the acceptance rate;
+//! `--workload FILE` takes its prompts from a workload file (tests/workloads/*.jsonl, chat
+//! messages through the model's template; each ends where the model stops). A benchmark, not
+//! a test: it prints figures, it asserts nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,15 +26,44 @@ pub struct BenchArgs {
     /// A shell command to run afterwards and put side by side (e.g. `llama-bench -m … -t 2`).
     pub compare: Option<String>,
     pub kv_dtype: slm_engine::config::KvDtype,
+    /// Measure each concurrency with speculation off and on.
+    pub speculative: bool,
+    /// Prompts from this workload file instead of a synthetic text.
+    pub workload: Option<std::path::PathBuf>,
+}
+
+/// One benchmark prompt and how many tokens it may generate.
+#[derive(Clone)]
+struct Prompt {
+    tokens: Vec<u32>,
+    max_tokens: usize,
+}
+
+/// A workload file's requests (JSONL, `messages` and `max_tokens` per line) as prompts.
+fn workload_prompts(model: &Model, path: &std::path::Path, gen: usize) -> Result<Vec<Prompt>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let messages = v["messages"].as_array().ok_or_else(|| anyhow::anyhow!("a line without messages"))?;
+        let rendered = model.chat_template.render_prompt(&model.tokenizer, messages, None)?;
+        let tokens = model.tokenizer.encode(&rendered, true, true)?;
+        let max_tokens = v["max_tokens"].as_u64().map_or(gen, |m| (m as usize).min(gen));
+        out.push(Prompt { tokens, max_tokens });
+    }
+    if out.is_empty() {
+        bail!("{}: no requests", path.display());
+    }
+    Ok(out)
 }
 
 /// Distinct prompts of exactly `n` tokens: a long text tokenized once, cut at different offsets.
-fn prompts(model: &Model, count: usize, n: usize) -> Vec<Vec<u32>> {
+fn prompts(model: &Model, count: usize, n: usize, gen: usize) -> Vec<Prompt> {
     let text = "Small language models run on edge devices, laptops and single-board computers. \
         They answer questions, summarise documents, write code and call tools. Quantization \
         shrinks their weights to four or five bits, and careful kernels keep them fast. ";
     let base = model.tokenizer.encode(&text.repeat(64), false, false).unwrap_or_default();
-    (0..count).map(|i| base[i * 7..i * 7 + n].to_vec()).collect()
+    (0..count).map(|i| Prompt { tokens: base[i * 7..i * 7 + n].to_vec(), max_tokens: gen }).collect()
 }
 
 struct RunResult {
@@ -41,11 +74,20 @@ struct RunResult {
     stats: StatsSnapshot,
 }
 
+/// How a run's requests are made.
+#[derive(Clone, Copy)]
+struct RunMode {
+    /// Generate exactly `max_tokens` (synthetic prompts) or stop where the model does.
+    ignore_eos: bool,
+    speculative: bool,
+}
+
 fn run(
     engine: &EngineHandle,
-    prompts: &[Vec<u32>],
-    gen: usize,
+    prompts: &[Prompt],
+    gen: Option<usize>,
     schema: Option<&serde_json::Value>,
+    mode: RunMode,
 ) -> Result<RunResult> {
     // Compiled once, as the server does, and outside the timed region.
     let constraint = schema
@@ -56,8 +98,9 @@ fn run(
     let streams: Vec<_> = prompts
         .iter()
         .map(|p| {
-            let mut r = Request::new(p.clone(), SamplingParams::greedy(), gen);
-            r.ignore_eos = true;
+            let mut r = Request::new(p.tokens.clone(), SamplingParams::greedy(), gen.unwrap_or(p.max_tokens));
+            r.ignore_eos = mode.ignore_eos;
+            r.speculative = mode.speculative;
             r.constraint = constraint.clone();
             engine.submit(r)
         })
@@ -103,6 +146,8 @@ fn run(
         forward_ns: after.forward_ns - before.forward_ns,
         sample_ns: after.sample_ns - before.sample_ns,
         postprocess_ns: after.postprocess_ns - before.postprocess_ns,
+        spec_draft_tokens_total: after.spec_draft_tokens_total - before.spec_draft_tokens_total,
+        spec_accepted_tokens_total: after.spec_accepted_tokens_total - before.spec_accepted_tokens_total,
         ..after
     };
     Ok(RunResult { wall, num_tokens, per_seq_decode_tps: tps.iter().sum::<f64>() / tps.len().max(1) as f64, stats })
@@ -118,7 +163,20 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         ..EngineConfig::default()
     };
     let engine = EngineHandle::start(model.clone(), config.clone())?;
-    let all = prompts(&model, max_c + 1, args.prompt_tokens);
+    let synthetic = prompts(&model, max_c + 1, args.prompt_tokens, args.gen_tokens);
+    let work = args.workload.as_deref().map(|p| workload_prompts(&model, p, args.gen_tokens)).transpose()?;
+    // `c` streams: the workload's prompts in turn (repeated to fill them), else synthetic ones.
+    let streams = |c: usize| match &work {
+        Some(w) => (0..c).map(|i| w[i % w.len()].clone()).collect::<Vec<_>>(),
+        None => synthetic[..c].to_vec(),
+    };
+    let plain = RunMode { ignore_eos: work.is_none(), speculative: false };
+    let modes: Vec<(&str, RunMode)> = if args.speculative {
+        vec![("plain", plain), ("spec", RunMode { speculative: true, ..plain })]
+    } else {
+        vec![("plain", plain)]
+    };
+    let all = &synthetic;
     println!(
         "slm bench: {} ({} threads, kernel level {:?}, {:?} KV cache), prompts of {} tokens, {} generated tokens each, max_batched_tokens {}",
         args.model,
@@ -133,10 +191,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         model.grammar.warm_up();
         println!("every sequence constrained to the JSON Schema {s}");
     }
+    if let (Some(p), Some(w)) = (&args.workload, &work) {
+        println!("prompts from {} ({} requests, at most {} tokens each)", p.display(), w.len(), args.gen_tokens);
+    }
 
     // Warm-up, then prefill alone: one prompt, one generated token.
-    run(&engine, &all[max_c..], 2, None)?;
-    let r = run(&engine, &all[..1], 1, None)?;
+    run(&engine, &all[max_c..], Some(2), None, plain)?;
+    let r = run(&engine, &all[..1], Some(1), None, plain)?;
     let prefill_tps = args.prompt_tokens as f64 / (r.stats.forward_ns as f64 / 1e9);
     println!(
         "prefill: {:.1} tok/s ({} tokens in {:.1} ms of forward time)\n",
@@ -146,33 +207,60 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     );
 
     println!(
-        "{:>5} {:>12} {:>12} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}",
-        "seqs", "agg tok/s", "seq tok/s", "wall s", "steps", "rows/step", "forward%", "sample%", "sched+post%"
+        "{:>5} {:>6} {:>12} {:>12} {:>10} {:>9} {:>10} {:>10} {:>10} {:>11} {:>8} {:>8}",
+        "seqs",
+        "mode",
+        "agg tok/s",
+        "seq tok/s",
+        "wall s",
+        "steps",
+        "rows/step",
+        "forward%",
+        "sample%",
+        "sched+post%",
+        "accept",
+        "x plain"
     );
     let mut breakdown = Vec::new();
     let mut results = Vec::new();
     for &c in &args.concurrency {
-        profile::reset();
-        profile::set_enabled(true);
-        let r = run(&engine, &all[..c], args.gen_tokens, args.json_schema.as_ref())?;
-        profile::set_enabled(false);
-        let s = &r.stats;
-        let step_ns = (s.schedule_ns + s.forward_ns + s.sample_ns + s.postprocess_ns) as f64;
-        let pct = |x: u64| 100.0 * x as f64 / step_ns;
-        println!(
-            "{:>5} {:>12.1} {:>12.1} {:>10.2} {:>9} {:>10.1} {:>9.1}% {:>9.2}% {:>9.2}%",
-            c,
-            r.num_tokens as f64 / r.wall.as_secs_f64(),
-            r.per_seq_decode_tps,
-            r.wall.as_secs_f64(),
-            s.steps_total,
-            s.step_tokens_total as f64 / s.steps_total.max(1) as f64,
-            pct(s.forward_ns),
-            pct(s.sample_ns),
-            pct(s.schedule_ns + s.postprocess_ns),
-        );
-        breakdown.push((c, s.forward_ns, profile::snapshot()));
-        results.push((c, r.per_seq_decode_tps));
+        let mut plain_tps = None;
+        for &(name, mode) in &modes {
+            profile::reset();
+            profile::set_enabled(true);
+            let gen = work.is_none().then_some(args.gen_tokens);
+            let r = run(&engine, &streams(c), gen, args.json_schema.as_ref(), mode)?;
+            profile::set_enabled(false);
+            let s = &r.stats;
+            let step_ns = (s.schedule_ns + s.forward_ns + s.sample_ns + s.postprocess_ns) as f64;
+            let pct = |x: u64| 100.0 * x as f64 / step_ns;
+            let accept = if s.spec_draft_tokens_total > 0 {
+                format!("{:.2}", s.spec_accepted_tokens_total as f64 / s.spec_draft_tokens_total as f64)
+            } else {
+                "-".into()
+            };
+            let ratio = plain_tps.map_or("-".into(), |p: f64| format!("{:.2}", r.per_seq_decode_tps / p));
+            println!(
+                "{:>5} {:>6} {:>12.1} {:>12.1} {:>10.2} {:>9} {:>10.1} {:>9.1}% {:>9.2}% {:>10.2}% {:>8} {:>8}",
+                c,
+                name,
+                r.num_tokens as f64 / r.wall.as_secs_f64(),
+                r.per_seq_decode_tps,
+                r.wall.as_secs_f64(),
+                s.steps_total,
+                s.step_tokens_total as f64 / s.steps_total.max(1) as f64,
+                pct(s.forward_ns),
+                pct(s.sample_ns),
+                pct(s.schedule_ns + s.postprocess_ns),
+                accept,
+                ratio,
+            );
+            if plain_tps.is_none() {
+                plain_tps = Some(r.per_seq_decode_tps);
+                breakdown.push((c, s.forward_ns, profile::snapshot()));
+                results.push((c, r.per_seq_decode_tps));
+            }
+        }
     }
     let single = results.iter().find(|(c, _)| *c == 1).map(|(_, tps)| *tps);
     println!("\nforward time split (share of forward time; categories this model never used left out):");

@@ -91,6 +91,14 @@ pub enum Command {
         /// KV-cache element type, as `kv_cache_dtype` in the config.
         #[arg(long, default_value = "f16", value_parser = ["f16", "f32", "q8_0", "q4_0"])]
         kv_cache_dtype: String,
+        /// Measure each concurrency without and with speculative decoding (prompt lookup)
+        /// and print the speed-up and the acceptance rate.
+        #[arg(long)]
+        speculative: bool,
+        /// Prompts from a workload file (JSONL with `messages`, e.g. tests/workloads/code_edit.jsonl)
+        /// instead of a synthetic text; each request ends where the model stops or at --gen-tokens.
+        #[arg(long)]
+        workload: Option<std::path::PathBuf>,
     },
     /// Kernel micro-benchmark (not a test): quantized matmul time per call, candle vs slm.
     BenchKernels {
@@ -149,7 +157,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate { model, prompt, max_tokens, temperature, seed, chat } => {
             generate(&model, &prompt, max_tokens, temperature, seed, chat)
         }
-        Command::Bench { model, concurrency, prompt_tokens, gen_tokens, json_schema, compare, kv_cache_dtype } => {
+        Command::Bench {
+            model,
+            concurrency,
+            prompt_tokens,
+            gen_tokens,
+            json_schema,
+            compare,
+            kv_cache_dtype,
+            speculative,
+            workload,
+        } => {
             let json_schema = json_schema
                 .map(|s| serde_json::from_str(&s))
                 .transpose()
@@ -161,6 +179,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 gen_tokens,
                 json_schema,
                 compare,
+                speculative,
+                workload,
                 kv_dtype: match kv_cache_dtype.as_str() {
                     "f32" => slm_engine::config::KvDtype::F32,
                     "q8_0" => slm_engine::config::KvDtype::Q8_0,

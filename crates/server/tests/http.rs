@@ -380,3 +380,56 @@ async fn echo_with_logprobs_scores_the_prompt_as_evaluation_harnesses_ask() {
     let (status, e) = post(&s, "/v1/completions", json!({"prompt": prompt, "max_tokens": 0})).await;
     assert_eq!((status, e["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("max_tokens")));
 }
+
+#[tokio::test]
+async fn speculation_is_invisible_in_answers_and_counted_in_metrics() {
+    let s = state();
+    let code = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n";
+    let ask = format!("Repeat this code exactly:\n{code}");
+    let chat = |spec: bool, seed: Option<u64>| {
+        let mut b = json!({"model": "qwen", "max_tokens": 40, "messages": [{"role": "user", "content": ask}],
+            "speculative": spec, "logprobs": true, "top_logprobs": 2});
+        match seed {
+            Some(seed) => {
+                b.as_object_mut().unwrap().extend([("seed".into(), json!(seed)), ("temperature".into(), json!(0.8))])
+            }
+            None => b["temperature"] = json!(0),
+        }
+        b
+    };
+    for seed in [None, Some(11)] {
+        let (st, off) = post(&s, "/v1/chat/completions", chat(false, seed)).await;
+        assert_eq!(st, StatusCode::OK, "{off}");
+        let (_, on) = post(&s, "/v1/chat/completions", chat(true, seed)).await;
+        // Same text and the same logprobs, bit for bit (JSON numbers print every bit).
+        assert_eq!(on["choices"], off["choices"], "seed {seed:?}");
+        assert_eq!(on["usage"]["completion_tokens"], off["usage"]["completion_tokens"]);
+    }
+    // The Messages and Responses shapes take the switch too.
+    let msg =
+        json!({"model": "qwen", "max_tokens": 30, "temperature": 0, "messages": [{"role": "user", "content": ask}]});
+    let mut msg_off = msg.clone();
+    msg_off["speculative"] = json!(false);
+    let (st, a) = post(&s, "/v1/messages", msg).await;
+    assert_eq!(st, StatusCode::OK, "{a}");
+    let (_, b) = post(&s, "/v1/messages", msg_off).await;
+    assert_eq!(a["content"], b["content"]);
+    let resp = json!({"model": "qwen", "max_output_tokens": 30, "input": ask, "speculative": false, "store": false});
+    let (st, r) = post(&s, "/v1/responses", resp).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let (st, bad) =
+        post(&s, "/v1/chat/completions", json!({"model": "qwen", "messages": [], "speculative": "yes"})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}");
+
+    let req = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    let body = axum::body::to_bytes(app(s.clone()).oneshot(req).await.unwrap().into_body(), usize::MAX).await.unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let value = |name: &str| -> f64 {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name}{{"))).unwrap_or_else(|| panic!("{name}: {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (drafted, accepted) = (value("slm_spec_draft_tokens_total"), value("slm_spec_accepted_tokens_total"));
+    assert!(accepted > 0.0 && accepted <= drafted, "drafted {drafted}, accepted {accepted}");
+    assert!((value("slm_spec_acceptance_ratio") - accepted / drafted).abs() < 1e-9);
+}

@@ -10,6 +10,8 @@ use serde_json::Value;
 use slm_engine::Model;
 
 pub const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m";
+/// The 1.5B target of speculative decoding (fetched with `scripts/fetch-models.sh qwen1.5b`).
+pub const QWEN_1_5B: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m";
 pub const GEMMA: &str = "gemma-3-270m-q4_k_m";
 /// Llama architecture, Q4_1 weights and a Q8_0 embedding table tied to the output.
 pub const SMOLLM2: &str = "smollm2-135m-instruct-q4_1";
