@@ -130,7 +130,8 @@ def main():
     ap.add_argument("--streams", type=int, default=1)
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--no-llama", action="store_true")
-    ap.add_argument("--llama-modes", default="ngram-simple,ngram-map-k,ngram-mod")
+    ap.add_argument("--llama-modes", default="ngram-simple;ngram-simple n3=ngram-simple --spec-ngram-simple-size-n 3 --spec-ngram-simple-size-m 16;ngram-map-k;ngram-mod",
+                    help="';'-separated llama-server settings: a --spec-type value, or NAME=FLAGS")
     ap.add_argument("--port", type=int, default=8291)
     a = ap.parse_args()
     names = a.workloads.split(",")
@@ -160,9 +161,12 @@ def main():
         server = str(a.llama_dir / "build/bin/llama-server")
         base = [server, "-m", a.model, "-t", str(os.cpu_count()), "-c", "8192", "-np", "1", "--port", str(a.port),
                 "--no-webui"]
-        settings = [("llama plain", [])] + [(f"llama {m}", ["--spec-type", m]) for m in a.llama_modes.split(",") if m]
+        settings = [("llama plain", [])]
+        for m in filter(None, a.llama_modes.split(";")):
+            name, _, flags_ = m.partition("=")
+            settings.append((f"llama {name}", flags_.split() if flags_ else ["--spec-type", name]))
         if a.draft:
-            settings.append(("llama -md 0.5B", ["-md", a.draft, "--spec-draft-n-max", "16"]))
+            settings.append(("llama -md 0.5B", ["--spec-type", "draft-simple", "-md", a.draft, "--spec-draft-n-max", "16"]))
         for setting, flags_ in settings:
             proc, url, model = serve(base + flags_, a.port)
             try:
