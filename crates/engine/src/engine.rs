@@ -15,6 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::model::Model;
 use crate::request::{Event, Request};
 use crate::sequence::{QueueState, SeqId, Sequence};
+use crate::speculative::draft_model::DraftModel;
 use crate::stats::{EngineStats, StatsSnapshot};
 
 enum Command {
@@ -41,6 +42,13 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Starts the engine thread for `model`.
     pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<Self> {
+        Self::start_with_draft(model, None, config)
+    }
+
+    /// Starts the engine thread for `model`, with `draft` (a smaller model of the same
+    /// vocabulary) as a speculative drafter; its KV cache holds as many tokens as the
+    /// target's.
+    pub fn start_with_draft(model: Arc<Model>, draft: Option<Arc<Model>>, config: EngineConfig) -> Result<Self> {
         config.validate()?;
         let head_dim = model.decoder.config.head_dim;
         if !config.kv_dtype.supports(head_dim, config.block_size) {
@@ -51,6 +59,19 @@ impl EngineHandle {
         }
         let num_blocks = config.num_blocks(model.kv_bytes_per_block(config.block_size, config.kv_dtype));
         let max_model_len = config.max_model_len.unwrap_or(usize::MAX).min(model.context_length());
+        let draft = match draft {
+            Some(d) => {
+                if !config.kv_dtype.supports(d.decoder.config.head_dim, config.block_size) {
+                    return Err(EngineError::InvalidConfig(format!(
+                        "kv_cache_dtype {:?} does not suit the draft model's head dimension {}",
+                        config.kv_dtype, d.decoder.config.head_dim
+                    )));
+                }
+                let (bs, dtype) = (config.block_size, config.kv_dtype);
+                Some(DraftModel::new(&model, d, num_blocks, bs, dtype, &config.speculative)?)
+            }
+            None => None,
+        };
         let stats = Arc::new(EngineStats::default());
         let shared = Arc::new(Shared {
             model: model.clone(),
@@ -66,7 +87,9 @@ impl EngineHandle {
             // Grammar masks are computed on this thread and the pool's; llguidance recurses
             // with a grammar's nesting depth (the pool's threads get the same stack).
             .stack_size(crate::layers::pool::THREAD_STACK_BYTES)
-            .spawn(move || EngineLoop { commands: rx, core: EngineCore::new(model, &config, num_blocks, stats) }.run())
+            .spawn(move || {
+                EngineLoop { commands: rx, core: EngineCore::new(model, draft, &config, num_blocks, stats) }.run()
+            })
             .map_err(|e| EngineError::Internal(format!("cannot start the engine thread: {e}")))?;
         Ok(Self { shared, commands: tx })
     }

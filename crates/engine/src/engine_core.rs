@@ -25,7 +25,8 @@ use crate::model_runner::ModelRunner;
 use crate::request::Event;
 use crate::scheduler::{ScheduledBatch, Scheduler};
 use crate::sequence::{SeqId, Sequence};
-use crate::speculative::Speculator;
+use crate::speculative::draft_model::DraftModel;
+use crate::speculative::{Drafter, Speculator};
 use crate::stats::EngineStats;
 
 pub struct EngineCore {
@@ -38,12 +39,19 @@ pub struct EngineCore {
 
 impl EngineCore {
     /// A core over `num_blocks` KV blocks; `stats` is shared with whoever reads the counters.
-    pub fn new(model: Arc<Model>, config: &EngineConfig, num_blocks: usize, stats: Arc<EngineStats>) -> Self {
+    /// `draft` (a drafter over its own cache) makes speculation use a draft model too.
+    pub fn new(
+        model: Arc<Model>,
+        draft: Option<DraftModel>,
+        config: &EngineConfig,
+        num_blocks: usize,
+        stats: Arc<EngineStats>,
+    ) -> Self {
         let blocks = BlockManager::with_prefix_caching(num_blocks, config.block_size, config.prefix_caching);
         let scheduler = Scheduler::new(blocks, config.max_batched_tokens, config.max_seqs);
         let runner = ModelRunner { kv: model.new_kv_cache_of(num_blocks, config.block_size, config.kv_dtype) };
         EngineStats::set(&stats.kv_blocks_total, num_blocks as u64);
-        let speculator = Speculator::new(config.speculative.clone());
+        let speculator = Speculator::new(config.speculative.clone(), draft);
         Self { model, scheduler, runner, speculator, stats }
     }
 
@@ -65,9 +73,11 @@ impl EngineCore {
 
     /// One engine step.
     pub fn step(&mut self) {
+        let t0 = Instant::now();
         let batch = self.schedule();
         let Some(logits) = self.run(&batch) else { return };
-        self.postprocess(&batch, &logits);
+        let num_tokens = self.postprocess(&batch, &logits);
+        self.speculator.observe_step(num_tokens, t0.elapsed().as_nanos() as u64);
     }
 
     pub fn update_gauges(&self) {
@@ -75,11 +85,13 @@ impl EngineCore {
         EngineStats::set(&st.num_running, self.scheduler.running.len() as u64);
         EngineStats::set(&st.num_waiting, self.scheduler.waiting.len() as u64);
         EngineStats::set(&st.kv_blocks_used, self.scheduler.blocks.num_used_blocks() as u64);
+        EngineStats::set(&st.draft_kv_blocks_used, self.speculator.num_draft_blocks_used() as u64);
     }
 
     /// Bookkeeping for a sequence leaving the engine.
-    fn leave(&self, seq: &Sequence, exit: Exit) {
+    fn leave(&mut self, seq: &Sequence, exit: Exit) {
         seq.queue_state.leave(&self.stats.num_unadmitted);
+        self.speculator.forget(seq.id);
         let st = &self.stats;
         let counter = match exit {
             Exit::Finished => &st.requests_finished_total,
@@ -153,10 +165,11 @@ impl EngineCore {
     /// Turns each sampling sequence's logits rows into tokens (`advance`: sample, verify
     /// drafts, append, stop checks, events), then settles the KV bookkeeping; finished and
     /// abandoned sequences leave.
-    fn postprocess(&mut self, batch: &ScheduledBatch, logits: &[f32]) {
+    fn postprocess(&mut self, batch: &ScheduledBatch, logits: &[f32]) -> usize {
         let t0 = Instant::now();
         self.scheduler.mark_computed(batch);
         let mut results = self.advance_all(batch, logits);
+        let mut num_tokens = 0;
         let advance_ns = t0.elapsed().as_nanos() as u64;
         let st = self.stats.clone();
         for item in batch.items.iter().filter(|i| i.sample) {
@@ -170,21 +183,28 @@ impl EngineCore {
                 None => continue,
             };
             EngineStats::add(&st.generated_tokens_total, a.num_tokens as u64);
+            num_tokens += a.num_tokens;
             EngineStats::add(&st.spec_draft_tokens_total, item.draft.len() as u64);
             EngineStats::add(&st.spec_accepted_tokens_total, a.num_accepted as u64);
+            let drafter = self.scheduler.running(id).map(|s| s.spec.drafter);
+            if !item.draft.is_empty() && drafter == Some(Drafter::Model) {
+                EngineStats::add(&st.spec_model_draft_tokens_total, item.draft.len() as u64);
+                EngineStats::add(&st.spec_model_accepted_tokens_total, a.num_accepted as u64);
+            }
             if let Some(exit) = a.exit {
                 if let Some(seq) = self.scheduler.remove(id) {
                     self.leave(&seq, exit);
                 }
             } else if !item.draft.is_empty() {
                 if let Some(seq) = self.scheduler.running_mut(id) {
-                    seq.spec.acceptance.record(a.num_tested, a.num_accepted);
+                    seq.spec.acceptance_of(seq.spec.drafter).record(a.num_tested, a.num_accepted);
                 }
                 self.scheduler.accept_drafts(id, a.num_accepted);
             }
         }
         EngineStats::add(&st.sample_ns, advance_ns);
         EngineStats::add(&st.postprocess_ns, t0.elapsed().as_nanos() as u64 - advance_ns);
+        num_tokens
     }
 
     /// `advance` for every sampling sequence, in parallel on the pool: each sequence has its

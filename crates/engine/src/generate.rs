@@ -42,7 +42,7 @@ impl Generator {
             ..EngineConfig::default()
         };
         let stats = Arc::new(EngineStats::default());
-        let core = EngineCore::new(model.clone(), &config, num_blocks, stats.clone());
+        let core = EngineCore::new(model.clone(), None, &config, num_blocks, stats.clone());
         Self { core, stats, capacity: num_blocks * BLOCK_SIZE }
     }
 

@@ -17,6 +17,11 @@ pub struct EngineStats {
     /// Drafted tokens verified (speculative decoding), and how many were accepted.
     pub spec_draft_tokens_total: AtomicU64,
     pub spec_accepted_tokens_total: AtomicU64,
+    /// The part of those two the draft model drafted (the rest came from prompt lookup).
+    pub spec_model_draft_tokens_total: AtomicU64,
+    pub spec_model_accepted_tokens_total: AtomicU64,
+    /// KV blocks the draft model's own cache holds.
+    pub draft_kv_blocks_used: AtomicU64,
     pub preemptions_total: AtomicU64,
     pub steps_total: AtomicU64,
     /// Sum of rows over all steps (mean batch size = this / steps_total).
@@ -45,6 +50,9 @@ pub struct StatsSnapshot {
     pub generated_tokens_total: u64,
     pub spec_draft_tokens_total: u64,
     pub spec_accepted_tokens_total: u64,
+    pub spec_model_draft_tokens_total: u64,
+    pub spec_model_accepted_tokens_total: u64,
+    pub draft_kv_blocks_used: u64,
     pub preemptions_total: u64,
     pub steps_total: u64,
     pub step_tokens_total: u64,
@@ -71,6 +79,9 @@ impl EngineStats {
             generated_tokens_total: self.generated_tokens_total.load(Relaxed),
             spec_draft_tokens_total: self.spec_draft_tokens_total.load(Relaxed),
             spec_accepted_tokens_total: self.spec_accepted_tokens_total.load(Relaxed),
+            spec_model_draft_tokens_total: self.spec_model_draft_tokens_total.load(Relaxed),
+            spec_model_accepted_tokens_total: self.spec_model_accepted_tokens_total.load(Relaxed),
+            draft_kv_blocks_used: self.draft_kv_blocks_used.load(Relaxed),
             preemptions_total: self.preemptions_total.load(Relaxed),
             steps_total: self.steps_total.load(Relaxed),
             step_tokens_total: self.step_tokens_total.load(Relaxed),

@@ -162,3 +162,60 @@ fn a_dropped_stream_with_drafts_in_flight_frees_its_blocks() {
     }
     assert!(e.stats().spec_draft_tokens_total > 0);
 }
+
+/// Speculation by the draft model alone: prompt lookup never matches (its n-grams are longer
+/// than any prompt here), so every draft is the 0.5B model's guess for the 1.5B target.
+fn model_only(enabled: bool) -> SpecConfig {
+    SpecConfig { enabled, ngram_min: 4096, ngram_max: 4096, ..Default::default() }
+}
+
+#[test]
+fn a_draft_model_never_changes_the_output_and_frees_its_cache() {
+    let (target, draft) = (model(QWEN_1_5B), model(QWEN));
+    let reqs = requests(&target.tokenizer, 16);
+    let plain_cfg = EngineConfig { prefix_caching: false, speculative: model_only(false), ..Default::default() };
+    let plain = EngineHandle::start(target.clone(), plain_cfg.clone()).unwrap();
+    let reference: Vec<_> = reqs.iter().take(8).map(|r| collect(plain.submit(r.clone()).unwrap())).collect();
+    drop(plain);
+    let expected = |n: usize| (0..n).map(|i| reference[i % 8].clone()).collect::<Vec<_>>();
+
+    let cfg = EngineConfig { speculative: model_only(true), ..plain_cfg.clone() };
+    let e = EngineHandle::start_with_draft(target.clone(), Some(draft.clone()), cfg.clone()).unwrap();
+    let alone: Vec<_> = reqs.iter().take(8).map(|r| collect(e.submit(r.clone()).unwrap())).collect();
+    same(&alone, &expected(8), "alone, draft model");
+    same(&run_together(&e, &reqs), &expected(16), "16 at once, draft model");
+    wait_for(|| e.stats().num_running == 0);
+    let s = e.stats();
+    assert!(s.spec_model_draft_tokens_total > 0, "the draft model should have drafted: {s:?}");
+    assert_eq!(s.spec_model_draft_tokens_total, s.spec_draft_tokens_total, "prompt lookup is off here");
+    assert!(s.spec_model_accepted_tokens_total > 0, "{s:?}");
+    assert!(
+        s.spec_model_accepted_tokens_total < s.spec_model_draft_tokens_total,
+        "seeded sampling rejects some: {s:?}"
+    );
+    assert_eq!(s.draft_kv_blocks_used, 0, "finished sequences give the draft cache back");
+
+    // A dropped stream frees its blocks in both caches.
+    let mut st = e.submit(Request::new(reqs[4].prompt.clone(), SamplingParams::greedy(), 300)).unwrap();
+    for _ in 0..12 {
+        assert!(matches!(st.blocking_next(), Some(Event::Token(_))));
+    }
+    drop(st);
+    wait_for(|| e.stats().kv_blocks_used == 0 && e.stats().draft_kv_blocks_used == 0);
+    drop(e);
+
+    // A draft cache too small for everyone: sequences that find no room simply draft less.
+    let tight = EngineConfig { num_kv_blocks: Some(48), block_size: 4, ..cfg };
+    let e = EngineHandle::start_with_draft(target, Some(draft), tight).unwrap();
+    same(&run_together(&e, &reqs[..8]), &expected(8), "tight pools, draft model");
+    wait_for(|| e.stats().kv_blocks_used == 0 && e.stats().draft_kv_blocks_used == 0);
+}
+
+#[test]
+fn a_draft_model_with_another_vocabulary_is_refused() {
+    let err = EngineHandle::start_with_draft(model(QWEN), Some(model(GEMMA)), EngineConfig::default())
+        .err()
+        .expect("Gemma cannot draft for Qwen");
+    let msg = err.to_string();
+    assert!(msg.contains("cannot draft") && msg.contains("vocabular"), "{msg}");
+}

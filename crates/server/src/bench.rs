@@ -30,6 +30,8 @@ pub struct BenchArgs {
     pub speculative: bool,
     /// Prompts from this workload file instead of a synthetic text.
     pub workload: Option<std::path::PathBuf>,
+    /// A draft model for the speculative runs.
+    pub draft_model: Option<String>,
 }
 
 /// One benchmark prompt and how many tokens it may generate.
@@ -148,6 +150,9 @@ fn run(
         postprocess_ns: after.postprocess_ns - before.postprocess_ns,
         spec_draft_tokens_total: after.spec_draft_tokens_total - before.spec_draft_tokens_total,
         spec_accepted_tokens_total: after.spec_accepted_tokens_total - before.spec_accepted_tokens_total,
+        spec_model_draft_tokens_total: after.spec_model_draft_tokens_total - before.spec_model_draft_tokens_total,
+        spec_model_accepted_tokens_total: after.spec_model_accepted_tokens_total
+            - before.spec_model_accepted_tokens_total,
         ..after
     };
     Ok(RunResult { wall, num_tokens, per_seq_decode_tps: tps.iter().sum::<f64>() / tps.len().max(1) as f64, stats })
@@ -162,7 +167,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         kv_dtype: args.kv_dtype,
         ..EngineConfig::default()
     };
-    let engine = EngineHandle::start(model.clone(), config.clone())?;
+    let draft = args.draft_model.as_ref().map(|p| Model::load(p).map(Arc::new)).transpose()?;
+    let engine = EngineHandle::start_with_draft(model.clone(), draft, config.clone())?;
     let synthetic = prompts(&model, max_c + 1, args.prompt_tokens, args.gen_tokens);
     let work = args.workload.as_deref().map(|p| workload_prompts(&model, p, args.gen_tokens)).transpose()?;
     // `c` streams: the workload's prompts in turn (repeated to fill them), else synthetic ones.
@@ -239,6 +245,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             } else {
                 "-".into()
             };
+            if s.spec_model_draft_tokens_total > 0 {
+                let (d, a) = (s.spec_model_draft_tokens_total, s.spec_model_accepted_tokens_total);
+                let (ld, la) = (s.spec_draft_tokens_total - d, s.spec_accepted_tokens_total - a);
+                println!("      drafts: prompt lookup {la}/{ld} accepted, draft model {a}/{d} accepted");
+            }
             let ratio = plain_tps.map_or("-".into(), |p: f64| format!("{:.2}", r.per_seq_decode_tps / p));
             println!(
                 "{:>5} {:>6} {:>12.1} {:>12.1} {:>10.2} {:>9} {:>10.1} {:>9.1}% {:>9.2}% {:>10.2}% {:>8} {:>8}",

@@ -34,6 +34,10 @@ pub enum Command {
         /// API key clients must send as `Authorization: Bearer KEY`. Repeatable.
         #[arg(long = "api-key")]
         api_keys: Vec<String>,
+        /// A smaller model with the same vocabulary (path or name) that drafts tokens for
+        /// speculative decoding where prompt lookup finds nothing.
+        #[arg(long = "draft-model")]
+        draft_model: Option<String>,
     },
     /// Download a model: a catalog name (`qwen2.5-coder:1.5b`), a Hugging Face repo with an
     /// optional quant or file (`Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF:Q4_K_M`), or a URL.
@@ -99,6 +103,9 @@ pub enum Command {
         /// instead of a synthetic text; each request ends where the model stops or at --gen-tokens.
         #[arg(long)]
         workload: Option<std::path::PathBuf>,
+        /// With --speculative: a draft model (GGUF path) drafting where prompt lookup finds nothing.
+        #[arg(long)]
+        draft_model: Option<String>,
     },
     /// Kernel micro-benchmark (not a test): quantized matmul time per call, candle vs slm.
     BenchKernels {
@@ -131,9 +138,9 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { models, config, host, port, api_keys } => {
-            let cfg =
-                slm_server::config::resolve(slm_server::config::ServeFlags { models, config, host, port, api_keys })?;
+        Command::Serve { models, config, host, port, api_keys, draft_model } => {
+            let flags = slm_server::config::ServeFlags { models, config, host, port, api_keys, draft_model };
+            let cfg = slm_server::config::resolve(flags)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(slm_server::serve::serve(cfg))
         }
@@ -167,6 +174,7 @@ pub fn run(cli: Cli) -> Result<()> {
             kv_cache_dtype,
             speculative,
             workload,
+            draft_model,
         } => {
             let json_schema = json_schema
                 .map(|s| serde_json::from_str(&s))
@@ -181,6 +189,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 compare,
                 speculative,
                 workload,
+                draft_model,
                 kv_dtype: match kv_cache_dtype.as_str() {
                     "f32" => slm_engine::config::KvDtype::F32,
                     "q8_0" => slm_engine::config::KvDtype::Q8_0,

@@ -73,6 +73,9 @@ pub struct ModelEntry {
     pub speculative: Option<bool>,
     /// Most drafted tokens verified per sequence and step (default 8).
     pub max_draft_tokens: Option<usize>,
+    /// A smaller model with the same vocabulary that drafts where prompt lookup finds
+    /// nothing (a path, a models-directory name, or another entry's alias).
+    pub draft_model: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -101,6 +104,8 @@ pub struct ServeFlags {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub api_keys: Vec<String>,
+    /// `--draft-model`: the draft model of every model named on the command line.
+    pub draft_model: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +118,8 @@ pub struct ModelSpec {
     pub keep_alive: KeepAlive,
     /// Other names it answers to (its catalog name, file stem).
     pub aliases: Vec<String>,
+    /// Draft model for speculative decoding.
+    pub draft: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +203,35 @@ fn engine_config(e: Option<&ModelEntry>, queue_limit: Option<usize>) -> EngineCo
     }
 }
 
+/// The GGUF a `--model` (or `--draft-model`) value names: a config alias, a file, a models
+/// directory name or an installed model's name.
+fn resolve_model(m: &str, file: &FileConfig) -> Result<PathBuf> {
+    let entry = file.models.iter().find(|e| e.alias.as_deref() == Some(m));
+    Ok(if let Some(e) = entry {
+        expand_home(&e.path)
+    } else if Path::new(m).is_file() {
+        PathBuf::from(m)
+    } else if models_dir().join(format!("{m}.gguf")).is_file() {
+        models_dir().join(format!("{m}.gguf"))
+    } else if let Some(found) = local::find(&models_dir(), &hub_dir(), m) {
+        found.path
+    } else {
+        bail!(
+            "model `{m}` is neither a file, nor a model in {} or the Hugging Face cache (see `slm list`), nor an alias in the config file{}",
+            models_dir().display(),
+            if crate::hub::catalog::lookup(m).is_some() { format!("; fetch it with `slm pull {m}`") } else { String::new() }
+        );
+    })
+}
+
+/// A config entry's draft model, resolved.
+fn draft_of(e: Option<&ModelEntry>, file: &FileConfig) -> Result<Option<PathBuf>> {
+    match e.and_then(|e| e.draft_model.as_deref()) {
+        Some(d) => resolve_model(d, file).map(Some).with_context(|| "draft_model"),
+        None => Ok(None),
+    }
+}
+
 pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
     let file: FileConfig = match &flags.config {
         Some(p) => {
@@ -216,26 +252,13 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
                 pooling: pooling_of(Some(e)),
                 keep_alive: e.keep_alive.unwrap_or(KeepAlive::FOREVER),
                 aliases: Vec::new(),
+                draft: draft_of(Some(e), &file)?,
             });
         }
     }
     for m in &flags.models {
         let entry = file.models.iter().find(|e| e.alias.as_deref() == Some(m.as_str()));
-        let path = if let Some(e) = entry {
-            expand_home(&e.path)
-        } else if Path::new(m).is_file() {
-            PathBuf::from(m)
-        } else if models_dir().join(format!("{m}.gguf")).is_file() {
-            models_dir().join(format!("{m}.gguf"))
-        } else if let Some(found) = local::find(&models_dir(), &hub_dir(), m) {
-            found.path
-        } else {
-            bail!(
-                "model `{m}` is neither a file, nor a model in {} or the Hugging Face cache (see `slm list`), nor an alias in the config file{}",
-                models_dir().display(),
-                if crate::hub::catalog::lookup(m).is_some() { format!("; fetch it with `slm pull {m}`") } else { String::new() }
-            );
-        };
+        let path = resolve_model(m, &file)?;
         let alias = entry.and_then(|e| e.alias.clone()).unwrap_or_else(|| alias_of(&path));
         models.push(ModelSpec {
             alias,
@@ -244,6 +267,7 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
             pooling: pooling_of(entry),
             keep_alive: entry.and_then(|e| e.keep_alive).unwrap_or(KeepAlive::FOREVER),
             aliases: Vec::new(),
+            draft: draft_of(entry, &file)?,
         });
     }
     let named = !models.is_empty();
@@ -263,6 +287,7 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
                 pooling: None,
                 keep_alive: KeepAlive::FOREVER,
                 aliases: Vec::new(),
+                draft: None,
             }),
             // Other installed models are served on demand: no model loads at start.
             None if discover_on && !local::installed(&models_dir(), &hub_dir()).is_empty() => {}
@@ -271,6 +296,11 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
                 path.display()
             ),
         }
+    }
+    if let Some(d) = &flags.draft_model {
+        // Every model loaded at start (named, or the default) drafts with it.
+        let path = resolve_model(d, &file).context("--draft-model")?;
+        models.iter_mut().for_each(|m| m.draft = Some(path.clone()));
     }
     let discovered = if discover_on {
         discover(
@@ -356,6 +386,7 @@ fn discover(named: &mut [ModelSpec], keep_alive: KeepAlive, queue_limit: Option<
             pooling: None,
             keep_alive,
             aliases,
+            draft: None,
         });
     }
     out
@@ -389,6 +420,28 @@ mod tests {
         assert_eq!(pooling_of(c.models.first()), Some(slm_engine::Pooling::Last));
         assert_eq!(pooling_of(None), None);
         assert!(toml::from_str::<FileConfig>("[[models]]\npath = \"m.gguf\"\npooling = \"max\"").is_err());
+    }
+
+    #[test]
+    fn draft_models_resolve_from_a_path_or_an_alias_and_a_missing_one_is_named() {
+        let dir = std::env::temp_dir().join(format!("slm-draft-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let small = dir.join("small.gguf");
+        std::fs::write(&small, b"GGUF").unwrap();
+        let text = format!(
+            "[[models]]\nalias = \"small\"\npath = \"{}\"\n[[models]]\npath = \"big.gguf\"\ndraft_model = \"small\"\n",
+            small.display()
+        );
+        let c: FileConfig = toml::from_str(&text).unwrap();
+        assert_eq!(draft_of(c.models.get(1), &c).unwrap(), Some(small.clone()));
+        assert_eq!(draft_of(c.models.first(), &c).unwrap(), None);
+        let by_path = format!("[[models]]\npath = \"big.gguf\"\ndraft_model = \"{}\"\n", small.display());
+        let c: FileConfig = toml::from_str(&by_path).unwrap();
+        assert_eq!(draft_of(c.models.first(), &c).unwrap(), Some(small));
+        let c: FileConfig = toml::from_str("[[models]]\npath = \"big.gguf\"\ndraft_model = \"nowhere-xyz\"").unwrap();
+        let err = format!("{:#}", draft_of(c.models.first(), &c).unwrap_err());
+        assert!(err.contains("draft_model") && err.contains("nowhere-xyz"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

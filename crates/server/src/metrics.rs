@@ -91,7 +91,7 @@ impl Metrics {
             &mut out,
         );
         type Get = fn(&slm_engine::StatsSnapshot) -> f64;
-        let series: [(&str, &str, &str, Get); 13] = [
+        let series: [(&str, &str, &str, Get); 16] = [
             ("slm_requests_running", "gauge", "Sequences running in the engine.", |s| s.num_running as f64),
             ("slm_requests_waiting", "gauge", "Sequences waiting for admission.", |s| s.num_waiting as f64),
             ("slm_kv_cache_blocks_used", "gauge", "KV-cache blocks in use.", |s| s.kv_blocks_used as f64),
@@ -122,6 +122,21 @@ impl Metrics {
                 "Accepted over drafted tokens since start (0 before any draft).",
                 |s| s.spec_accepted_tokens_total as f64 / s.spec_draft_tokens_total.max(1) as f64,
             ),
+            (
+                "slm_spec_model_draft_tokens_total",
+                "counter",
+                "Of the drafted tokens, those the draft model drafted (the rest: prompt lookup).",
+                |s| s.spec_model_draft_tokens_total as f64,
+            ),
+            (
+                "slm_spec_model_accepted_tokens_total",
+                "counter",
+                "Of the accepted tokens, those the draft model drafted.",
+                |s| s.spec_model_accepted_tokens_total as f64,
+            ),
+            ("slm_draft_kv_cache_blocks_used", "gauge", "KV blocks the draft model's own cache holds.", |s| {
+                s.draft_kv_blocks_used as f64
+            }),
         ];
         let snaps: Vec<_> = models.iter().map(|m| (m.id.as_str(), m.engine.stats())).collect();
         for (name, kind, help, get) in series {

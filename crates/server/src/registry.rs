@@ -32,6 +32,8 @@ pub struct EntrySpec {
     pub engine: EngineConfig,
     pub kind: ModelKind,
     pub keep_alive: KeepAlive,
+    /// A draft model for speculative decoding (generation models only).
+    pub draft: Option<PathBuf>,
 }
 
 /// What an entry serves, decided once from its GGUF header and config.
@@ -92,7 +94,8 @@ impl Status {
 
 impl Entry {
     pub fn new(spec: EntrySpec, created: u64) -> Self {
-        let file = std::fs::metadata(&spec.path).map(|m| m.len()).unwrap_or(0);
+        let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let file = size(&spec.path) + spec.draft.as_ref().map_or(0, size);
         let kv = if spec.kind != ModelKind::Generate { 0 } else { (spec.engine.kv_cache_mb as u64) << 20 };
         let keep_alive = spec.keep_alive;
         Self {
@@ -417,9 +420,13 @@ fn load(spec: &EntrySpec) -> Result<Loaded, String> {
             Ok(Loaded::Embed(Arc::new(ServedEmbedder { id: spec.id.clone(), embedder, created })))
         }
         ModelKind::Generate => {
+            let draft = match &spec.draft {
+                Some(p) => Some(Model::load(p).map(Arc::new).map_err(|e| format!("draft model: {e}"))?),
+                None => None,
+            };
             let engine = Model::load(&spec.path)
                 .map(Arc::new)
-                .and_then(|m| EngineHandle::start(m, spec.engine.clone()))
+                .and_then(|m| EngineHandle::start_with_draft(m, draft, spec.engine.clone()))
                 .map_err(|e| e.to_string())?;
             // The grammar index is built off the loading path: only a constrained request
             // that comes in the first second waits for it.

@@ -124,6 +124,7 @@ fn entry_spec(m: &ModelSpec) -> EntrySpec {
             None => ModelKind::Generate,
         },
         keep_alive: m.keep_alive,
+        draft: m.draft.clone(),
     }
 }
 

@@ -100,6 +100,7 @@ impl AppState {
             engine: slm_engine::EngineConfig::default(),
             kind,
             keep_alive: KeepAlive::FOREVER,
+            draft: None,
         };
         let mut entries: Vec<Entry> = models
             .into_iter()

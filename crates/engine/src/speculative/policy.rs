@@ -52,23 +52,119 @@ impl CostModel {
     }
 }
 
+impl CostModel {
+    /// What a one-row step takes, in nanoseconds (None before enough steps are seen).
+    pub fn one_row_step_ns(&self) -> Option<f64> {
+        let [w, sx, sxx, sy, sxy] = self.s;
+        if w < 8.0 {
+            return None;
+        }
+        let (mx, my) = (sx / w, sy / w);
+        let var = sxx / w - mx * mx;
+        if var < 0.5 {
+            return Some(my / (1.0 + self.prior_row_cost * (mx - 1.0).max(0.0)));
+        }
+        let per_row = ((sxy / w - mx * my) / var).max(0.0);
+        Some((my - per_row * mx).max(0.0) + per_row)
+    }
+}
+
+/// How many guesses to ask a draft model for: the length that maximises expected tokens per
+/// unit of cost, when each accepted guess needs all before it accepted (`rate` each) and
+/// each guess costs `per_guess` one-row steps (its draft pass and its verification row).
+pub fn model_draft_len(rate: f64, per_guess: f64, max_len: usize) -> usize {
+    best_draft(rate, per_guess, max_len).0
+}
+
+/// The best draft length as `model_draft_len` picks it, and its expected tokens per unit of
+/// cost (1.0 for no draft: plain decode), to compare drafters.
+pub fn best_draft(rate: f64, per_guess: f64, max_len: usize) -> (usize, f64) {
+    let (mut best, mut best_value) = (0, 1.0);
+    let (mut tokens, mut p) = (1.0, 1.0);
+    for k in 1..=max_len {
+        p *= rate;
+        tokens += p;
+        let value = tokens / (1.0 + per_guess * k as f64);
+        if value > best_value {
+            (best, best_value) = (k, value);
+        }
+    }
+    (best, best_value)
+}
+
+/// Whether running the draft model pays, measured rather than predicted: tokens per second
+/// of steps in which it ran against steps decoded plainly (no draft at all), both
+/// exponentially weighted. Its passes cost what the target's guess rows do not show (a
+/// pass that ends unsure yields no guess), so the per-sequence lengths alone can't tell.
+/// Every `EXPLORE`th decision goes the other way, so both figures stay current.
+#[derive(Debug, Clone, Default)]
+pub struct ModelGate {
+    model: Throughput,
+    plain: Throughput,
+    num_decisions: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Throughput {
+    tokens: f64,
+    ns: f64,
+    num_steps: u32,
+}
+
+impl Throughput {
+    fn add(&mut self, tokens: usize, ns: u64) {
+        self.tokens = 0.9 * self.tokens + tokens as f64;
+        self.ns = 0.9 * self.ns + ns as f64;
+        self.num_steps = self.num_steps.saturating_add(1);
+    }
+
+    fn per_ns(&self) -> Option<f64> {
+        (self.num_steps >= 4 && self.ns > 0.0).then(|| self.tokens / self.ns)
+    }
+}
+
+const EXPLORE: u64 = 32;
+
+impl ModelGate {
+    /// Whether this step may run the draft model.
+    pub fn use_model(&mut self) -> bool {
+        self.num_decisions += 1;
+        let pays = match (self.model.per_ns(), self.plain.per_ns()) {
+            (Some(m), Some(p)) => m >= p,
+            _ => true, // not known yet: try it (plain steps come from exploring)
+        };
+        pays != self.num_decisions.is_multiple_of(EXPLORE)
+    }
+
+    /// A finished step that ran the draft model (`used_model`) or drafted nothing.
+    pub fn observe(&mut self, used_model: bool, tokens: usize, ns: u64) {
+        if used_model { &mut self.model } else { &mut self.plain }.add(tokens, ns);
+    }
+}
+
 /// One sequence's record of verified drafts: the chance that a drafted token is accepted
 /// given the ones before it were.
 #[derive(Debug, Clone)]
 pub struct Acceptance {
     rate: f64,
+    /// Where the estimate starts, and what it drifts back to while the drafter is not used.
+    prior: f64,
 }
 
-/// Where a sequence's estimate starts, and what it drifts back to while it does not draft.
+/// Prompt lookup's prior: half its guesses right.
 const PRIOR_RATE: f64 = 0.5;
 
 impl Default for Acceptance {
     fn default() -> Self {
-        Self { rate: PRIOR_RATE }
+        Self::with_prior(PRIOR_RATE)
     }
 }
 
 impl Acceptance {
+    pub fn with_prior(prior: f64) -> Self {
+        Self { rate: prior, prior }
+    }
+
     pub fn rate(&self) -> f64 {
         self.rate
     }
@@ -84,7 +180,7 @@ impl Acceptance {
     /// A step with a proposal that was not verified: the estimate relaxes toward the prior,
     /// so a sequence that stopped drafting tries again later.
     pub fn skipped(&mut self) {
-        self.rate += 0.02 * (PRIOR_RATE - self.rate);
+        self.rate += 0.02 * (self.prior - self.rate);
     }
 }
 
@@ -149,6 +245,50 @@ mod tests {
         // The better sequence gets the rows first.
         let mixed = draft_lengths(16, 16, 0.05, &[(0.95, 8), (0.3, 8)]);
         assert!(mixed[0] > mixed[1]);
+    }
+
+    #[test]
+    fn draft_model_guesses_only_as_far_as_they_pay() {
+        // Cheap guesses, good record: the whole allowance.
+        assert_eq!(model_draft_len(0.95, 0.02, 8), 8);
+        // Guesses as dear as a step: never worth one.
+        assert_eq!(model_draft_len(0.9, 1.0, 8), 0);
+        // A draft model at 40 % of the target's cost pays a short draft at 80 % acceptance,
+        // a longer one when it is cheaper, and none at 30 %.
+        let dear = model_draft_len(0.8, 0.45, 8);
+        assert!((1..=3).contains(&dear), "{dear}");
+        assert!(model_draft_len(0.8, 0.1, 8) > dear);
+        assert_eq!(model_draft_len(0.3, 0.45, 8), 0);
+        assert_eq!(model_draft_len(0.9, 0.1, 0), 0);
+    }
+
+    #[test]
+    fn the_gate_keeps_the_draft_model_only_while_it_pays() {
+        let mut g = ModelGate::default();
+        assert!(g.use_model(), "unknown: try the model");
+        // Model steps: 2 tokens in 100 ms; plain: 1 token in 40 ms. It does not pay.
+        for _ in 0..10 {
+            g.observe(true, 2, 100_000_000);
+            g.observe(false, 1, 40_000_000);
+        }
+        let on = (0..64).filter(|_| g.use_model()).count();
+        assert_eq!(on, 2, "off, but explored every 32nd step");
+        // Now it does: 3 tokens in 80 ms.
+        for _ in 0..40 {
+            g.observe(true, 3, 80_000_000);
+        }
+        let on = (0..64).filter(|_| g.use_model()).count();
+        assert_eq!(on, 62);
+    }
+
+    #[test]
+    fn the_one_row_step_time_comes_from_the_fit() {
+        let mut m = CostModel::new(0.1);
+        assert_eq!(m.one_row_step_ns(), None);
+        for i in 0..100 {
+            m.observe(1 + i % 5, 10_000_000 + 1_000_000 * (1 + i % 5) as u64);
+        }
+        assert!((m.one_row_step_ns().unwrap() - 11_000_000.0).abs() < 1.0);
     }
 
     #[test]
