@@ -130,7 +130,9 @@ def main():
     ap.add_argument("--streams", type=int, default=1)
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--no-llama", action="store_true")
-    ap.add_argument("--llama-modes", default="ngram-simple;ngram-simple n3=ngram-simple --spec-ngram-simple-size-n 3 --spec-ngram-simple-size-m 16;ngram-map-k;ngram-mod",
+    ap.add_argument("--no-slm-draft", action="store_true", help="skip slm with --draft-model")
+    ap.add_argument("--no-slm", action="store_true", help="only llama.cpp's settings (no ratios)")
+    ap.add_argument("--llama-modes", default="ngram-simple;ngram-simple n3=--spec-type ngram-simple --spec-ngram-simple-size-n 3 --spec-ngram-simple-size-m 16;ngram-map-k;ngram-mod",
                     help="';'-separated llama-server settings: a --spec-type value, or NAME=FLAGS")
     ap.add_argument("--port", type=int, default=8291)
     a = ap.parse_args()
@@ -143,32 +145,44 @@ def main():
           f"max_tokens {a.max_tokens}, CPU {cpu} ({level}), {os.cpu_count()} threads")
     results = {}  # setting -> workload -> (tok/s, drafted, accepted)
 
-    # slm: one server, speculation toggled per request.
-    proc, url, model = serve([a.slm, "serve", "--model", a.model, "--port", str(a.port)], a.port)
-    try:
-        for setting, extra in [("slm plain", {"speculative": False}), ("slm spec", {})]:
-            for w in names:
-                d0, a0 = metric(url, "slm_spec_draft_tokens_total"), metric(url, "slm_spec_accepted_tokens_total")
-                tps, _, _, _ = run_set(url, model, sets[w], a.max_tokens, extra, a.streams)
-                d = metric(url, "slm_spec_draft_tokens_total") - d0
-                acc = metric(url, "slm_spec_accepted_tokens_total") - a0
-                results.setdefault(setting, {})[w] = (tps, d, acc)
-                print(f"  {setting:<22} {w:<11} {tps:7.1f} tok/s  drafted {int(d):6d} accepted {int(acc):6d}", flush=True)
-    finally:
-        stop(proc)
+    # slm: one server, speculation toggled per request; then one with the draft model.
+    port = a.port
+    slm_runs = [([], [("slm plain", {"speculative": False}), ("slm spec", {})])]
+    if a.draft and not a.no_slm_draft:
+        slm_runs.append((["--draft-model", a.draft], [("slm spec -md 0.5B", {})]))
+    for flags_, modes in [] if a.no_slm else slm_runs:
+        port += 1
+        proc, url, model = serve([a.slm, "serve", "--model", a.model, "--port", str(port), *flags_], port)
+        try:
+            for setting, extra in modes:
+                for w in names:
+                    names_ = ["slm_spec_draft_tokens_total", "slm_spec_accepted_tokens_total",
+                              "slm_spec_model_draft_tokens_total", "slm_spec_model_accepted_tokens_total"]
+                    before = [metric(url, n) for n in names_]
+                    tps, _, _, _ = run_set(url, model, sets[w], a.max_tokens, extra, a.streams)
+                    d, acc, md, macc = (metric(url, n) - b for n, b in zip(names_, before))
+                    results.setdefault(setting, {})[w] = (tps, d, acc)
+                    split = f" (draft model {int(macc)}/{int(md)})" if md else ""
+                    print(f"  {setting:<22} {w:<11} {tps:7.1f} tok/s  drafted {int(d):6d} accepted {int(acc):6d}{split}",
+                          flush=True)
+        finally:
+            stop(proc)
 
     if not a.no_llama and a.streams == 1:
         server = str(a.llama_dir / "build/bin/llama-server")
         base = [server, "-m", a.model, "-t", str(os.cpu_count()), "-c", "8192", "-np", "1", "--port", str(a.port),
                 "--no-webui"]
-        settings = [("llama plain", [])]
+        settings = [] if a.no_slm else [("llama plain", [])]
         for m in filter(None, a.llama_modes.split(";")):
             name, _, flags_ = m.partition("=")
             settings.append((f"llama {name}", flags_.split() if flags_ else ["--spec-type", name]))
         if a.draft:
             settings.append(("llama -md 0.5B", ["--spec-type", "draft-simple", "-md", a.draft, "--spec-draft-n-max", "16"]))
         for setting, flags_ in settings:
-            proc, url, model = serve(base + flags_, a.port)
+            # A fresh port each time: a stopped server's socket may linger.
+            port += 1
+            base[base.index("--port") + 1] = str(port)
+            proc, url, model = serve(base + flags_, port)
             try:
                 for w in names:
                     tps, d, acc, _ = run_set(url, model, sets[w], a.max_tokens, {}, 1)
@@ -180,15 +194,19 @@ def main():
     print(f"\n{'setting':<22}" + "".join(f"{w:>12}" for w in names))
     for setting, per in results.items():
         print(f"{setting:<22}" + "".join(f"{per[w][0]:>12.1f}" for w in names))
+    if a.no_slm:
+        return
     plain = results["slm plain"]
-    print(f"{'slm spec / slm plain':<22}" + "".join(f"{results['slm spec'][w][0] / plain[w][0]:>11.2f}x" for w in names))
+    for s_ in [k for k in results if k.startswith("slm spec")]:
+        print(f"{s_ + ' / slm plain':<22}" + "".join(f"{results[s_][w][0] / plain[w][0]:>11.2f}x" for w in names))
     llama_spec = {s: p for s, p in results.items() if s.startswith("llama") and s != "llama plain"}
     if llama_spec:
         best = {w: max(llama_spec.items(), key=lambda kv: kv[1][w][0]) for w in names}
         print(f"{'llama best spec':<22}" + "".join(f"{best[w][1][w][0]:>12.1f}" for w in names))
         print(f"{'  (which)':<22}" + "".join(f"{re.sub('^llama ', '', best[w][0]):>12}" for w in names))
-        print(f"{'slm spec / llama best':<22}" + "".join(
-            f"{results['slm spec'][w][0] / best[w][1][w][0]:>11.2f}x" for w in names))
+        for s_ in [k for k in results if k.startswith("slm spec")]:
+            print(f"{s_.replace('slm ', '') + ' / llama best':<22}" + "".join(
+                f"{results[s_][w][0] / best[w][1][w][0]:>11.2f}x" for w in names))
     print("\nacceptance (accepted / drafted):")
     for setting, per in results.items():
         if any(per[w][1] for w in names):

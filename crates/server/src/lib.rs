@@ -17,6 +17,7 @@ pub mod keep_alive;
 pub mod listener;
 pub mod memory;
 pub mod metrics;
+pub mod metrics_compat;
 pub mod openai;
 pub mod registry;
 pub mod response_store;
@@ -57,12 +58,15 @@ pub fn app(state: AppState) -> Router {
         .route("/models/load", post(routes::models::load))
         .route("/models/unload", post(routes::models::unload))
         .route("/health", get(routes::health::health))
+        .route("/health/live", get(routes::health::live))
+        .route("/health/ready", get(routes::health::ready))
         .route("/metrics", get(routes::metrics::metrics))
         .route("/tokenize", post(routes::tokenize::tokenize))
         .route("/detokenize", post(routes::tokenize::detokenize))
         .fallback(|| async { error::ApiError::not_found("Unknown path. See openapi.yaml for the endpoints.") })
         .layer(middleware::from_fn(api_shaped_method_errors))
         .layer(middleware::from_fn(require_json_body))
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_while_draining))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(middleware::from_fn(anthropic::anthropic_errors))
@@ -108,6 +112,19 @@ async fn api_shaped_method_errors(req: Request, next: Next) -> Response {
         out.headers_mut().insert(axum::http::header::ALLOW, a);
     }
     out
+}
+
+/// While draining, new work (any POST) gets a 503 with `Retry-After` and `Connection: close`
+/// before anything else happens, so a proxy retries it on another host; probes, metrics and
+/// reads still answer.
+async fn refuse_while_draining(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.is_draining() && req.method() == axum::http::Method::POST {
+        let e = error::ApiError::unavailable("draining", "This server is shutting down; retry on another.", 1);
+        let mut r = axum::response::IntoResponse::into_response(e);
+        r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return r;
+    }
+    next.run(req).await
 }
 
 /// Counts every response by endpoint (the route pattern) and status.

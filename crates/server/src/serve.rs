@@ -104,7 +104,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         max_connections_per_client: cfg.max_connections_per_client,
         header_read_timeout: Duration::from_secs(cfg.header_read_timeout_s),
     };
-    crate::listener::serve(listener, app, limits, shutdown_signal(cfg.shutdown_timeout_s)).await;
+    crate::listener::serve(listener, app, limits, shutdown_signal(state, cfg.shutdown_timeout_s)).await;
     Ok(())
 }
 
@@ -137,7 +137,7 @@ fn raise_fd_limit() {
     }
 }
 
-async fn shutdown_signal(timeout_s: u64) {
+async fn shutdown_signal(state: AppState, timeout_s: u64) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -156,6 +156,7 @@ async fn shutdown_signal(timeout_s: u64) {
         _ = ctrl_c => {},
         _ = term => {},
     }
+    state.start_draining();
     eprintln!("slm: shutting down: no new connections; waiting up to {timeout_s} s for requests in flight");
     tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_secs(timeout_s)).await;

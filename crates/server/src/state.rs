@@ -54,6 +54,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     registry: OnceLock<Registry>,
     ready: AtomicBool,
+    /// Shutting down: readiness is 503 and new work is refused while requests in flight end.
+    draining: AtomicBool,
     /// Embedders handed over before `set_models` (tests).
     pending_embedders: Mutex<Vec<ServedEmbedder>>,
     pub settings: Settings,
@@ -74,6 +76,7 @@ impl AppState {
         Self(Arc::new(Inner {
             registry: OnceLock::new(),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             pending_embedders: Mutex::new(Vec::new()),
             settings,
             metrics: Metrics::default(),
@@ -125,6 +128,15 @@ impl AppState {
 
     pub fn registry(&self) -> Result<&Registry, ApiError> {
         self.0.registry.get().ok_or_else(ApiError::loading)
+    }
+
+    /// SIGTERM: stop taking work (readiness 503, new requests 503 with Retry-After).
+    pub fn start_draining(&self) {
+        self.0.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.draining.load(Ordering::Acquire)
     }
 
     pub fn is_ready(&self) -> bool {

@@ -124,7 +124,12 @@ pub fn chat_logprob(tok: &Tokenizer, t: &TokenEvent) -> TokenLogprob {
 /// An SSE response fed by a channel of events.
 pub fn sse(rx: mpsc::Receiver<SseEvent>) -> Response {
     let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
-    Sse::new(body).keep_alive(KeepAlive::default()).into_response()
+    let mut r = Sse::new(body).keep_alive(KeepAlive::default()).into_response();
+    // Proxies must pass events on as they come (nginx buffers unless told not to).
+    let h = r.headers_mut();
+    h.insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
+    r
 }
 
 /// A data-only SSE event (OpenAI's chat and completion chunks).

@@ -172,6 +172,7 @@ impl Speculator {
         let c = &self.config;
         let mut proposals: Vec<(SeqId, Vec<u32>)> = Vec::new();
         let mut for_model: Vec<(SeqId, usize)> = Vec::new();
+        let mut num_candidates = 0;
         for item in batch.items.iter().filter(|i| i.sample && i.len == 1) {
             let Some(seq) = scheduler.running_mut(item.seq_id) else { continue };
             if !seq.spec.allowed {
@@ -184,6 +185,7 @@ impl Speculator {
             if max_len == 0 {
                 continue;
             }
+            num_candidates += 1;
             let index = seq.spec.index.get_or_insert_with(|| NgramIndex::new(c.ngram_min, c.ngram_max));
             let draft = index.propose(&seq.tokens, max_len);
             seq.spec.num_lookup_misses = if draft.is_empty() { seq.spec.num_lookup_misses + 1 } else { 0 };
@@ -214,12 +216,15 @@ impl Speculator {
                 seq.spec.model_acceptance.skipped();
             }
         }
+        // Only decode-only steps say what drafting is worth (a prompt chunk's time would
+        // count against whichever kind of step carried it).
+        let decode_only = num_candidates > 0 && batch.items.iter().all(|i| i.sample && i.len == 1);
         if !for_model.is_empty() {
             proposals.extend(self.draft_with_model(&for_model, scheduler));
             let prompt = self.draft.as_ref().is_some_and(|d| d.caught_up_prompt);
-            self.step_kind = (!prompt).then_some(true);
+            self.step_kind = (decode_only && !prompt).then_some(true);
         } else if proposals.is_empty() && self.draft.is_some() {
-            self.step_kind = Some(false);
+            self.step_kind = decode_only.then_some(false);
         }
         if proposals.is_empty() {
             return;

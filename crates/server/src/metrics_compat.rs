@@ -1,0 +1,73 @@
+//! The same engine figures under the names other servers' routers and autoscalers read:
+//! vLLM's (the Gateway API Inference Extension and llm-d pick a pod by
+//! `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`, `vllm:lora_requests_info`,
+//! and read `vllm:cache_config_info`) and llama.cpp's server's (`llamacpp:requests_processing`,
+//! which LLMKube's autoscaler reads). Values equal slm's own series (`metrics.rs`); labels
+//! follow theirs (`model_name`). Rendered by `GET /metrics` after slm's own names.
+
+use std::fmt::Write;
+
+use crate::state::ServedModel;
+
+/// Appends the compatibility series for the loaded generation models.
+pub fn render(models: &[std::sync::Arc<ServedModel>], out: &mut String) {
+    type Get = fn(&slm_engine::StatsSnapshot) -> f64;
+    let series: [(&str, &str, &str, Get); 9] = [
+        ("vllm:num_requests_running", "gauge", "Requests running (= slm_requests_running).", |s| s.num_running as f64),
+        ("vllm:num_requests_waiting", "gauge", "Requests waiting (= slm_requests_waiting).", |s| s.num_waiting as f64),
+        ("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage, 0 to 1 (= slm_kv_cache_usage_ratio).", usage),
+        ("vllm:gpu_cache_usage_perc", "gauge", "Older name of vllm:kv_cache_usage_perc.", usage),
+        ("vllm:prompt_tokens_total", "counter", "Prompt tokens (= slm_prompt_tokens_total).", |s| {
+            s.prompt_tokens_total as f64
+        }),
+        ("vllm:generation_tokens_total", "counter", "Generated tokens (= slm_generation_tokens_total).", |s| {
+            s.generated_tokens_total as f64
+        }),
+        ("vllm:num_preemptions_total", "counter", "Preemptions (= slm_preemptions_total).", |s| {
+            s.preemptions_total as f64
+        }),
+        ("llamacpp:requests_processing", "gauge", "Requests processing (= slm_requests_running).", |s| {
+            s.num_running as f64
+        }),
+        ("llamacpp:requests_deferred", "gauge", "Requests deferred (= slm_requests_waiting).", |s| {
+            s.num_waiting as f64
+        }),
+    ];
+    let snaps: Vec<_> = models.iter().map(|m| (m.id.as_str(), m.engine.stats())).collect();
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (id, s) in &snaps {
+            let _ = writeln!(out, "{name}{{model_name=\"{id}\"}} {}", get(s));
+        }
+    }
+    // Info gauges: the value is 1 (vLLM's LoRA gauge carries a timestamp; routers read only
+    // the labels). slm serves no LoRA adapters yet, so both adapter lists are empty.
+    let _ = writeln!(
+        out,
+        "# HELP vllm:lora_requests_info LoRA adapters of running and waiting requests.\n# TYPE vllm:lora_requests_info gauge"
+    );
+    for (id, _) in &snaps {
+        let _ = writeln!(
+            out,
+            "vllm:lora_requests_info{{model_name=\"{id}\",running_lora_adapters=\"\",waiting_lora_adapters=\"\",max_lora=\"0\"}} 1"
+        );
+    }
+    let _ = writeln!(out, "# HELP vllm:cache_config_info KV-cache configuration.\n# TYPE vllm:cache_config_info gauge");
+    for m in models {
+        let c = m.engine.config();
+        let s = m.engine.stats();
+        let _ = writeln!(
+            out,
+            "vllm:cache_config_info{{model_name=\"{}\",block_size=\"{}\",num_gpu_blocks=\"{}\",cache_dtype=\"{}\",enable_prefix_caching=\"{}\"}} 1",
+            m.id,
+            c.block_size,
+            s.kv_blocks_total,
+            format!("{:?}", c.kv_dtype).to_lowercase(),
+            if c.prefix_caching { "True" } else { "False" },
+        );
+    }
+}
+
+fn usage(s: &slm_engine::StatsSnapshot) -> f64 {
+    s.kv_blocks_used as f64 / s.kv_blocks_total.max(1) as f64
+}
