@@ -63,9 +63,9 @@ impl Default for SpecConfig {
             ngram_max: 4,
             prior_row_cost: 0.05,
             draft_p_min: 0.6,
-            draft_max_batched_tokens: 256,
+            draft_max_batched_tokens: 128,
             prior_draft_cost: 0.4,
-            draft_window: 512,
+            draft_window: 256,
         }
     }
 }
@@ -216,37 +216,57 @@ impl Speculator {
                 seq.spec.model_acceptance.skipped();
             }
         }
+        // How many rows each draft is worth, the model's candidates included: their passes run
+        // only for the guesses that will be verified.
+        let mut rates: Vec<(f64, usize)> = Vec::with_capacity(proposals.len() + for_model.len());
+        for (id, len, model) in
+            proposals.iter().map(|(id, d)| (*id, d.len(), false)).chain(for_model.iter().map(|&(id, k)| (id, k, true)))
+        {
+            let rate = scheduler.running_mut(id).map_or(0.0, |s| {
+                if model {
+                    s.spec.model_acceptance.rate()
+                } else {
+                    s.spec.acceptance.rate()
+                }
+            });
+            rates.push((rate, len));
+        }
+        let num_sampled = batch.items.iter().filter(|i| i.sample).count();
+        let lens = draft_lengths(batch.num_tokens, num_sampled, self.cost.row_cost(), &rates);
+        let (lookup_lens, model_lens) = lens.split_at(proposals.len());
+        for ((id, draft), &len) in proposals.iter_mut().zip(lookup_lens) {
+            if len == 0 {
+                if let Some(seq) = scheduler.running_mut(*id) {
+                    seq.spec.acceptance.skipped();
+                }
+            }
+            draft.truncate(len);
+        }
+        for ((id, k), &len) in for_model.iter_mut().zip(model_lens) {
+            if len == 0 {
+                if let Some(seq) = scheduler.running_mut(*id) {
+                    seq.spec.model_acceptance.skipped();
+                }
+            }
+            *k = len;
+        }
+        for_model.retain(|&(_, k)| k > 0);
         // Only decode-only steps say what drafting is worth (a prompt chunk's time would
-        // count against whichever kind of step carried it).
+        // count against whichever kind of step carried it), and not the steps that catch the
+        // draft model up on a prompt: that is paid once per sequence, and only where the rows
+        // were judged worth verifying (above), never for a batch that verifies none.
         let decode_only = num_candidates > 0 && batch.items.iter().all(|i| i.sample && i.len == 1);
         if !for_model.is_empty() {
             proposals.extend(self.draft_with_model(&for_model, scheduler));
             let prompt = self.draft.as_ref().is_some_and(|d| d.caught_up_prompt);
             self.step_kind = (decode_only && !prompt).then_some(true);
-        } else if proposals.is_empty() && self.draft.is_some() {
+        } else if proposals.iter().all(|(_, d)| d.is_empty()) && self.draft.is_some() {
             self.step_kind = decode_only.then_some(false);
         }
+        proposals.retain(|(_, d)| !d.is_empty());
         if proposals.is_empty() {
             return;
         }
-        let rates: Vec<(f64, usize)> = proposals
-            .iter()
-            .map(|(id, d)| {
-                let rate = scheduler.running_mut(*id).map_or(0.0, |s| s.spec.acceptance_of(s.spec.drafter).rate());
-                (rate, d.len())
-            })
-            .collect();
-        let num_sampled = batch.items.iter().filter(|i| i.sample).count();
-        let lens = draft_lengths(batch.num_tokens, num_sampled, self.cost.row_cost(), &rates);
-        for ((id, draft), len) in proposals.iter_mut().zip(lens) {
-            if len == 0 {
-                if let Some(seq) = scheduler.running_mut(*id) {
-                    seq.spec.acceptance_of(seq.spec.drafter).skipped();
-                }
-            }
-            draft.truncate(len);
-        }
-        proposals.retain(|(_, d)| !d.is_empty());
         scheduler.add_drafts(batch, proposals);
     }
 

@@ -131,7 +131,8 @@ impl ModelGate {
         self.num_decisions += 1;
         let pays = match (self.model.per_ns(), self.plain.per_ns()) {
             (Some(m), Some(p)) => m >= p,
-            _ => true, // not known yet: try it (plain steps come from exploring)
+            // Until both are known, every other step goes each way.
+            _ => return !self.num_decisions.is_multiple_of(2),
         };
         pays != self.num_decisions.is_multiple_of(EXPLORE)
     }
@@ -265,7 +266,8 @@ mod tests {
     #[test]
     fn the_gate_keeps_the_draft_model_only_while_it_pays() {
         let mut g = ModelGate::default();
-        assert!(g.use_model(), "unknown: try the model");
+        assert!(g.use_model(), "unknown: try the model first");
+        assert!(!g.use_model(), "and plain decode next");
         // Model steps: 2 tokens in 100 ms; plain: 1 token in 40 ms. It does not pay.
         for _ in 0..10 {
             g.observe(true, 2, 100_000_000);
