@@ -50,23 +50,23 @@ impl EngineHandle {
     /// target's.
     pub fn start_with_draft(model: Arc<Model>, draft: Option<Arc<Model>>, config: EngineConfig) -> Result<Self> {
         config.validate()?;
-        let head_dim = model.decoder.config.head_dim;
-        if !config.kv_dtype.supports(head_dim, config.block_size) {
-            return Err(EngineError::InvalidConfig(format!(
-                "kv_cache_dtype {:?} needs a head dimension that is a multiple of 32 (and, for q4_0, an even block size); this model's head dimension is {head_dim}, the block size {}",
+        // Both models' caches use the configured element type.
+        let check_kv = |m: &Model, whose: &str| {
+            let head_dim = m.decoder.config.head_dim;
+            if config.kv_dtype.supports(head_dim, config.block_size) {
+                return Ok(());
+            }
+            Err(EngineError::InvalidConfig(format!(
+                "kv_cache_dtype {:?} needs a head dimension that is a multiple of 32 (and, for q4_0, an even block size); {whose} head dimension is {head_dim}, the block size {}",
                 config.kv_dtype, config.block_size
-            )));
-        }
+            )))
+        };
+        check_kv(&model, "this model's")?;
         let num_blocks = config.num_blocks(model.kv_bytes_per_block(config.block_size, config.kv_dtype));
         let max_model_len = config.max_model_len.unwrap_or(usize::MAX).min(model.context_length());
         let draft = match draft {
             Some(d) => {
-                if !config.kv_dtype.supports(d.decoder.config.head_dim, config.block_size) {
-                    return Err(EngineError::InvalidConfig(format!(
-                        "kv_cache_dtype {:?} does not suit the draft model's head dimension {}",
-                        config.kv_dtype, d.decoder.config.head_dim
-                    )));
-                }
+                check_kv(&d, "the draft model's")?;
                 let (bs, dtype) = (config.block_size, config.kv_dtype);
                 Some(DraftModel::new(&model, d, num_blocks, bs, dtype, &config.speculative)?)
             }

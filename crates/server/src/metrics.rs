@@ -90,15 +90,12 @@ impl Metrics {
             "Time between consecutive generated tokens of a request.",
             &mut out,
         );
-        type Get = fn(&slm_engine::StatsSnapshot) -> f64;
-        let series: [(&str, &str, &str, Get); 16] = [
+        let series: [Series; 16] = [
             ("slm_requests_running", "gauge", "Sequences running in the engine.", |s| s.num_running as f64),
             ("slm_requests_waiting", "gauge", "Sequences waiting for admission.", |s| s.num_waiting as f64),
             ("slm_kv_cache_blocks_used", "gauge", "KV-cache blocks in use.", |s| s.kv_blocks_used as f64),
             ("slm_kv_cache_blocks_total", "gauge", "KV-cache blocks in the pool.", |s| s.kv_blocks_total as f64),
-            ("slm_kv_cache_usage_ratio", "gauge", "Fraction of KV-cache blocks in use.", |s| {
-                s.kv_blocks_used as f64 / s.kv_blocks_total.max(1) as f64
-            }),
+            ("slm_kv_cache_usage_ratio", "gauge", "Fraction of KV-cache blocks in use.", kv_usage),
             ("slm_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", |s| {
                 s.prefix_cache_hit_tokens_total as f64
             }),
@@ -138,15 +135,28 @@ impl Metrics {
                 s.draft_kv_blocks_used as f64
             }),
         ];
-        let snaps: Vec<_> = models.iter().map(|m| (m.id.as_str(), m.engine.stats())).collect();
-        for (name, kind, help, get) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (id, s) in &snaps {
-                let _ = writeln!(out, "{name}{{model=\"{id}\"}} {}", get(s));
-            }
-        }
+        render_series(&mut out, "model", &series, models);
         out
     }
+}
+
+/// One series of an engine figure: name, Prometheus type, help text, and how to read it.
+pub(crate) type Series = (&'static str, &'static str, &'static str, fn(&slm_engine::StatsSnapshot) -> f64);
+
+/// Renders `series` for every model, the model's id under the label `label`.
+pub(crate) fn render_series(out: &mut String, label: &str, series: &[Series], models: &[std::sync::Arc<ServedModel>]) {
+    let snaps: Vec<_> = models.iter().map(|m| (m.id.as_str(), m.engine.stats())).collect();
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (id, s) in &snaps {
+            let _ = writeln!(out, "{name}{{{label}=\"{id}\"}} {}", get(s));
+        }
+    }
+}
+
+/// Fraction of an engine's KV-cache blocks in use.
+pub(crate) fn kv_usage(s: &slm_engine::StatsSnapshot) -> f64 {
+    s.kv_blocks_used as f64 / s.kv_blocks_total.max(1) as f64
 }
 
 /// The registry's gauges and counters: models loaded, loads, unloads by reason, load time.

@@ -7,16 +7,16 @@
 
 use std::fmt::Write;
 
+use crate::metrics::{kv_usage, render_series, Series};
 use crate::state::ServedModel;
 
 /// Appends the compatibility series for the loaded generation models.
 pub fn render(models: &[std::sync::Arc<ServedModel>], out: &mut String) {
-    type Get = fn(&slm_engine::StatsSnapshot) -> f64;
-    let series: [(&str, &str, &str, Get); 9] = [
+    let series: [Series; 9] = [
         ("vllm:num_requests_running", "gauge", "Requests running (= slm_requests_running).", |s| s.num_running as f64),
         ("vllm:num_requests_waiting", "gauge", "Requests waiting (= slm_requests_waiting).", |s| s.num_waiting as f64),
-        ("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage, 0 to 1 (= slm_kv_cache_usage_ratio).", usage),
-        ("vllm:gpu_cache_usage_perc", "gauge", "Older name of vllm:kv_cache_usage_perc.", usage),
+        ("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage, 0 to 1 (= slm_kv_cache_usage_ratio).", kv_usage),
+        ("vllm:gpu_cache_usage_perc", "gauge", "Older name of vllm:kv_cache_usage_perc.", kv_usage),
         ("vllm:prompt_tokens_total", "counter", "Prompt tokens (= slm_prompt_tokens_total).", |s| {
             s.prompt_tokens_total as f64
         }),
@@ -33,20 +33,15 @@ pub fn render(models: &[std::sync::Arc<ServedModel>], out: &mut String) {
             s.num_waiting as f64
         }),
     ];
-    let snaps: Vec<_> = models.iter().map(|m| (m.id.as_str(), m.engine.stats())).collect();
-    for (name, kind, help, get) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (id, s) in &snaps {
-            let _ = writeln!(out, "{name}{{model_name=\"{id}\"}} {}", get(s));
-        }
-    }
+    render_series(out, "model_name", &series, models);
     // Info gauges: the value is 1 (vLLM's LoRA gauge carries a timestamp; routers read only
     // the labels). slm serves no LoRA adapters yet, so both adapter lists are empty.
     let _ = writeln!(
         out,
         "# HELP vllm:lora_requests_info LoRA adapters of running and waiting requests.\n# TYPE vllm:lora_requests_info gauge"
     );
-    for (id, _) in &snaps {
+    for m in models {
+        let id = &m.id;
         let _ = writeln!(
             out,
             "vllm:lora_requests_info{{model_name=\"{id}\",running_lora_adapters=\"\",waiting_lora_adapters=\"\",max_lora=\"0\"}} 1"
@@ -66,8 +61,4 @@ pub fn render(models: &[std::sync::Arc<ServedModel>], out: &mut String) {
             if c.prefix_caching { "True" } else { "False" },
         );
     }
-}
-
-fn usage(s: &slm_engine::StatsSnapshot) -> f64 {
-    s.kv_blocks_used as f64 / s.kv_blocks_total.max(1) as f64
 }

@@ -7,17 +7,13 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::qwen;
+use common::qwen_state;
 use serde_json::{json, Value};
-use slm_engine::{EngineConfig, EngineHandle};
-use slm_server::{app, AppState, ServedModel, Settings};
+use slm_server::{app, AppState, Settings};
 use tower::ServiceExt;
 
 fn state(keys: Vec<String>) -> AppState {
-    let state = AppState::new(Settings::new(keys, 1 << 20));
-    let engine = EngineHandle::start(qwen(), EngineConfig { max_model_len: Some(2048), ..Default::default() }).unwrap();
-    state.set_models(vec![ServedModel { id: "qwen".into(), engine, created: 1 }]);
-    state
+    qwen_state(Settings::new(keys, 1 << 20)).0
 }
 
 async fn call(

@@ -10,17 +10,13 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::qwen;
 use serde_json::{json, Value};
-use slm_engine::{EngineConfig, EngineHandle};
-use slm_server::{app, AppState, ServedModel, Settings};
+use slm_engine::EngineHandle;
+use slm_server::{app, AppState, Settings};
 use tower::ServiceExt;
 
 fn state(body_limit: usize) -> (AppState, EngineHandle) {
-    let state = AppState::new(Settings::new(vec![], body_limit));
-    let engine = EngineHandle::start(qwen(), EngineConfig { max_model_len: Some(2048), ..Default::default() }).unwrap();
-    state.set_models(vec![ServedModel { id: "qwen".into(), engine: engine.clone(), created: 1 }]);
-    (state, engine)
+    common::qwen_state(Settings::new(vec![], body_limit))
 }
 
 struct Row {

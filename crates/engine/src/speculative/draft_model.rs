@@ -186,14 +186,13 @@ impl DraftModel {
         if input.num_rows() == 0 {
             return Vec::new();
         }
-        // Logits of each active sequence's latest pass (none once it stopped guessing).
-        let mut rows: Vec<Option<Vec<f32>>> = self.forward(&input).into_iter().map(Some).collect();
+        // Each active sequence's latest guess and its probability (none once it stopped).
+        let mut latest: Vec<Option<(u32, f32)>> = self.forward(&input).into_iter().map(Some).collect();
         loop {
             let mut next = BatchInput::default();
             let mut fed = Vec::new();
             for (k, (i, guesses)) in active.iter_mut().enumerate() {
-                let Some(row) = rows[k].take() else { continue };
-                let (token, p) = argmax_prob(&row[..self.num_tokens]);
+                let Some((token, p)) = latest[k].take() else { continue };
                 if p < self.p_min {
                     continue;
                 }
@@ -210,15 +209,16 @@ impl DraftModel {
             if fed.is_empty() {
                 break;
             }
-            for (k, row) in fed.into_iter().zip(self.forward(&next)) {
-                rows[k] = Some(row);
+            for (k, guess) in fed.into_iter().zip(self.forward(&next)) {
+                latest[k] = Some(guess);
             }
         }
         active.into_iter().filter(|(_, g)| !g.is_empty()).map(|(i, g)| (reqs[i].id, g)).collect()
     }
 
-    /// One forward of the draft model; the logits rows, one `Vec` per row.
-    fn forward(&mut self, input: &BatchInput) -> Vec<Vec<f32>> {
+    /// One forward of the draft model; each logits row's most likely token and its
+    /// probability.
+    fn forward(&mut self, input: &BatchInput) -> Vec<(u32, f32)> {
         let vocab = self.model.decoder.config.vocab_size;
         let t0 = std::time::Instant::now();
         let flat = self.model.decoder.forward(input, &mut self.kv);
@@ -227,7 +227,7 @@ impl DraftModel {
             let ns = t0.elapsed().as_nanos() as f64;
             self.pass_ns = Some(self.pass_ns.map_or(ns, |p| 0.9 * p + 0.1 * ns));
         }
-        flat.chunks_exact(vocab).map(<[f32]>::to_vec).collect()
+        flat.chunks_exact(vocab).map(|row| argmax_prob(&row[..self.num_tokens])).collect()
     }
 }
 

@@ -218,36 +218,30 @@ impl Speculator {
         }
         // How many rows each draft is worth, the model's candidates included: their passes run
         // only for the guesses that will be verified.
-        let mut rates: Vec<(f64, usize)> = Vec::with_capacity(proposals.len() + for_model.len());
-        for (id, len, model) in
-            proposals.iter().map(|(id, d)| (*id, d.len(), false)).chain(for_model.iter().map(|&(id, k)| (id, k, true)))
-        {
-            let rate = scheduler.running_mut(id).map_or(0.0, |s| {
-                if model {
-                    s.spec.model_acceptance.rate()
-                } else {
-                    s.spec.acceptance.rate()
-                }
-            });
-            rates.push((rate, len));
-        }
+        let drafters = proposals
+            .iter()
+            .map(|(id, d)| (*id, Drafter::PromptLookup, d.len()))
+            .chain(for_model.iter().map(|&(id, k)| (id, Drafter::Model, k)));
+        let rates: Vec<(f64, usize)> = drafters
+            .clone()
+            .map(|(id, drafter, len)| {
+                (scheduler.running_mut(id).map_or(0.0, |s| s.spec.acceptance_of(drafter).rate()), len)
+            })
+            .collect();
         let num_sampled = batch.items.iter().filter(|i| i.sample).count();
         let lens = draft_lengths(batch.num_tokens, num_sampled, self.cost.row_cost(), &rates);
-        let (lookup_lens, model_lens) = lens.split_at(proposals.len());
-        for ((id, draft), &len) in proposals.iter_mut().zip(lookup_lens) {
+        for ((id, drafter, _), &len) in drafters.zip(&lens) {
             if len == 0 {
-                if let Some(seq) = scheduler.running_mut(*id) {
-                    seq.spec.acceptance.skipped();
+                if let Some(seq) = scheduler.running_mut(id) {
+                    seq.spec.acceptance_of(drafter).skipped();
                 }
             }
+        }
+        let (lookup_lens, model_lens) = lens.split_at(proposals.len());
+        for ((_, draft), &len) in proposals.iter_mut().zip(lookup_lens) {
             draft.truncate(len);
         }
-        for ((id, k), &len) in for_model.iter_mut().zip(model_lens) {
-            if len == 0 {
-                if let Some(seq) = scheduler.running_mut(*id) {
-                    seq.spec.model_acceptance.skipped();
-                }
-            }
+        for ((_, k), &len) in for_model.iter_mut().zip(model_lens) {
             *k = len;
         }
         for_model.retain(|&(_, k)| k > 0);
