@@ -1,6 +1,7 @@
 //! API-key check: `Authorization: Bearer KEY` (the scheme in any case, as RFC 9110 says) or
 //! `x-api-key: KEY` against the configured keys, compared in constant time. No keys
-//! configured means no check. `/health`, `/health/live` and `/health/ready` stay open for probes. A request that passes carries
+//! configured means no check. `/health`, `/health/live` and `/health/ready` stay open for probes,
+//! and the chat page's files (`ui.rs`) for browsers: they hold no data. A request that passes carries
 //! its key (`Tenant`): it salts the prefix cache, so tenants cannot time each other's prompts.
 
 use axum::extract::{Request, State};
@@ -33,7 +34,10 @@ fn presented_key(headers: &axum::http::HeaderMap) -> Option<&str> {
 
 pub async fn require_api_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let keys = &state.settings.api_keys;
-    if keys.is_empty() || matches!(req.uri().path(), "/health" | "/health/live" | "/health/ready") {
+    let path = req.uri().path();
+    let open = matches!(path, "/health" | "/health/live" | "/health/ready")
+        || (state.settings.ui && crate::ui::is_page_path(path));
+    if keys.is_empty() || open {
         return next.run(req).await;
     }
     match presented_key(req.headers()) {

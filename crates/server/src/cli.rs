@@ -38,6 +38,9 @@ pub enum Command {
         /// speculative decoding where prompt lookup finds nothing.
         #[arg(long = "draft-model")]
         draft_model: Option<String>,
+        /// Do not serve the chat page at `/` and `/ui`.
+        #[arg(long = "no-ui")]
+        no_ui: bool,
     },
     /// Download a model: a catalog name (`qwen2.5-coder:1.5b`), a Hugging Face repo with an
     /// optional quant or file (`Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF:Q4_K_M`), or a URL.
@@ -138,8 +141,8 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { models, config, host, port, api_keys, draft_model } => {
-            let flags = slm_server::config::ServeFlags { models, config, host, port, api_keys, draft_model };
+        Command::Serve { models, config, host, port, api_keys, draft_model, no_ui } => {
+            let flags = slm_server::config::ServeFlags { models, config, host, port, api_keys, draft_model, no_ui };
             let cfg = slm_server::config::resolve(flags)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(slm_server::serve::serve(cfg))

@@ -49,6 +49,8 @@ pub struct FileConfig {
     /// Also serve, on demand, every model in the models directory and the Hugging Face cache.
     /// Default: only when no model is named (by `--model` or `[[models]]`).
     pub discover_models: Option<bool>,
+    /// Serve the chat page at `/` and `/ui` (default true).
+    pub ui: Option<bool>,
     #[serde(default)]
     pub models: Vec<ModelEntry>,
 }
@@ -106,6 +108,8 @@ pub struct ServeFlags {
     pub api_keys: Vec<String>,
     /// `--draft-model`: the draft model of every model named on the command line.
     pub draft_model: Option<String>,
+    /// `--no-ui`: no chat page.
+    pub no_ui: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +149,8 @@ pub struct ServerConfig {
     pub discovered: Vec<ModelSpec>,
     pub admin_api_keys: Vec<String>,
     pub limits: crate::registry::Limits,
+    /// The chat page at `/` and `/ui`.
+    pub ui: bool,
 }
 
 /// `$SLM_HOME`, by default `~/.cache/slm`: models and the response store live here.
@@ -338,6 +344,7 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
         port: flags.port.or(file.port).unwrap_or(8080),
         api_keys,
         cors_allowed_origins: file.cors_allowed_origins.unwrap_or_default(),
+        ui: !flags.no_ui && file.ui.unwrap_or(true),
         // Long prompts must reach the context-length check, not the body limit.
         body_limit: file.body_limit_mb.unwrap_or(16) << 20,
         shutdown_timeout_s: file.shutdown_timeout_s.unwrap_or(30),

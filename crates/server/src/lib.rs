@@ -30,6 +30,7 @@ pub mod tool_format;
 pub mod tool_stream;
 pub mod tools;
 pub mod turn;
+pub mod ui;
 pub mod validate;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -43,8 +44,16 @@ pub use state::{AppState, ServedEmbedder, ServedModel, Settings};
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     let limit = state.settings.body_limit;
-    Router::new()
-        .route("/v1/chat/completions", post(routes::chat::chat_completions))
+    let page = if state.settings.ui {
+        Router::new()
+            .route("/", get(ui::index))
+            .route("/ui", get(ui::index))
+            .route("/ui/", get(ui::index))
+            .route("/ui/{file}", get(ui::asset))
+    } else {
+        Router::new()
+    };
+    page.route("/v1/chat/completions", post(routes::chat::chat_completions))
         .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/responses", post(routes::responses::create))
         .route("/v1/responses/input_tokens", post(routes::responses::input_tokens))

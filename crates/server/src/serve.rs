@@ -39,6 +39,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         admin_api_keys: cfg.admin_api_keys.clone(),
         body_limit: cfg.body_limit,
         responses: Arc::new(responses),
+        ui: cfg.ui,
     });
     let mut app = crate::app(state.clone());
     if !cfg.cors_allowed_origins.is_empty() {

@@ -34,6 +34,8 @@ pub struct Settings {
     pub body_limit: usize,
     /// The Responses API's stored responses.
     pub responses: Arc<ResponseStore>,
+    /// Serve the chat page (`ui.rs`).
+    pub ui: bool,
 }
 
 impl Settings {
@@ -44,6 +46,7 @@ impl Settings {
             admin_api_keys: Vec::new(),
             body_limit,
             responses: Arc::new(ResponseStore::in_memory(10_000, 30 * 86_400)),
+            ui: true,
         }
     }
 }
