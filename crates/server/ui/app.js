@@ -107,9 +107,9 @@ function openConversation(id) {
   document.body.classList.remove("side-open");
 }
 
-function save() {
-  if (!conv.messages.length) return;
-  if (!store.saveConversation(conv)) status("Browser storage is full: this conversation is not saved.");
+function save(c = conv) {
+  if (!c.messages.length) return;
+  if (!store.saveConversation(c)) status("Browser storage is full: this conversation is not saved.");
   renderList();
 }
 
@@ -291,17 +291,18 @@ async function generate() {
     showSettingsError(e.message);
     return;
   }
-  conv.model = $("model").value;
-  conv.system = $("system").value;
+  const c = conv; // the user may open another conversation while this reply streams
+  c.model = $("model").value;
+  c.system = $("system").value;
   const messages = apiMessages();
   const reply = { role: "assistant", content: "", pending: true, json_mode: !!settings.json_mode };
-  conv.messages.push(reply);
+  c.messages.push(reply);
   const mine = (controller = new AbortController());
   setBusy(true);
   renderMessages();
   try {
     const r = await streamChat({
-      model: conv.model,
+      model: c.model,
       messages,
       params,
       signal: mine.signal,
@@ -309,7 +310,7 @@ async function generate() {
         reply.content = part.content;
         reply.reasoning = part.reasoning;
         reply.tool_calls = part.tool_calls.filter(Boolean);
-        renderStreaming();
+        if (conv === c) renderStreaming();
       },
     });
     reply.content = r.content;
@@ -327,10 +328,8 @@ async function generate() {
     delete reply.pending;
     if (controller === mine) controller = null;
     setBusy(false);
-    if (conv.messages.includes(reply)) {
-      save();
-      renderMessages();
-    }
+    save(c);
+    if (conv === c) renderMessages();
   }
 }
 
