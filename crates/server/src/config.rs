@@ -452,6 +452,24 @@ mod tests {
     }
 
     #[test]
+    fn the_chat_page_is_on_unless_the_flag_or_the_file_turns_it_off() {
+        let dir = std::env::temp_dir().join(format!("slm-ui-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = dir.join("m.gguf");
+        std::fs::write(&model, b"GGUF").unwrap();
+        let ui_of = |file: &str, no_ui: bool| {
+            let cfg = dir.join("slm.toml");
+            std::fs::write(&cfg, format!("{file}\n[[models]]\npath = \"{}\"\n", model.display())).unwrap();
+            resolve(ServeFlags { config: Some(cfg), no_ui, ..Default::default() }).unwrap().ui
+        };
+        assert!(ui_of("", false));
+        assert!(!ui_of("", true));
+        assert!(!ui_of("ui = false", false));
+        assert!(!ui_of("ui = true", true), "the flag wins over the file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         assert!(toml::from_str::<FileConfig>("prot = 1").is_err());
     }
