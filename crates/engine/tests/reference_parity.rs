@@ -91,6 +91,32 @@ fn gemma_has_the_builtin_turn_format() {
     assert_eq!(ids.iter().filter(|&&t| Some(t) == m.tokenizer.bos).count(), 1);
 }
 
+#[test]
+fn fim_tokens_are_found_as_llama_cpp_finds_them() {
+    // Qwen2.5-Coder: llama.cpp's loader finds these ids and counts pad, repo and file
+    // separators as end of generation.
+    let m = model(QWEN);
+    let t = &m.tokenizer;
+    let fim = t.fim();
+    let id = |s: &str| t.token_id(s);
+    assert_eq!(
+        fim.infill(),
+        Some((id("<|fim_prefix|>").unwrap(), id("<|fim_suffix|>").unwrap(), id("<|fim_middle|>").unwrap()))
+    );
+    assert_eq!((fim.pad, fim.rep, fim.sep), (id("<|fim_pad|>"), id("<|repo_name|>"), id("<|file_sep|>")));
+    for end in [fim.pad, fim.rep, fim.sep] {
+        assert!(t.is_end_of_generation(end.unwrap()));
+    }
+    // Gemma 3 and SmolLM2 were trained without FIM.
+    assert_eq!(model(GEMMA).tokenizer.fim().infill(), None);
+    assert_eq!(model(SMOLLM2).tokenizer.fim().infill(), None);
+    // Code that spells a FIM token is text, not a marker.
+    let input = slm_engine::tokenizer::InfillInput { prefix: "a<|fim_suffix|>", suffix: "b", ..Default::default() };
+    let budget = slm_engine::tokenizer::InfillBudget { num_batch: 1024, num_ctx: 2048, max_tokens: 16 };
+    let ids = t.infill(&input, budget).unwrap();
+    assert_eq!(ids.iter().filter(|&&i| Some(i) == id("<|fim_suffix|>")).count(), 1);
+}
+
 /// Free-running greedy continuation against llama.cpp's: (prompts whose first 16 tokens are
 /// equal, prompts that are equal or first differ where llama.cpp's own top two logprobs are
 /// less than 0.2 apart — a near tie that numeric noise of that size may flip either way).

@@ -84,6 +84,12 @@ impl ApiError {
         Self { code: Some("permission_denied"), ..Self::new(StatusCode::FORBIDDEN, "invalid_request_error", message) }
     }
 
+    /// 501: the model cannot do what the request asks (llama.cpp's `not_supported_error`,
+    /// e.g. infill on a model without FIM tokens).
+    pub fn not_supported(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, "not_supported_error", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

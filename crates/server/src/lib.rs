@@ -15,6 +15,7 @@ pub mod grammar;
 pub mod hub;
 pub mod keep_alive;
 pub mod listener;
+pub mod llama_api;
 pub mod memory;
 pub mod metrics;
 pub mod metrics_compat;
@@ -62,6 +63,14 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/messages", post(routes::messages::create))
         .route("/v1/messages/count_tokens", post(routes::messages::count_tokens))
         .route("/v1/embeddings", post(routes::embeddings::embeddings))
+        // llama.cpp's native API, and its aliases of the OpenAI routes without `/v1`.
+        .route("/completion", post(routes::native::completion))
+        .route("/infill", post(routes::native::infill))
+        .route("/chat/completions", post(routes::chat::chat_completions))
+        .route("/completions", post(routes::completions::completions))
+        .route("/embeddings", post(routes::embeddings::embeddings))
+        .route("/responses", post(routes::responses::create))
+        .route("/models", get(routes::models::list))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::get))
         .route("/models/load", post(routes::models::load))

@@ -166,6 +166,9 @@ with_sampling_fields! {
         pub max_tokens: Option<i64>,
         pub logprobs: Option<i64>,
         pub echo: Option<bool>,
+        // Text after the completion: the prompt and it become a fill-in-the-middle prompt
+        // (code models with FIM tokens only).
+        pub suffix: Option<String>,
         // Extensions: the output must match a JSON Schema, a grammar (llguidance's Lark
         // dialect) or a regular expression.
         pub response_format: Option<Value>,

@@ -429,6 +429,58 @@ pub async fn completion(
     req: CompletionRequest,
     tenant: Option<&Tenant>,
 ) -> Result<ValidCompletion, ApiError> {
+    completion_with(engine, req, tenant, Some(DEFAULT_COMPLETION_TOKENS)).await
+}
+
+/// The prompts' tokens and texts; with a `suffix`, each text prompt is the prefix of a
+/// fill-in-the-middle prompt.
+fn tokenize_prompts(
+    model: &Model,
+    prompt: PromptField,
+    suffix: Option<&str>,
+    budget: slm_engine::tokenizer::InfillBudget,
+) -> Result<(Vec<Vec<u32>>, Vec<String>), ApiError> {
+    let tok = &model.tokenizer;
+    if let Some(suffix) = suffix {
+        let texts = match prompt {
+            PromptField::Text(t) => vec![t],
+            PromptField::Texts(v) => v,
+            _ => return Err(ApiError::invalid("suffix", "`suffix` needs `prompt` as text, not token ids")),
+        };
+        let infill = |t: &String| {
+            tok.infill(&slm_engine::tokenizer::InfillInput { prefix: t, suffix, ..Default::default() }, budget)
+        };
+        return Ok((texts.iter().map(infill).collect::<Result<_, _>>()?, texts));
+    }
+    Ok(match prompt {
+        PromptField::Text(t) => (vec![tok.encode(&t, true, true)?], vec![t]),
+        PromptField::Texts(v) => (v.iter().map(|t| tok.encode(t, true, true)).collect::<Result<_, _>>()?, v),
+        PromptField::Tokens(ids) => {
+            let text = tok.decode(&ids, true);
+            (vec![ids], vec![text])
+        }
+        PromptField::TokenLists(v) => {
+            let texts = v.iter().map(|ids| tok.decode(ids, true)).collect();
+            (v, texts)
+        }
+    })
+}
+
+/// The budgets of an infill prompt: llama.cpp's default batch (2048 tokens) for the FIM part,
+/// the rest of the context for repo-level context. In a context under 4096 tokens the FIM part
+/// gets half (llama.cpp's batch would leave the context files no room there).
+pub fn infill_budget(max_model_len: usize, max_tokens: usize) -> slm_engine::tokenizer::InfillBudget {
+    slm_engine::tokenizer::InfillBudget { num_batch: 2048.min(max_model_len / 2), num_ctx: max_model_len, max_tokens }
+}
+
+/// A text completion whose `max_tokens`, when absent, is `default_max_tokens` (`None`: what
+/// the context has left, as llama.cpp's `n_predict: -1`).
+pub async fn completion_with(
+    engine: &EngineHandle,
+    req: CompletionRequest,
+    tenant: Option<&Tenant>,
+    default_max_tokens: Option<i64>,
+) -> Result<ValidCompletion, ApiError> {
     let (model, max_model_len) = (engine.model().clone(), engine.max_model_len());
     let logprobs = num_alternatives("logprobs", req.logprobs)?;
     let sampling = sampling(&req.sampling(), logprobs, model.decoder.config.vocab_size, tenant)?;
@@ -444,21 +496,16 @@ pub async fn completion(
     };
     let echo = req.echo.unwrap_or(false);
     let vocab = model.decoder.config.vocab_size;
+    if req.suffix.is_some() && model.tokenizer.fim().infill().is_none() {
+        return Err(ApiError::invalid(
+            "suffix",
+            "`suffix` needs a model trained for fill-in-the-middle (with FIM tokens); this one has none",
+        ));
+    }
+    let requested = req.max_tokens.or(default_max_tokens);
     blocking(move || {
-        let (prompts, texts): (Vec<Vec<u32>>, Vec<String>) = match req.prompt {
-            PromptField::Text(t) => (vec![model.tokenizer.encode(&t, true, true)?], vec![t]),
-            PromptField::Texts(v) => {
-                (v.iter().map(|t| model.tokenizer.encode(t, true, true)).collect::<Result<_, _>>()?, v)
-            }
-            PromptField::Tokens(ids) => {
-                let text = model.tokenizer.decode(&ids, true);
-                (vec![ids], vec![text])
-            }
-            PromptField::TokenLists(v) => {
-                let texts = v.iter().map(|ids| model.tokenizer.decode(ids, true)).collect();
-                (v, texts)
-            }
-        };
+        let budget = infill_budget(max_model_len, requested.map_or(0, |m| m.max(0) as usize));
+        let (prompts, texts) = tokenize_prompts(&model, req.prompt, req.suffix.as_deref(), budget)?;
         if prompts.is_empty() {
             return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
         }
@@ -474,7 +521,6 @@ pub async fn completion(
             }
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let requested = Some(req.max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS));
         // `echo` with `max_tokens: 0` scores the prompt alone (evaluation harnesses do this).
         let echo_only = echo && requested == Some(0);
         let max_tokens = if echo_only {

@@ -6,10 +6,12 @@
 
 mod bpe;
 mod detok;
+mod fim;
 mod spm;
 mod wordpiece;
 
 pub use detok::Detokenizer;
+pub use fim::{ExtraFile, FimTokens, InfillBudget, InfillInput};
 
 use std::collections::HashMap;
 
@@ -62,6 +64,8 @@ pub struct Tokenizer {
     add_eos: bool,
     /// Tokens that end generation: EOS, EOT and the chat templates' end-of-turn markers.
     end_of_generation: Vec<u32>,
+    /// Fill-in-the-middle tokens (`fim.rs`).
+    fim: FimTokens,
 }
 
 /// End-of-turn markers of the common chat formats (as llama.cpp's vocab loader lists them).
@@ -149,7 +153,13 @@ impl Tokenizer {
         // Longest first, ties by id, so longer specials win over their prefixes.
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
 
+        let fim = FimTokens::from_gguf(g, &vocab, n)?;
         let mut end_of_generation: Vec<u32> = eos.into_iter().chain(eot).collect();
+        for t in fim.end_of_generation() {
+            if !end_of_generation.contains(&t) {
+                end_of_generation.push(t);
+            }
+        }
         for t in END_OF_TURN_TEXTS {
             if let Some(&i) = vocab.get(*t) {
                 if matches!(types[i as usize], TokenType::Control | TokenType::UserDefined)
@@ -159,7 +169,7 @@ impl Tokenizer {
                 }
             }
         }
-        Ok(Self { types, bytes, vocab, algorithm, specials, bos, eos, add_bos, add_eos, end_of_generation })
+        Ok(Self { types, bytes, vocab, algorithm, specials, bos, eos, add_bos, add_eos, end_of_generation, fim })
     }
 
     pub fn vocab_size(&self) -> usize {

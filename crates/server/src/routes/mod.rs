@@ -23,6 +23,7 @@ pub mod health;
 pub mod messages;
 pub mod metrics;
 pub mod models;
+pub mod native;
 pub mod responses;
 pub mod tokenize;
 
@@ -35,6 +36,7 @@ use serde::de::DeserializeOwned;
 
 use crate::anthropic::MessagesRequest;
 use crate::error::ApiError;
+use crate::llama_api::NativeRequest;
 use crate::openai::{ChatCompletionRequest, CompletionRequest};
 use crate::responses_api::ResponsesRequest;
 use crate::state::{AppState, ServedModel};
@@ -73,7 +75,7 @@ pub trait NamesModel {
     fn keep_alive(&self) -> Option<crate::keep_alive::KeepAlive>;
 }
 
-names_model!(ChatCompletionRequest, CompletionRequest, ResponsesRequest, MessagesRequest);
+names_model!(ChatCompletionRequest, CompletionRequest, ResponsesRequest, MessagesRequest, NativeRequest);
 
 /// Parses the body and finds the served model it names (loading it if it is not loaded):
 /// every model route's first step.

@@ -1,0 +1,303 @@
+//! llama.cpp's native routes: `POST /completion` (a prompt as text, token ids or both mixed)
+//! and `POST /infill` (fill-in-the-middle for editors: `input_prefix`, `input_suffix`,
+//! `input_extra` files), answered in llama.cpp's shape (`llama_api.rs`). Both run through
+//! the text-completion path (`validate::completion_with`), so limits, constraints and
+//! errors are the OpenAI routes' own.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures_util::StreamExt;
+use serde_json::json;
+use slm_engine::tokenizer::{ExtraFile, InfillInput};
+use slm_engine::{Event, FinishReason, Finished, Model, TokenEvent, Tokenizer};
+use tokio::sync::mpsc;
+
+use super::parse_for;
+use crate::auth::Tenant;
+use crate::error::ApiError;
+use crate::llama_api::*;
+use crate::openai::PromptField;
+use crate::state::{AppState, ServedModel};
+use crate::stream::{self, token_text};
+use crate::validate;
+
+pub async fn completion(
+    State(state): State<AppState>,
+    tenant: Option<Extension<Tenant>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let (req, served) = parse_for::<NativeRequest>(&state, body).await?;
+    let prompt = req.prompt.clone().ok_or_else(|| ApiError::invalid("prompt", "`prompt` is required"))?;
+    let model = served.engine.model().clone();
+    let tokens = validate::blocking(move || tokenize_mixed(&model, prompt)).await?;
+    run(&state, &served, req, tokens, tenant.as_ref().map(|t| &t.0), start).await
+}
+
+pub async fn infill(
+    State(state): State<AppState>,
+    tenant: Option<Extension<Tenant>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let (req, served) = parse_for::<NativeRequest>(&state, body).await?;
+    let model = served.engine.model().clone();
+    if model.tokenizer.fim().infill().is_none() {
+        return Err(ApiError::not_supported(format!(
+            "Infill is not supported by this model: `{}` has no fill-in-the-middle tokens",
+            served.id
+        )));
+    }
+    let required = |v: &Option<String>, name: &str| {
+        v.clone().ok_or_else(|| ApiError::invalid(name, format!("\"{name}\" is required")))
+    };
+    let (prefix, suffix) = (required(&req.input_prefix, "input_prefix")?, required(&req.input_suffix, "input_suffix")?);
+    let prompt = match &req.prompt {
+        None => String::new(),
+        Some(NativePrompt::Text(t)) => t.clone(),
+        Some(NativePrompt::Mixed(_)) => {
+            return Err(ApiError::invalid("prompt", "`prompt` of /infill must be a string"))
+        }
+    };
+    let extra: Vec<ExtraFile> = (req.input_extra.iter().flatten())
+        .map(|e| ExtraFile { filename: e.filename.clone(), text: e.text.clone() })
+        .collect();
+    let budget = validate::infill_budget(served.engine.max_model_len(), req.num_predict().unwrap_or(0) as usize);
+    let tokens = validate::blocking(move || {
+        let input = InfillInput { prefix: &prefix, suffix: &suffix, prompt: &prompt, extra: &extra };
+        Ok(model.tokenizer.infill(&input, budget)?)
+    })
+    .await?;
+    run(&state, &served, req, tokens, tenant.as_ref().map(|t| &t.0), start).await
+}
+
+/// A native prompt's tokens: text is tokenized with special tokens parsed, the model's BOS
+/// before the first piece when that piece is text (llama.cpp's `tokenize_mixed`).
+fn tokenize_mixed(model: &Model, prompt: NativePrompt) -> Result<Vec<u32>, ApiError> {
+    let tok = &model.tokenizer;
+    match prompt {
+        NativePrompt::Text(t) => Ok(tok.encode(&t, true, true)?),
+        NativePrompt::Mixed(pieces) => {
+            let mut out = Vec::new();
+            for (i, p) in pieces.into_iter().enumerate() {
+                match p {
+                    PromptPiece::Text(t) => out.extend(tok.encode(&t, i == 0, true)?),
+                    PromptPiece::Token(id) => out.push(id),
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Fields of the text-completion path under their llama.cpp names, for errors.
+const NATIVE_NAMES: &[(&str, &str)] =
+    &[("max_tokens", "n_predict"), ("logprobs", "n_probs"), ("repetition_penalty", "repeat_penalty")];
+
+/// What every answer of one request shares.
+#[derive(Clone)]
+struct Answer {
+    model: String,
+    prompt_text: String,
+    num_prompt: usize,
+    return_tokens: bool,
+    n_probs: bool,
+    /// `n_predict: 0`: the one token run to evaluate the prompt is not answered.
+    prompt_only: bool,
+    settings: serde_json::Value,
+    start: Instant,
+}
+
+impl Answer {
+    fn chunk(&self, t: &TokenEvent, num_predicted: usize, tok: &Tokenizer) -> NativeCompletion {
+        NativeCompletion {
+            index: 0,
+            content: t.text.clone(),
+            tokens: if self.return_tokens { vec![t.token] } else { Vec::new() },
+            id_slot: -1,
+            stop: false,
+            model: None,
+            tokens_predicted: num_predicted,
+            tokens_evaluated: self.num_prompt,
+            generation_settings: None,
+            prompt: None,
+            has_new_line: None,
+            truncated: None,
+            stop_type: None,
+            stopping_word: None,
+            tokens_cached: None,
+            timings: None,
+            completion_probabilities: self.n_probs.then(|| vec![probability(tok, t)]),
+        }
+    }
+
+    /// The last answer: totals, why it stopped, timings (`first` is when the first token came).
+    fn last(
+        &self,
+        content: String,
+        tokens: &[TokenEvent],
+        f: &Finished,
+        first: Option<Instant>,
+        tok: &Tokenizer,
+    ) -> NativeCompletion {
+        if self.prompt_only {
+            let f = Finished { reason: FinishReason::Length, stop_string: None, num_generated_tokens: 0, ..f.clone() };
+            return Answer { prompt_only: false, ..self.clone() }.last(String::new(), &[], &f, first, tok);
+        }
+        let end = Instant::now();
+        let first = first.unwrap_or(end);
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        let stop_type = match (&f.reason, &f.stop_string) {
+            (_, Some(_)) => "word",
+            (FinishReason::Stop, None) => "eos",
+            (FinishReason::Length, None) => "limit",
+        };
+        let prompt_n = f.num_prompt_tokens.saturating_sub(f.num_cached_tokens);
+        NativeCompletion {
+            index: 0,
+            has_new_line: Some(content.contains('\n')),
+            content,
+            tokens: if self.return_tokens { tokens.iter().map(|t| t.token).collect() } else { Vec::new() },
+            id_slot: -1,
+            stop: true,
+            model: Some(self.model.clone()),
+            tokens_predicted: f.num_generated_tokens,
+            tokens_evaluated: f.num_prompt_tokens,
+            generation_settings: Some(self.settings.clone()),
+            prompt: Some(self.prompt_text.clone()),
+            truncated: Some(false),
+            stop_type: Some(stop_type),
+            stopping_word: Some(f.stop_string.clone().unwrap_or_default()),
+            tokens_cached: Some(f.num_prompt_tokens + f.num_generated_tokens),
+            timings: Some(Timings::new(
+                f.num_cached_tokens,
+                prompt_n,
+                ms(self.start, first),
+                f.num_generated_tokens,
+                ms(first, end),
+            )),
+            completion_probabilities: self.n_probs.then(|| tokens.iter().map(|t| probability(tok, t)).collect()),
+        }
+    }
+}
+
+fn probability(tok: &Tokenizer, t: &TokenEvent) -> CompletionProbability {
+    let (token, bytes) = token_text(tok, t.token);
+    let top_logprobs = t
+        .top_logprobs
+        .iter()
+        .map(|&(id, logprob)| {
+            let (token, bytes) = token_text(tok, id);
+            TokenProb { id, token, bytes, logprob }
+        })
+        .collect();
+    CompletionProbability { id: t.token, token, bytes, logprob: t.logprob, top_logprobs }
+}
+
+/// The effective settings, in llama.cpp's names.
+fn settings(c: &crate::openai::CompletionRequest, req: &NativeRequest) -> serde_json::Value {
+    let stop: Vec<String> = req.stop.clone().unwrap_or_default();
+    json!({
+        "n_predict": c.max_tokens.unwrap_or(-1),
+        "seed": c.seed.unwrap_or(-1),
+        "temperature": c.temperature,
+        "top_k": c.top_k.unwrap_or(0),
+        "top_p": c.top_p,
+        "min_p": c.min_p,
+        "repeat_penalty": c.repetition_penalty.unwrap_or(1.0),
+        "presence_penalty": c.presence_penalty.unwrap_or(0.0),
+        "frequency_penalty": c.frequency_penalty.unwrap_or(0.0),
+        "stop": stop,
+        "max_tokens": c.max_tokens.unwrap_or(-1),
+        "ignore_eos": c.ignore_eos.unwrap_or(false),
+        "stream": c.stream.unwrap_or(false),
+        "n_probs": c.logprobs.unwrap_or(0),
+        "grammar": c.grammar.clone().unwrap_or_default(),
+        "post_sampling_probs": false,
+    })
+}
+
+async fn run(
+    state: &AppState,
+    served: &Arc<ServedModel>,
+    req: NativeRequest,
+    tokens: Vec<u32>,
+    tenant: Option<&Tenant>,
+    start: Instant,
+) -> Result<Response, ApiError> {
+    let prompt_text = served.engine.model().tokenizer.decode(&tokens, true);
+    let c = req.to_completion(PromptField::Tokens(tokens))?;
+    let settings = settings(&c, &req);
+    let valid =
+        validate::completion_with(&served.engine, c, tenant, None).await.map_err(|e| e.renamed(NATIVE_NAMES))?;
+    let model = served.engine.model().clone();
+    let answer = Answer {
+        model: served.id.clone(),
+        prompt_text,
+        num_prompt: valid.request.num_prompt_tokens(),
+        return_tokens: req.return_tokens.unwrap_or(false),
+        n_probs: valid.logprobs,
+        prompt_only: req.is_prompt_only(),
+        settings,
+        start,
+    };
+    let streams = valid.request.submit(&served.engine)?;
+    if req.stream.unwrap_or(false) {
+        let (tx, rx) = mpsc::channel(64);
+        let st = state.clone();
+        tokio::spawn(async move {
+            let (mut first, mut num_predicted, mut kept) = (None, 0, Vec::new());
+            let tok = &model.tokenizer;
+            let _ = stream::pump(streams, &tx, &st.metrics, start, &mut |_: usize, e: &Event| match e {
+                Event::Token(_) if answer.prompt_only => vec![],
+                Event::Token(t) => {
+                    first.get_or_insert_with(Instant::now);
+                    num_predicted += 1;
+                    if answer.n_probs {
+                        kept.push(t.clone());
+                    }
+                    if t.text.is_empty() && !answer.n_probs {
+                        return vec![];
+                    }
+                    vec![stream::data(&answer.chunk(t, num_predicted, tok))]
+                }
+                // The last chunk carries the totals; its content is the text held back to the end.
+                Event::Finished(f) => {
+                    let mut last = answer.last(f.text.clone(), &[], f, first, tok);
+                    last.completion_probabilities = None;
+                    vec![stream::data(&last)]
+                }
+                Event::Error(_) => vec![],
+            })
+            .await;
+        });
+        return Ok(stream::sse(rx));
+    }
+    // Not streamed: run to the end, noting when the first token came for `timings`.
+    let mut timing = stream::Timing::new(start, 1);
+    let (mut first, mut text, mut generated, mut finished) = (None, String::new(), Vec::new(), None);
+    let mut merged = stream::merge(streams);
+    while let Some((_, e)) = merged.next().await {
+        match e {
+            Event::Token(t) => {
+                timing.token(0, &state.metrics);
+                first.get_or_insert_with(Instant::now);
+                text.push_str(&t.text);
+                generated.push(t);
+            }
+            Event::Finished(f) => {
+                text.push_str(&f.text);
+                finished = Some(f);
+            }
+            Event::Error(e) => return Err(valid.request.run_error(e.into())),
+        }
+    }
+    let f = finished.ok_or_else(|| ApiError::internal("the engine ended a request without finishing it"))?;
+    Ok(Json(answer.last(text, &generated, &f, first, &model.tokenizer)).into_response())
+}

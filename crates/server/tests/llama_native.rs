@@ -1,0 +1,211 @@
+//! llama.cpp's native API on the real Qwen2.5-Coder model: `/infill` (the FIM layout of
+//! llama.cpp's server, repo-level context, llama.cpp's own test case), `/completion` (text,
+//! mixed and token prompts, `n_probs`, `return_tokens`, streaming without `[DONE]`,
+//! `n_predict: 0`), OpenAI's `suffix` on `/v1/completions` (the same prompt as `/infill`, so
+//! the same tokens), the routes without `/v1`, and the errors llama.cpp's tests expect.
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{json, Value};
+use slm_server::{app, AppState, ServedModel, Settings};
+use tower::ServiceExt;
+
+fn state() -> AppState {
+    let start = |model: Arc<slm_engine::Model>, len: usize| {
+        let config = slm_engine::EngineConfig { max_model_len: Some(len), ..Default::default() };
+        slm_engine::EngineHandle::start(model, config).unwrap()
+    };
+    // Gemma 3 has no FIM tokens: infill on it is refused.
+    let gemma = Arc::new(slm_engine::Model::load(common::model_path("gemma-3-270m-q4_k_m")).unwrap());
+    let state = AppState::new(Settings::new(vec![], 16 << 20));
+    state.set_models(vec![
+        ServedModel { id: "qwen".into(), engine: start(common::qwen(), 2048), created: 1 },
+        ServedModel { id: "gemma".into(), engine: start(gemma, 1024), created: 1 },
+    ]);
+    state
+}
+
+async fn post(state: &AppState, path: &str, body: Value) -> (StatusCode, String) {
+    let req =
+        Request::post(path).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap();
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+async fn ok(state: &AppState, path: &str, body: Value) -> Value {
+    let (status, text) = post(state, path, body).await;
+    assert_eq!(status, StatusCode::OK, "{path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn llama_h_case() -> Value {
+    // llama.cpp's tools/server/tests/unit/test_infill.py, `test_with_qwen_model`.
+    json!({
+        "model": "qwen",
+        "input_prefix": "#include <cstdio>\n#include \"llama.h\"\n\nint main() {\n",
+        "prompt": "    int n_threads = llama_",
+        "input_suffix": "}\n",
+        "input_extra": [{"filename": "llama.h", "text": "LLAMA_API int32_t llama_n_threads();\n"}],
+        "temperature": 0,
+        "n_predict": 24,
+    })
+}
+
+#[tokio::test]
+async fn infill_lays_out_fim_like_llama_cpp_and_completes_the_function() {
+    let s = state();
+    let r = ok(&s, "/infill", llama_h_case()).await;
+    // llama.cpp's layout: repo name, each context file, the current file, then PRE prefix
+    // prompt SUF suffix MID.
+    assert_eq!(
+        r["prompt"],
+        "<|repo_name|>myproject\n<|file_sep|>llama.h\nLLAMA_API int32_t llama_n_threads();\n<|file_sep|>filename\n\
+         <|fim_prefix|>#include <cstdio>\n#include \"llama.h\"\n\nint main() {\n    int n_threads = llama_\
+         <|fim_suffix|>}\n<|fim_middle|>"
+    );
+    // What llama.cpp's test expects of Qwen2.5-Coder (there the 1.5B; the 0.5B agrees).
+    let content = r["content"].as_str().unwrap();
+    assert!(content.starts_with("n_threads();\n    printf(\"Number of threads: %d\\n\", n_threads);\n"), "{content}");
+    assert_eq!(r["stop"], true);
+    assert_eq!(r["stop_type"], "limit");
+    assert_eq!(r["tokens_predicted"], 24);
+    assert_eq!(r["tokens"], json!([]));
+    assert_eq!(r["timings"]["predicted_n"], 24);
+    assert_eq!(r["generation_settings"]["n_predict"], 24);
+}
+
+#[tokio::test]
+async fn openai_suffix_is_the_same_fill_in_the_middle_prompt() {
+    let s = state();
+    let (prefix, suffix) = ("def fib(n):\n    ", "\n    return fib(n - 1) + fib(n - 2)\n");
+    let infill = ok(
+        &s,
+        "/infill",
+        json!({"model": "qwen", "input_prefix": prefix, "input_suffix": suffix, "temperature": 0, "n_predict": 20}),
+    )
+    .await;
+    let openai = ok(
+        &s,
+        "/v1/completions",
+        json!({"model": "qwen", "prompt": prefix, "suffix": suffix, "temperature": 0, "max_tokens": 20}),
+    )
+    .await;
+    assert_eq!(openai["choices"][0]["text"], infill["content"]);
+    assert_eq!(openai["usage"]["prompt_tokens"], infill["tokens_evaluated"]);
+    assert!(infill["content"].as_str().unwrap().contains("if n"), "{}", infill["content"]);
+    // Token prompts cannot take a suffix; a model without FIM cannot either.
+    let (status, text) = post(&s, "/v1/completions", json!({"model": "qwen", "prompt": [1, 2], "suffix": "x"})).await;
+    assert!(status == StatusCode::BAD_REQUEST && text.contains("\"param\":\"suffix\""), "{text}");
+    let (status, text) = post(&s, "/v1/completions", json!({"model": "gemma", "prompt": "a", "suffix": "x"})).await;
+    assert!(status == StatusCode::BAD_REQUEST && text.contains("\"param\":\"suffix\""), "{text}");
+}
+
+#[tokio::test]
+async fn completion_answers_in_llama_cpp_shape() {
+    let s = state();
+    let body = json!({"model": "qwen", "prompt": "def add(a, b):", "n_predict": 5, "temperature": 0, "n_probs": 3, "return_tokens": true});
+    let r = ok(&s, "/completion", body).await;
+    let probs = r["completion_probabilities"].as_array().unwrap();
+    assert_eq!(probs.len(), 5);
+    assert!(probs.iter().all(|p| p["top_logprobs"].as_array().unwrap().len() == 3 && p["bytes"].is_array()));
+    let tokens: Vec<u64> = r["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    assert_eq!(tokens, probs.iter().map(|p| p["id"].as_u64().unwrap()).collect::<Vec<_>>());
+    assert_eq!(r["tokens_evaluated"], 6);
+    assert_eq!(r["has_new_line"], r["content"].as_str().unwrap().contains('\n'));
+
+    // A mixed prompt (token ids and text) is one prompt: the same tokens, the same answer.
+    let ids: Value = ok(&s, "/tokenize", json!({"model": "qwen", "content": "def add(a, b):"})).await["tokens"].clone();
+    // `def` is a word of its own for the pre-tokenizer, so the text after it tokenizes alike.
+    let mixed = json!({"model": "qwen", "prompt": [ids[0], " add(a, b):"], "n_predict": 5, "temperature": 0});
+    let by_ids = json!({"model": "qwen", "prompt": ids, "n_predict": 5, "temperature": 0});
+    assert_eq!(ok(&s, "/completion", by_ids).await["content"], r["content"]);
+    assert_eq!(ok(&s, "/completion", mixed).await["content"], r["content"]);
+
+    // A stop word ends it with stop_type "word".
+    let w = ok(
+        &s,
+        "/completion",
+        json!({"model": "qwen", "prompt": "1, 2, 3,", "n_predict": 20, "temperature": 0, "stop": [" 5"]}),
+    )
+    .await;
+    assert_eq!((w["stop_type"].as_str(), w["stopping_word"].as_str()), (Some("word"), Some(" 5")));
+    assert_eq!(w["content"], " 4,");
+
+    // `n_predict: 0` evaluates (and caches) the prompt and answers nothing.
+    let warm =
+        ok(&s, "/infill", json!({"model": "qwen", "input_prefix": "x = ", "input_suffix": "", "n_predict": 0})).await;
+    assert_eq!((warm["content"].as_str(), warm["tokens_predicted"].as_u64()), (Some(""), Some(0)));
+}
+
+#[tokio::test]
+async fn a_native_stream_ends_with_the_totals_and_no_done() {
+    let s = state();
+    let body = json!({"model": "qwen", "prompt": "def add(a, b):", "n_predict": 6, "temperature": 0, "stream": true});
+    let (status, text) = post(&s, "/completion", body).await;
+    assert_eq!(status, StatusCode::OK);
+    let chunks: Vec<Value> =
+        text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(!text.contains("[DONE]"));
+    let last = chunks.last().unwrap();
+    assert!(chunks.iter().all(|c| c["stop"].is_boolean()));
+    assert!(chunks[..chunks.len() - 1].iter().all(|c| c["stop"] == false));
+    assert_eq!((last["stop"].as_bool(), last["stop_type"].as_str()), (Some(true), Some("limit")));
+    assert_eq!(last["timings"]["predicted_n"], 6);
+    let streamed: String = chunks.iter().map(|c| c["content"].as_str().unwrap()).collect();
+    let whole =
+        ok(&s, "/completion", json!({"model": "qwen", "prompt": "def add(a, b):", "n_predict": 6, "temperature": 0}))
+            .await;
+    assert_eq!(streamed, whole["content"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn bad_infill_requests_get_the_errors_llama_cpp_tests_expect() {
+    let s = state();
+    // test_infill.py's `test_invalid_input_extra_req` cases, each a 400.
+    for extra in [
+        json!({}),
+        json!({"filename": "ok"}),
+        json!({"filename": 123}),
+        json!({"filename": 123, "text": "abc"}),
+        json!({"filename": 123, "text": 456}),
+    ] {
+        let body = json!({"model": "qwen", "input_prefix": "a", "input_suffix": "b", "input_extra": [extra]});
+        let (status, text) = post(&s, "/infill", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{extra}: {text}");
+        assert!(text.contains("\"error\""));
+    }
+    for missing in ["input_prefix", "input_suffix"] {
+        let mut body = json!({"model": "qwen", "input_prefix": "a", "input_suffix": "b"});
+        body.as_object_mut().unwrap().remove(missing);
+        let (status, text) = post(&s, "/infill", body).await;
+        assert!(status == StatusCode::BAD_REQUEST && text.contains(&format!("\"param\":\"{missing}\"")), "{text}");
+    }
+    let (status, text) = post(&s, "/infill", json!({"model": "gemma", "input_prefix": "a", "input_suffix": ""})).await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{text}");
+    assert!(text.contains("not_supported_error"), "{text}");
+    let (status, text) = post(&s, "/completion", json!({"model": "qwen", "n_predict": 3})).await;
+    assert!(status == StatusCode::BAD_REQUEST && text.contains("\"param\":\"prompt\""), "{text}");
+    let (status, text) =
+        post(&s, "/completion", json!({"model": "qwen", "prompt": "a", "post_sampling_probs": true})).await;
+    assert!(status == StatusCode::BAD_REQUEST && text.contains("post_sampling_probs"), "{text}");
+}
+
+#[tokio::test]
+async fn openai_routes_answer_without_the_v1_prefix() {
+    let s = state();
+    let req = Request::get("/models").body(Body::empty()).unwrap();
+    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let chat = json!({"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    assert_eq!(ok(&s, "/chat/completions", chat).await["object"], "chat.completion");
+    assert_eq!(
+        ok(&s, "/completions", json!({"model": "qwen", "prompt": "a", "max_tokens": 2})).await["object"],
+        "text_completion"
+    );
+}
