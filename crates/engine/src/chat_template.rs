@@ -128,7 +128,58 @@ impl ChatTemplate {
     /// Renders and strips a leading BOS text when the tokenizer adds BOS itself, so the
     /// prompt does not start with two (as llama.cpp does).
     pub fn render_prompt(&self, tok: &Tokenizer, messages: &[Value], tools: Option<&[Value]>) -> Result<String> {
-        let mut s = self.render(messages, tools, true)?;
+        self.render_prompt_with(tok, messages, tools, true)
+    }
+
+    /// `render_prompt`, with or without the generation prompt (the assistant's turn opened).
+    pub fn render_prompt_with(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Value],
+        tools: Option<&[Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let mut s = self.render(messages, tools, add_generation_prompt)?;
+        if tok.add_bos() && !self.bos_token.is_empty() && s.starts_with(&self.bos_token) {
+            s.drain(..self.bos_token.len());
+        }
+        Ok(s)
+    }
+}
+
+impl ChatTemplate {
+    /// The prompt that continues the last message, an assistant's, instead of opening a new
+    /// turn (assistant prefill; vLLM's `continue_final_message`): the conversation rendered
+    /// without a generation prompt, cut right after that message's text, so whatever the
+    /// template writes to close the turn is not there.
+    pub fn render_continuation(&self, tok: &Tokenizer, messages: &[Value], tools: Option<&[Value]>) -> Result<String> {
+        let last = messages.last().map(normalize_message);
+        let text = match &last {
+            Some(m) if m.get("role").and_then(Value::as_str) == Some("assistant") => {
+                m.get("content").and_then(Value::as_str).unwrap_or("").to_string()
+            }
+            _ => {
+                return Err(EngineError::ChatTemplate("the last message must be the assistant's to continue it".into()))
+            }
+        };
+        let mut s = self.render(messages, tools, false)?;
+        // Templates may trim what they print; the last occurrence is the final message's.
+        let cut = [text.as_str(), text.trim_end(), text.trim()]
+            .iter()
+            .filter(|t| !t.is_empty())
+            .find_map(|t| s.rfind(*t).map(|at| at + t.len()));
+        match cut {
+            Some(end) => s.truncate(end),
+            None if text.trim().is_empty() => {
+                return Err(EngineError::ChatTemplate("the assistant message to continue is empty".into()))
+            }
+            None => {
+                return Err(EngineError::ChatTemplate(
+                    "the chat template does not print the last assistant message's text, so it cannot be continued"
+                        .into(),
+                ))
+            }
+        }
         if tok.add_bos() && !self.bos_token.is_empty() && s.starts_with(&self.bos_token) {
             s.drain(..self.bos_token.len());
         }

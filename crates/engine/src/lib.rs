@@ -24,6 +24,7 @@ pub mod engine;
 pub mod engine_core;
 pub mod error;
 pub mod fault;
+pub mod gbnf;
 pub mod generate;
 pub mod gguf_info;
 pub mod grammar;

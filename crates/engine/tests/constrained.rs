@@ -143,3 +143,42 @@ fn invalid_schemas_are_refused_when_compiled() {
     }
     assert_eq!(e.stats().num_waiting, 0);
 }
+
+/// GBNF grammars in llama.cpp's style (rules with dashes, classes, repetition counts, groups
+/// across lines, comments) hold the real model's output once rewritten into Lark.
+#[test]
+fn gbnf_grammars_hold_the_output() {
+    let e = EngineHandle::start(model(QWEN), EngineConfig::default()).unwrap();
+    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
+    type Check = fn(&str) -> bool;
+    let cases: [(&str, &str, Check); 3] = [
+        (
+            // A bullet list of two to four items.
+            "# a short list\nroot ::= item{2,4}\nitem ::= \"- \" [^\\r\\n\\x0b]+ \"\\n\"\n",
+            "List some fruits.",
+            |t| {
+                let lines: Vec<&str> = t.lines().collect();
+                (2..=4).contains(&lines.len()) && lines.iter().all(|l| l.starts_with("- ") && l.len() > 2)
+            },
+        ),
+        (
+            // Arithmetic: numbers and operators only.
+            "root ::= (expr \"=\" ws term \"\\n\")+\nexpr ::= term ([-+*/] term)*\nterm ::= ident | num | \"(\" ws expr \")\" ws\nident ::= [a-z] [a-z0-9_]* ws\nnum ::= [0-9]+ ws\nws ::= [ \\t\\n]*\n",
+            "Write two equations.",
+            |t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || " \t\n=+-*/()_".contains(c)),
+        ),
+        (
+            // A yes/no answer with an optional reason, across lines inside a group.
+            "root ::= (\n  \"yes\" |\n  \"no\"\n) (\", because \" [a-z ]{1,40})? \".\"\n",
+            "Is the sky blue? Answer yes or no.",
+            |t| (t.starts_with("yes") || t.starts_with("no")) && t.ends_with('.'),
+        ),
+    ];
+    for (gbnf, prompt, ok) in cases {
+        let lark = slm_engine::gbnf::to_lark(gbnf).unwrap();
+        let spec = Some(ConstraintSpec::new(Grammar::Lark(lark.clone())));
+        let out = run(&e, &[request(&e, prompt, greedy.clone(), 80, spec)]);
+        let (_, _, text, reason) = &out[0];
+        assert!(ok(text), "{gbnf}\n→ {lark}\n→ {text:?} ({reason:?})");
+    }
+}

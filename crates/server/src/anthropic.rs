@@ -262,6 +262,10 @@ pub fn chat_request(req: &MessagesRequest, counting: bool) -> Result<ChatComplet
         user: req.metadata.as_ref().and_then(|m| m.get("user_id")).and_then(Value::as_str).map(String::from),
         cache_salt: req.cache_salt.clone(),
         speculative: req.speculative,
+        // A last assistant turn is a prefill: the answer continues it (Anthropic's semantics).
+        continue_final_message: Some(
+            messages.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant"),
+        ),
         ..Default::default()
     })
 }

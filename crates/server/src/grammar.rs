@@ -114,7 +114,13 @@ pub fn completion_fields(
         return Ok(Some((ConstraintSpec::new(Grammar::JsonSchema(with_layout(s.clone(), false))), "json_schema")));
     }
     if let Some(g) = grammar {
-        return Ok(Some((ConstraintSpec::new(Grammar::Lark(g.to_string())), "grammar")));
+        // GBNF (llama.cpp's format) is rewritten into Lark; anything else is Lark already.
+        let lark = if slm_engine::gbnf::is_gbnf(g) {
+            slm_engine::gbnf::to_lark(g).map_err(|e| ApiError::invalid("grammar", e))?
+        } else {
+            g.to_string()
+        };
+        return Ok(Some((ConstraintSpec::new(Grammar::Lark(lark)), "grammar")));
     }
     if let Some(r) = regex {
         return Ok(Some((ConstraintSpec::new(Grammar::Regex(r.to_string())), "regex")));

@@ -66,6 +66,8 @@ pub fn app(state: AppState) -> Router {
         // llama.cpp's native API, and its aliases of the OpenAI routes without `/v1`.
         .route("/completion", post(routes::native::completion))
         .route("/infill", post(routes::native::infill))
+        .route("/apply-template", post(routes::llama_info::apply_template))
+        .route("/props", get(routes::llama_info::props))
         .route("/chat/completions", post(routes::chat::chat_completions))
         .route("/completions", post(routes::completions::completions))
         .route("/embeddings", post(routes::embeddings::embeddings))

@@ -146,6 +146,14 @@ with_sampling_fields! {
         pub tool_choice: Option<Value>,
         pub parallel_tool_calls: Option<bool>,
         pub response_format: Option<Value>,
+        // Extensions (vLLM, llama.cpp): continue the last message, an assistant's, instead of
+        // opening a new turn (assistant prefill); whether to open the assistant's turn.
+        pub continue_final_message: Option<bool>,
+        pub add_generation_prompt: Option<bool>,
+        // Extensions (llama.cpp): the reply must match a grammar (GBNF or Lark) or be JSON
+        // valid against a schema.
+        pub grammar: Option<String>,
+        pub json_schema: Option<Value>,
     }
 }
 

@@ -374,7 +374,12 @@ pub async fn chat(
     let messages = messages(&req.messages)?;
     // tool_choice "none" renders no tools, so the model is not invited to call one.
     let offered = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
-    let format = grammar::response_format(req.response_format.as_ref())?;
+    let format = grammar::completion_fields(
+        req.json_schema.as_ref(),
+        req.grammar.as_deref(),
+        None,
+        req.response_format.as_ref(),
+    )?;
     // Calls are constrained to the offered tools; in `auto` mode a `response_format` wins.
     let (spec, param) = match &offered {
         Some(o) if format.is_none() || o.choice != ToolChoice::Auto => (
@@ -386,14 +391,18 @@ pub async fn chat(
             )?,
             "tools",
         ),
-        _ => (format, "response_format"),
+        _ => match format {
+            Some((c, param)) => (Some(c), param),
+            None => (None, "response_format"),
+        },
     };
     let max_param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let requested = req.max_completion_tokens.or(req.max_tokens);
     let tools = offered.as_ref().and(req.tools);
     let tool_names = offered.map(|o| o.names);
+    let mode = render_mode(&req.messages, req.continue_final_message, req.add_generation_prompt)?;
     blocking(move || {
-        let prompt = render(&model, &messages, tools.as_deref())?;
+        let prompt = render_as(&model, &messages, tools.as_deref(), mode)?;
         let max_tokens = max_tokens(max_param, "messages", requested, prompt.len(), max_model_len)?;
         let constraint = compile(&model, spec, param)?;
         let request = ValidRequest { prompts: vec![prompt], sampling, max_tokens, constraint, constraint_param: param };
@@ -402,13 +411,53 @@ pub async fn chat(
     .await
 }
 
+/// How a chat prompt ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenderMode {
+    /// The assistant's turn opened (the default).
+    NewTurn,
+    /// No generation prompt: the model writes the next turn's header itself.
+    NoGenerationPrompt,
+    /// The last message, an assistant's, continued (prefill).
+    Continue,
+}
+
+/// `continue_final_message` / `add_generation_prompt`, checked against the messages.
+pub fn render_mode(
+    msgs: &[ChatMessage],
+    continue_final: Option<bool>,
+    add_generation_prompt: Option<bool>,
+) -> Result<RenderMode, ApiError> {
+    match (continue_final.unwrap_or(false), add_generation_prompt) {
+        (true, Some(true)) => Err(ApiError::invalid(
+            "continue_final_message",
+            "`continue_final_message` and `add_generation_prompt` cannot both be true",
+        )),
+        (true, _) if !matches!(msgs.last(), Some(m) if m.role == Role::Assistant) => Err(ApiError::invalid(
+            "continue_final_message",
+            "`continue_final_message` needs the last message to be the assistant's",
+        )),
+        (true, _) => Ok(RenderMode::Continue),
+        (false, Some(false)) => Ok(RenderMode::NoGenerationPrompt),
+        (false, _) => Ok(RenderMode::NewTurn),
+    }
+}
+
 /// The chat template's prompt for `messages` (and the offered tools), tokenized.
-fn render(model: &Model, messages: &[Value], tools: Option<&[Value]>) -> Result<Vec<u32>, ApiError> {
-    let text = model
-        .chat_template
-        .render_prompt(&model.tokenizer, messages, tools)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    Ok(model.tokenizer.encode(&text, true, true)?)
+fn render_as(
+    model: &Model,
+    messages: &[Value],
+    tools: Option<&[Value]>,
+    mode: RenderMode,
+) -> Result<Vec<u32>, ApiError> {
+    let (t, tok) = (&model.chat_template, &model.tokenizer);
+    let text = match mode {
+        RenderMode::NewTurn => t.render_prompt(tok, messages, tools),
+        RenderMode::Continue => t.render_continuation(tok, messages, tools),
+        RenderMode::NoGenerationPrompt => t.render_prompt_with(tok, messages, tools, false),
+    }
+    .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    Ok(tok.encode(&text, true, true)?)
 }
 
 /// How many tokens a chat request's prompt takes (whether or not it fits the context):
@@ -418,7 +467,8 @@ pub async fn count_chat_tokens(engine: &EngineHandle, req: ChatCompletionRequest
     let messages = messages(&req.messages)?;
     let offered = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
     let tools = offered.and(req.tools);
-    blocking(move || Ok(render(&model, &messages, tools.as_deref())?.len())).await
+    let mode = render_mode(&req.messages, req.continue_final_message, req.add_generation_prompt)?;
+    blocking(move || Ok(render_as(&model, &messages, tools.as_deref(), mode)?.len())).await
 }
 
 /// OpenAI's default `max_tokens` for text completions.

@@ -209,3 +209,60 @@ async fn openai_routes_answer_without_the_v1_prefix() {
         "text_completion"
     );
 }
+
+#[tokio::test]
+async fn props_apply_template_and_token_pieces() {
+    let s = state();
+    let req = Request::get("/props?model=qwen").body(Body::empty()).unwrap();
+    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let props: Value =
+        serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!(props["default_generation_settings"]["n_ctx"], 2048);
+    assert_eq!((props["infill"].as_bool(), props["model_alias"].as_str()), (Some(true), Some("qwen")));
+    assert!(props["chat_template"].as_str().unwrap().contains("<|im_start|>"));
+
+    // The template's prompt is the one chat generates from: the same number of tokens.
+    let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]);
+    let prompt = ok(&s, "/apply-template", json!({"model": "qwen", "messages": messages})).await["prompt"].clone();
+    assert!(prompt.as_str().unwrap().ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"), "{prompt}");
+    let ids =
+        ok(&s, "/tokenize", json!({"model": "qwen", "content": prompt})).await["tokens"].as_array().unwrap().len();
+    let chat = ok(&s, "/v1/chat/completions", json!({"model": "qwen", "messages": messages, "max_tokens": 1})).await;
+    assert_eq!(chat["usage"]["prompt_tokens"], ids);
+
+    let pieces = ok(&s, "/tokenize", json!({"model": "qwen", "content": "fn main() {}", "with_pieces": true})).await;
+    let text: String = pieces["tokens"].as_array().unwrap().iter().map(|t| t["piece"].as_str().unwrap()).collect();
+    assert_eq!(text, "fn main() {}");
+    assert!(pieces["tokens"][0]["id"].is_u64());
+}
+
+#[tokio::test]
+async fn gbnf_and_json_schema_hold_chat_and_completion_output() {
+    let s = state();
+    let yes_no = "root ::= (\"yes\" | \"no\") \".\"";
+    let chat = json!({"model": "qwen", "messages": [{"role": "user", "content": "Is water wet?"}], "grammar": yes_no, "max_tokens": 8});
+    let r = ok(&s, "/v1/chat/completions", chat).await;
+    let text = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text == "yes." || text == "no.", "{text}");
+    let r = ok(
+        &s,
+        "/completion",
+        json!({"model": "qwen", "prompt": "Is water wet? Answer:", "grammar": yes_no, "n_predict": 8}),
+    )
+    .await;
+    assert!(["yes.", "no."].contains(&r["content"].as_str().unwrap()), "{r}");
+    // llama.cpp's `json_schema` on chat.
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": false});
+    let chat = json!({"model": "qwen", "messages": [{"role": "user", "content": "Pick a number."}], "json_schema": schema, "max_tokens": 20});
+    let r = ok(&s, "/v1/chat/completions", chat).await;
+    let v: Value = serde_json::from_str(r["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert!(v["n"].is_i64(), "{v}");
+    // A broken GBNF grammar is a 400 naming `grammar`, with the line.
+    let chat = json!({"model": "qwen", "messages": [{"role": "user", "content": "x"}], "grammar": "root ::= missing"});
+    let (status, text) = post(&s, "/v1/chat/completions", chat).await;
+    assert!(
+        status == StatusCode::BAD_REQUEST && text.contains("\"param\":\"grammar\"") && text.contains("never defined"),
+        "{text}"
+    );
+}

@@ -20,6 +20,7 @@ pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod health;
+pub mod llama_info;
 pub mod messages;
 pub mod metrics;
 pub mod models;

@@ -20,6 +20,10 @@ pub struct TokenizeRequest {
     add_special: bool,
     #[serde(default)]
     parse_special: Option<bool>,
+    /// llama.cpp: each token with its text (`piece`: a string, or its bytes when they are not
+    /// valid UTF-8 on their own).
+    #[serde(default)]
+    with_pieces: bool,
 }
 
 #[derive(Deserialize)]
@@ -39,7 +43,21 @@ pub async fn tokenize(
     let model = served.engine.model();
     // llama.cpp parses special tokens unless told not to.
     let ids = model.tokenizer.encode(&req.content, req.add_special, req.parse_special.unwrap_or(true))?;
-    Ok(Json(json!({"tokens": ids})))
+    if !req.with_pieces {
+        return Ok(Json(json!({"tokens": ids})));
+    }
+    let pieces: Vec<Value> = ids
+        .iter()
+        .map(|&id| {
+            let bytes = model.tokenizer.token_bytes(id, true);
+            let piece = match std::str::from_utf8(bytes) {
+                Ok(s) => json!(s),
+                Err(_) => json!(bytes),
+            };
+            json!({"id": id, "piece": piece})
+        })
+        .collect();
+    Ok(Json(json!({"tokens": pieces})))
 }
 
 pub async fn detokenize(

@@ -1,0 +1,81 @@
+//! llama.cpp's informational routes: `GET /props` (the model's context, slots, chat template
+//! and default sampling, as dashboards and llama.cpp's web UI read them; `?model=` picks a
+//! model) and `POST /apply-template` (the chat template's prompt for `messages`, without
+//! generating).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::parse_for;
+use crate::error::ApiError;
+use crate::openai::ChatMessage;
+use crate::state::AppState;
+use crate::validate;
+
+#[derive(Deserialize)]
+pub struct ApplyTemplateRequest {
+    model: Option<String>,
+    keep_alive: Option<crate::keep_alive::KeepAlive>,
+    messages: Vec<ChatMessage>,
+    tools: Option<Vec<Value>>,
+}
+
+names_model!(ApplyTemplateRequest);
+
+pub async fn apply_template(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (req, served) = parse_for::<ApplyTemplateRequest>(&state, body).await?;
+    let model = served.engine.model().clone();
+    let messages = validate::messages(&req.messages)?;
+    let prompt = validate::blocking(move || {
+        model
+            .chat_template
+            .render_prompt(&model.tokenizer, &messages, req.tools.as_deref())
+            .map_err(|e| ApiError::invalid("messages", e.to_string()))
+    })
+    .await?;
+    Ok(Json(json!({ "prompt": prompt })))
+}
+
+#[derive(Deserialize)]
+pub struct PropsQuery {
+    model: Option<String>,
+}
+
+pub async fn props(State(state): State<AppState>, Query(q): Query<PropsQuery>) -> Result<Json<Value>, ApiError> {
+    let served = state.model_for(q.model.as_deref(), None).await?;
+    let engine = &served.engine;
+    let model = engine.model();
+    let tok = &model.tokenizer;
+    let text_of = |id: Option<u32>| id.map(|i| tok.decode(&[i], true)).unwrap_or_default();
+    Ok(Json(json!({
+        "default_generation_settings": {
+            "n_ctx": engine.max_model_len(),
+            "params": {
+                "n_predict": -1,
+                "temperature": 0.8,
+                "top_k": 40,
+                "top_p": 0.95,
+                "min_p": 0.05,
+                "seed": -1,
+                "repeat_penalty": 1.0,
+                "n_probs": 0,
+            },
+        },
+        "total_slots": engine.config().max_seqs,
+        "model_alias": served.id,
+        "model_path": served.id,
+        "chat_template": model.chat_template.source,
+        "bos_token": text_of(tok.bos),
+        "eos_token": text_of(tok.eos),
+        "modalities": { "vision": false, "audio": false },
+        "infill": tok.fim().infill().is_some(),
+        "build_info": state.fingerprint,
+    })))
+}
