@@ -18,6 +18,19 @@ const CHATML_TEMPLATE: &str = "{%- for message in messages %}{{- '<|im_start|>' 
 
 /// Gemma's turn format; a system message is folded into the first user turn, as Gemma 3's
 /// own template does.
+/// The names `builtin` knows.
+pub const BUILTIN_NAMES: &[&str] = &["chatml", "gemma"];
+
+/// A built-in template by name (llama.cpp's `--chat-template NAME`, for the formats slm
+/// carries).
+pub fn builtin(name: &str) -> Option<&'static str> {
+    match name {
+        "chatml" => Some(CHATML_TEMPLATE),
+        "gemma" => Some(GEMMA_TEMPLATE),
+        _ => None,
+    }
+}
+
 const GEMMA_TEMPLATE: &str = "{{- bos_token }}{%- if messages and messages[0].role == 'system' %}{%- set first_prefix = messages[0].content + '\\n\\n' %}{%- set rest = messages[1:] %}{%- else %}{%- set first_prefix = '' %}{%- set rest = messages %}{%- endif %}{%- for message in rest %}{%- set role = 'model' if message.role == 'assistant' else 'user' %}{{- '<start_of_turn>' + role + '\\n' + (first_prefix if loop.first else '') + (message.content or '') + '<end_of_turn>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}";
 
 /// Instructions one rendering may run (minijinja's fuel): a conversation of thousands of
@@ -51,6 +64,12 @@ impl ChatTemplate {
             id.map(|i| String::from_utf8_lossy(tok.token_bytes(i, true)).into_owned()).unwrap_or_default()
         };
         Self::new(source, text(tok.bos), text(tok.eos), from_gguf)
+    }
+
+    /// The same model's tokens with another template (`--chat-template`): the GGUF's is
+    /// replaced, so `from_gguf` is false.
+    pub fn with_source(&self, source: String) -> Result<Self> {
+        Self::new(source, self.bos_token.clone(), self.eos_token.clone(), false)
     }
 
     pub fn new(source: String, bos_token: String, eos_token: String, from_gguf: bool) -> Result<Self> {

@@ -41,6 +41,13 @@ pub enum Command {
         /// Do not serve the chat page at `/` and `/ui`.
         #[arg(long = "no-ui")]
         no_ui: bool,
+        /// Chat template for every model named here instead of the GGUF's: Jinja text, or
+        /// a built-in name (chatml, gemma).
+        #[arg(long = "chat-template")]
+        chat_template: Option<String>,
+        /// Chat template (Jinja) from a file instead of the GGUF's.
+        #[arg(long = "chat-template-file")]
+        chat_template_file: Option<std::path::PathBuf>,
     },
     /// Download a model: a catalog name (`qwen2.5-coder:1.5b`), a Hugging Face repo with an
     /// optional quant or file (`Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF:Q4_K_M`), or a URL.
@@ -141,8 +148,28 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { models, config, host, port, api_keys, draft_model, no_ui } => {
-            let flags = slm_server::config::ServeFlags { models, config, host, port, api_keys, draft_model, no_ui };
+        Command::Serve {
+            models,
+            config,
+            host,
+            port,
+            api_keys,
+            draft_model,
+            no_ui,
+            chat_template,
+            chat_template_file,
+        } => {
+            let flags = slm_server::config::ServeFlags {
+                models,
+                config,
+                host,
+                port,
+                api_keys,
+                draft_model,
+                no_ui,
+                chat_template,
+                chat_template_file,
+            };
             let cfg = slm_server::config::resolve(flags)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(slm_server::serve::serve(cfg))

@@ -78,6 +78,11 @@ pub struct ModelEntry {
     /// A smaller model with the same vocabulary that drafts where prompt lookup finds
     /// nothing (a path, a models-directory name, or another entry's alias).
     pub draft_model: Option<String>,
+    /// The chat template to use instead of the GGUF's: Jinja text, or a built-in name
+    /// (`chatml`, `gemma`).
+    pub chat_template: Option<String>,
+    /// The chat template from a Jinja file instead of the GGUF's.
+    pub chat_template_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -110,6 +115,9 @@ pub struct ServeFlags {
     pub draft_model: Option<String>,
     /// `--no-ui`: no chat page.
     pub no_ui: bool,
+    /// `--chat-template` / `--chat-template-file`: every start-up model's chat template.
+    pub chat_template: Option<String>,
+    pub chat_template_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +132,8 @@ pub struct ModelSpec {
     pub aliases: Vec<String>,
     /// Draft model for speculative decoding.
     pub draft: Option<PathBuf>,
+    /// A chat template (Jinja) that replaces the GGUF's.
+    pub chat_template: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +240,33 @@ fn resolve_model(m: &str, file: &FileConfig) -> Result<PathBuf> {
     })
 }
 
+/// A `chat_template` value: Jinja text as it is, or a built-in template's name.
+fn template_source(t: &str) -> Result<String> {
+    if t.contains("{{") || t.contains("{%") {
+        return Ok(t.to_string());
+    }
+    slm_engine::chat_template::builtin(t).map(str::to_string).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown chat template `{t}`: give Jinja text, a file, or one of {:?}",
+            slm_engine::chat_template::BUILTIN_NAMES
+        )
+    })
+}
+
+fn read_template(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read chat template {}", path.display()))
+}
+
+/// A config entry's chat template override, read.
+fn template_of(e: Option<&ModelEntry>) -> Result<Option<String>> {
+    match e.map(|e| (&e.chat_template, &e.chat_template_file)) {
+        Some((Some(_), Some(_))) => bail!("give `chat_template` or `chat_template_file`, not both"),
+        Some((Some(t), None)) => Ok(Some(template_source(t).context("chat_template")?)),
+        Some((None, Some(f))) => Ok(Some(read_template(&expand_home(f)).context("chat_template_file")?)),
+        _ => Ok(None),
+    }
+}
+
 /// A config entry's draft model, resolved.
 fn draft_of(e: Option<&ModelEntry>, file: &FileConfig) -> Result<Option<PathBuf>> {
     match e.and_then(|e| e.draft_model.as_deref()) {
@@ -259,6 +296,7 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
                 keep_alive: e.keep_alive.unwrap_or(KeepAlive::FOREVER),
                 aliases: Vec::new(),
                 draft: draft_of(Some(e), &file)?,
+                chat_template: template_of(Some(e))?,
             });
         }
     }
@@ -274,6 +312,7 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
             keep_alive: entry.and_then(|e| e.keep_alive).unwrap_or(KeepAlive::FOREVER),
             aliases: Vec::new(),
             draft: draft_of(entry, &file)?,
+            chat_template: template_of(entry)?,
         });
     }
     let named = !models.is_empty();
@@ -294,6 +333,7 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
                 keep_alive: KeepAlive::FOREVER,
                 aliases: Vec::new(),
                 draft: None,
+                chat_template: None,
             }),
             // Other installed models are served on demand: no model loads at start.
             None if discover_on && !local::installed(&models_dir(), &hub_dir()).is_empty() => {}
@@ -307,6 +347,15 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
         // Every model loaded at start (named, or the default) drafts with it.
         let path = resolve_model(d, &file).context("--draft-model")?;
         models.iter_mut().for_each(|m| m.draft = Some(path.clone()));
+    }
+    let flag_template = match (&flags.chat_template, &flags.chat_template_file) {
+        (Some(_), Some(_)) => bail!("give --chat-template or --chat-template-file, not both"),
+        (Some(t), None) => Some(template_source(t).context("--chat-template")?),
+        (None, Some(f)) => Some(read_template(f).context("--chat-template-file")?),
+        (None, None) => None,
+    };
+    if let Some(t) = flag_template {
+        models.iter_mut().for_each(|m| m.chat_template = Some(t.clone()));
     }
     let discovered = if discover_on {
         discover(
@@ -394,6 +443,7 @@ fn discover(named: &mut [ModelSpec], keep_alive: KeepAlive, queue_limit: Option<
             keep_alive,
             aliases,
             draft: None,
+            chat_template: None,
         });
     }
     out
@@ -466,6 +516,39 @@ mod tests {
         assert!(!ui_of("", true));
         assert!(!ui_of("ui = false", false));
         assert!(!ui_of("ui = true", true), "the flag wins over the file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chat_templates_come_from_text_a_name_or_a_file() {
+        assert!(template_source("{{ messages }}").unwrap().contains("messages"));
+        assert!(template_source("chatml").unwrap().contains("<|im_start|>"));
+        assert!(format!("{:#}", template_source("llama9").unwrap_err()).contains("unknown chat template `llama9`"));
+        let dir = std::env::temp_dir().join(format!("slm-tmpl-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = dir.join("m.gguf");
+        std::fs::write(&model, b"GGUF").unwrap();
+        let file = dir.join("t.jinja");
+        std::fs::write(&file, "{% for m in messages %}{{ m.content }}{% endfor %}").unwrap();
+        let text = format!("[[models]]\npath = \"{}\"\nchat_template_file = \"{}\"\n", model.display(), file.display());
+        let c: FileConfig = toml::from_str(&text).unwrap();
+        assert!(template_of(c.models.first()).unwrap().unwrap().starts_with("{% for m"));
+        let cfg = dir.join("slm.toml");
+        std::fs::write(&cfg, format!("[[models]]\npath = \"{}\"\n", model.display())).unwrap();
+        let flags = |t: Option<&str>, f: Option<&std::path::Path>| ServeFlags {
+            config: Some(cfg.clone()),
+            chat_template: t.map(String::from),
+            chat_template_file: f.map(|p| p.to_path_buf()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(flags(Some("gemma"), None)).unwrap().models[0].chat_template.as_deref(),
+            slm_engine::chat_template::builtin("gemma")
+        );
+        assert!(resolve(flags(None, Some(&file))).unwrap().models[0].chat_template.is_some());
+        assert!(resolve(flags(Some("chatml"), Some(&file))).is_err());
+        assert!(resolve(flags(None, Some(&dir.join("missing.jinja")))).is_err());
+        assert_eq!(resolve(flags(None, None)).unwrap().models[0].chat_template, None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

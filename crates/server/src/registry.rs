@@ -34,6 +34,8 @@ pub struct EntrySpec {
     pub keep_alive: KeepAlive,
     /// A draft model for speculative decoding (generation models only).
     pub draft: Option<PathBuf>,
+    /// A chat template (Jinja) replacing the GGUF's.
+    pub chat_template: Option<String>,
 }
 
 /// What an entry serves, decided once from its GGUF header and config.
@@ -425,6 +427,12 @@ fn load(spec: &EntrySpec) -> Result<Loaded, String> {
                 None => None,
             };
             let engine = Model::load(&spec.path)
+                .and_then(|mut m| {
+                    if let Some(t) = &spec.chat_template {
+                        m.chat_template = m.chat_template.with_source(t.clone())?;
+                    }
+                    Ok(m)
+                })
                 .map(Arc::new)
                 .and_then(|m| EngineHandle::start_with_draft(m, draft, spec.engine.clone()))
                 .map_err(|e| e.to_string())?;

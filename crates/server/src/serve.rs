@@ -126,6 +126,7 @@ fn entry_spec(m: &ModelSpec) -> EntrySpec {
         },
         keep_alive: m.keep_alive,
         draft: m.draft.clone(),
+        chat_template: m.chat_template.clone(),
     }
 }
 

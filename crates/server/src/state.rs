@@ -107,6 +107,7 @@ impl AppState {
             kind,
             keep_alive: KeepAlive::FOREVER,
             draft: None,
+            chat_template: None,
         };
         let mut entries: Vec<Entry> = models
             .into_iter()

@@ -450,14 +450,24 @@ fn render_as(
     tools: Option<&[Value]>,
     mode: RenderMode,
 ) -> Result<Vec<u32>, ApiError> {
+    let text = render_text(model, messages, tools, mode)?;
+    Ok(model.tokenizer.encode(&text, true, true)?)
+}
+
+/// The chat template's prompt text (`/apply-template` shows it).
+pub fn render_text(
+    model: &Model,
+    messages: &[Value],
+    tools: Option<&[Value]>,
+    mode: RenderMode,
+) -> Result<String, ApiError> {
     let (t, tok) = (&model.chat_template, &model.tokenizer);
-    let text = match mode {
+    match mode {
         RenderMode::NewTurn => t.render_prompt(tok, messages, tools),
         RenderMode::Continue => t.render_continuation(tok, messages, tools),
         RenderMode::NoGenerationPrompt => t.render_prompt_with(tok, messages, tools, false),
     }
-    .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    Ok(tok.encode(&text, true, true)?)
+    .map_err(|e| ApiError::invalid("messages", e.to_string()))
 }
 
 /// How many tokens a chat request's prompt takes (whether or not it fits the context):

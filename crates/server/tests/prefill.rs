@@ -74,3 +74,19 @@ async fn prefill_needs_an_assistant_message_and_a_consistent_request() {
     let without = post(&s, "/v1/chat/completions", without).await.1;
     assert_eq!(n(&with) - n(&without), 3, "`<|im_start|>assistant\\n` is three tokens");
 }
+
+#[tokio::test]
+async fn apply_template_shows_each_ending() {
+    let s = common::qwen_state(Settings::new(vec![], 16 << 20)).0;
+    let prompt = |extra: Value| {
+        let mut body = json!({"model": "qwen", "messages": conversation()});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let s = s.clone();
+        async move { post(&s, "/apply-template", body).await.1["prompt"].as_str().unwrap().to_string() }
+    };
+    assert!(prompt(json!({"continue_final_message": true}))
+        .await
+        .ends_with(&format!("<|im_start|>assistant\n{PREFILL}")));
+    assert!(prompt(json!({})).await.ends_with("<|im_end|>\n<|im_start|>assistant\n"));
+    assert!(prompt(json!({"add_generation_prompt": false})).await.ends_with(&format!("{PREFILL}<|im_end|>\n")));
+}

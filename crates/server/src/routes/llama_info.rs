@@ -22,6 +22,8 @@ pub struct ApplyTemplateRequest {
     keep_alive: Option<crate::keep_alive::KeepAlive>,
     messages: Vec<ChatMessage>,
     tools: Option<Vec<Value>>,
+    add_generation_prompt: Option<bool>,
+    continue_final_message: Option<bool>,
 }
 
 names_model!(ApplyTemplateRequest);
@@ -33,13 +35,9 @@ pub async fn apply_template(
     let (req, served) = parse_for::<ApplyTemplateRequest>(&state, body).await?;
     let model = served.engine.model().clone();
     let messages = validate::messages(&req.messages)?;
-    let prompt = validate::blocking(move || {
-        model
-            .chat_template
-            .render_prompt(&model.tokenizer, &messages, req.tools.as_deref())
-            .map_err(|e| ApiError::invalid("messages", e.to_string()))
-    })
-    .await?;
+    let mode = validate::render_mode(&req.messages, req.continue_final_message, req.add_generation_prompt)?;
+    let prompt =
+        validate::blocking(move || validate::render_text(&model, &messages, req.tools.as_deref(), mode)).await?;
     Ok(Json(json!({ "prompt": prompt })))
 }
 
