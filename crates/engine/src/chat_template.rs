@@ -123,6 +123,9 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),
+            // Today's date, as llama.cpp passes it (Llama 3's templates print it; without it
+            // they print a date from 2024).
+            date_string => strftime_now("%d %b %Y"),
         };
         let mut out = CappedWriter(Vec::new());
         tmpl.render_captured_to(ctx, &mut out).map_err(|e| {
@@ -429,6 +432,16 @@ mod tests {
         let mut s = String::new();
         write_py_json(&json!({"a": [1]}), Some(2), 0, &mut s);
         assert_eq!(s, "{\n  \"a\": [\n    1\n  ]\n}");
+    }
+
+    #[test]
+    fn llama_3_templates_get_todays_date() {
+        // The shape of Llama 3.x's template: its own fallback date unless one is passed.
+        let src = "{%- if not date_string is defined %}{%- set date_string = \"26 Jul 2024\" %}{%- endif %}Today Date: {{ date_string }}";
+        let t = ChatTemplate::new(src.into(), String::new(), String::new(), true).unwrap();
+        let out = t.render(&[json!({"role": "user", "content": "Hi"})], None, true).unwrap();
+        assert_eq!(out, format!("Today Date: {}", strftime_now("%d %b %Y")));
+        assert!(!out.contains("2024") || strftime_now("%Y") == "2024");
     }
 
     #[test]
