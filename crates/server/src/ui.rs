@@ -38,13 +38,17 @@ pub fn is_page_path(path: &str) -> bool {
     path == "/" || path == "/ui" || path.starts_with("/ui/")
 }
 
-/// A version tag for caching: the FNV-1a hash of every file, fixed at build time.
-fn etag() -> String {
-    let h = FILES
-        .iter()
-        .flat_map(|f| f.2.bytes())
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-    format!("\"{h:016x}\"")
+/// A version tag for caching: the FNV-1a hash of every file (fixed at build time, so hashed
+/// once per process, not per request).
+fn etag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let h = FILES
+            .iter()
+            .flat_map(|f| f.2.bytes())
+            .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        format!("\"{h:016x}\"")
+    })
 }
 
 fn file(name: &str, headers: &HeaderMap) -> Response {
@@ -62,7 +66,7 @@ fn file(name: &str, headers: &HeaderMap) -> Response {
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     // Revalidate every time: an upgraded binary's page shows at once.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(v) = HeaderValue::from_str(&tag) {
+    if let Ok(v) = HeaderValue::from_str(tag) {
         h.insert(header::ETAG, v);
     }
     resp
