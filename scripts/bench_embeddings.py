@@ -20,6 +20,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchlib import wait_healthy
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SLM_HOME", Path.home() / ".cache/slm")) / "models"
 WORDS = ("model server token vector search document answer local small fast embed query index chunk retrieval "
@@ -36,21 +38,6 @@ def post(url, body):
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as r:
         return json.loads(r.read())
-
-
-def wait_ready(base, proc, timeout=120):
-    t = time.time()
-    while time.time() - t < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.args}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("server not ready")
 
 
 def measure(base, texts):
@@ -96,7 +83,7 @@ def main():
         base = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_ready(base, proc)
+            wait_healthy(base, proc)
             results[name] = measure(base, texts)
         finally:
             proc.terminate()

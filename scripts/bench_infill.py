@@ -25,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchlib import cpu_label, wait_healthy
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,19 +56,6 @@ def cursor_cases(n, seed=1):
     return cases
 
 
-def wait_ready(base, within_s=120):
-    deadline = time.time() + within_s
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{base} not ready")
-
-
 def infill(base, prefix, suffix, n_predict):
     body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": n_predict, "temperature": 0,
             "stream": True, "cache_prompt": True, "ignore_eos": True}
@@ -91,7 +80,7 @@ def infill(base, prefix, suffix, n_predict):
 def run(name, cmd, base, cases, n_predict):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_ready(base)
+        wait_healthy(base, proc)
         infill(base, "fn main() {\n", "}\n", 4)  # warm-up
         results = {}
         for kind in ("cold", "typing"):
@@ -121,10 +110,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
     cases = cursor_cases(a.requests)
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    flags = open("/proc/cpuinfo").read()
-    level = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else "baseline"
-    print(f"{cpu} ({level}), {a.threads} threads, {a.requests} places x (1 cold + 4 typing) infill requests x {a.n_predict} tokens, {Path(a.model).name}")
+    print(f"{cpu_label()}, {a.threads} threads, {a.requests} places x (1 cold + 4 typing) infill requests x {a.n_predict} tokens, {Path(a.model).name}")
     env_threads = {**os.environ, "SLM_THREADS": str(a.threads)}
     os.environ.update(env_threads)
     slm = run("slm", [str(ROOT / "target/release/slm"), "serve", "--port", "18470", "--model", a.model],

@@ -25,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchlib import cpu_label
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ["code_edit", "extraction", "rag", "chat"]
 
@@ -138,11 +140,8 @@ def main():
     a = ap.parse_args()
     names = a.workloads.split(",")
     sets = {w: load(w, a.limit) for w in names}
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
-    level = "avx512-vnni" if "avx512_vnni" in flags else "avx2" if "avx2" in flags else "baseline"
     print(f"bench_spec: {Path(a.model).name}, {a.streams} stream(s), {a.limit} prompts/workload, "
-          f"max_tokens {a.max_tokens}, CPU {cpu} ({level}), {os.cpu_count()} threads")
+          f"max_tokens {a.max_tokens}, CPU {cpu_label()}, {os.cpu_count()} threads")
     results = {}  # setting -> workload -> (tok/s, drafted, accepted)
 
     # slm: one server, speculation toggled per request; then one with the draft model.
