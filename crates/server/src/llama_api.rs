@@ -74,10 +74,10 @@ pub struct NativeRequest {
 }
 
 /// llama.cpp's sampling defaults (`common_params_sampling`), which its clients count on.
-const DEFAULT_TEMPERATURE: f64 = 0.8;
-const DEFAULT_TOP_K: i64 = 40;
-const DEFAULT_TOP_P: f64 = 0.95;
-const DEFAULT_MIN_P: f64 = 0.05;
+pub const DEFAULT_TEMPERATURE: f64 = 0.8;
+pub const DEFAULT_TOP_K: i64 = 40;
+pub const DEFAULT_TOP_P: f64 = 0.95;
+pub const DEFAULT_MIN_P: f64 = 0.05;
 
 impl NativeRequest {
     /// How many tokens to generate: `None` is llama.cpp's -1, what the context has left; 0

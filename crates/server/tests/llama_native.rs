@@ -220,6 +220,8 @@ async fn props_apply_template_and_token_pieces() {
         serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()).unwrap();
     assert_eq!(props["default_generation_settings"]["n_ctx"], 2048);
     assert_eq!((props["infill"].as_bool(), props["model_alias"].as_str()), (Some(true), Some("qwen")));
+    assert!(props["model_path"].as_str().unwrap().ends_with("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"), "{props}");
+    assert_eq!(props["default_generation_settings"]["params"]["top_k"], 40);
     assert!(props["chat_template"].as_str().unwrap().contains("<|im_start|>"));
 
     // The template's prompt is the one chat generates from: the same number of tokens.

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::parse_for;
 use crate::error::ApiError;
+use crate::llama_api::{DEFAULT_MIN_P, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P};
 use crate::openai::ChatMessage;
 use crate::state::AppState;
 use crate::validate;
@@ -57,10 +58,10 @@ pub async fn props(State(state): State<AppState>, Query(q): Query<PropsQuery>) -
             "n_ctx": engine.max_model_len(),
             "params": {
                 "n_predict": -1,
-                "temperature": 0.8,
-                "top_k": 40,
-                "top_p": 0.95,
-                "min_p": 0.05,
+                "temperature": DEFAULT_TEMPERATURE,
+                "top_k": DEFAULT_TOP_K,
+                "top_p": DEFAULT_TOP_P,
+                "min_p": DEFAULT_MIN_P,
                 "seed": -1,
                 "repeat_penalty": 1.0,
                 "n_probs": 0,
@@ -68,7 +69,7 @@ pub async fn props(State(state): State<AppState>, Query(q): Query<PropsQuery>) -
         },
         "total_slots": engine.config().max_seqs,
         "model_alias": served.id,
-        "model_path": served.id,
+        "model_path": model.path,
         "chat_template": model.chat_template.source,
         "bos_token": text_of(tok.bos),
         "eos_token": text_of(tok.eos),
