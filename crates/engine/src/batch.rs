@@ -18,11 +18,28 @@ pub struct BatchInput {
     pub row_seq: Vec<usize>,
     pub block_tables: Vec<Vec<u32>>,
     pub logits_rows: Vec<usize>,
+    /// Each sequence's LoRA adapters (missing or None: the base model).
+    pub seq_loras: Vec<Option<std::sync::Arc<crate::lora::LoraSet>>>,
 }
 
 impl BatchInput {
     pub fn num_rows(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Runs the last sequence pushed with `lora`'s adapters.
+    pub fn set_last_lora(&mut self, lora: Option<std::sync::Arc<crate::lora::LoraSet>>) {
+        let seq = self.block_tables.len().checked_sub(1).expect("a sequence was pushed");
+        self.seq_loras.resize(seq + 1, None);
+        self.seq_loras[seq] = lora;
+    }
+
+    /// Each row's adapters, or None when no row has any (the common case costs nothing).
+    pub fn row_loras(&self) -> Option<Vec<Option<&crate::lora::LoraSet>>> {
+        if self.seq_loras.iter().all(|l| l.is_none()) {
+            return None;
+        }
+        Some(self.row_seq.iter().map(|&s| self.seq_loras.get(s).and_then(|l| l.as_deref())).collect())
     }
 
     /// Appends one sequence's tokens at `first_pos..`; slots come from its block table.

@@ -111,6 +111,11 @@ impl EngineHandle {
         self.shared.stats.snapshot()
     }
 
+    /// The adapters the running and waiting sequences use now.
+    pub fn lora_usage(&self) -> crate::stats::LoraUsage {
+        self.shared.stats.lora_usage.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Checks a request and queues it. Errors name what is wrong; nothing is queued then.
     pub fn submit(&self, req: Request) -> Result<RequestStream> {
         let s = &self.shared;

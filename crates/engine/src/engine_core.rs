@@ -35,6 +35,8 @@ pub struct EngineCore {
     runner: ModelRunner,
     speculator: Speculator,
     stats: Arc<EngineStats>,
+    /// The published `LoraUsage` is empty (no adapter in any queue at the last update).
+    lora_usage_published_empty: std::cell::Cell<bool>,
 }
 
 impl EngineCore {
@@ -52,7 +54,7 @@ impl EngineCore {
         let runner = ModelRunner { kv: model.new_kv_cache_of(num_blocks, config.block_size, config.kv_dtype) };
         EngineStats::set(&stats.kv_blocks_total, num_blocks as u64);
         let speculator = Speculator::new(config.speculative.clone(), draft);
-        Self { model, scheduler, runner, speculator, stats }
+        Self { model, scheduler, runner, speculator, stats, lora_usage_published_empty: std::cell::Cell::new(true) }
     }
 
     pub fn is_idle(&self) -> bool {
@@ -86,6 +88,33 @@ impl EngineCore {
         EngineStats::set(&st.num_waiting, self.scheduler.waiting.len() as u64);
         EngineStats::set(&st.kv_blocks_used, self.scheduler.blocks.num_used_blocks() as u64);
         EngineStats::set(&st.draft_kv_blocks_used, self.speculator.num_draft_blocks_used() as u64);
+        self.update_lora_usage();
+    }
+
+    /// Publishes which adapters are in use, when that changed (nothing to do, and no lock,
+    /// while no sequence has an adapter).
+    fn update_lora_usage(&self) {
+        let names = |seqs: &mut dyn Iterator<Item = &Sequence>| {
+            let mut v: Vec<String> = seqs
+                .flat_map(|s| s.lora.iter().flat_map(|l| l.entries().iter().map(|(a, _)| a.name.clone())))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let any = self.scheduler.running.iter().chain(&self.scheduler.waiting).any(|s| s.lora.is_some());
+        if !any && self.lora_usage_published_empty.get() {
+            return;
+        }
+        let usage = crate::stats::LoraUsage {
+            running: names(&mut self.scheduler.running.iter()),
+            waiting: names(&mut self.scheduler.waiting.iter()),
+        };
+        self.lora_usage_published_empty.set(!any);
+        let mut published = self.stats.lora_usage.lock().unwrap_or_else(|e| e.into_inner());
+        if *published != usage {
+            *published = usage;
+        }
     }
 
     /// Bookkeeping for a sequence leaving the engine.

@@ -9,6 +9,8 @@ pub enum EngineError {
     Io { path: String, message: String },
     #[error("model file {path}: {message}")]
     Gguf { path: String, message: String },
+    #[error("adapter file {path}: {message}")]
+    Adapter { path: String, message: String },
     #[error("model file {path}: unsupported architecture `{arch}` (supported: {supported})")]
     UnsupportedArchitecture { path: String, arch: String, supported: String },
     #[error("model file {path}: missing tensor `{name}`")]

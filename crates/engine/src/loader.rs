@@ -173,6 +173,11 @@ impl Gguf {
             .fold(0u64, u64::saturating_add)
     }
 
+    /// Every tensor's name, in no particular order.
+    pub fn tensor_names(&self) -> Vec<String> {
+        self.content.tensor_infos.keys().cloned().collect()
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }

@@ -25,6 +25,7 @@ impl ModelRunner {
                 self.kv.block_size(),
                 item.num_logits(),
             );
+            input.set_last_lora(seq.lora.clone());
         }
         model.decoder.forward(&input, &mut self.kv)
     }

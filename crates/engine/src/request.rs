@@ -25,6 +25,8 @@ pub struct Request {
     /// Allow speculative decoding where the engine has it on (it never changes the output,
     /// only the speed; opting out is for measurements).
     pub speculative: bool,
+    /// LoRA adapters to run with (None: the base model). Part of the prefix-cache key.
+    pub lora: Option<std::sync::Arc<crate::lora::LoraSet>>,
 }
 
 impl Request {
@@ -39,6 +41,7 @@ impl Request {
             constraint: None,
             cache_salt: None,
             speculative: true,
+            lora: None,
         }
     }
 }

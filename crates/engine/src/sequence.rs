@@ -3,11 +3,14 @@
 //! so far, and the channel its events go to. The scheduler moves it between queues; the engine
 //! appends tokens and decides when it is finished.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::block_manager::BlockTable;
 use crate::error::EngineError;
 use crate::grammar::Constraint;
+use crate::lora::LoraSet;
 use crate::request::{Event, FinishReason, Request};
 use crate::sampling::{Sampled, Sampler};
 use crate::speculative::SeqSpec;
@@ -64,6 +67,8 @@ pub struct Sequence {
     pub queue_state: std::sync::Arc<QueueState>,
     /// Speculative decoding: whether the request allows it, its n-gram index and record.
     pub spec: SeqSpec,
+    /// The request's LoRA adapters (None: the base model).
+    pub lora: Option<Arc<LoraSet>>,
 }
 
 /// What appending a token decided.
@@ -74,12 +79,16 @@ pub enum Appended {
     Finished { reason: FinishReason, text: String, stop_token: Option<u32>, stop_string: Option<String> },
 }
 
-/// The prefix-cache salt of a request: 0 (the shared cache) without one.
-fn salt_of(cache_salt: Option<&str>) -> u64 {
+/// The prefix-cache salt of a request: 0 (the shared cache) without a salt or adapters.
+/// Blocks computed under LoRA adapters hold other keys and values than the base model's.
+fn salt_of(cache_salt: Option<&str>, lora: Option<&LoraSet>) -> u64 {
     use std::hash::{Hash, Hasher};
-    let Some(s) = cache_salt else { return 0 };
+    if cache_salt.is_none() && lora.is_none() {
+        return 0;
+    }
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
+    cache_salt.hash(&mut h);
+    lora.map(|l| l.salt()).hash(&mut h);
     h.finish() | 1 // never 0: a salted request shares nothing with unsalted ones
 }
 
@@ -91,7 +100,8 @@ impl Sequence {
             tokens: req.prompt,
             num_computed_tokens: 0,
             num_cached_tokens: 0,
-            block_table: BlockTable::with_salt(salt_of(req.cache_salt.as_deref())),
+            block_table: BlockTable::with_salt(salt_of(req.cache_salt.as_deref(), req.lora.as_deref())),
+            lora: req.lora,
             status: SeqStatus::Waiting,
             sampler: Sampler::new(req.params),
             constraint: req.constraint,

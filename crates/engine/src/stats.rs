@@ -2,6 +2,15 @@
 //! KV-cache use, token totals, and where step time goes.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// Which LoRA adapters the running and the waiting sequences use (names, sorted, each once):
+/// what vLLM's `lora_requests_info` gauge reports and the Inference Extension routes on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoraUsage {
+    pub running: Vec<String>,
+    pub waiting: Vec<String>,
+}
 
 #[derive(Debug, Default)]
 pub struct EngineStats {
@@ -35,6 +44,7 @@ pub struct EngineStats {
     pub forward_ns: AtomicU64,
     pub sample_ns: AtomicU64,
     pub postprocess_ns: AtomicU64,
+    pub lora_usage: Mutex<LoraUsage>,
 }
 
 /// A plain copy of the counters at one moment.

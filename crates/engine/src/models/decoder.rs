@@ -14,6 +14,7 @@ use crate::layers::norm::{rms_norm, Norm};
 use crate::layers::rope::Rope;
 use crate::layers::vecmath::add_assign;
 use crate::layers::{QEmbedding, QLinear};
+use crate::lora::{self, LoraSet, Proj};
 
 /// Shape and numerics shared by every layer.
 #[derive(Debug, Clone)]
@@ -102,11 +103,33 @@ fn split_cols(x: &[f32], rows: usize, widths: &[usize]) -> Vec<Vec<f32>> {
 }
 
 impl Decoder {
+    /// The matrix `proj` names in layer `layer`, if this model has it (what a LoRA adapter
+    /// may update: a fused Q/K/V or gate/up matrix is adapted as one).
+    pub fn linear(&self, layer: usize, proj: Proj) -> Option<&QLinear> {
+        let b = self.blocks.get(layer)?;
+        match (proj, &b.qkv, &b.mlp) {
+            (Proj::Q, Qkv::Separate { wq, .. }, _) => Some(wq),
+            (Proj::K, Qkv::Separate { wk, .. }, _) => Some(wk),
+            (Proj::V, Qkv::Separate { wv, .. }, _) => Some(wv),
+            (Proj::Qkv, Qkv::Fused(w), _) => Some(w),
+            (Proj::O, ..) => Some(&b.wo),
+            (Proj::Gate, _, Mlp::Gated { gate, .. }) => Some(gate),
+            (Proj::Up, _, Mlp::Gated { up, .. } | Mlp::FusedGateUp(up) | Mlp::Plain(up)) => Some(up),
+            (Proj::Down, ..) => Some(&b.down),
+            _ => None,
+        }
+    }
+
     /// Runs one step: writes the K/V of every row into `kv` at its slot and returns
     /// `logits_rows.len() × vocab_size` logits.
     pub fn forward(&self, batch: &BatchInput, kv: &mut KvCache) -> Vec<f32> {
         let last = self.hidden(batch, kv);
         let mut logits = self.output.forward(&last, batch.logits_rows.len());
+        if let Some(row_loras) = batch.row_loras() {
+            let out_loras: Vec<_> = batch.logits_rows.iter().map(|&r| row_loras[r]).collect();
+            let (i, o) = (self.output.in_dim(), self.output.out_dim());
+            lora::add_deltas(&mut logits, &last, i, o, &out_loras, |a| a.output());
+        }
         if let Some(cap) = self.config.final_softcap {
             logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
         }
@@ -126,12 +149,15 @@ impl Decoder {
         }
         let tables: Vec<(Vec<f32>, Vec<f32>)> = self.ropes.iter().map(|r| r.tables(&batch.positions)).collect();
         let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.kv_dim());
+        let row_loras = batch.row_loras();
         for (l, b) in self.blocks.iter().enumerate() {
+            // A base matmul over every row, then each row's adapter terms.
+            let lin = |w: &QLinear, x: &[f32], proj: Proj| linear_with_lora(w, x, rows, row_loras.as_deref(), l, proj);
             let h = b.attn_norm.apply(&x, c.rms_eps);
             let (mut q, mut k, v) = match &b.qkv {
-                Qkv::Separate { wq, wk, wv } => (wq.forward(&h, rows), wk.forward(&h, rows), wv.forward(&h, rows)),
+                Qkv::Separate { wq, wk, wv } => (lin(wq, &h, Proj::Q), lin(wk, &h, Proj::K), lin(wv, &h, Proj::V)),
                 Qkv::Fused(w) => {
-                    let mut parts = split_cols(&w.forward(&h, rows), rows, &[q_dim, kv_dim, kv_dim]).into_iter();
+                    let mut parts = split_cols(&lin(w, &h, Proj::Qkv), rows, &[q_dim, kv_dim, kv_dim]).into_iter();
                     (parts.next().expect("q"), parts.next().expect("k"), parts.next().expect("v"))
                 }
             };
@@ -146,7 +172,7 @@ impl Decoder {
             self.ropes[b.rope].apply(&mut k, c.head_dim, cos, sin);
             kv.write(l, &batch.slots, &k, &v);
             let a = paged_attention(&q, batch, kv.layer(l), kv.block_size(), &b.attn);
-            let mut o = b.wo.forward(&a, rows);
+            let mut o = lin(&b.wo, &a, Proj::O);
             if let Some(w) = &b.post_attn_norm {
                 rms_norm(&mut o, w, c.rms_eps);
             }
@@ -159,24 +185,24 @@ impl Decoder {
             };
             let m = match &b.mlp {
                 Mlp::Gated { gate, up } => {
-                    let mut g = gate.forward(&h, rows);
-                    gated(c.activation, &mut g, &up.forward(&h, rows));
+                    let mut g = lin(gate, &h, Proj::Gate);
+                    gated(c.activation, &mut g, &lin(up, &h, Proj::Up));
                     g
                 }
                 Mlp::FusedGateUp(w) => {
                     let ffn = w.out_dim() / 2;
-                    let mut parts = split_cols(&w.forward(&h, rows), rows, &[ffn, ffn]).into_iter();
+                    let mut parts = split_cols(&lin(w, &h, Proj::Up), rows, &[ffn, ffn]).into_iter();
                     let (mut g, u) = (parts.next().expect("gate"), parts.next().expect("up"));
                     gated(c.activation, &mut g, &u);
                     g
                 }
                 Mlp::Plain(up) => {
-                    let mut u = up.forward(&h, rows);
+                    let mut u = lin(up, &h, Proj::Up);
                     activate(c.activation, &mut u);
                     u
                 }
             };
-            let mut dn = b.down.forward(&m, rows);
+            let mut dn = lin(&b.down, &m, Proj::Down);
             if let Some(w) = &b.post_ffn_norm {
                 rms_norm(&mut dn, w, c.rms_eps);
             }
@@ -191,4 +217,20 @@ impl Decoder {
         }
         self.output_norm.apply(&last, c.rms_eps)
     }
+}
+
+/// `w · x` for `rows` rows, plus each row's LoRA terms for `proj` of layer `layer`.
+fn linear_with_lora(
+    w: &QLinear,
+    x: &[f32],
+    rows: usize,
+    row_loras: Option<&[Option<&LoraSet>]>,
+    layer: usize,
+    proj: Proj,
+) -> Vec<f32> {
+    let mut y = w.forward(x, rows);
+    if let Some(sets) = row_loras {
+        lora::add_deltas(&mut y, x, w.in_dim(), w.out_dim(), sets, |a| a.pair(layer, proj));
+    }
+    y
 }
