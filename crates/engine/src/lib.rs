@@ -33,6 +33,7 @@ pub mod kv_quant;
 pub mod layers;
 pub mod loader;
 pub mod lora;
+pub mod lora_writer;
 pub mod model;
 pub mod model_runner;
 pub mod models;

@@ -22,9 +22,14 @@ pub struct PromptLogprob {
     pub top: Vec<(u32, f32)>,
 }
 
-/// `tokens.len() - 1` entries (the first token has no logprob). `tokens` must fit the
-/// model's context (the caller checks).
-pub fn prompt_logprobs(model: &Model, tokens: &[u32], top: usize) -> Vec<PromptLogprob> {
+/// `tokens.len() - 1` entries (the first token has no logprob), under `lora`'s adapters if
+/// any. `tokens` must fit the model's context (the caller checks).
+pub fn prompt_logprobs(
+    model: &Model,
+    tokens: &[u32],
+    top: usize,
+    lora: Option<&std::sync::Arc<crate::lora::LoraSet>>,
+) -> Vec<PromptLogprob> {
     if tokens.len() < 2 {
         return Vec::new();
     }
@@ -39,6 +44,7 @@ pub fn prompt_logprobs(model: &Model, tokens: &[u32], top: usize) -> Vec<PromptL
         let end = (start + CHUNK).min(tokens.len() - 1);
         let mut batch = BatchInput::default();
         batch.push_seq(&tokens[start..end], start, &table, BLOCK_SIZE, false);
+        batch.set_last_lora(lora.cloned());
         batch.logits_rows = (0..end - start).collect();
         let logits = model.decoder.forward(&batch, &mut kv);
         for (l, &token) in logits.chunks_exact(vocab).zip(&tokens[start + 1..end + 1]) {
@@ -77,7 +83,7 @@ mod tests {
         let generated = Generator::new(&model, 1024).generate(&prompt, params, 3, |_| true).unwrap().tokens;
         let mut all = prompt.clone();
         all.extend(generated.iter().map(|s| s.token));
-        let lps = prompt_logprobs(&model, &all, 3);
+        let lps = prompt_logprobs(&model, &all, 3, None);
         assert_eq!(lps.len(), all.len() - 1);
         for (g, lp) in generated.iter().zip(&lps[prompt.len() - 1..]) {
             assert_eq!((lp.token, lp.logprob, &lp.top), (g.token, g.logprob, &g.top), "bit-identical to decoding");

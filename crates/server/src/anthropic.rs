@@ -28,6 +28,8 @@ pub struct MessagesRequest {
     pub model: Option<String>,
     /// Extension (Ollama): how long the model stays loaded after this request.
     pub keep_alive: Option<crate::keep_alive::KeepAlive>,
+    /// Extension (llama.cpp): LoRA adapters to run with.
+    pub lora: Option<Vec<crate::openai::LoraRef>>,
     pub max_tokens: Option<i64>,
     pub system: Option<System>,
     pub messages: Option<Vec<Value>>,

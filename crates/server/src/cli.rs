@@ -17,38 +17,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Serve the OpenAI-compatible HTTP API.
-    Serve {
-        /// A GGUF path, a file name in $SLM_HOME/models (without .gguf), or a config alias.
-        /// Repeat to serve several models. Default: the default model in $SLM_HOME/models.
-        #[arg(long = "model")]
-        models: Vec<String>,
-        /// TOML config file (see config/slm.toml).
-        #[arg(long)]
-        config: Option<std::path::PathBuf>,
-        /// Address to bind (default 127.0.0.1).
-        #[arg(long)]
-        host: Option<String>,
-        /// Port (default 8080; 0 picks a free one).
-        #[arg(long)]
-        port: Option<u16>,
-        /// API key clients must send as `Authorization: Bearer KEY`. Repeatable.
-        #[arg(long = "api-key")]
-        api_keys: Vec<String>,
-        /// A smaller model with the same vocabulary (path or name) that drafts tokens for
-        /// speculative decoding where prompt lookup finds nothing.
-        #[arg(long = "draft-model")]
-        draft_model: Option<String>,
-        /// Do not serve the chat page at `/` and `/ui`.
-        #[arg(long = "no-ui")]
-        no_ui: bool,
-        /// Chat template for every model named here instead of the GGUF's: Jinja text, or
-        /// a built-in name (chatml, gemma).
-        #[arg(long = "chat-template")]
-        chat_template: Option<String>,
-        /// Chat template (Jinja) from a file instead of the GGUF's.
-        #[arg(long = "chat-template-file")]
-        chat_template_file: Option<std::path::PathBuf>,
-    },
+    Serve(slm_server::config::ServeFlags),
     /// Download a model: a catalog name (`qwen2.5-coder:1.5b`), a Hugging Face repo with an
     /// optional quant or file (`Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF:Q4_K_M`), or a URL.
     Pull {
@@ -148,28 +117,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve {
-            models,
-            config,
-            host,
-            port,
-            api_keys,
-            draft_model,
-            no_ui,
-            chat_template,
-            chat_template_file,
-        } => {
-            let flags = slm_server::config::ServeFlags {
-                models,
-                config,
-                host,
-                port,
-                api_keys,
-                draft_model,
-                no_ui,
-                chat_template,
-                chat_template_file,
-            };
+        Command::Serve(flags) => {
             let cfg = slm_server::config::resolve(flags)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(slm_server::serve::serve(cfg))

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use slm_engine::config::KvDtype;
 use slm_engine::EngineConfig;
 
+use crate::adapters::{AdapterLimits, AdapterSpec};
 use crate::hub::hf_cache::hub_dir;
 use crate::hub::local;
 use crate::keep_alive::KeepAlive;
@@ -83,6 +84,22 @@ pub struct ModelEntry {
     pub chat_template: Option<String>,
     /// The chat template from a Jinja file instead of the GGUF's.
     pub chat_template_file: Option<String>,
+    /// LoRA adapters for this model (`[[models.loras]]`), loaded with it.
+    #[serde(default)]
+    pub loras: Vec<LoraEntry>,
+    /// Most adapters loaded at once, start-up and run-time ones together (default 16).
+    pub max_loras: Option<usize>,
+    /// Most memory the adapters may take, in MiB (default 1024).
+    pub max_lora_mb: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraEntry {
+    pub name: String,
+    pub path: String,
+    /// The scale requests get unless they give one (default 1).
+    pub scale: Option<f32>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -103,21 +120,44 @@ pub enum KvCacheDtype {
     Q4_0,
 }
 
-/// Flags of `slm serve`.
-#[derive(Debug, Default, Clone)]
+/// Flags of `slm serve` (its clap arguments: `slm serve --help` prints these comments).
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct ServeFlags {
+    /// A GGUF path, a file name in $SLM_HOME/models (without .gguf), or a config alias.
+    /// Repeat to serve several models. Default: the default model in $SLM_HOME/models.
+    #[arg(long = "model")]
     pub models: Vec<String>,
+    /// TOML config file (see config/slm.toml).
+    #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Address to bind (default 127.0.0.1).
+    #[arg(long)]
     pub host: Option<String>,
+    /// Port (default 8080; 0 picks a free one).
+    #[arg(long)]
     pub port: Option<u16>,
+    /// API key clients must send as `Authorization: Bearer KEY`. Repeatable.
+    #[arg(long = "api-key")]
     pub api_keys: Vec<String>,
-    /// `--draft-model`: the draft model of every model named on the command line.
+    /// A smaller model with the same vocabulary (path or name) that drafts tokens for
+    /// speculative decoding where prompt lookup finds nothing.
+    #[arg(long = "draft-model")]
     pub draft_model: Option<String>,
-    /// `--no-ui`: no chat page.
+    /// Do not serve the chat page at `/` and `/ui`.
+    #[arg(long = "no-ui")]
     pub no_ui: bool,
-    /// `--chat-template` / `--chat-template-file`: every start-up model's chat template.
+    /// Chat template for every model named here instead of the GGUF's: Jinja text, or
+    /// a built-in name (chatml, gemma).
+    #[arg(long = "chat-template")]
     pub chat_template: Option<String>,
+    /// Chat template (Jinja) from a file instead of the GGUF's.
+    #[arg(long = "chat-template-file")]
     pub chat_template_file: Option<PathBuf>,
+    /// A LoRA adapter (llama.cpp's GGUF format) for the first model: NAME=PATH[:SCALE].
+    /// Requests pick it with `model: NAME` (or `BASE:NAME`) or llama.cpp's `lora` field.
+    /// Repeatable.
+    #[arg(long = "lora")]
+    pub loras: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +174,9 @@ pub struct ModelSpec {
     pub draft: Option<PathBuf>,
     /// A chat template (Jinja) that replaces the GGUF's.
     pub chat_template: Option<String>,
+    /// LoRA adapters loaded with it, and the bounds on its adapters.
+    pub loras: Vec<AdapterSpec>,
+    pub lora_limits: AdapterLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +310,28 @@ fn template_of(e: Option<&ModelEntry>) -> Result<Option<String>> {
     }
 }
 
+/// A config entry's adapters and their bounds.
+fn loras_of(e: Option<&ModelEntry>) -> Result<(Vec<AdapterSpec>, AdapterLimits)> {
+    let d = AdapterLimits::default();
+    let Some(e) = e else { return Ok((Vec::new(), d)) };
+    let mut specs = Vec::new();
+    for l in &e.loras {
+        let scale = l.scale.unwrap_or(1.0);
+        if !scale.is_finite() {
+            bail!("models.loras `{}`: the scale must be a finite number", l.name);
+        }
+        if specs.iter().any(|s: &AdapterSpec| s.name == l.name) {
+            bail!("models.loras: the name `{}` is used twice", l.name);
+        }
+        specs.push(AdapterSpec { name: l.name.clone(), path: expand_home(&l.path), scale });
+    }
+    let limits = AdapterLimits {
+        max_loras: e.max_loras.unwrap_or(d.max_loras),
+        max_bytes: e.max_lora_mb.map_or(d.max_bytes, |mb| mb << 20),
+    };
+    Ok((specs, limits))
+}
+
 /// A config entry's draft model, resolved.
 fn draft_of(e: Option<&ModelEntry>, file: &FileConfig) -> Result<Option<PathBuf>> {
     match e.and_then(|e| e.draft_model.as_deref()) {
@@ -297,6 +362,8 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
                 aliases: Vec::new(),
                 draft: draft_of(Some(e), &file)?,
                 chat_template: template_of(Some(e))?,
+                loras: loras_of(Some(e))?.0,
+                lora_limits: loras_of(Some(e))?.1,
             });
         }
     }
@@ -313,6 +380,8 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
             aliases: Vec::new(),
             draft: draft_of(entry, &file)?,
             chat_template: template_of(entry)?,
+            loras: loras_of(entry)?.0,
+            lora_limits: loras_of(entry)?.1,
         });
     }
     let named = !models.is_empty();
@@ -334,6 +403,8 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
                 aliases: Vec::new(),
                 draft: None,
                 chat_template: None,
+                loras: Vec::new(),
+                lora_limits: AdapterLimits::default(),
             }),
             // Other installed models are served on demand: no model loads at start.
             None if discover_on && !local::installed(&models_dir(), &hub_dir()).is_empty() => {}
@@ -356,6 +427,14 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
     };
     if let Some(t) = flag_template {
         models.iter_mut().for_each(|m| m.chat_template = Some(t.clone()));
+    }
+    for l in &flags.loras {
+        let spec = AdapterSpec::parse(l).map_err(|e| anyhow::anyhow!("--lora {e}"))?;
+        let first = models.first_mut().context("--lora: no model is loaded at start to attach it to")?;
+        if first.loras.iter().any(|s| s.name == spec.name) {
+            bail!("--lora: the name `{}` is used twice", spec.name);
+        }
+        first.loras.push(spec);
     }
     let discovered = if discover_on {
         discover(
@@ -444,6 +523,8 @@ fn discover(named: &mut [ModelSpec], keep_alive: KeepAlive, queue_limit: Option<
             aliases,
             draft: None,
             chat_template: None,
+            loras: Vec::new(),
+            lora_limits: AdapterLimits::default(),
         });
     }
     out

@@ -7,6 +7,7 @@
 //!        → engine events → stream.rs (SSE chunks or one JSON answer)
 //! ```
 
+pub mod adapters;
 pub mod anthropic;
 pub mod auth;
 pub mod config;
@@ -77,6 +78,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{id}", get(routes::models::get))
         .route("/models/load", post(routes::models::load))
         .route("/models/unload", post(routes::models::unload))
+        .route("/v1/load_lora_adapter", post(routes::lora::load))
+        .route("/v1/unload_lora_adapter", post(routes::lora::unload))
+        .route("/lora-adapters", get(routes::lora::list))
         .route("/health", get(routes::health::health))
         .route("/health/live", get(routes::health::live))
         .route("/health/ready", get(routes::health::ready))

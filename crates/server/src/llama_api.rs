@@ -67,6 +67,7 @@ pub struct NativeRequest {
     pub json_schema: Option<Value>,
     pub cache_salt: Option<String>,
     pub keep_alive: Option<crate::keep_alive::KeepAlive>,
+    pub lora: Option<Vec<crate::openai::LoraRef>>,
     // `/infill`
     pub input_prefix: Option<String>,
     pub input_suffix: Option<String>,

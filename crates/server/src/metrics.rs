@@ -191,6 +191,21 @@ pub fn render_registry(reg: &Registry, out: &mut String) {
     }
     let _ = writeln!(
         out,
+        "# HELP slm_lora_requests_total Requests by LoRA adapter (loaded adapters).\n# TYPE slm_lora_requests_total counter"
+    );
+    for e in &reg.entries {
+        for a in e.adapters.list() {
+            let _ = writeln!(
+                out,
+                "slm_lora_requests_total{{model_name=\"{}\",lora_name=\"{}\"}} {}",
+                e.spec.id,
+                a.name,
+                a.requests_total.load(Relaxed)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
         "# HELP slm_model_loaded Whether each model is loaded (1) or not (0).\n# TYPE slm_model_loaded gauge"
     );
     for e in &reg.entries {

@@ -8,10 +8,12 @@
 use std::fmt::Write;
 
 use crate::metrics::{kv_usage, render_series, Series};
+use crate::registry::Registry;
 use crate::state::ServedModel;
 
-/// Appends the compatibility series for the loaded generation models.
-pub fn render(models: &[std::sync::Arc<ServedModel>], out: &mut String) {
+/// Appends the compatibility series for the loaded generation models (`reg`: their entries,
+/// for the adapter bounds).
+pub fn render(models: &[std::sync::Arc<ServedModel>], reg: Option<&Registry>, out: &mut String) {
     let series: [Series; 9] = [
         ("vllm:num_requests_running", "gauge", "Requests running (= slm_requests_running).", |s| s.num_running as f64),
         ("vllm:num_requests_waiting", "gauge", "Requests waiting (= slm_requests_waiting).", |s| s.num_waiting as f64),
@@ -34,17 +36,23 @@ pub fn render(models: &[std::sync::Arc<ServedModel>], out: &mut String) {
         }),
     ];
     render_series(out, "model_name", &series, models);
-    // Info gauges: the value is 1 (vLLM's LoRA gauge carries a timestamp; routers read only
-    // the labels). slm serves no LoRA adapters yet, so both adapter lists are empty.
+    // vLLM's LoRA gauge: the adapters (comma-separated) of running and waiting requests in
+    // labels, the value the time of the reading (the Inference Extension reads the labels of
+    // the newest sample).
     let _ = writeln!(
         out,
         "# HELP vllm:lora_requests_info LoRA adapters of running and waiting requests.\n# TYPE vllm:lora_requests_info gauge"
     );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     for m in models {
         let id = &m.id;
+        let usage = m.engine.lora_usage();
+        let max_lora = reg.and_then(|r| r.find(id)).map_or(0, |e| e.adapters.limits().max_loras);
         let _ = writeln!(
             out,
-            "vllm:lora_requests_info{{model_name=\"{id}\",running_lora_adapters=\"\",waiting_lora_adapters=\"\",max_lora=\"0\"}} 1"
+            "vllm:lora_requests_info{{model_name=\"{id}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\",max_lora=\"{max_lora}\"}} {now:.3}",
+            usage.running.join(","),
+            usage.waiting.join(","),
         );
     }
     let _ = writeln!(out, "# HELP vllm:cache_config_info KV-cache configuration.\n# TYPE vllm:cache_config_info gauge");

@@ -75,6 +75,15 @@ pub struct SamplingFields {
     pub speculative: Option<bool>,
 }
 
+/// One entry of llama.cpp's `lora` field: an adapter by `id` (its index in the loaded list,
+/// as `/lora-adapters` shows it) or by `name`, and the scale to apply it with.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LoraRef {
+    pub id: Option<i64>,
+    pub name: Option<String>,
+    pub scale: Option<f64>,
+}
+
 /// Defines a request struct with its own fields plus the shared sampling fields (written out,
 /// not `#[serde(flatten)]`, so a type error still names its field).
 macro_rules! with_sampling_fields {
@@ -105,6 +114,8 @@ macro_rules! with_sampling_fields {
             pub speculative: Option<bool>,
             /// Extension (Ollama): how long the model stays loaded after this request.
             pub keep_alive: Option<$crate::keep_alive::KeepAlive>,
+            /// Extension (llama.cpp): LoRA adapters to run with, by id or name, with scales.
+            pub lora: Option<Vec<$crate::openai::LoraRef>>,
         }
 
         impl $name {
@@ -315,6 +326,11 @@ pub struct ModelCard {
     pub capabilities: &'static [&'static str],
     /// `loaded`, `loading` or `unloaded` (a request for it loads it).
     pub status: &'static str,
+    /// A LoRA adapter: the model it adapts (vLLM's field), and its file as `root`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use slm_engine::{EmbedderHandle, EmbeddingModel, EngineConfig, EngineHandle, Model, Pooling};
 use tokio::sync::Notify;
 
+use crate::adapters::{AdapterLimits, AdapterSpec, Adapters};
 use crate::error::ApiError;
 use crate::keep_alive::KeepAlive;
 use crate::state::{ServedEmbedder, ServedModel};
@@ -36,6 +37,9 @@ pub struct EntrySpec {
     pub draft: Option<PathBuf>,
     /// A chat template (Jinja) replacing the GGUF's.
     pub chat_template: Option<String>,
+    /// LoRA adapters loaded with the model, and the bounds on its adapters.
+    pub loras: Vec<AdapterSpec>,
+    pub lora_limits: AdapterLimits,
 }
 
 /// What an entry serves, decided once from its GGUF header and config.
@@ -73,6 +77,8 @@ pub struct Entry {
     pub created: u64,
     /// What it holds once loaded: the GGUF's size plus its KV cache.
     pub num_bytes: u64,
+    /// Its LoRA adapters (generation models); they outlive an unload of the model.
+    pub adapters: Adapters,
     state: Mutex<SlotState>,
     changed: Notify,
 }
@@ -101,6 +107,7 @@ impl Entry {
         let kv = if spec.kind != ModelKind::Generate { 0 } else { (spec.engine.kv_cache_mb as u64) << 20 };
         let keep_alive = spec.keep_alive;
         Self {
+            adapters: Adapters::new(spec.loras.clone(), spec.lora_limits),
             spec,
             created,
             num_bytes: file + kv,
@@ -275,7 +282,7 @@ impl Registry {
             .name(format!("slm-load-{}", e.spec.id))
             .spawn(move || {
                 let t = Instant::now();
-                let result = load(&e.spec);
+                let result = load(&e.spec, &e.adapters);
                 let secs = t.elapsed();
                 let mut st = e.state.lock().unwrap();
                 match result {
@@ -406,7 +413,7 @@ impl Registry {
 }
 
 /// Loads and starts one model, off the async workers.
-fn load(spec: &EntrySpec) -> Result<Loaded, String> {
+fn load(spec: &EntrySpec, adapters: &Adapters) -> Result<Loaded, String> {
     let created = crate::routes::unix_now();
     match spec.kind {
         ModelKind::Encoder | ModelKind::PooledDecoder(_) => {
@@ -436,6 +443,8 @@ fn load(spec: &EntrySpec) -> Result<Loaded, String> {
                 .map(Arc::new)
                 .and_then(|m| EngineHandle::start_with_draft(m, draft, spec.engine.clone()))
                 .map_err(|e| e.to_string())?;
+            // A start-up adapter that does not fit the model fails the load, naming it.
+            adapters.load_startup(engine.model())?;
             // The grammar index is built off the loading path: only a constrained request
             // that comes in the first second waits for it.
             let model = engine.model().clone();

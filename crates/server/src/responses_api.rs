@@ -24,6 +24,8 @@ pub struct ResponsesRequest {
     pub model: Option<String>,
     /// Extension (Ollama): how long the model stays loaded after this request.
     pub keep_alive: Option<crate::keep_alive::KeepAlive>,
+    /// Extension (llama.cpp): LoRA adapters to run with.
+    pub lora: Option<Vec<crate::openai::LoraRef>>,
     pub input: Option<Input>,
     pub instructions: Option<String>,
     pub max_output_tokens: Option<i64>,

@@ -127,6 +127,8 @@ fn entry_spec(m: &ModelSpec) -> EntrySpec {
         keep_alive: m.keep_alive,
         draft: m.draft.clone(),
         chat_template: m.chat_template.clone(),
+        loras: m.loras.clone(),
+        lora_limits: m.lora_limits,
     }
 }
 

@@ -5,11 +5,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use slm_engine::{EmbedderHandle, EngineHandle};
+use slm_engine::{EmbedderHandle, EngineHandle, LoraSet};
 
+use crate::adapters::Adapters;
 use crate::error::ApiError;
 use crate::keep_alive::KeepAlive;
 use crate::metrics::Metrics;
+use crate::openai::LoraRef;
 use crate::registry::{Entry, EntrySpec, Loaded, ModelKind, Registry};
 use crate::response_store::ResponseStore;
 
@@ -18,6 +20,21 @@ pub struct ServedModel {
     pub id: String,
     pub engine: EngineHandle,
     pub created: u64,
+}
+
+/// What one request runs on: a lease on the base model, the LoRA adapters it asked for, and
+/// the name its answers report (the adapter's, when `model` named one, as vLLM does).
+pub struct Served {
+    model: Arc<ServedModel>,
+    pub id: String,
+    pub lora: Option<Arc<LoraSet>>,
+}
+
+impl std::ops::Deref for Served {
+    type Target = ServedModel;
+    fn deref(&self) -> &ServedModel {
+        &self.model
+    }
 }
 
 /// An embedding model (`/v1/embeddings` only).
@@ -108,6 +125,8 @@ impl AppState {
             keep_alive: KeepAlive::FOREVER,
             draft: None,
             chat_template: None,
+            loras: Vec::new(),
+            lora_limits: Default::default(),
         };
         let mut entries: Vec<Entry> = models
             .into_iter()
@@ -231,6 +250,95 @@ impl AppState {
             Loaded::Embed(_) => Err(ApiError::internal("a generation entry holds an embedding model")),
         }
     }
+}
+
+impl AppState {
+    /// The base model and adapters a request names: `model` = a model, an adapter's name, or
+    /// `BASE:ADAPTER`; plus llama.cpp's `lora` list (ids index the base's loaded adapters).
+    /// An adapter that is not loaded (or was unloaded) is a 404, never the base model.
+    pub async fn served_for(
+        &self,
+        name: Option<&str>,
+        keep_alive: Option<KeepAlive>,
+        lora: Option<&[LoraRef]>,
+    ) -> Result<Served, ApiError> {
+        let reg = self.registry()?;
+        let (base_name, adapter_name) = match name {
+            Some(n) if reg.find(n).is_none() => match adapter_target(reg, n) {
+                Some((entry, adapter)) => (Some(entry.spec.id.clone()), Some(adapter)),
+                None => (Some(n.to_string()), None),
+            },
+            other => (other.map(str::to_string), None),
+        };
+        let model = self.model_for(base_name.as_deref(), keep_alive).await?;
+        if adapter_name.is_none() && lora.is_none_or(|l| l.is_empty()) {
+            return Ok(Served { id: model.id.clone(), model, lora: None });
+        }
+        let entry = reg.find(&model.id).ok_or_else(|| ApiError::internal("a loaded model has no registry entry"))?;
+        let adapters = &entry.adapters;
+        // Entries handed over preloaded (tests) load their start-up adapters on first use.
+        if adapters.has_pending() {
+            let (base, e) = (model.engine.model().clone(), entry.clone());
+            crate::validate::blocking(move || e.adapters.load_startup(&base).map_err(ApiError::internal)).await?;
+        }
+        let mut picked = Vec::new();
+        if let Some(a) = &adapter_name {
+            let found = adapters
+                .find(a)
+                .ok_or_else(|| ApiError::model_not_found(name.unwrap_or(a), &adapter_names(&model.id, adapters)))?;
+            picked.push((found.clone(), found.scale));
+        }
+        for (i, r) in lora.into_iter().flatten().enumerate() {
+            let param = format!("lora[{i}]");
+            let found = match (r.id, &r.name) {
+                (Some(id), _) => usize::try_from(id).ok().and_then(|i| adapters.by_index(i)),
+                (None, Some(n)) => adapters.find(n),
+                (None, None) => return Err(ApiError::invalid(param, "each `lora` entry needs an `id` or a `name`")),
+            };
+            let found = found.ok_or_else(|| {
+                let what =
+                    r.id.map_or_else(|| format!("`{}`", r.name.as_deref().unwrap_or("")), |id| format!("id {id}"));
+                ApiError {
+                    param: Some(param.clone()),
+                    ..ApiError::not_found(format!(
+                        "No LoRA adapter {what} is loaded for `{}` (loaded: {}).",
+                        model.id,
+                        adapter_names(&model.id, adapters).join(", ")
+                    ))
+                }
+            })?;
+            let scale = r.scale.unwrap_or(found.scale as f64);
+            if !scale.is_finite() || scale.abs() > 100.0 {
+                return Err(ApiError::invalid(
+                    format!("{param}.scale"),
+                    format!("`scale` must be in [-100, 100], got {scale}"),
+                ));
+            }
+            picked.push((found, scale as f32));
+        }
+        picked.iter().for_each(|(a, _)| Adapters::count_request(a));
+        let id = match &adapter_name {
+            Some(_) => name.unwrap_or_default().to_string(),
+            None => model.id.clone(),
+        };
+        let lora = LoraSet::new(picked.into_iter().map(|(a, s)| (a.adapter.clone(), s)).collect());
+        Ok(Served { model, id, lora })
+    }
+}
+
+/// `name` as an adapter: `BASE:ADAPTER` (the base's name may hold colons itself), or an
+/// adapter name some generation model knows.
+fn adapter_target<'a>(reg: &'a Registry, name: &str) -> Option<(&'a Arc<Entry>, String)> {
+    for (i, _) in name.match_indices(':') {
+        if let Some(e) = reg.find(&name[..i]).filter(|e| !e.is_embedding()) {
+            return Some((e, name[i + 1..].to_string()));
+        }
+    }
+    reg.entries.iter().find(|e| !e.is_embedding() && e.adapters.knows(name)).map(|e| (e, name.to_string()))
+}
+
+fn adapter_names(base: &str, adapters: &Adapters) -> Vec<String> {
+    std::iter::once(base.to_string()).chain(adapters.list().iter().map(|a| a.name.clone())).collect()
 }
 
 fn ids(entries: &[&Arc<Entry>]) -> Vec<String> {

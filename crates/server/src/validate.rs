@@ -16,6 +16,7 @@ use crate::grammar;
 use crate::openai::{
     ChatCompletionRequest, ChatMessage, CompletionRequest, MessageContent, PromptField, Role, SamplingFields, StopField,
 };
+use crate::state::Served;
 use crate::tool_format::{self, ToolFormat};
 use crate::tools::{self, ToolChoice};
 
@@ -267,8 +268,8 @@ impl ValidRequest {
     /// Queues the `n` choices of every prompt (choice `i` of prompt `p` is stream `p·n + i`).
     /// A seeded request gives choice `i` the seed `seed + i`, so choices differ from each
     /// other and each is reproducible.
-    pub fn submit(&self, engine: &EngineHandle) -> Result<Vec<RequestStream>, ApiError> {
-        let s = &self.sampling;
+    pub fn submit(&self, served: &Served) -> Result<Vec<RequestStream>, ApiError> {
+        let (s, engine) = (&self.sampling, &served.engine);
         // More sequences than the queue can ever hold: retrying cannot help, so not a 429.
         let limit = engine.config().max_waiting;
         if self.prompts.len() * s.n > limit {
@@ -294,6 +295,7 @@ impl ValidRequest {
                 r.constraint = self.constraint.clone();
                 r.cache_salt = s.cache_salt.clone();
                 r.speculative = s.speculative;
+                r.lora = served.lora.clone();
                 streams.push(engine.submit(r)?);
             }
         }

@@ -43,7 +43,12 @@ impl Ctx {
 }
 
 /// Legacy logprobs of a prompt's own tokens (`echo`): the first token has none, as OpenAI's.
-fn prompt_legacy_logprobs(model: &Model, prompt: &[u32], top: usize) -> CompletionLogprobs {
+fn prompt_legacy_logprobs(
+    model: &Model,
+    prompt: &[u32],
+    top: usize,
+    lora: Option<&Arc<slm_engine::LoraSet>>,
+) -> CompletionLogprobs {
     let mut lp = CompletionLogprobs::default();
     let mut offset = 0;
     let mut push =
@@ -58,7 +63,7 @@ fn prompt_legacy_logprobs(model: &Model, prompt: &[u32], top: usize) -> Completi
     if let Some(&first) = prompt.first() {
         push(&mut lp, first, None, None);
     }
-    for p in slm_engine::prompt_logprobs(model, prompt, top) {
+    for p in slm_engine::prompt_logprobs(model, prompt, top, lora) {
         let alts = p.top.iter().map(|(id, l)| (token_text(&model.tokenizer, *id).0, *l)).collect();
         push(&mut lp, p.token, Some(p.logprob), Some(alts));
     }
@@ -93,15 +98,17 @@ pub async fn completions(
     // The prompts' own logprobs (`echo` + `logprobs`), one list per prompt.
     let prompt_lps: Option<Vec<CompletionLogprobs>> = match valid.prompt_logprobs {
         Some(top) => {
-            let (m, prompts) = (model.clone(), valid.request.prompts().to_vec());
+            let (m, prompts, lora) = (model.clone(), valid.request.prompts().to_vec(), served.lora.clone());
             Some(
-                validate::blocking(move || Ok(prompts.iter().map(|p| prompt_legacy_logprobs(&m, p, top)).collect()))
-                    .await?,
+                validate::blocking(move || {
+                    Ok(prompts.iter().map(|p| prompt_legacy_logprobs(&m, p, top, lora.as_ref())).collect())
+                })
+                .await?,
             )
         }
         None => None,
     };
-    let streams = if valid.echo_only { Vec::new() } else { valid.request.submit(&served.engine)? };
+    let streams = if valid.echo_only { Vec::new() } else { valid.request.submit(&served)? };
     let s = valid.request.sampling();
     let num_prompt_tokens = valid.request.num_prompt_tokens();
     let (echoes, logprobs) = (valid.echoes, valid.logprobs);

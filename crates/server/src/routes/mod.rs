@@ -2,8 +2,22 @@
 //! field), ids and timestamps. Each route is a thin adapter: body → `validate` → submit →
 //! its own wire format.
 
-/// Implements `NamesModel` for request types whose `model` field names the model.
+/// Implements `NamesModel` for request types whose `model` field names the model (`lora:`
+/// types that also have llama.cpp's `lora` field).
 macro_rules! names_model {
+    (lora: $($t:ty),*) => {
+        $(impl $crate::routes::NamesModel for $t {
+            fn model_name(&self) -> Option<&str> {
+                self.model.as_deref()
+            }
+            fn keep_alive(&self) -> Option<$crate::keep_alive::KeepAlive> {
+                self.keep_alive
+            }
+            fn lora(&self) -> Option<&[$crate::openai::LoraRef]> {
+                self.lora.as_deref()
+            }
+        })*
+    };
     ($($t:ty),*) => {
         $(impl $crate::routes::NamesModel for $t {
             fn model_name(&self) -> Option<&str> {
@@ -21,14 +35,13 @@ pub mod completions;
 pub mod embeddings;
 pub mod health;
 pub mod llama_info;
+pub mod lora;
 pub mod messages;
 pub mod metrics;
 pub mod models;
 pub mod native;
 pub mod responses;
 pub mod tokenize;
-
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -40,7 +53,7 @@ use crate::error::ApiError;
 use crate::llama_api::NativeRequest;
 use crate::openai::{ChatCompletionRequest, CompletionRequest};
 use crate::responses_api::ResponsesRequest;
-use crate::state::{AppState, ServedModel};
+use crate::state::{AppState, Served};
 
 /// Parses a JSON body. Malformed JSON and wrong types are 400s naming the field; an over-
 /// limit body is a 413.
@@ -74,18 +87,22 @@ pub trait NamesModel {
     fn model_name(&self) -> Option<&str>;
     /// Ollama's `keep_alive`: how long the model stays loaded after this request.
     fn keep_alive(&self) -> Option<crate::keep_alive::KeepAlive>;
+    /// llama.cpp's `lora` field: adapters to run with (none: only what `model` names).
+    fn lora(&self) -> Option<&[crate::openai::LoraRef]> {
+        None
+    }
 }
 
-names_model!(ChatCompletionRequest, CompletionRequest, ResponsesRequest, MessagesRequest, NativeRequest);
+names_model!(lora: ChatCompletionRequest, CompletionRequest, ResponsesRequest, MessagesRequest, NativeRequest);
 
-/// Parses the body and finds the served model it names (loading it if it is not loaded):
-/// every model route's first step.
+/// Parses the body and finds the served model it names (loading it if it is not loaded) and
+/// the LoRA adapters it asks for: every model route's first step.
 pub async fn parse_for<T: DeserializeOwned + NamesModel>(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(T, Arc<ServedModel>), ApiError> {
+) -> Result<(T, Served), ApiError> {
     let req: T = parse_body(body, state.settings.body_limit)?;
-    let served = state.model_for(req.model_name(), req.keep_alive()).await?;
+    let served = state.served_for(req.model_name(), req.keep_alive(), req.lora()).await?;
     Ok((req, served))
 }
 

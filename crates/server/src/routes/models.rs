@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::parse_body;
+use crate::adapters::ServedAdapter;
 use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::openai::{ModelCard, ModelList};
@@ -25,11 +26,30 @@ fn card(e: &Entry) -> ModelCard {
         owned_by: "slm",
         capabilities: if e.is_embedding() { &["embeddings"] } else { &["chat", "completion"] },
         status: e.status().as_str(),
+        parent: None,
+        root: None,
+    }
+}
+
+/// An adapter's card: it serves what its base serves, with `parent` naming the base.
+fn adapter_card(e: &Entry, a: &ServedAdapter) -> ModelCard {
+    ModelCard {
+        id: a.name.clone(),
+        created: a.created,
+        status: Status::Loaded.as_str(),
+        parent: Some(e.spec.id.clone()),
+        root: Some(a.path.display().to_string()),
+        ..card(e)
     }
 }
 
 fn cards(state: &AppState) -> Result<Vec<ModelCard>, ApiError> {
-    Ok(state.registry()?.entries.iter().map(|e| card(e)).collect())
+    let mut out = Vec::new();
+    for e in &state.registry()?.entries {
+        out.push(card(e));
+        out.extend(e.adapters.list().iter().map(|a| adapter_card(e, a)));
+    }
+    Ok(out)
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
@@ -38,8 +58,10 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ModelList>, ApiE
 
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
     let reg = state.registry()?;
+    let adapter = || reg.entries.iter().find_map(|e| e.adapters.find(&id).map(|a| adapter_card(e, &a)));
     match reg.find(&id) {
         Some(e) => Ok(Json(card(e))),
+        None if adapter().is_some() => Ok(Json(adapter().expect("just found"))),
         None => Err(ApiError::model_not_found(&id, &reg.entries.iter().map(|e| e.spec.id.clone()).collect::<Vec<_>>())),
     }
 }
@@ -49,7 +71,7 @@ pub struct ModelAction {
     model: String,
 }
 
-fn admin_only(state: &AppState, tenant: Option<&Tenant>) -> Result<(), ApiError> {
+pub(crate) fn admin_only(state: &AppState, tenant: Option<&Tenant>) -> Result<(), ApiError> {
     let admins = &state.settings.admin_api_keys;
     // With no keys at all the server is open; with keys but no admin keys, every key is one.
     if admins.is_empty() {

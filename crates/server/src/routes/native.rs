@@ -4,7 +4,6 @@
 //! the text-completion path (`validate::completion_with`), so limits, constraints and
 //! errors are the OpenAI routes' own.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -23,7 +22,7 @@ use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::llama_api::*;
 use crate::openai::PromptField;
-use crate::state::{AppState, ServedModel};
+use crate::state::{AppState, Served};
 use crate::stream::{self, token_text};
 use crate::validate;
 
@@ -225,7 +224,7 @@ fn settings(c: &crate::openai::CompletionRequest, req: &NativeRequest) -> serde_
 
 async fn run(
     state: &AppState,
-    served: &Arc<ServedModel>,
+    served: &Served,
     req: NativeRequest,
     tokens: Vec<u32>,
     tenant: Option<&Tenant>,
@@ -247,7 +246,7 @@ async fn run(
         settings,
         start,
     };
-    let streams = valid.request.submit(&served.engine)?;
+    let streams = valid.request.submit(served)?;
     if req.stream.unwrap_or(false) {
         let (tx, rx) = mpsc::channel(64);
         let st = state.clone();
