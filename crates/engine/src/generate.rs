@@ -9,6 +9,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use crate::config::EngineConfig;
 use crate::engine_core::EngineCore;
 use crate::error::{EngineError, Result};
+use crate::lora::LoraSet;
 use crate::model::Model;
 use crate::request::{Event, FinishReason, Request};
 use crate::sampling::{Sampled, SamplingParams};
@@ -28,6 +29,7 @@ pub struct Generator {
     core: EngineCore,
     stats: Arc<EngineStats>,
     capacity: usize,
+    lora: Option<Arc<LoraSet>>,
 }
 
 impl Generator {
@@ -43,7 +45,13 @@ impl Generator {
         };
         let stats = Arc::new(EngineStats::default());
         let core = EngineCore::new(model.clone(), None, &config, num_blocks, stats.clone());
-        Self { core, stats, capacity: num_blocks * BLOCK_SIZE }
+        Self { core, stats, capacity: num_blocks * BLOCK_SIZE, lora: None }
+    }
+
+    /// Generates with these LoRA adapters from now on.
+    pub fn with_lora(mut self, lora: Option<Arc<LoraSet>>) -> Self {
+        self.lora = lora;
+        self
     }
 
     /// Runs the prompt, then samples up to `max_tokens` tokens; `on_token` sees each one and
@@ -68,7 +76,9 @@ impl Generator {
         let (tx, mut rx) = unbounded_channel();
         // Queued as `EngineHandle::submit` queues it: admission takes it off the count.
         self.stats.num_unadmitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.core.add(Sequence::new(0, Request::new(prompt.to_vec(), params, max_tokens), tx));
+        let mut req = Request::new(prompt.to_vec(), params, max_tokens);
+        req.lora = self.lora.clone();
+        self.core.add(Sequence::new(0, req, tx));
         let mut tokens = Vec::new();
         loop {
             self.core.step();

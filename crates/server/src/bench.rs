@@ -5,15 +5,19 @@
 //! `--speculative` measures every concurrency twice, without and with speculative decoding
 //! (per request, on one engine), and prints the ratio and the acceptance rate;
 //! `--workload FILE` takes its prompts from a workload file (tests/workloads/*.jsonl, chat
-//! messages through the model's template; each ends where the model stops). A benchmark, not
-//! a test: it prints figures, it asserts nothing.
+//! messages through the model's template; each ends where the model stops). `--lora-counts
+//! 0,1,4` measures every concurrency with requests spread over that many distinct seeded
+//! rank-8 adapters (on every projection; 0 = the base model) and prints each run's aggregate
+//! tok/s against the first. A benchmark, not a test: it prints figures, it asserts nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use slm_engine::lora_writer::{write_random_adapter, RandomAdapter};
 use slm_engine::{
-    profile, ConstraintSpec, EngineConfig, EngineHandle, Event, Grammar, Model, Request, SamplingParams, StatsSnapshot,
+    profile, ConstraintSpec, EngineConfig, EngineHandle, Event, Grammar, LoraAdapter, LoraSet, Model, Request,
+    SamplingParams, StatsSnapshot,
 };
 
 pub struct BenchArgs {
@@ -32,6 +36,8 @@ pub struct BenchArgs {
     pub workload: Option<std::path::PathBuf>,
     /// A draft model for the speculative runs.
     pub draft_model: Option<String>,
+    /// Runs with requests spread over this many distinct LoRA adapters each (0: none).
+    pub lora_counts: Vec<usize>,
 }
 
 /// One benchmark prompt and how many tokens it may generate.
@@ -84,12 +90,14 @@ struct RunMode {
     speculative: bool,
 }
 
+/// Request `i` runs with `loras[i % len]` (none when `loras` is empty).
 fn run(
     engine: &EngineHandle,
     prompts: &[Prompt],
     gen: Option<usize>,
     schema: Option<&serde_json::Value>,
     mode: RunMode,
+    loras: &[Arc<LoraSet>],
 ) -> Result<RunResult> {
     // Compiled once, as the server does, and outside the timed region.
     let constraint = schema
@@ -99,8 +107,10 @@ fn run(
     let start = Instant::now();
     let streams: Vec<_> = prompts
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
             let mut r = Request::new(p.tokens.clone(), SamplingParams::greedy(), gen.unwrap_or(p.max_tokens));
+            r.lora = (!loras.is_empty()).then(|| loras[i % loras.len()].clone());
             r.ignore_eos = mode.ignore_eos;
             r.speculative = mode.speculative;
             r.constraint = constraint.clone();
@@ -177,10 +187,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         None => synthetic[..c].to_vec(),
     };
     let plain = RunMode { ignore_eos: work.is_none(), speculative: false };
-    let modes: Vec<(&str, RunMode)> = if args.speculative {
-        vec![("plain", plain), ("spec", RunMode { speculative: true, ..plain })]
+    let adapters = random_adapters(&model, args.lora_counts.iter().copied().max().unwrap_or(0))?;
+    // (name, mode, adapters): the first is what the others are compared with.
+    let modes: Vec<(String, RunMode, &[Arc<LoraSet>])> = if !args.lora_counts.is_empty() {
+        args.lora_counts.iter().map(|&k| (format!("lora{k}"), plain, &adapters[..k])).collect()
+    } else if args.speculative {
+        vec![("plain".into(), plain, &[][..]), ("spec".into(), RunMode { speculative: true, ..plain }, &[][..])]
     } else {
-        vec![("plain", plain)]
+        vec![("plain".into(), plain, &[][..])]
     };
     let all = &synthetic;
     println!(
@@ -202,8 +216,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
 
     // Warm-up, then prefill alone: one prompt, one generated token.
-    run(&engine, &all[max_c..], Some(2), None, plain)?;
-    let r = run(&engine, &all[..1], Some(1), None, plain)?;
+    run(&engine, &all[max_c..], Some(2), None, plain, &[])?;
+    let r = run(&engine, &all[..1], Some(1), None, plain, &[])?;
     let prefill_tps = args.prompt_tokens as f64 / (r.stats.forward_ns as f64 / 1e9);
     println!(
         "prefill: {:.1} tok/s ({} tokens in {:.1} ms of forward time)\n",
@@ -230,12 +244,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let mut breakdown = Vec::new();
     let mut results = Vec::new();
     for &c in &args.concurrency {
-        let mut plain_tps = None;
-        for &(name, mode) in &modes {
+        let (mut plain_tps, mut plain_agg) = (None, None);
+        for (name, mode, loras) in &modes {
             profile::reset();
             profile::set_enabled(true);
             let gen = work.is_none().then_some(args.gen_tokens);
-            let r = run(&engine, &streams(c), gen, args.json_schema.as_ref(), mode)?;
+            let r = run(&engine, &streams(c), gen, args.json_schema.as_ref(), *mode, loras)?;
             profile::set_enabled(false);
             let s = &r.stats;
             let step_ns = (s.schedule_ns + s.forward_ns + s.sample_ns + s.postprocess_ns) as f64;
@@ -250,12 +264,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 let (ld, la) = (s.spec_draft_tokens_total - d, s.spec_accepted_tokens_total - a);
                 println!("      drafts: prompt lookup {la}/{ld} accepted, draft model {a}/{d} accepted");
             }
-            let ratio = plain_tps.map_or("-".into(), |p: f64| format!("{:.2}", r.per_seq_decode_tps / p));
+            let agg = r.num_tokens as f64 / r.wall.as_secs_f64();
+            // Speculation is about one stream's speed; adapters about the whole batch's.
+            let ratio = match (plain_tps, plain_agg) {
+                (Some(p), Some(a)) => {
+                    format!("{:.2}", if args.lora_counts.is_empty() { r.per_seq_decode_tps / p } else { agg / a })
+                }
+                _ => "-".into(),
+            };
             println!(
                 "{:>5} {:>6} {:>12.1} {:>12.1} {:>10.2} {:>9} {:>10.1} {:>9.1}% {:>9.2}% {:>10.2}% {:>8} {:>8}",
                 c,
                 name,
-                r.num_tokens as f64 / r.wall.as_secs_f64(),
+                agg,
                 r.per_seq_decode_tps,
                 r.wall.as_secs_f64(),
                 s.steps_total,
@@ -268,6 +289,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             );
             if plain_tps.is_none() {
                 plain_tps = Some(r.per_seq_decode_tps);
+                plain_agg = Some(agg);
                 breakdown.push((c, s.forward_ns, profile::snapshot()));
                 results.push((c, r.per_seq_decode_tps));
             }
@@ -295,6 +317,25 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         side_by_side(cmd, args.prompt_tokens, prefill_tps, args.gen_tokens, single)?;
     }
     Ok(())
+}
+
+/// `n` distinct seeded rank-8 adapters for `model` (on every projection), each at scale 1.
+fn random_adapters(model: &Model, n: usize) -> Result<Vec<Arc<LoraSet>>> {
+    let dir = std::env::temp_dir().join(format!("slm-bench-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let path = dir.join(format!("a{i}.gguf"));
+        let spec = RandomAdapter { seed: i as u64, b_range: 0.02, ..Default::default() };
+        write_random_adapter(&model.decoder, &path, &spec)?;
+        let a = LoraAdapter::load(&path.display().to_string(), &format!("a{i}"), &model.decoder)?;
+        out.extend(LoraSet::new(vec![(Arc::new(a), 1.0)]));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if n > 0 {
+        println!("{n} random rank-8 LoRA adapters on every projection (lora_writer)");
+    }
+    Ok(out)
 }
 
 /// Runs `cmd` and prints its prefill (`ppN`) and decode (`tgN`) rates beside slm's.

@@ -85,6 +85,10 @@ pub enum Command {
         /// With --speculative: a draft model (GGUF path) drafting where prompt lookup finds nothing.
         #[arg(long)]
         draft_model: Option<String>,
+        /// Measure each concurrency with requests spread over this many distinct random
+        /// rank-8 LoRA adapters, comma-separated (0: the base model), e.g. 0,1,4.
+        #[arg(long, value_delimiter = ',')]
+        lora_counts: Vec<usize>,
     },
     /// Kernel micro-benchmark (not a test): quantized matmul time per call, candle vs slm.
     BenchKernels {
@@ -153,6 +157,7 @@ pub fn run(cli: Cli) -> Result<()> {
             speculative,
             workload,
             draft_model,
+            lora_counts,
         } => {
             let json_schema = json_schema
                 .map(|s| serde_json::from_str(&s))
@@ -168,6 +173,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 speculative,
                 workload,
                 draft_model,
+                lora_counts,
                 kv_dtype: match kv_cache_dtype.as_str() {
                     "f32" => slm_engine::config::KvDtype::F32,
                     "q8_0" => slm_engine::config::KvDtype::Q8_0,

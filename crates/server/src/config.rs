@@ -634,6 +634,35 @@ mod tests {
     }
 
     #[test]
+    fn adapters_come_from_the_file_and_the_flag() {
+        let dir = std::env::temp_dir().join(format!("slm-lora-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = dir.join("m.gguf");
+        std::fs::write(&model, b"GGUF").unwrap();
+        let cfg = dir.join("slm.toml");
+        let file = format!(
+            "[[models]]\npath = \"{}\"\nmax_loras = 4\nmax_lora_mb = 8\n[[models.loras]]\nname = \"sql\"\npath = \"/a/sql.gguf\"\nscale = 0.5\n",
+            model.display()
+        );
+        std::fs::write(&cfg, &file).unwrap();
+        let flags = |loras: &[&str]| ServeFlags {
+            config: Some(cfg.clone()),
+            loras: loras.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let m = &resolve(flags(&["chat=/a/chat.gguf:2"])).unwrap().models[0];
+        let got: Vec<(&str, f32)> = m.loras.iter().map(|l| (l.name.as_str(), l.scale)).collect();
+        assert_eq!(got, vec![("sql", 0.5), ("chat", 2.0)]);
+        assert_eq!(m.lora_limits, AdapterLimits { max_loras: 4, max_bytes: 8 << 20 });
+        let err = format!("{:#}", resolve(flags(&["sql=/b.gguf"])).unwrap_err());
+        assert!(err.contains("`sql` is used twice"), "{err}");
+        assert!(format!("{:#}", resolve(flags(&["nopath"])).unwrap_err()).contains("NAME=PATH"));
+        std::fs::write(&cfg, file.replace("scale = 0.5", "scale = 0.5\nrank = 8")).unwrap();
+        assert!(resolve(flags(&[])).is_err(), "unknown keys in [[models.loras]] are refused");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         assert!(toml::from_str::<FileConfig>("prot = 1").is_err());
     }

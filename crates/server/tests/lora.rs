@@ -147,10 +147,19 @@ async fn adapters_are_selected_per_request_and_batched_exactly() {
     assert_eq!(v[1]["id"], 1);
     assert_eq!(v[1]["name"], "chat");
 
-    let (_, text) = call(&st, "GET", "/metrics", None).await;
-    let text = text.as_str().unwrap();
+    // The engine publishes which adapters run after its step, just after the last answer's
+    // events: the gauge empties within moments.
+    let idle = "vllm:lora_requests_info{model_name=\"qwen\",running_lora_adapters=\"\",waiting_lora_adapters=\"\",max_lora=\"3\"}";
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = call(&st, "GET", "/metrics", None).await.1.as_str().unwrap().to_string();
+        if text.contains(idle) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(text.contains("slm_lora_requests_total{model_name=\"qwen\",lora_name=\"sql\"}"), "{text}");
-    assert!(text.contains("vllm:lora_requests_info{model_name=\"qwen\",running_lora_adapters=\"\",waiting_lora_adapters=\"\",max_lora=\"3\"}"), "{text}");
+    assert!(text.contains(idle), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -234,22 +243,20 @@ async fn unloading_under_load_fails_nothing_else_and_waits_for_its_requests() {
         let (st, body) = (st.clone(), long(["qwen", "sql", "tmp"][i % 3]));
         handles.push(tokio::spawn(async move { post(&st, "/v1/completions", body).await }));
     }
-    // Wait until the engine runs them, then unload tmp: the answer waits for its requests.
+    // Wait until the engine runs them (the gauge lists both adapters), then unload tmp: the
+    // answer waits for its requests.
     let engine = st.models().unwrap()[0].engine.clone();
+    let mut gauge = String::new();
     for _ in 0..200 {
-        if engine.stats().num_running >= 6 {
+        let (_, m) = call(&st, "GET", "/metrics", None).await;
+        gauge = m.as_str().unwrap().lines().filter(|l| l.starts_with("vllm:lora")).collect::<Vec<_>>().join("\n");
+        if engine.stats().num_running >= 6 && gauge.contains("running_lora_adapters=\"sql,tmp\"") {
             break;
         }
         assert!(!handles.iter().any(|h| h.is_finished()), "a request ended early");
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    let (_, m) = call(&st, "GET", "/metrics", None).await;
-    assert!(
-        m.as_str().unwrap().contains("running_lora_adapters=\"sql,tmp\""),
-        "the gauge should list the adapters in use ({:?}): {}",
-        engine.stats(),
-        m.as_str().unwrap().lines().filter(|l| l.starts_with("vllm:lora")).collect::<Vec<_>>().join("\n")
-    );
+    assert!(gauge.contains("running_lora_adapters=\"sql,tmp\""), "the gauge should list the adapters in use: {gauge}");
     let unload = {
         let st = st.clone();
         tokio::spawn(async move { post(&st, "/v1/unload_lora_adapter", json!({"lora_name": "tmp"})).await })
