@@ -5,23 +5,25 @@
 //! names, shapes) and keeps each pair as f32 dense matrices; a request carries a `LoraSet`
 //! (adapters with scales); the decoder calls `add_deltas` after each base matmul.
 //!
-//! Execution, as Punica/S-LoRA segment it: the base matmul has already run once over every
-//! row of the step; here the rows are grouped by adapter, and each group goes through that
-//! adapter's `x·Aᵀ` and `·Bᵀ` as two small batched matmuls, the result added as
-//! `y += scale · (B·(A·x))` (llama.cpp's order and scale: `scale · alpha / rank`, or `scale`
-//! when alpha is 0). Batch invariance: the dense kernel computes each row independently of the
-//! others in its call, and a row's adapters are applied in one fixed order (adapter id, which
-//! a `LoraSet` sorts by), so a row's result depends only on its own tokens and adapters —
-//! never on which adapters, or how many base rows, share the step. Rows without an adapter
-//! are not touched at all.
+//! Execution: the base matmul has already run once over every row of the step; here each row
+//! adds its own adapters' low-rank terms, `y += scale · B·(A·x)` with llama.cpp's scale
+//! (`scale · alpha / rank`, or `scale` when alpha is 0). A rank-r term is tiny work (r dot
+//! products of the input width, then r scaled columns of B added), so it runs row by row —
+//! rows split over the worker pool when there are several — from `A` row-major and `B`
+//! transposed, both read straight through: one pool call per projection instead of two
+//! matmuls, which at one decoding row cost more in dispatch than in arithmetic. Batch
+//! invariance: a row's terms are computed from that row alone, its adapters applied in one
+//! fixed order (adapter id, which a `LoraSet` sorts by), so a row's result depends only on its
+//! own tokens and adapters — never on which adapters, or how many base rows, share the step,
+//! nor on how the rows are split. Rows without an adapter are not touched at all.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
-use crate::layers::dense::DenseWeights;
-use crate::layers::vecmath::axpy;
+use crate::layers::pool::Pool;
+use crate::layers::vecmath::{axpy, dot};
 use crate::loader::Gguf;
 use crate::models::Decoder;
 
@@ -61,15 +63,26 @@ impl Proj {
     }
 }
 
-/// One adapted matrix: `A` (`rank × in`) and `B` (`out × rank`).
+/// One adapted matrix: `A` (`rank × in`, row-major) and `B` transposed (`rank × out`).
 pub struct LoraPair {
-    a: DenseWeights,
-    b: DenseWeights,
+    a: Vec<f32>,
+    bt: Vec<f32>,
     rank: usize,
     in_dim: usize,
     out_dim: usize,
     /// `alpha / rank`, or 1 when the file's alpha is 0 (llama.cpp's rule).
     alpha_scale: f32,
+}
+
+impl LoraPair {
+    /// `y += scale · B·(A·x)` for one row, in a fixed order: the `rank` dot products, then
+    /// B's columns added one after the other.
+    fn add_row(&self, x: &[f32], scale: f32, y: &mut [f32]) {
+        let (i, o) = (self.in_dim, self.out_dim);
+        for (a_r, bt_r) in self.a.chunks_exact(i).zip(self.bt.chunks_exact(o)) {
+            axpy(scale * dot(a_r, x), bt_r, y);
+        }
+    }
 }
 
 /// A loaded adapter. `id` is unique per load in this process: it orders a row's adapters and
@@ -236,14 +249,13 @@ fn read_pair(
         return Err(format!("tensor `{base_name}.lora_a`: rank {rank} exceeds the matrix it adapts"));
     }
     let alpha_scale = if alpha == 0.0 { 1.0 } else { alpha / rank as f32 };
-    Ok(LoraPair {
-        a: DenseWeights::from_f32(&a, rank, in_dim),
-        b: DenseWeights::from_f32(&b, out_dim, rank),
-        rank,
-        in_dim,
-        out_dim,
-        alpha_scale,
-    })
+    let mut bt = vec![0f32; rank * out_dim];
+    for (o, row) in b.chunks_exact(rank).enumerate() {
+        for (r, v) in row.iter().enumerate() {
+            bt[r * out_dim + o] = *v;
+        }
+    }
+    Ok(LoraPair { a, bt, rank, in_dim, out_dim, alpha_scale })
 }
 
 /// The adapters one request runs with, each with its scale, in adapter-id order (the order
@@ -298,34 +310,32 @@ pub fn add_deltas<'a>(
     in_dim: usize,
     out_dim: usize,
     row_sets: &[Option<&'a LoraSet>],
-    pick: impl Fn(&'a LoraAdapter) -> Option<&'a LoraPair>,
+    pick: impl Fn(&'a LoraAdapter) -> Option<&'a LoraPair> + Sync,
 ) {
-    let mut adapters: Vec<&'a Arc<LoraAdapter>> =
-        row_sets.iter().flatten().flat_map(|s| s.entries.iter().map(|(a, _)| a)).collect();
-    if adapters.is_empty() {
+    let rows = row_sets.len();
+    let any = row_sets.iter().flatten().any(|s| s.entries.iter().any(|(a, _)| pick(a).is_some()));
+    if !any {
         return;
     }
-    adapters.sort_by_key(|a| a.id);
-    adapters.dedup_by_key(|a| a.id);
-    for adapter in adapters {
-        let Some(p) = pick(adapter) else { continue };
-        debug_assert!(p.in_dim == in_dim && p.out_dim == out_dim, "checked at load");
-        let rows: Vec<(usize, f32)> = row_sets
-            .iter()
-            .enumerate()
-            .filter_map(|(r, s)| (*s)?.entries.iter().find(|(a, _)| a.id == adapter.id).map(|(_, sc)| (r, *sc)))
-            .collect();
-        let m = rows.len();
-        let mut xg = Vec::with_capacity(m * in_dim);
-        for &(r, _) in &rows {
-            xg.extend_from_slice(&x[r * in_dim..(r + 1) * in_dim]);
+    let row = |r: usize, y_row: &mut [f32]| {
+        let Some(set) = row_sets[r] else { return };
+        for (adapter, scale) in &set.entries {
+            if let Some(p) = pick(adapter) {
+                debug_assert!(p.in_dim == in_dim && p.out_dim == out_dim, "checked at load");
+                p.add_row(&x[r * in_dim..(r + 1) * in_dim], scale * p.alpha_scale, y_row);
+            }
         }
-        let mut t = vec![0f32; m * p.rank];
-        p.a.matmul(&xg, m, &mut t);
-        let mut d = vec![0f32; m * out_dim];
-        p.b.matmul(&t, m, &mut d);
-        for (i, &(r, scale)) in rows.iter().enumerate() {
-            axpy(scale * p.alpha_scale, &d[i * out_dim..(i + 1) * out_dim], &mut y[r * out_dim..(r + 1) * out_dim]);
+    };
+    // Contiguous shares of rows, one lock each (uncontended: every share has one task).
+    let per_share = rows.div_ceil(4 * Pool::global().num_threads()).max(1);
+    let shares: Vec<std::sync::Mutex<&mut [f32]>> =
+        y[..rows * out_dim].chunks_mut(per_share * out_dim).map(std::sync::Mutex::new).collect();
+    Pool::global().run(shares.len(), &|range| {
+        for s in range {
+            let mut ys = shares[s].lock().unwrap_or_else(|e| e.into_inner());
+            for (i, y_row) in ys.chunks_mut(out_dim).enumerate() {
+                row(s * per_share + i, y_row);
+            }
         }
-    }
+    });
 }
