@@ -43,6 +43,8 @@ def main():
     ap.add_argument("--cors-origins")
     ap.add_argument("--chat-template")
     ap.add_argument("--chat-template-file")
+    ap.add_argument("--slots", action="store_true")
+    ap.add_argument("--tags")
     args, _unknown = ap.parse_known_args()
     if args.model and Path(args.model).exists():
         path = Path(args.model)
@@ -53,9 +55,16 @@ def main():
         lines.append(f"cors_allowed_origins = {[o.strip() for o in args.cors_origins.split(',')]!r}".replace("'", '"'))
     lines += ["[[models]]", f'path = "{path}"']
     if args.alias:
-        lines.append(f'alias = "{args.alias}"')
+        # llama.cpp: several comma-separated aliases, the id being the first in sorted order.
+        names = sorted({a.strip() for a in args.alias.split(",") if a.strip()})
+        lines.append(f'alias = "{names[0]}"')
+        if names[1:]:
+            lines.append(f"aliases = {names[1:]!r}".replace("'", '"'))
+    if args.tags:
+        lines.append(f"tags = {[t.strip() for t in args.tags.split(',') if t.strip()]!r}".replace("'", '"'))
     if args.ctx_size and "minilm" not in path.name:
-        lines.append(f"context_length = {args.ctx_size}")
+        # llama.cpp splits -c over its -np slots: a request gets ctx / np.
+        lines.append(f"context_length = {args.ctx_size // max(args.parallel or 1, 1)}")
     if args.parallel and "minilm" not in path.name:
         lines.append(f"max_seqs = {max(args.parallel, 1)}")
     cfg = Path(tempfile.mkdtemp(prefix="slm-suite-")) / "slm.toml"
@@ -65,6 +74,8 @@ def main():
         cmd += ["--api-key", k]
     if args.no_ui:
         cmd.append("--no-ui")
+    if args.slots:
+        cmd.append("--slots")
     if args.chat_template_file:
         cmd += ["--chat-template-file", str(Path(args.chat_template_file).resolve())]
     elif args.chat_template:

@@ -5,9 +5,10 @@ with a base URL without `/v1` (llama-server's aliases), FIM through OpenAI's `su
 import json
 
 import httpx
+import pytest
 from openai import OpenAI
 
-from conftest import API_KEY, QWEN
+from conftest import API_KEY, MODELS, QWEN, Server
 
 
 def test_an_editor_infill_request_streams_a_completion(server):
@@ -56,3 +57,32 @@ def test_the_openai_sdk_without_v1_and_fim_through_suffix(server):
         headers={"x-api-key": API_KEY},
     ).json()
     assert native["stop_type"] in ("limit", "eos") and native["tokens_predicted"] >= 1
+
+
+def test_several_host_addresses_aliases_tags_and_title_case_headers(tmp_path):
+    """`--host 127.0.0.1,::1` (llama.cpp's form) serves on both; a model's `aliases` and
+    `tags` are listed and answer; header names come in title case, as llama-server's."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    cfg = tmp_path / "slm.toml"
+    cfg.write_text(f'[[models]]\npath = "{MODELS / (QWEN + ".gguf")}"\nalias = "code"\n'
+                   'aliases = ["fim", "tiny"]\ntags = ["chat", "fim", "small"]\n')
+    s = Server(["--config", str(cfg), "--host", "127.0.0.1,::1"], api_key=None)
+    try:
+        port = s.base.rsplit(":", 1)[1]
+        for host in ["127.0.0.1", "[::1]"]:
+            r = httpx.post(f"http://{host}:{port}/completion", json={"model": "tiny", "prompt": "a", "n_predict": 2})
+            assert r.status_code == 200, r.text
+        m = httpx.get(s.base + "/v1/models").json()["data"][0]
+        assert (m["id"], m["aliases"], m["tags"]) == ("code", ["code", "fim", "tiny"], ["chat", "fim", "small"])
+        with socket.create_connection(("127.0.0.1", int(port))) as c:
+            c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head = c.recv(4096).split(b"\r\n\r\n")[0]
+        assert b"\r\nContent-Type: application/json" in head, head
+    finally:
+        s.stop()

@@ -161,6 +161,7 @@ impl EngineCore {
             EngineStats::add(&st.steps_total, 1);
             EngineStats::add(&st.step_tokens_total, batch.num_tokens as u64);
             EngineStats::add(&st.step_seqs_total, batch.items.len() as u64);
+            st.step_tokens_max.fetch_max(batch.num_tokens as u64, std::sync::atomic::Ordering::Relaxed);
         }
         batch
     }
@@ -214,6 +215,7 @@ impl EngineCore {
             EngineStats::add(&st.generated_tokens_total, a.num_tokens as u64);
             num_tokens += a.num_tokens;
             EngineStats::add(&st.spec_draft_tokens_total, item.draft.len() as u64);
+            EngineStats::add(&st.spec_drafts_total, !item.draft.is_empty() as u64);
             EngineStats::add(&st.spec_accepted_tokens_total, a.num_accepted as u64);
             let drafter = self.scheduler.running(id).map(|s| s.spec.drafter);
             if !item.draft.is_empty() && drafter == Some(Drafter::Model) {

@@ -26,6 +26,8 @@ pub struct EngineStats {
     /// Drafted tokens verified (speculative decoding), and how many were accepted.
     pub spec_draft_tokens_total: AtomicU64,
     pub spec_accepted_tokens_total: AtomicU64,
+    /// Drafts verified (one per sequence and step that had one).
+    pub spec_drafts_total: AtomicU64,
     /// The part of those two the draft model drafted (the rest came from prompt lookup).
     pub spec_model_draft_tokens_total: AtomicU64,
     pub spec_model_accepted_tokens_total: AtomicU64,
@@ -36,6 +38,8 @@ pub struct EngineStats {
     /// Sum of rows over all steps (mean batch size = this / steps_total).
     pub step_tokens_total: AtomicU64,
     pub step_seqs_total: AtomicU64,
+    /// The most rows one step has run.
+    pub step_tokens_max: AtomicU64,
     pub requests_finished_total: AtomicU64,
     pub requests_aborted_total: AtomicU64,
     pub requests_failed_total: AtomicU64,
@@ -60,6 +64,7 @@ pub struct StatsSnapshot {
     pub generated_tokens_total: u64,
     pub spec_draft_tokens_total: u64,
     pub spec_accepted_tokens_total: u64,
+    pub spec_drafts_total: u64,
     pub spec_model_draft_tokens_total: u64,
     pub spec_model_accepted_tokens_total: u64,
     pub draft_kv_blocks_used: u64,
@@ -67,6 +72,7 @@ pub struct StatsSnapshot {
     pub steps_total: u64,
     pub step_tokens_total: u64,
     pub step_seqs_total: u64,
+    pub step_tokens_max: u64,
     pub requests_finished_total: u64,
     pub requests_aborted_total: u64,
     pub requests_failed_total: u64,
@@ -89,6 +95,7 @@ impl EngineStats {
             generated_tokens_total: self.generated_tokens_total.load(Relaxed),
             spec_draft_tokens_total: self.spec_draft_tokens_total.load(Relaxed),
             spec_accepted_tokens_total: self.spec_accepted_tokens_total.load(Relaxed),
+            spec_drafts_total: self.spec_drafts_total.load(Relaxed),
             spec_model_draft_tokens_total: self.spec_model_draft_tokens_total.load(Relaxed),
             spec_model_accepted_tokens_total: self.spec_model_accepted_tokens_total.load(Relaxed),
             draft_kv_blocks_used: self.draft_kv_blocks_used.load(Relaxed),
@@ -96,6 +103,7 @@ impl EngineStats {
             steps_total: self.steps_total.load(Relaxed),
             step_tokens_total: self.step_tokens_total.load(Relaxed),
             step_seqs_total: self.step_seqs_total.load(Relaxed),
+            step_tokens_max: self.step_tokens_max.load(Relaxed),
             requests_finished_total: self.requests_finished_total.load(Relaxed),
             requests_aborted_total: self.requests_aborted_total.load(Relaxed),
             requests_failed_total: self.requests_failed_total.load(Relaxed),

@@ -75,6 +75,11 @@ fn qt(v: &[f32], dims: &[usize], dtype: GgmlDType) -> QTensor {
 }
 
 fn write_adapter(path: &Path, arch: Arch, pairs: &[Pair], extra: &[(&str, Value)]) {
+    write_adapter_as(path, arch, pairs, extra, GgmlDType::F16);
+}
+
+/// `write_adapter` with A in `a_dtype`.
+fn write_adapter_as(path: &Path, arch: Arch, pairs: &[Pair], extra: &[(&str, Value)], a_dtype: GgmlDType) {
     let mut md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.name().into())),
         ("general.type".into(), Value::String("adapter".into())),
@@ -88,7 +93,7 @@ fn write_adapter(path: &Path, arch: Arch, pairs: &[Pair], extra: &[(&str, Value)
     let mut tensors = Vec::new();
     for p in pairs {
         // F16 for A, F32 for B: both element types llama.cpp's converter writes.
-        tensors.push((format!("{}.lora_a", p.base), qt(&p.a, &[RANK, p.in_dim], GgmlDType::F16)));
+        tensors.push((format!("{}.lora_a", p.base), qt(&p.a, &[RANK, p.in_dim], a_dtype)));
         tensors.push((format!("{}.lora_b", p.base), qt(&p.b, &[p.out_dim, RANK], GgmlDType::F32)));
     }
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -243,6 +248,32 @@ fn ungated_mlp_with_biases_phi2() {
 fn tied_output_projection_gemma_and_gemma2() {
     check_arch(Arch::Gemma);
     check_arch(Arch::Gemma2);
+}
+
+/// Q8_0 adapter tensors (what the converter writes with `--outtype q8_0`) read as their values:
+/// the same logits, bit for bit, as an F32 file holding the dequantized values.
+#[test]
+fn q8_0_adapter_tensors_read_as_their_values() {
+    let dir = temp_dir("q8");
+    let base_path = tiny_gguf::write(Arch::Llama, &dir, false);
+    let base = Model::load(&base_path).unwrap();
+    let mut pairs = random_pairs(&base_path, 4);
+    let (q8, f32_file) = (dir.join("q8.gguf"), dir.join("f32.gguf"));
+    write_adapter_as(&q8, Arch::Llama, &pairs, &[], GgmlDType::Q8_0);
+    for p in &mut pairs {
+        let t = qt(&p.a, &[RANK, p.in_dim], GgmlDType::Q8_0);
+        p.a = t.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    }
+    write_adapter_as(&f32_file, Arch::Llama, &pairs, &[], GgmlDType::F32);
+    let load = |f: &Path| {
+        LoraSet::new(vec![(Arc::new(LoraAdapter::load(f.to_str().unwrap(), "q", &base.decoder).unwrap()), 1.0)])
+    };
+    let prompt: Vec<u32> = (0..13).map(|i| i * 17 % 250).collect();
+    let a = prefill(&base, &[(prompt.clone(), load(&q8))]);
+    let b = prefill(&base, &[(prompt.clone(), load(&f32_file))]);
+    assert!(a == b, "a Q8_0 adapter should read as its dequantized values");
+    assert!(a != prefill(&base, &[(prompt, None)]), "and still adapt the model");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

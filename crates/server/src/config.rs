@@ -52,6 +52,8 @@ pub struct FileConfig {
     pub discover_models: Option<bool>,
     /// Serve the chat page at `/` and `/ui` (default true).
     pub ui: Option<bool>,
+    /// Serve llama.cpp's `GET /slots` (default false).
+    pub slots_endpoint: Option<bool>,
     #[serde(default)]
     pub models: Vec<ModelEntry>,
 }
@@ -84,6 +86,12 @@ pub struct ModelEntry {
     pub chat_template: Option<String>,
     /// The chat template from a Jinja file instead of the GGUF's.
     pub chat_template_file: Option<String>,
+    /// More names requests may use for this model (listed as `aliases` in `/v1/models`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Labels listed as `tags` in `/v1/models` (llama.cpp's `--tags`), for clients to pick by.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// LoRA adapters for this model (`[[models.loras]]`), loaded with it.
     #[serde(default)]
     pub loras: Vec<LoraEntry>,
@@ -158,6 +166,9 @@ pub struct ServeFlags {
     /// Repeatable.
     #[arg(long = "lora")]
     pub loras: Vec<String>,
+    /// Serve llama.cpp's `GET /slots` (the engine's sequence slots, busy or idle).
+    #[arg(long)]
+    pub slots: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -170,6 +181,8 @@ pub struct ModelSpec {
     pub keep_alive: KeepAlive,
     /// Other names it answers to (its catalog name, file stem).
     pub aliases: Vec<String>,
+    /// Labels shown in `/v1/models`.
+    pub tags: Vec<String>,
     /// Draft model for speculative decoding.
     pub draft: Option<PathBuf>,
     /// A chat template (Jinja) that replaces the GGUF's.
@@ -204,6 +217,8 @@ pub struct ServerConfig {
     pub limits: crate::registry::Limits,
     /// The chat page at `/` and `/ui`.
     pub ui: bool,
+    /// llama.cpp's `GET /slots`.
+    pub slots: bool,
 }
 
 /// `$SLM_HOME`, by default `~/.cache/slm`: models and the response store live here.
@@ -332,6 +347,25 @@ fn loras_of(e: Option<&ModelEntry>) -> Result<(Vec<AdapterSpec>, AdapterLimits)>
     Ok((specs, limits))
 }
 
+/// A model named at start-up (by `--model` or `[[models]]`), with its entry's settings if it
+/// has one.
+fn named_spec(e: Option<&ModelEntry>, path: PathBuf, file: &FileConfig) -> Result<ModelSpec> {
+    let (loras, lora_limits) = loras_of(e)?;
+    Ok(ModelSpec {
+        alias: e.and_then(|e| e.alias.clone()).unwrap_or_else(|| alias_of(&path)),
+        path,
+        engine: engine_config(e, file.queue_limit),
+        pooling: pooling_of(e),
+        keep_alive: e.and_then(|e| e.keep_alive).unwrap_or(KeepAlive::FOREVER),
+        aliases: e.map(|e| e.aliases.clone()).unwrap_or_default(),
+        tags: e.map(|e| e.tags.clone()).unwrap_or_default(),
+        draft: draft_of(e, file)?,
+        chat_template: template_of(e)?,
+        loras,
+        lora_limits,
+    })
+}
+
 /// A config entry's draft model, resolved.
 fn draft_of(e: Option<&ModelEntry>, file: &FileConfig) -> Result<Option<PathBuf>> {
     match e.and_then(|e| e.draft_model.as_deref()) {
@@ -352,37 +386,12 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
     let mut models = Vec::new();
     if flags.models.is_empty() {
         for e in &file.models {
-            let path = expand_home(&e.path);
-            models.push(ModelSpec {
-                alias: e.alias.clone().unwrap_or_else(|| alias_of(&path)),
-                path,
-                engine: engine_config(Some(e), file.queue_limit),
-                pooling: pooling_of(Some(e)),
-                keep_alive: e.keep_alive.unwrap_or(KeepAlive::FOREVER),
-                aliases: Vec::new(),
-                draft: draft_of(Some(e), &file)?,
-                chat_template: template_of(Some(e))?,
-                loras: loras_of(Some(e))?.0,
-                lora_limits: loras_of(Some(e))?.1,
-            });
+            models.push(named_spec(Some(e), expand_home(&e.path), &file)?);
         }
     }
     for m in &flags.models {
         let entry = file.models.iter().find(|e| e.alias.as_deref() == Some(m.as_str()));
-        let path = resolve_model(m, &file)?;
-        let alias = entry.and_then(|e| e.alias.clone()).unwrap_or_else(|| alias_of(&path));
-        models.push(ModelSpec {
-            alias,
-            path,
-            engine: engine_config(entry, file.queue_limit),
-            pooling: pooling_of(entry),
-            keep_alive: entry.and_then(|e| e.keep_alive).unwrap_or(KeepAlive::FOREVER),
-            aliases: Vec::new(),
-            draft: draft_of(entry, &file)?,
-            chat_template: template_of(entry)?,
-            loras: loras_of(entry)?.0,
-            lora_limits: loras_of(entry)?.1,
-        });
+        models.push(named_spec(entry, resolve_model(m, &file)?, &file)?);
     }
     let named = !models.is_empty();
     let discover_on = file.discover_models.unwrap_or(!named);
@@ -401,6 +410,7 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
                 pooling: None,
                 keep_alive: KeepAlive::FOREVER,
                 aliases: Vec::new(),
+                tags: Vec::new(),
                 draft: None,
                 chat_template: None,
                 loras: Vec::new(),
@@ -473,6 +483,7 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
         api_keys,
         cors_allowed_origins: file.cors_allowed_origins.unwrap_or_default(),
         ui: !flags.no_ui && file.ui.unwrap_or(true),
+        slots: flags.slots || file.slots_endpoint.unwrap_or(false),
         // Long prompts must reach the context-length check, not the body limit.
         body_limit: file.body_limit_mb.unwrap_or(16) << 20,
         shutdown_timeout_s: file.shutdown_timeout_s.unwrap_or(30),
@@ -521,6 +532,7 @@ fn discover(named: &mut [ModelSpec], keep_alive: KeepAlive, queue_limit: Option<
             pooling: None,
             keep_alive,
             aliases,
+            tags: Vec::new(),
             draft: None,
             chat_template: None,
             loras: Vec::new(),

@@ -99,27 +99,56 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then waits for open connections to
-/// finish (the caller bounds that wait).
-pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
+/// Serves `app` on every listener (one per `--host` address) until `shutdown` resolves, then
+/// waits for open connections to finish (the caller bounds that wait). The caps count the
+/// connections of all listeners together.
+pub async fn serve(listeners: Vec<TcpListener>, app: Router, limits: Limits, shutdown: impl Future<Output = ()>) {
     // HTTP/1 only: the clients are OpenAI-style HTTP/1 clients, and hyper's head timeout
     // covers HTTP/1 alone (an idle h2c connection would hold its slot).
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).half_close(true);
+    // Header names in title case (`Content-Type`), as llama-server, nginx and most servers
+    // write them: clients that look them up case-sensitively find them.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .half_close(true)
+        .title_case_headers(true);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_client = Arc::new(PerClient::default());
+    // One acceptor per listener, all feeding this loop; aborted (closing their sockets) at
+    // shutdown.
+    let (tx, mut accepted) = tokio::sync::mpsc::channel(64);
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok(a) => {
+                            if tx.send(a).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // Out of file descriptors, typically: back off instead of spinning.
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
     tokio::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors, typically: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            a = accepted.recv() => match a {
+                Some(a) => a,
+                None => break,
             },
             _ = &mut shutdown => break,
         };
@@ -147,7 +176,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             }
         });
     }
-    drop(listener);
+    acceptors.iter().for_each(|a| a.abort());
     graceful.shutdown().await;
 }
 

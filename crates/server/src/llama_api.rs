@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::openai::{CompletionRequest, PromptField, StopField};
 
 /// One piece of a native prompt: text, or a token id.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum PromptPiece {
     Text(String),
@@ -68,6 +68,9 @@ pub struct NativeRequest {
     pub cache_salt: Option<String>,
     pub keep_alive: Option<crate::keep_alive::KeepAlive>,
     pub lora: Option<Vec<crate::openai::LoraRef>>,
+    /// llama.cpp's forms: `[[token id or text, bias], …]` or `{"id or text": bias}`; a text
+    /// biases each of its tokens, `false` bans a token. Read by `logit_bias` below.
+    pub logit_bias: Option<Value>,
     // `/infill`
     pub input_prefix: Option<String>,
     pub input_suffix: Option<String>,
@@ -133,6 +136,51 @@ impl NativeRequest {
         c.keep_alive = self.keep_alive;
         Ok(c)
     }
+}
+
+/// The most negative bias slm applies: a ban (llama.cpp's `false`, its -inf).
+const BAN: f64 = -100.0;
+
+/// llama.cpp's `logit_bias` as token ids and biases (OpenAI's map form: ids as keys);
+/// `encode` tokenizes a text key.
+pub fn logit_bias(
+    v: &Value,
+    encode: impl Fn(&str) -> Result<Vec<u32>, ApiError>,
+) -> Result<std::collections::BTreeMap<String, f64>, ApiError> {
+    let bad = |m: String| ApiError::invalid("logit_bias", m);
+    let bias_of = |b: &Value| match b {
+        Value::Bool(false) => Ok(BAN),
+        b => b.as_f64().ok_or_else(|| bad(format!("a bias must be a number or false, got {b}"))),
+    };
+    let mut pairs: Vec<(Value, f64)> = Vec::new();
+    match v {
+        Value::Array(a) => {
+            for e in a {
+                match e.as_array().map(Vec::as_slice) {
+                    Some([k, b]) => pairs.push((k.clone(), bias_of(b)?)),
+                    _ => return Err(bad(format!("each entry must be [token id or text, bias], got {e}"))),
+                }
+            }
+        }
+        Value::Object(o) => {
+            for (k, b) in o {
+                let key = k.parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::String(k.clone()));
+                pairs.push((key, bias_of(b)?));
+            }
+        }
+        other => return Err(bad(format!("`logit_bias` must be a list or an object, got {other}"))),
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (k, b) in pairs {
+        let ids = match &k {
+            Value::String(s) => encode(s)?,
+            k => vec![k.as_u64().and_then(|t| u32::try_from(t).ok()).ok_or_else(|| bad(format!("bad token {k}")))?],
+        };
+        for id in ids {
+            out.insert(id.to_string(), b.clamp(BAN, 100.0));
+        }
+    }
+    Ok(out)
 }
 
 /// `timings`, as llama.cpp reports them.

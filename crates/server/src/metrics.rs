@@ -29,6 +29,11 @@ impl Histogram {
         }
     }
 
+    /// Seconds observed in all.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_us.load(Relaxed) as f64 / 1e6
+    }
+
     pub fn observe(&self, seconds: f64) {
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             if seconds <= *b {

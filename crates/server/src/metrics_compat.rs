@@ -3,18 +3,20 @@
 //! `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`, `vllm:lora_requests_info`,
 //! and read `vllm:cache_config_info`) and llama.cpp's server's (`llamacpp:requests_processing`,
 //! which LLMKube's autoscaler reads). Values equal slm's own series (`metrics.rs`); labels
-//! follow theirs (`model_name`). Rendered by `GET /metrics` after slm's own names.
+//! follow theirs (`model_name`), except llama.cpp's, which carry no labels, as llama-server
+//! (one model) writes them: summed over the loaded models. Rendered by `GET /metrics` after
+//! slm's own names.
 
 use std::fmt::Write;
 
-use crate::metrics::{kv_usage, render_series, Series};
+use crate::metrics::{kv_usage, render_series, Metrics, Series};
 use crate::registry::Registry;
 use crate::state::ServedModel;
 
 /// Appends the compatibility series for the loaded generation models (`reg`: their entries,
 /// for the adapter bounds).
-pub fn render(models: &[std::sync::Arc<ServedModel>], reg: Option<&Registry>, out: &mut String) {
-    let series: [Series; 9] = [
+pub fn render(models: &[std::sync::Arc<ServedModel>], reg: Option<&Registry>, metrics: &Metrics, out: &mut String) {
+    let series: [Series; 7] = [
         ("vllm:num_requests_running", "gauge", "Requests running (= slm_requests_running).", |s| s.num_running as f64),
         ("vllm:num_requests_waiting", "gauge", "Requests waiting (= slm_requests_waiting).", |s| s.num_waiting as f64),
         ("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage, 0 to 1 (= slm_kv_cache_usage_ratio).", kv_usage),
@@ -28,14 +30,9 @@ pub fn render(models: &[std::sync::Arc<ServedModel>], reg: Option<&Registry>, ou
         ("vllm:num_preemptions_total", "counter", "Preemptions (= slm_preemptions_total).", |s| {
             s.preemptions_total as f64
         }),
-        ("llamacpp:requests_processing", "gauge", "Requests processing (= slm_requests_running).", |s| {
-            s.num_running as f64
-        }),
-        ("llamacpp:requests_deferred", "gauge", "Requests deferred (= slm_requests_waiting).", |s| {
-            s.num_waiting as f64
-        }),
     ];
     render_series(out, "model_name", &series, models);
+    render_llama_cpp(models, metrics, out);
     // vLLM's LoRA gauge: the adapters (comma-separated) of running and waiting requests in
     // labels, the value the time of the reading (the Inference Extension reads the labels of
     // the newest sample).
@@ -68,5 +65,60 @@ pub fn render(models: &[std::sync::Arc<ServedModel>], reg: Option<&Registry>, ou
             format!("{:?}", c.kv_dtype).to_lowercase(),
             if c.prefix_caching { "True" } else { "False" },
         );
+    }
+}
+
+/// llama-server's own names, without labels: token counts and step figures summed over the
+/// models, times from the server's latency histograms (time to first token is prompt time,
+/// the time between tokens is generation time, as llama.cpp splits them).
+fn render_llama_cpp(models: &[std::sync::Arc<ServedModel>], metrics: &Metrics, out: &mut String) {
+    let snaps: Vec<_> = models.iter().map(|m| m.engine.stats()).collect();
+    let sum = |f: fn(&slm_engine::StatsSnapshot) -> u64| snaps.iter().map(f).sum::<u64>() as f64;
+    let prompt_cached = sum(|s| s.prefix_cache_hit_tokens_total);
+    let prompt = sum(|s| s.prompt_tokens_total) - prompt_cached;
+    let predicted = sum(|s| s.generated_tokens_total);
+    let (prompt_s, predicted_s) =
+        (metrics.time_to_first_token.sum_seconds(), metrics.inter_token_latency.sum_seconds());
+    let steps = sum(|s| s.steps_total);
+    let rate = |n: f64, s: f64| if s > 0.0 { n / s } else { 0.0 };
+    let rows: [(&str, &str, &str, f64); 15] = [
+        ("prompt_tokens_total", "counter", "Prompt tokens processed (not served from the cache).", prompt),
+        ("prompt_tokens_cached_total", "counter", "Prompt tokens served from the prefix cache.", prompt_cached),
+        ("prompt_seconds_total", "counter", "Prompt processing time (time to first token).", prompt_s),
+        ("tokens_predicted_total", "counter", "Tokens generated.", predicted),
+        ("tokens_predicted_seconds_total", "counter", "Generation time (between tokens).", predicted_s),
+        ("n_decode_total", "counter", "Engine steps (batched forward passes).", steps),
+        (
+            "n_tokens_max",
+            "counter",
+            "The most rows one step has run.",
+            snaps.iter().map(|s| s.step_tokens_max).max().unwrap_or(0) as f64,
+        ),
+        (
+            "spec_decode_num_draft_tokens_total",
+            "counter",
+            "Drafted tokens verified.",
+            sum(|s| s.spec_draft_tokens_total),
+        ),
+        (
+            "spec_decode_num_accepted_tokens_total",
+            "counter",
+            "Drafted tokens accepted.",
+            sum(|s| s.spec_accepted_tokens_total),
+        ),
+        ("spec_decode_num_drafts_total", "counter", "Drafts verified.", sum(|s| s.spec_drafts_total)),
+        ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s.", rate(prompt, prompt_s)),
+        (
+            "predicted_tokens_seconds",
+            "gauge",
+            "Average generation throughput in tokens/s.",
+            rate(predicted, predicted_s),
+        ),
+        ("requests_processing", "gauge", "Requests processing (= slm_requests_running).", sum(|s| s.num_running)),
+        ("requests_deferred", "gauge", "Requests deferred (= slm_requests_waiting).", sum(|s| s.num_waiting)),
+        ("n_busy_slots_per_decode", "gauge", "Average sequences per step.", rate(sum(|s| s.step_seqs_total), steps)),
+    ];
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(out, "# HELP llamacpp:{name} {help}\n# TYPE llamacpp:{name} {kind}\nllamacpp:{name} {v}");
     }
 }

@@ -331,6 +331,9 @@ pub struct ModelCard {
     pub parent: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root: Option<String>,
+    /// Every name requests may use for it (its id first), and its labels (llama.cpp's fields).
+    pub aliases: Vec<String>,
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -338,7 +341,10 @@ pub struct EmbeddingsRequest {
     pub model: Option<String>,
     /// Extension (Ollama): how long the model stays loaded after this request.
     pub keep_alive: Option<crate::keep_alive::KeepAlive>,
-    pub input: PromptField,
+    /// OpenAI's forms (a string, strings, token ids, lists of token ids) and llama.cpp's
+    /// (strings and ids mixed in one input, `{"prompt_string"}`, `{"content": [parts]}`):
+    /// read by `routes/embeddings.rs`.
+    pub input: Value,
     pub encoding_format: Option<String>,
     pub dimensions: Option<i64>,
     pub user: Option<String>,

@@ -29,6 +29,8 @@ pub struct EntrySpec {
     pub id: String,
     /// Other names requests may use (catalog name, file stem).
     pub aliases: Vec<String>,
+    /// Labels `/v1/models` shows.
+    pub tags: Vec<String>,
     pub path: PathBuf,
     pub engine: EngineConfig,
     pub kind: ModelKind,

@@ -20,9 +20,12 @@ use crate::routes::unix_now;
 use crate::state::{AppState, Settings};
 
 pub async fn serve(cfg: ServerConfig) -> Result<()> {
+    crate::routes::metrics::PROCESS_START.get_or_init(unix_now);
     raise_fd_limit();
     crate::memory::tune_allocator();
-    let loopback = cfg.host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(cfg.host == "localhost");
+    // `--host` may list several addresses, comma-separated (llama.cpp's form).
+    let hosts: Vec<&str> = cfg.host.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
+    let loopback = hosts.iter().all(|h| h.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(*h == "localhost"));
     if !loopback && cfg.api_keys.is_empty() {
         tracing::warn!(
             "binding {} with no API key: anyone on the network can use this server (set --api-key or SLM_API_KEY)",
@@ -40,13 +43,20 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         body_limit: cfg.body_limit,
         responses: Arc::new(responses),
         ui: cfg.ui,
+        slots: cfg.slots,
     });
     let mut app = crate::app(state.clone());
     if !cfg.cors_allowed_origins.is_empty() {
         let origins = if cfg.cors_allowed_origins.iter().any(|o| o == "*") {
             AllowOrigin::from(Any)
         } else {
-            AllowOrigin::list(cfg.cors_allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+            // `localhost` (llama.cpp's keyword) stands for every loopback origin, any port.
+            let listed: Vec<HeaderValue> =
+                cfg.cors_allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+            let loopback = cfg.cors_allowed_origins.iter().any(|o| o == "localhost");
+            AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+                listed.contains(origin) || (loopback && origin.to_str().is_ok_and(is_loopback_origin))
+            })
         };
         // `*` does not cover `Authorization` under the Fetch standard: mirror what the
         // preflight asks for (Authorization, Content-Type, x-api-key, the SDKs' own headers).
@@ -54,11 +64,20 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
             CorsLayer::new().allow_origin(origins).allow_methods(Any).allow_headers(AllowHeaders::mirror_request()),
         );
     }
-    let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
-        .await
-        .with_context(|| format!("cannot bind {}:{}", cfg.host, cfg.port))?;
-    let addr = listener.local_addr()?;
-    println!("slm: listening on http://{addr}");
+    let mut listeners = Vec::new();
+    let mut port = cfg.port;
+    for host in &hosts {
+        let listener =
+            tokio::net::TcpListener::bind((*host, port)).await.with_context(|| format!("cannot bind {host}:{port}"))?;
+        let addr = listener.local_addr()?;
+        // Port 0 picks a free port once: the other addresses take the same one.
+        port = addr.port();
+        println!("slm: listening on http://{addr}");
+        listeners.push(listener);
+    }
+    if listeners.is_empty() {
+        anyhow::bail!("--host names no address");
+    }
 
     let eager = cfg.models.len();
     let entries: Vec<Entry> =
@@ -105,7 +124,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         max_connections_per_client: cfg.max_connections_per_client,
         header_read_timeout: Duration::from_secs(cfg.header_read_timeout_s),
     };
-    crate::listener::serve(listener, app, limits, shutdown_signal(state, cfg.shutdown_timeout_s)).await;
+    crate::listener::serve(listeners, app, limits, shutdown_signal(state, cfg.shutdown_timeout_s)).await;
     Ok(())
 }
 
@@ -116,6 +135,7 @@ fn entry_spec(m: &ModelSpec) -> EntrySpec {
     EntrySpec {
         id: m.alias.clone(),
         aliases: m.aliases.clone(),
+        tags: m.tags.clone(),
         path: m.path.clone(),
         engine: m.engine.clone(),
         kind: match m.pooling {
@@ -130,6 +150,16 @@ fn entry_spec(m: &ModelSpec) -> EntrySpec {
         loras: m.loras.clone(),
         lora_limits: m.lora_limits,
     }
+}
+
+/// `http(s)://localhost`, `127.0.0.1` or `[::1]`, with or without a port.
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else { return false };
+    let host = match rest.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => rest,
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
 }
 
 /// Raises the soft open-file limit to the hard one (where allowed), so the connection cap,
@@ -167,4 +197,26 @@ async fn shutdown_signal(state: AppState, timeout_s: u64) {
         eprintln!("slm: shutdown timeout reached; exiting");
         std::process::exit(0);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_origins_are_recognised() {
+        for o in
+            ["http://localhost", "http://localhost:8080", "https://127.0.0.1:3000", "http://[::1]", "http://[::1]:3000"]
+        {
+            assert!(super::is_loopback_origin(o), "{o}");
+        }
+        for o in [
+            "http://evil.com",
+            "http://localhost.evil.com",
+            "http://127.0.0.2",
+            "localhost",
+            "http://[::2]:80",
+            "http://localhost:80x",
+        ] {
+            assert!(!super::is_loopback_origin(o), "{o}");
+        }
+    }
 }

@@ -53,6 +53,8 @@ pub struct Settings {
     pub responses: Arc<ResponseStore>,
     /// Serve the chat page (`ui.rs`).
     pub ui: bool,
+    /// Serve llama.cpp's `GET /slots`.
+    pub slots: bool,
 }
 
 impl Settings {
@@ -64,6 +66,7 @@ impl Settings {
             body_limit,
             responses: Arc::new(ResponseStore::in_memory(10_000, 30 * 86_400)),
             ui: true,
+            slots: false,
         }
     }
 }
@@ -119,6 +122,7 @@ impl AppState {
         let spec = |id: &str, path: &str, kind| EntrySpec {
             id: id.to_string(),
             aliases: Vec::new(),
+            tags: Vec::new(),
             path: path.into(),
             engine: slm_engine::EngineConfig::default(),
             kind,

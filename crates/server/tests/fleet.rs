@@ -70,8 +70,10 @@ async fn probes_draining_streams_and_compatibility_metrics() {
         ("slm_requests_waiting{model=\"qwen\"}", "vllm:num_requests_waiting{model_name=\"qwen\"}"),
         ("slm_requests_running{model=\"qwen\"}", "vllm:num_requests_running{model_name=\"qwen\"}"),
         ("slm_kv_cache_usage_ratio{model=\"qwen\"}", "vllm:kv_cache_usage_perc{model_name=\"qwen\"}"),
-        ("slm_requests_running{model=\"qwen\"}", "llamacpp:requests_processing{model_name=\"qwen\"}"),
-        ("slm_requests_waiting{model=\"qwen\"}", "llamacpp:requests_deferred{model_name=\"qwen\"}"),
+        // llama.cpp's names have no labels: one model here, so the same values.
+        ("slm_requests_running{model=\"qwen\"}", "llamacpp:requests_processing "),
+        ("slm_requests_waiting{model=\"qwen\"}", "llamacpp:requests_deferred "),
+        ("slm_generation_tokens_total{model=\"qwen\"}", "llamacpp:tokens_predicted_total "),
     ];
     for (ours, theirs) in pairs {
         assert_eq!(metric(&text, ours), metric(&text, theirs), "{theirs}");

@@ -42,6 +42,7 @@ fn state(dir: &Path) -> AppState {
     let spec = EntrySpec {
         id: "qwen".into(),
         aliases: vec![],
+        tags: vec![],
         path: common::model_path("qwen2.5-coder-0.5b-instruct-q4_k_m"),
         engine: config,
         kind: ModelKind::Generate,

@@ -243,3 +243,17 @@ async fn stream_chat(
     });
     stream::close(&tx, usage).await;
 }
+
+/// `POST /v1/chat/completions/input_tokens` (llama.cpp's): the tokens the request's prompt
+/// takes — its messages and tools through the chat template, as a completion would run it —
+/// without running it.
+pub async fn input_tokens(
+    State(state): State<AppState>,
+    tenant: Option<Extension<Tenant>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (req, served) = parse_for::<ChatCompletionRequest>(&state, body).await?;
+    let valid = validate::chat(&served.engine, req, tenant.as_ref().map(|t| &t.0)).await?;
+    let n = valid.request.prompts().first().map_or(0, Vec::len);
+    Ok(Json(serde_json::json!({ "input_tokens": n })).into_response())
+}

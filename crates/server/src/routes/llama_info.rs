@@ -78,3 +78,29 @@ pub async fn props(State(state): State<AppState>, Query(q): Query<PropsQuery>) -
         "build_info": state.fingerprint,
     })))
 }
+
+/// llama-server's `GET /slots`, as slm has them: one slot per sequence the engine runs at
+/// once (`max_seqs`), each with the context a request may use, and busy while that many
+/// sequences run. What a slot is working on (prompts, parameters) is not shown: slm keeps no
+/// per-slot record, and another client's prompt is not for this one. Off unless the server
+/// was started with `--slots` (`slots_endpoint = true`), as llama.cpp's `--no-slots` turns it
+/// off: 501 then.
+pub async fn slots(State(state): State<AppState>, Query(q): Query<PropsQuery>) -> Result<Json<Value>, ApiError> {
+    if !state.settings.slots {
+        return Err(ApiError::not_supported("This server does not serve /slots; start it with --slots."));
+    }
+    let served = state.model_for(q.model.as_deref(), None).await?;
+    let engine = &served.engine;
+    let running = engine.stats().num_running as usize;
+    let slots: Vec<Value> = (0..engine.config().max_seqs)
+        .map(|id| {
+            json!({
+                "id": id,
+                "n_ctx": engine.max_model_len(),
+                "speculative": engine.config().speculative.enabled,
+                "is_processing": id < running,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(slots)))
+}

@@ -28,6 +28,8 @@ fn card(e: &Entry) -> ModelCard {
         status: e.status().as_str(),
         parent: None,
         root: None,
+        aliases: std::iter::once(e.spec.id.clone()).chain(e.spec.aliases.iter().cloned()).collect(),
+        tags: e.spec.tags.clone(),
     }
 }
 
@@ -39,6 +41,7 @@ fn adapter_card(e: &Entry, a: &ServedAdapter) -> ModelCard {
         status: Status::Loaded.as_str(),
         parent: Some(e.spec.id.clone()),
         root: Some(a.path.display().to_string()),
+        aliases: vec![a.name.clone()],
         ..card(e)
     }
 }

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 use slm_engine::tokenizer::{ExtraFile, InfillInput};
 use slm_engine::{Event, FinishReason, Finished, Model, TokenEvent, Tokenizer};
 use tokio::sync::mpsc;
@@ -230,9 +230,25 @@ async fn run(
     tenant: Option<&Tenant>,
     start: Instant,
 ) -> Result<Response, ApiError> {
-    let prompt_text = served.engine.model().tokenizer.decode(&tokens, true);
-    let c = req.to_completion(PromptField::Tokens(tokens))?;
-    let settings = settings(&c, &req);
+    let tok = &served.engine.model().tokenizer;
+    let prompt_text = tok.decode(&tokens, true);
+    let mut c = req.to_completion(PromptField::Tokens(tokens))?;
+    if let Some(v) = &req.logit_bias {
+        c.logit_bias = Some(crate::llama_api::logit_bias(v, |s| Ok(tok.encode(s, false, false)?))?);
+    }
+    let mut settings = settings(&c, &req);
+    // As llama.cpp lists them: each biased token, and with `ignore_eos` the end-of-generation
+    // tokens at -inf (null in JSON).
+    let mut biases: Vec<Value> = c
+        .logit_bias
+        .iter()
+        .flatten()
+        .map(|(id, b)| json!({"token": id.parse::<u32>().unwrap_or(0), "bias": b}))
+        .collect();
+    if req.ignore_eos == Some(true) {
+        biases.extend(tok.end_of_generation().iter().map(|id| json!({"token": id, "bias": null})));
+    }
+    settings["logit_bias"] = Value::Array(biases);
     let valid =
         validate::completion_with(&served.engine, c, tenant, None).await.map_err(|e| e.renamed(NATIVE_NAMES))?;
     let model = served.engine.model().clone();
