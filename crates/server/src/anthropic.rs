@@ -49,6 +49,8 @@ pub struct MessagesRequest {
     pub repetition_penalty: Option<f64>,
     pub cache_salt: Option<String>,
     pub speculative: Option<bool>,
+    pub repeat_call_guard: Option<bool>,
+    pub tool_result_hint: Option<bool>,
 }
 
 /// Chat's field names → this API's, for errors from the shared path.
@@ -264,6 +266,8 @@ pub fn chat_request(req: &MessagesRequest, counting: bool) -> Result<ChatComplet
         user: req.metadata.as_ref().and_then(|m| m.get("user_id")).and_then(Value::as_str).map(String::from),
         cache_salt: req.cache_salt.clone(),
         speculative: req.speculative,
+        repeat_call_guard: req.repeat_call_guard,
+        tool_result_hint: req.tool_result_hint,
         // A last assistant turn is a prefill: the answer continues it (Anthropic's semantics).
         continue_final_message: Some(
             messages.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant"),

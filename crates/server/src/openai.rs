@@ -165,6 +165,12 @@ with_sampling_fields! {
         // valid against a schema.
         pub grammar: Option<String>,
         pub json_schema: Option<Value>,
+        // Extension (slm): in `auto` tool mode, a call equal to one the conversation already
+        // answered is not emitted (repeat_guard.rs); on unless false.
+        pub repeat_call_guard: Option<bool>,
+        // Extension (slm): after a tool's result, a short system hint to answer from it
+        // (tool_hint.rs); off unless true.
+        pub tool_result_hint: Option<bool>,
     }
 }
 

@@ -53,6 +53,8 @@ pub struct ResponsesRequest {
     pub ignore_eos: Option<bool>,
     pub cache_salt: Option<String>,
     pub speculative: Option<bool>,
+    pub repeat_call_guard: Option<bool>,
+    pub tool_result_hint: Option<bool>,
 }
 
 /// Chat's field names → this API's, for errors from the shared path.
@@ -338,6 +340,8 @@ pub fn chat_request(req: &ResponsesRequest, items: &[Value]) -> Result<ChatCompl
         ignore_eos: req.ignore_eos,
         cache_salt: req.cache_salt.clone(),
         speculative: req.speculative,
+        repeat_call_guard: req.repeat_call_guard,
+        tool_result_hint: req.tool_result_hint,
         ..Default::default()
     })
 }

@@ -16,11 +16,18 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::openai::{PromptTokensDetails, TokenLogprob, TopLogprob, Usage};
 
+/// One choice's engine events, as the answer reads them: the engine's stream itself, or a
+/// wrapper over it (repeat_guard.rs). Dropping it aborts the sequence.
+pub type EventStream = BoxStream<'static, Event>;
+
+/// An engine stream as an `EventStream`.
+pub fn events(s: RequestStream) -> EventStream {
+    stream::unfold(s, |mut s| async move { s.next().await.map(|e| (e, s)) }).boxed()
+}
+
 /// Events of all choices, tagged with the choice index, until every choice has ended.
-pub fn merge(streams: Vec<RequestStream>) -> BoxStream<'static, (usize, Event)> {
-    let per_choice = streams.into_iter().enumerate().map(|(i, s)| {
-        stream::unfold(s, |mut s| async move { s.next().await.map(|e| (e, s)) }).map(move |e| (i, e)).boxed()
-    });
+pub fn merge(streams: Vec<EventStream>) -> BoxStream<'static, (usize, Event)> {
+    let per_choice = streams.into_iter().enumerate().map(|(i, s)| s.map(move |e| (i, e)).boxed());
     stream::select_all(per_choice).boxed()
 }
 
@@ -53,7 +60,7 @@ pub struct ChoiceOutput {
 
 /// Runs every choice to the end (non-streaming responses).
 pub async fn collect(
-    streams: Vec<RequestStream>,
+    streams: Vec<EventStream>,
     metrics: &Metrics,
     start: Instant,
 ) -> Result<Vec<ChoiceOutput>, ApiError> {
@@ -177,7 +184,7 @@ const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 /// finishes, or `None` when the client went away or the engine failed (the wire's error
 /// payload was sent then). Dropping the merged streams on return aborts whatever still runs.
 pub async fn pump(
-    streams: Vec<RequestStream>,
+    streams: Vec<EventStream>,
     tx: &mpsc::Sender<SseEvent>,
     metrics: &Metrics,
     start: Instant,

@@ -80,6 +80,21 @@ impl ToolStream {
         self.num_calls
     }
 
+    /// Bytes of the pushed text decided as content (or skipped whitespace): no call can
+    /// begin before this offset. Meaningful while `call_may_be_open` is false.
+    pub fn settled(&self) -> usize {
+        match self.mode {
+            Mode::Head { start, .. } => start,
+            Mode::Held { from } => from,
+            _ => self.pos,
+        }
+    }
+
+    /// A call has opened (or text is held that the lenient parser may read as one).
+    pub fn call_may_be_open(&self) -> bool {
+        self.num_calls > 0 || !matches!(self.mode, Mode::Start | Mode::Text)
+    }
+
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
         self.buf.push_str(text);
         let mut out = Vec::new();

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
-use slm_engine::{Event, FinishReason, RequestStream};
+use slm_engine::{Event, FinishReason};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -105,7 +105,7 @@ fn end_of(f: &slm_engine::Finished, num_calls: usize) -> TurnEnd {
 pub async fn run(
     state: &AppState,
     valid: &ValidChat,
-    streams: Vec<RequestStream>,
+    streams: Vec<stream::EventStream>,
     start: Instant,
     call_id: impl Fn() -> String,
 ) -> Result<Turn, ApiError> {
@@ -125,7 +125,7 @@ pub async fn run(
 pub fn stream(
     state: AppState,
     valid: &ValidChat,
-    streams: Vec<RequestStream>,
+    streams: Vec<stream::EventStream>,
     start: Instant,
     wire: impl TurnWire,
 ) -> Response {

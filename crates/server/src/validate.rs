@@ -5,10 +5,10 @@
 //! unbounded size, so they run on the blocking pool, never on the async workers. Nothing past
 //! this module sees an unchecked value.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
-use slm_engine::{
-    Constraint, ConstraintSpec, EngineError, EngineHandle, Model, Request, RequestStream, SamplingParams,
-};
+use slm_engine::{Constraint, ConstraintSpec, EngineError, EngineHandle, Model, Request, SamplingParams};
 
 use crate::auth::Tenant;
 use crate::error::ApiError;
@@ -16,8 +16,11 @@ use crate::grammar;
 use crate::openai::{
     ChatCompletionRequest, ChatMessage, CompletionRequest, MessageContent, PromptField, Role, SamplingFields, StopField,
 };
+use crate::repeat_guard::{self, GuardSpec};
 use crate::state::Served;
+use crate::stream::{self, EventStream};
 use crate::tool_format::{self, ToolFormat};
+use crate::tool_hint;
 use crate::tools::{self, ToolChoice};
 
 /// Most choices per request (`n`).
@@ -268,7 +271,19 @@ impl ValidRequest {
     /// Queues the `n` choices of every prompt (choice `i` of prompt `p` is stream `p·n + i`).
     /// A seeded request gives choice `i` the seed `seed + i`, so choices differ from each
     /// other and each is reproducible.
-    pub fn submit(&self, served: &Served) -> Result<Vec<RequestStream>, ApiError> {
+    pub fn submit(&self, served: &Served) -> Result<Vec<EventStream>, ApiError> {
+        let requests = self.requests(served)?;
+        // If the queue fills part way, the streams already queued are dropped on return,
+        // which takes them off the queue at once.
+        let mut streams = Vec::with_capacity(requests.len());
+        for r in requests {
+            streams.push(stream::events(served.engine.submit(r)?));
+        }
+        Ok(streams)
+    }
+
+    /// The engine requests of the `n` choices of every prompt, in `submit`'s order.
+    fn requests(&self, served: &Served) -> Result<Vec<Request>, ApiError> {
         let (s, engine) = (&self.sampling, &served.engine);
         // More sequences than the queue can ever hold: retrying cannot help, so not a 429.
         let limit = engine.config().max_waiting;
@@ -282,9 +297,7 @@ impl ValidRequest {
                 ),
             ));
         }
-        // If the queue fills part way, the streams already queued are dropped on return,
-        // which takes them off the queue at once.
-        let mut streams = Vec::with_capacity(self.prompts.len() * s.n);
+        let mut requests = Vec::with_capacity(self.prompts.len() * s.n);
         for prompt in &self.prompts {
             for i in 0..s.n {
                 let mut params = s.params.clone();
@@ -296,10 +309,10 @@ impl ValidRequest {
                 r.cache_salt = s.cache_salt.clone();
                 r.speculative = s.speculative;
                 r.lora = served.lora.clone();
-                streams.push(engine.submit(r)?);
+                requests.push(r);
             }
         }
-        Ok(streams)
+        Ok(requests)
     }
 }
 
@@ -309,6 +322,22 @@ pub struct ValidChat {
     /// The tools a call may name (None: tools are off).
     pub tool_names: Option<Vec<String>>,
     pub logprobs: bool,
+    /// Armed when the conversation holds answered calls (repeat_guard.rs).
+    pub guard: Option<Arc<GuardSpec>>,
+}
+
+impl ValidChat {
+    /// Queues the choices, each behind the repeat-call guard when it is armed.
+    pub fn submit(&self, served: &Served) -> Result<Vec<EventStream>, ApiError> {
+        let Some(guard) = &self.guard else { return self.request.submit(served) };
+        let requests = self.request.requests(served)?;
+        let mut streams = Vec::with_capacity(requests.len());
+        for r in requests {
+            let first = served.engine.submit(r.clone())?;
+            streams.push(repeat_guard::guarded(first, r, guard.clone(), served.engine.clone()));
+        }
+        Ok(streams)
+    }
 }
 
 /// A text-completion request, and per prompt the text `echo` repeats.
@@ -373,7 +402,7 @@ pub async fn chat(
     };
     let sampling =
         sampling(&req.sampling(), logprobs.then_some(top_logprobs), model.decoder.config.vocab_size, tenant)?;
-    let messages = messages(&req.messages)?;
+    let mut messages = messages(&req.messages)?;
     // tool_choice "none" renders no tools, so the model is not invited to call one.
     let offered = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
     let format = grammar::completion_fields(
@@ -383,16 +412,21 @@ pub async fn chat(
         req.response_format.as_ref(),
     )?;
     // Calls are constrained to the offered tools; in `auto` mode a `response_format` wins.
+    let parallel = req.parallel_tool_calls.unwrap_or(true);
+    let mut guard = None;
     let (spec, param) = match &offered {
-        Some(o) if format.is_none() || o.choice != ToolChoice::Auto => (
-            grammar::tool_calls(
-                req.tools.as_deref().unwrap_or_default(),
-                o,
-                req.parallel_tool_calls.unwrap_or(true),
-                native_tool_format(&model),
-            )?,
-            "tools",
-        ),
+        Some(o) if format.is_none() || o.choice != ToolChoice::Auto => {
+            let (tools, native) = (req.tools.as_deref().unwrap_or_default(), native_tool_format(&model));
+            if req.repeat_call_guard.unwrap_or(true) {
+                guard = GuardSpec::new(&req.messages, o).map(Arc::new);
+            }
+            if o.choice == ToolChoice::Auto && req.tool_result_hint.unwrap_or(false) {
+                if let Some(h) = tool_hint::hint(&req.messages) {
+                    messages.push(json!({"role": "system", "content": h}));
+                }
+            }
+            (grammar::tool_calls(tools, o, parallel, native)?, "tools")
+        }
         _ => match format {
             Some((c, param)) => (Some(c), param),
             None => (None, "response_format"),
@@ -408,7 +442,7 @@ pub async fn chat(
         let max_tokens = max_tokens(max_param, "messages", requested, prompt.len(), max_model_len)?;
         let constraint = compile(&model, spec, param)?;
         let request = ValidRequest { prompts: vec![prompt], sampling, max_tokens, constraint, constraint_param: param };
-        Ok(ValidChat { request, tool_names, logprobs })
+        Ok(ValidChat { request, tool_names, logprobs, guard })
     })
     .await
 }

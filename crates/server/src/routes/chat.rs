@@ -63,7 +63,7 @@ pub async fn chat_completions(
     let start = Instant::now();
     let (req, served) = parse_for::<ChatCompletionRequest>(&state, body).await?;
     let valid = validate::chat(&served.engine, req, tenant.as_ref().map(|t| &t.0)).await?;
-    let streams = valid.request.submit(&served)?;
+    let streams = valid.submit(&served)?;
     let model = served.engine.model().clone();
     let ctx = Ctx {
         id: new_id("chatcmpl"),
@@ -139,7 +139,7 @@ async fn stream_chat(
     state: AppState,
     ctx: Ctx,
     model: Arc<Model>,
-    streams: Vec<slm_engine::RequestStream>,
+    streams: Vec<stream::EventStream>,
     num_prompt_tokens: usize,
     include_usage: bool,
     tool_names: Option<Vec<String>>,

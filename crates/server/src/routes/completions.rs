@@ -192,7 +192,7 @@ async fn stream_completions(
     state: AppState,
     ctx: Ctx,
     model: Arc<Model>,
-    streams: Vec<slm_engine::RequestStream>,
+    streams: Vec<stream::EventStream>,
     echoes: Vec<String>,
     echo_logprobs: Vec<Option<CompletionLogprobs>>,
     logprobs: bool,

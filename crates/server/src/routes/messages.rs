@@ -34,7 +34,7 @@ pub async fn create(
     let chat = anthropic::chat_request(&req, false)?;
     let rename = |e: ApiError| e.renamed(FIELD_NAMES);
     let valid = validate::chat(&served.engine, chat, tenant.as_ref().map(|t| &t.0)).await.map_err(rename)?;
-    let streams = valid.request.submit(&served).map_err(rename)?;
+    let streams = valid.submit(&served).map_err(rename)?;
     let id = anthropic::new_id("msg");
     if req.stream.unwrap_or(false) {
         let wire = MessagesWire {

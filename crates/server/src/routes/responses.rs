@@ -115,7 +115,7 @@ pub async fn create(
     let mut items = history(&state, &owner, req.previous_response_id.as_deref()).await?;
     items.extend(input.iter().cloned());
     let valid = prepare(&served.engine, &req, items, tenant.as_ref()).await?;
-    let streams = valid.request.submit(&served).map_err(|e| e.renamed(FIELD_NAMES))?;
+    let streams = valid.submit(&served).map_err(|e| e.renamed(FIELD_NAMES))?;
     let meta = Meta::new(&req, &served.id);
     let saver = req.store.unwrap_or(true).then(|| Saver {
         store: state.settings.responses.clone(),
