@@ -165,8 +165,9 @@ def digits(s):
 
 
 def answer_ok(text, want):
+    """Every wanted value appears as a whole number or id ("17" is not in "BA117")."""
     t = digits(text or "").lower().replace("−", "-")
-    return all(digits(w).lower() in t for w in want)
+    return all(re.search(r"(?<![\w-])" + re.escape(digits(w).lower()) + r"(?![\w])", t) for w in want)
 
 
 def same_arg(got, want):

@@ -349,8 +349,11 @@ def main():
         three = throughput(f"http://127.0.0.1:{PORTS['round_robin']}/v1/chat/completions")
         one = throughput(f"http://{HOSTS[1]}:8080/v1/chat/completions")
         print(f"aggregate tok/s, 6 concurrent requests x 64 tokens: 3 hosts {three:.1f}, 1 host {one:.1f} ({three / one:.2f}x; 2 cores)")
-        if three < one:
-            failures.append("three hosts were slower than one: something serialises")
+        # One host batches all 6 requests in one step, which costs little more than one row on
+        # two shared cores, so three hosts land near 1x (0.97x measured on a Xeon). Requests
+        # serialised by the proxy would run one at a time: far below that.
+        if three < 0.8 * one:
+            failures.append("three hosts were much slower than one: something serialises")
     finally:
         lan.close()
     for f in failures:

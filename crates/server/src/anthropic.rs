@@ -51,6 +51,7 @@ pub struct MessagesRequest {
     pub speculative: Option<bool>,
     pub repeat_call_guard: Option<bool>,
     pub tool_result_hint: Option<bool>,
+    pub tool_system_hint: Option<bool>,
 }
 
 /// Chat's field names → this API's, for errors from the shared path.
@@ -268,6 +269,7 @@ pub fn chat_request(req: &MessagesRequest, counting: bool) -> Result<ChatComplet
         speculative: req.speculative,
         repeat_call_guard: req.repeat_call_guard,
         tool_result_hint: req.tool_result_hint,
+        tool_system_hint: req.tool_system_hint,
         // A last assistant turn is a prefill: the answer continues it (Anthropic's semantics).
         continue_final_message: Some(
             messages.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant"),

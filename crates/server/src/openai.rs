@@ -171,6 +171,8 @@ with_sampling_fields! {
         // Extension (slm): after a tool's result, a short system hint to answer from it
         // (tool_hint.rs); off unless true.
         pub tool_result_hint: Option<bool>,
+        // Extension (slm): a system hint on how to use the offered tools (tool_hint.rs).
+        pub tool_system_hint: Option<bool>,
     }
 }
 

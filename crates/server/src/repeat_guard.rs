@@ -13,10 +13,11 @@
 //! text in which no call opens in any format. So the client sees one consistent turn,
 //! streamed or not; the tokens it was sent are never taken back.
 //!
-//! The continuation may not call another tool either: a grammar of "text, then calls to the
-//! other tools" would be the finer rule, but llguidance's lexer cannot end a free-text lexeme
-//! where a call's literal begins, and a lazy trigger lets a bare-JSON call to the repeated
-//! tool through as text (the 1.5B model did exactly that, three times in a row).
+//! The continuation may not call another tool either. Measured (scripts/eval_agents.py), a
+//! continuation offered the other tools (lazy `auto` grammar, then text only at a second
+//! repeat) and one restarted with tool_hint.rs's hint did no better on either Coder model than
+//! text alone, and a grammar of "text, then calls to the other tools" does not work: the
+//! free-text lexeme cannot end where a call's literal begins.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -254,7 +255,8 @@ impl Guarded {
         let constraint = tokio::task::spawn_blocking(move || compiler.grammar.compile(&spec))
             .await
             .map_err(|e| ApiError::internal(format!("grammar compilation failed: {e}")))??;
-        let max_tokens = self.request.max_tokens.saturating_sub(self.sent_ids.len());
+        let room = self.engine.max_model_len().saturating_sub(self.request.prompt.len() + self.sent_ids.len());
+        let max_tokens = self.request.max_tokens.saturating_sub(self.sent_ids.len()).min(room);
         if max_tokens == 0 {
             return Err(ApiError::internal("no tokens left to continue with"));
         }

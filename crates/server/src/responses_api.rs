@@ -55,6 +55,7 @@ pub struct ResponsesRequest {
     pub speculative: Option<bool>,
     pub repeat_call_guard: Option<bool>,
     pub tool_result_hint: Option<bool>,
+    pub tool_system_hint: Option<bool>,
 }
 
 /// Chat's field names → this API's, for errors from the shared path.
@@ -342,6 +343,7 @@ pub fn chat_request(req: &ResponsesRequest, items: &[Value]) -> Result<ChatCompl
         speculative: req.speculative,
         repeat_call_guard: req.repeat_call_guard,
         tool_result_hint: req.tool_result_hint,
+        tool_system_hint: req.tool_system_hint,
         ..Default::default()
     })
 }

@@ -8,16 +8,40 @@
 
 use crate::openai::{ChatMessage, MessageContent, Role};
 
+/// The language of the user's last message (English when there is no text to tell by).
+fn language_of(msgs: &[ChatMessage]) -> Language {
+    let question = msgs.iter().rev().find(|m| m.role == Role::User).and_then(|m| match &m.content {
+        Some(MessageContent::Text(t)) => Some(t.as_str()),
+        _ => None,
+    });
+    question.map(language).unwrap_or(Language::English)
+}
+
+/// How to use the tools, for the start of a conversation that offers them (the
+/// `tool_system_hint` extension): small models invent ids they were never given.
+pub fn system_hint(msgs: &[ChatMessage]) -> &'static str {
+    match language_of(msgs) {
+        Language::English => {
+            "Use a tool only for information you do not have. Take every argument from the user's message or from an earlier tool result; never invent ids or names. When the results answer the question, reply to the user."
+        }
+        Language::Vietnamese => {
+            "Chỉ dùng công cụ khi bạn chưa có thông tin. Lấy mọi tham số từ tin nhắn của người dùng hoặc từ kết quả công cụ trước đó; không tự bịa mã hay tên. Khi kết quả đã trả lời câu hỏi, hãy trả lời người dùng."
+        }
+        Language::Russian => {
+            "Используй инструмент, только если информации у тебя нет. Бери каждый аргумент из сообщения пользователя или из прежнего результата инструмента; не выдумывай идентификаторы и имена. Когда результаты отвечают на вопрос, ответь пользователю."
+        }
+        Language::Spanish => {
+            "Usa una herramienta solo para información que no tienes. Toma cada argumento del mensaje del usuario o de un resultado anterior; nunca inventes identificadores ni nombres. Cuando los resultados respondan la pregunta, responde al usuario."
+        }
+    }
+}
+
 /// The hint for `msgs`, or None when the last message is not a tool result.
 pub fn hint(msgs: &[ChatMessage]) -> Option<&'static str> {
     if msgs.last()?.role != Role::Tool {
         return None;
     }
-    let question = msgs.iter().rev().find(|m| m.role == Role::User).and_then(|m| match &m.content {
-        Some(MessageContent::Text(t)) => Some(t.as_str()),
-        _ => None,
-    });
-    Some(match question.map(language).unwrap_or(Language::English) {
+    Some(match language_of(msgs) {
         Language::English => {
             "The tool results above are correct and final. If they answer the user's question, reply to the user now with the answer; call a tool only for information you do not have yet."
         }

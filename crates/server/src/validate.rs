@@ -420,6 +420,16 @@ pub async fn chat(
             if req.repeat_call_guard.unwrap_or(true) {
                 guard = GuardSpec::new(&req.messages, o).map(Arc::new);
             }
+            if o.choice == ToolChoice::Auto && req.tool_system_hint.unwrap_or(false) {
+                let h = tool_hint::system_hint(&req.messages);
+                match messages.first_mut().and_then(|m| m.as_object_mut()).filter(|m| m["role"] == "system") {
+                    Some(first) => {
+                        let content = format!("{}\n\n{h}", first["content"].as_str().unwrap_or(""));
+                        first.insert("content".into(), json!(content));
+                    }
+                    None => messages.insert(0, json!({"role": "system", "content": h})),
+                }
+            }
             if o.choice == ToolChoice::Auto && req.tool_result_hint.unwrap_or(false) {
                 if let Some(h) = tool_hint::hint(&req.messages) {
                     messages.push(json!({"role": "system", "content": h}));
@@ -439,6 +449,7 @@ pub async fn chat(
     let mode = render_mode(&req.messages, req.continue_final_message, req.add_generation_prompt)?;
     blocking(move || {
         let prompt = render_as(&model, &messages, tools.as_deref(), mode)?;
+
         let max_tokens = max_tokens(max_param, "messages", requested, prompt.len(), max_model_len)?;
         let constraint = compile(&model, spec, param)?;
         let request = ValidRequest { prompts: vec![prompt], sampling, max_tokens, constraint, constraint_param: param };

@@ -2,7 +2,8 @@
 //! from scripts/eval_agents.py where the model, handed the tool's result, calls the same tool
 //! with the same arguments again: with the guard off the answer is that call; with it on
 //! (the default) the answer is text, the same streamed and plain, and seeded answers are
-//! reproducible; required tool choice is not guarded; the engine ends with no block in use.
+//! reproducible; required tool choice is not guarded; the opt-in hints reach the prompt; the
+//! engine ends with no block in use.
 
 mod common;
 
@@ -108,6 +109,19 @@ async fn a_repeated_call_is_not_emitted_and_streamed_equals_plain() {
     other["messages"][0]["content"] = json!("What is the temperature in Reykjavik, and where does flight BA117 land?");
     let (status, _) = post(&state, other).await;
     assert_eq!(status, StatusCode::OK);
+    // The hints are opt-in and lengthen the prompt (in the user's language).
+    let prompt_tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let mut plain = conversation();
+    plain["max_tokens"] = json!(1);
+    let (_, base) = post(&state, plain.clone()).await;
+    let base = prompt_tokens(&serde_json::from_str(&base).unwrap());
+    for field in ["tool_system_hint", "tool_result_hint"] {
+        let mut hinted = plain.clone();
+        hinted[field] = json!(true);
+        let (status, text) = post(&state, hinted).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert!(prompt_tokens(&serde_json::from_str(&text).unwrap()) > base + 10, "{field}");
+    }
     for _ in 0..100 {
         if engine.stats().kv_blocks_used == 0 {
             break;
