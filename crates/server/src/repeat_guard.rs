@@ -2,7 +2,7 @@
 //! the same arguments again, turn after turn, until the agent framework's turn limit. In
 //! `auto` tool mode, when the conversation already holds a call and its result, this module
 //! makes sure the choice does not emit that call (same name, equal arguments) again: the model
-//! must answer or call something else. `validate::chat` arms it (`GuardSpec::new`);
+//! must answer instead. `validate::chat` arms it (`GuardSpec::new`);
 //! `ValidChat::submit` wraps each choice's engine stream in `guarded`. The request field
 //! `repeat_call_guard: false` turns it off.
 //!

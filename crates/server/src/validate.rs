@@ -330,9 +330,9 @@ impl ValidChat {
     /// Queues the choices, each behind the repeat-call guard when it is armed.
     pub fn submit(&self, served: &Served) -> Result<Vec<EventStream>, ApiError> {
         let Some(guard) = &self.guard else { return self.request.submit(served) };
-        let requests = self.request.requests(served)?;
-        let mut streams = Vec::with_capacity(requests.len());
-        for r in requests {
+        // As `ValidRequest::submit`; the guard keeps each choice's request to continue it.
+        let mut streams = Vec::new();
+        for r in self.request.requests(served)? {
             let first = served.engine.submit(r.clone())?;
             streams.push(repeat_guard::guarded(first, r, guard.clone(), served.engine.clone()));
         }
@@ -412,30 +412,21 @@ pub async fn chat(
         req.response_format.as_ref(),
     )?;
     // Calls are constrained to the offered tools; in `auto` mode a `response_format` wins.
-    let parallel = req.parallel_tool_calls.unwrap_or(true);
     let mut guard = None;
     let (spec, param) = match &offered {
         Some(o) if format.is_none() || o.choice != ToolChoice::Auto => {
-            let (tools, native) = (req.tools.as_deref().unwrap_or_default(), native_tool_format(&model));
             if req.repeat_call_guard.unwrap_or(true) {
                 guard = GuardSpec::new(&req.messages, o).map(Arc::new);
             }
-            if o.choice == ToolChoice::Auto && req.tool_system_hint.unwrap_or(false) {
-                let h = tool_hint::system_hint(&req.messages);
-                match messages.first_mut().and_then(|m| m.as_object_mut()).filter(|m| m["role"] == "system") {
-                    Some(first) => {
-                        let content = format!("{}\n\n{h}", first["content"].as_str().unwrap_or(""));
-                        first.insert("content".into(), json!(content));
-                    }
-                    None => messages.insert(0, json!({"role": "system", "content": h})),
-                }
+            if o.choice == ToolChoice::Auto {
+                let hints = tool_hint::Hints {
+                    system: req.tool_system_hint.unwrap_or(false),
+                    result: req.tool_result_hint.unwrap_or(false),
+                };
+                hints.apply(&req.messages, &mut messages);
             }
-            if o.choice == ToolChoice::Auto && req.tool_result_hint.unwrap_or(false) {
-                if let Some(h) = tool_hint::hint(&req.messages) {
-                    messages.push(json!({"role": "system", "content": h}));
-                }
-            }
-            (grammar::tool_calls(tools, o, parallel, native)?, "tools")
+            let (tools, parallel) = (req.tools.as_deref().unwrap_or_default(), req.parallel_tool_calls.unwrap_or(true));
+            (grammar::tool_calls(tools, o, parallel, native_tool_format(&model))?, "tools")
         }
         _ => match format {
             Some((c, param)) => (Some(c), param),
@@ -449,7 +440,6 @@ pub async fn chat(
     let mode = render_mode(&req.messages, req.continue_final_message, req.add_generation_prompt)?;
     blocking(move || {
         let prompt = render_as(&model, &messages, tools.as_deref(), mode)?;
-
         let max_tokens = max_tokens(max_param, "messages", requested, prompt.len(), max_model_len)?;
         let constraint = compile(&model, spec, param)?;
         let request = ValidRequest { prompts: vec![prompt], sampling, max_tokens, constraint, constraint_param: param };
