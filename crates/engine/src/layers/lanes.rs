@@ -1,5 +1,5 @@
 //! `Lanes`: 16 f32 lanes as one value, as a 512-bit AVX-512 register, a pair of AVX2
-//! registers, or a plain array. Kernels that are not quantized matmuls (attention, and the
+//! registers, four NEON registers, or a plain array. Kernels that are not quantized matmuls (attention, and the
 //! elementwise activations) are written once over it and built for each level inside a
 //! `#[target_feature]` function. Every operation is lane-wise IEEE arithmetic (`fma` is one
 //! rounding), so all three give the same bits.
@@ -10,7 +10,8 @@ use half::f16;
 ///
 /// # Safety
 /// Every method is `unsafe` for one reason: the x86 implementations use their CPU's
-/// features (`__m512` needs AVX-512F; `Avx2x2` needs AVX2, FMA and F16C). Call them only from
+/// features (`__m512` needs AVX-512F; `Avx2x2` needs AVX2, FMA and F16C; `Neon4` needs NEON,
+/// which every aarch64 has). Call them only from
 /// code dispatched on `Level::is_supported` for those features; the portable array needs none.
 pub trait Lanes: Copy {
     /// # Safety
@@ -158,6 +159,57 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub use x86::Avx2x2;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64 {
+    use super::Lanes;
+    use half::f16;
+    use std::arch::aarch64::*;
+
+    /// Four NEON registers: lanes 0–3, 4–7, 8–11, 12–15.
+    #[derive(Clone, Copy)]
+    pub struct Neon4([float32x4_t; 4]);
+
+    impl Lanes for Neon4 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Neon4([vdupq_n_f32(0.0); 4])
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            Neon4([vdupq_n_f32(x); 4])
+        }
+        #[inline(always)]
+        unsafe fn load(p: &[f32]) -> Self {
+            assert!(p.len() >= 16);
+            Neon4(std::array::from_fn(|i| vld1q_f32(p.as_ptr().add(4 * i))))
+        }
+        #[inline(always)]
+        unsafe fn load_f16(p: &[f16]) -> Self {
+            assert!(p.len() >= 16);
+            let p = p.as_ptr() as *const u16;
+            Neon4(std::array::from_fn(|i| crate::layers::kernels::neon::load_f16x4(p.add(4 * i))))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: &mut [f32]) {
+            assert!(p.len() >= 16);
+            for (i, v) in self.0.iter().enumerate() {
+                vst1q_f32(p.as_mut_ptr().add(4 * i), *v);
+            }
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            Neon4(std::array::from_fn(|i| vfmaq_f32(self.0[i], a.0[i], b.0[i])))
+        }
+        #[inline(always)]
+        unsafe fn mul(self, b: Self) -> Self {
+            Neon4(std::array::from_fn(|i| vmulq_f32(self.0[i], b.0[i])))
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub use aarch64::Neon4;
 
 /// An element type the KV cache can store: f16 (the default, as llama.cpp's) or f32.
 pub trait KvElem: Copy + Send + Sync + 'static {

@@ -23,14 +23,17 @@
 //! converted to f32 and fused-multiply-added with `d_w × d_x` into one f32 accumulator (then
 //! the min term: for Q4_K and Q5_K `Σ m·Σx` times `-dmin_w × d_x`, for Q4_1 and Q5_1 `Σx` times
 //! `m_w × d_x`). That sequence is the same for any number
-//! of rows, any tile, and AVX-512 VNNI, AVX2 or the portable path: results are bit-identical
-//! across all of them.
+//! of rows, any tile, and AVX-512 VNNI, AVX-VNNI, AVX2, aarch64 NEON (with `dotprod`, `i8mm` or
+//! neither) or the portable path: results are bit-identical across all of them.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod bench;
 mod blocks;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
 mod pack_io;
+mod prefetch;
 mod quantize;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -40,6 +43,7 @@ use std::cell::RefCell;
 
 pub use blocks::*;
 pub use pack_io::PosWriter;
+pub(crate) use prefetch::prefetch_line;
 pub use quantize::{quantize_q8_0_block, QuantizedRows};
 
 /// Output columns per tile (lanes of a 512-bit vector of i32).
@@ -508,7 +512,15 @@ thread_local! {
 pub enum Level {
     Scalar,
     Avx2,
+    /// AVX2 with the 256-bit `vpdpbusd` (AVX-VNNI: Alder Lake and later, Zen 5).
+    AvxVnni,
     Avx512Vnni,
+    /// aarch64 NEON without `dotprod` (ARMv8.0: Cortex-A53, A72).
+    Neon,
+    /// NEON with `sdot` (ARMv8.2 `dotprod`: Cortex-A55, A76, Raspberry Pi 5, Neoverse N1).
+    NeonDot,
+    /// NEON with `sdot` and `smmla` (ARMv8.6 `i8mm`: Neoverse V1/N2, Apple M2 and later).
+    NeonI8mm,
 }
 
 impl Level {
@@ -521,6 +533,8 @@ impl Level {
                 is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
+            Level::AvxVnni => Level::Avx2.is_supported() && is_x86_feature_detected!("avxvnni"),
+            #[cfg(target_arch = "x86_64")]
             Level::Avx512Vnni => {
                 // DQ and VL for the elementwise code built for this level (activation.rs).
                 Level::Avx2.is_supported()
@@ -530,31 +544,54 @@ impl Level {
                     && is_x86_feature_detected!("avx512dq")
                     && is_x86_feature_detected!("avx512vl")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Level::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Level::NeonDot => Level::Neon.is_supported() && std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[cfg(target_arch = "aarch64")]
+            Level::NeonI8mm => Level::NeonDot.is_supported() && std::arch::is_aarch64_feature_detected!("i8mm"),
+            #[allow(unreachable_patterns)]
             _ => false,
+        }
+    }
+
+    /// The name `SLM_KERNEL` takes and `slm bench` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            Level::Avx2 => "avx2",
+            Level::AvxVnni => "avxvnni",
+            Level::Avx512Vnni => "avx512vnni",
+            Level::Neon => "neon",
+            Level::NeonDot => "dotprod",
+            Level::NeonI8mm => "i8mm",
         }
     }
 }
 
+/// This architecture's levels, best first.
+const LEVELS_BEST_FIRST: &[Level] = if cfg!(target_arch = "x86_64") {
+    &[Level::Avx512Vnni, Level::AvxVnni, Level::Avx2, Level::Scalar]
+} else if cfg!(target_arch = "aarch64") {
+    &[Level::NeonI8mm, Level::NeonDot, Level::Neon, Level::Scalar]
+} else {
+    &[Level::Scalar]
+};
+
 /// Every level this CPU supports, portable first (for tests that compare them).
 pub fn supported_levels() -> Vec<Level> {
-    [Level::Scalar, Level::Avx2, Level::Avx512Vnni].into_iter().filter(|l| l.is_supported()).collect()
+    LEVELS_BEST_FIRST.iter().rev().copied().filter(|l| l.is_supported()).collect()
 }
 
-/// The best level this CPU supports (checked once; `SLM_KERNEL=avx2|scalar` caps it, never
-/// raises it, so the answer is always supported).
+/// The best level this CPU supports (checked once; `SLM_KERNEL=avxvnni|avx2|scalar` on x86,
+/// `dotprod|neon|scalar` on aarch64, caps it, never raises it, so the answer is always
+/// supported; a name of another architecture's level is ignored).
 pub fn detected_level() -> Level {
     static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
         let cap = std::env::var("SLM_KERNEL").unwrap_or_default();
-        let best = match cap.as_str() {
-            "scalar" => Level::Scalar,
-            "avx2" => Level::Avx2,
-            _ => Level::Avx512Vnni,
-        };
-        let order = [Level::Avx512Vnni, Level::Avx2, Level::Scalar];
-        let from = order.iter().position(|&l| l == best).expect("listed");
-        order[from..].iter().copied().find(|l| l.is_supported()).unwrap_or(Level::Scalar)
+        let from = LEVELS_BEST_FIRST.iter().position(|l| l.name() == cap).unwrap_or(0);
+        LEVELS_BEST_FIRST[from..].iter().copied().find(|l| l.is_supported()).unwrap_or(Level::Scalar)
     })
 }
 
@@ -637,7 +674,15 @@ pub unsafe fn matmul_at(w: &PackedWeights, x: &[f32], m: usize, out: &mut [f32],
                 #[cfg(target_arch = "x86_64")]
                 Level::Avx512Vnni => unsafe { x86::tiles_vnni(w, q, m, tiles, &mut share) },
                 #[cfg(target_arch = "x86_64")]
-                Level::Avx2 => unsafe { avx2::tiles_avx2(w, q, m, tiles, &mut share) },
+                Level::Avx2 => unsafe { avx2::tiles_avx2(w, q, m, tiles, &mut share, false) },
+                #[cfg(target_arch = "x86_64")]
+                Level::AvxVnni => unsafe { avx2::tiles_avx2(w, q, m, tiles, &mut share, true) },
+                #[cfg(target_arch = "aarch64")]
+                Level::Neon => unsafe { neon::tiles_neon(w, q, m, tiles, &mut share, neon::Mode::Mull) },
+                #[cfg(target_arch = "aarch64")]
+                Level::NeonDot => unsafe { neon::tiles_neon(w, q, m, tiles, &mut share, neon::Mode::Dot) },
+                #[cfg(target_arch = "aarch64")]
+                Level::NeonI8mm => unsafe { neon::tiles_neon(w, q, m, tiles, &mut share, neon::Mode::Mmla) },
                 _ => scalar::tiles(w, q, m, tiles, &mut share),
             }
         };
@@ -845,6 +890,32 @@ mod tests {
                     "{dtype:?} column {c}"
                 );
             }
+        }
+    }
+
+    /// The cross-level tests above compare every supported level: make sure the SIMD ones
+    /// are among them where the architecture always has them (NEON on aarch64), and that a
+    /// level the CPU has is reported as it should be.
+    #[test]
+    fn supported_levels_follow_the_cpu() {
+        let levels = supported_levels();
+        assert_eq!(levels[0], Level::Scalar);
+        #[cfg(target_arch = "aarch64")]
+        {
+            assert!(levels.contains(&Level::Neon));
+            assert_eq!(levels.contains(&Level::NeonDot), std::arch::is_aarch64_feature_detected!("dotprod"));
+            assert_eq!(
+                levels.contains(&Level::NeonI8mm),
+                std::arch::is_aarch64_feature_detected!("dotprod") && std::arch::is_aarch64_feature_detected!("i8mm")
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            levels.contains(&Level::AvxVnni),
+            levels.contains(&Level::Avx2) && is_x86_feature_detected!("avxvnni")
+        );
+        if std::env::var("SLM_KERNEL").is_err() {
+            assert_eq!(detected_level(), *levels.last().expect("scalar at least"));
         }
     }
 

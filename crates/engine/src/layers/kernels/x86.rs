@@ -3,60 +3,14 @@
 //! sub-block. It produces, per column and sub-block, the exact integer dot product; the
 //! K-quants multiply it by the sub-block's integer scale and sum over the block in integers
 //! (`vpmulld`); then the same f32 FMAs per block as the portable kernel. The AVX2 kernel
-//! (`avx2.rs`) shares the prefetch schedule.
+//! (`avx2.rs`) and the aarch64 one share the prefetch schedule (`prefetch.rs`).
 
 use std::arch::x86_64::*;
 
 use std::ops::Range;
 
+use super::prefetch::prefetch_ahead;
 use super::{PackedWeights, QuantizedRows, TileOut, QK, TILE};
-
-/// How far ahead of the sub-block being multiplied its weight bytes are prefetched. A single
-/// row's matmul reads each weight byte once, straight from memory; the hardware prefetcher
-/// alone kept only ~20 GB/s of this machine's ~39 in flight (`slm bench-kernels
-/// --streaming-only`: Q5_0 19.5 → 30 GB/s with it).
-const PREFETCH_BYTES: usize = 4096;
-
-/// Prefetches the lines, masks, scales and mins `PREFETCH_BYTES` ahead in each of the tile
-/// streams (a tile's sub-blocks, and then the next tile's, are contiguous in each).
-///
-/// # Safety
-/// The CPU must have SSE (every x86-64 does); prefetches never fault, so addresses past the
-/// weights' end are harmless (`wrapping_add`).
-#[inline(always)]
-pub(super) unsafe fn prefetch_ahead<
-    const G: usize,
-    const MIN: bool,
-    const NIB: bool,
-    const EXTRA: usize,
-    const SPB: usize,
->(
-    w: &PackedWeights,
-    t: usize,
-    s: usize,
-) {
-    let p = w.tile_sub(t, s).as_ptr() as *const i8;
-    let lines = if NIB { G / 2 } else { G };
-    for i in 0..lines {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + i * 64));
-    }
-    // The side streams hold fewer bytes per sub-block: prefetch them proportionally ahead.
-    let ahead = |bytes_per_sub: usize| PREFETCH_BYTES * bytes_per_sub / (lines * 64);
-    let fetch = |p: *const i8, bytes_per_sub: usize| _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead(bytes_per_sub)));
-    if EXTRA > 0 {
-        fetch(w.tile_high(t, s).as_ptr() as *const i8, 64);
-    }
-    if SPB > 1 {
-        fetch(w.tile_sub_scales(t, s).as_ptr(), TILE);
-    }
-    if MIN && SPB > 1 {
-        fetch(w.tile_sub_mins(t, s).as_ptr(), TILE);
-    }
-    fetch(w.tile_d(t, s / SPB).as_ptr() as *const i8, TILE * 2 / SPB);
-    if MIN {
-        fetch(w.tile_neg_dmin(t, s / SPB).as_ptr() as *const i8, TILE * 2 / SPB);
-    }
-}
 
 /// # Safety
 /// The CPU must have AVX-512 F/BW/VNNI, AVX2 and FMA; `q` must hold `m` rows quantized for `w` (`QuantizedRows::quantize`
