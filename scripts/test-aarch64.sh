@@ -28,13 +28,20 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
         print(m["executable"])')
 [ ${#bins[@]} -gt 0 ] || { echo "no test binaries built" >&2; exit 1; }
-filters=(layers::)
-[ $full = 1 ] && filters=()
 for cpu in max cortex-a76 cortex-a72; do
   for bin in "${bins[@]}"; do
     echo "== $cpu: $(basename "$bin")"
-    # The crate's integration tests read fixtures relative to the package.
-    (cd crates/engine && qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu "$cpu" "$bin" --test-threads 2 "${filters[@]}")
+    # The library's own tests: the layers (kernels, attention, dense); its real-model tests
+    # are the integration tests' business. Integration tests read fixtures relative to the
+    # package.
+    filter=()
+    case "$(basename "$bin")" in slm_engine-*) filter=(layers::) ;; esac
+    # The architecture tests compare with candle-transformers, whose aarch64 quantized dot
+    # products use `sdot` unconditionally: on a core without dotprod the reference itself
+    # stops with SIGILL. (slm reaches candle's kernels only for weight types its own do not
+    # take, none of which real GGUF models use.)
+    case "$cpu:$(basename "$bin")" in cortex-a72:architectures-*) echo "(skipped: candle's reference needs dotprod)"; continue ;; esac
+    (cd crates/engine && qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu "$cpu" "$bin" --test-threads 2 "${filter[@]}")
   done
 done
-echo "aarch64 tests passed under qemu: max (i8mm), cortex-a76 (dotprod), cortex-a72 (neon)"
+echo "aarch64 tests passed under qemu: max (i8mm), cortex-a76 (dotprod), cortex-a72 (neon; architecture tests skipped)"

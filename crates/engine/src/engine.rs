@@ -57,8 +57,8 @@ impl EngineHandle {
                 return Ok(());
             }
             Err(EngineError::InvalidConfig(format!(
-                "kv_cache_dtype {:?} needs a head dimension that is a multiple of 32 (and, for q4_0, an even block size); {whose} head dimension is {head_dim}, the block size {}",
-                config.kv_dtype, config.block_size
+                "kv_cache_dtype {:?} needs a head dimension that is a multiple of 32 and a block size of at most {} (for q4_0, an even one); {whose} head dimension is {head_dim}, the block size {}",
+                config.kv_dtype, crate::kv_quant::MAX_BLOCK_SLOTS, config.block_size
             )))
         };
         check_kv(&model, "this model's")?;

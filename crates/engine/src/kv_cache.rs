@@ -42,12 +42,13 @@ impl KvDtype {
 
     /// Whether a model with heads of `head_dim` can use this type in blocks of `block_size`
     /// tokens: the quantized types scale whole groups of 32 dimensions, as ggml requires, and
-    /// q4_0 packs two slots per byte.
+    /// q4_0 packs two slots per byte; blocks hold at most `MAX_BLOCK_SLOTS` slots.
     pub fn supports(self, head_dim: usize, block_size: usize) -> bool {
+        let slots = block_size <= crate::kv_quant::MAX_BLOCK_SLOTS;
         match self {
             KvDtype::F16 | KvDtype::F32 => true,
-            KvDtype::Q8_0 => head_dim.is_multiple_of(GROUP),
-            KvDtype::Q4_0 => head_dim.is_multiple_of(GROUP) && block_size.is_multiple_of(2),
+            KvDtype::Q8_0 => head_dim.is_multiple_of(GROUP) && slots,
+            KvDtype::Q4_0 => head_dim.is_multiple_of(GROUP) && block_size.is_multiple_of(2) && slots,
         }
     }
 }

@@ -202,13 +202,23 @@ pub fn dequantize_keys<Q: QuantizedKv>(
     let groups = hd / GROUP;
     let (first, dfirst) = ((block * nkv + h) * hd * bs, (block * nkv + h) * groups * bs);
     let scales = kc.scales();
-    for j in 0..hd {
-        let d = &scales[dfirst + (j / GROUP) * bs..dfirst + (j / GROUP + 1) * bs];
-        for (s, (o, d)) in out[j * bs..(j + 1) * bs].iter_mut().zip(d).enumerate() {
-            *o = kc.value(first + j * bs + s) * d.to_f32();
+    // A group's slot scales serve its 32 dimensions: widened once per group, not per value.
+    let mut d = [0f32; MAX_BLOCK_SLOTS];
+    assert!(bs <= MAX_BLOCK_SLOTS, "KV blocks of {bs} slots");
+    for g in 0..groups {
+        for (d, s) in d.iter_mut().zip(&scales[dfirst + g * bs..dfirst + (g + 1) * bs]) {
+            *d = s.to_f32();
+        }
+        for j in g * GROUP..(g + 1) * GROUP {
+            for (s, (o, d)) in out[j * bs..(j + 1) * bs].iter_mut().zip(&d[..bs]).enumerate() {
+                *o = kc.value(first + j * bs + s) * d;
+            }
         }
     }
 }
+
+/// The most slots a KV block of a quantized cache may have (its dequantization scratch).
+pub const MAX_BLOCK_SLOTS: usize = 256;
 
 /// The dequantized (still rotated) values of one block and KV head, row-major (`bs × hd`).
 pub fn dequantize_values<Q: QuantizedKv>(
@@ -223,8 +233,11 @@ pub fn dequantize_values<Q: QuantizedKv>(
     let groups = hd / GROUP;
     let (first, dfirst) = ((block * nkv + h) * hd * bs, (block * nkv + h) * groups * bs);
     let scales = vc.scales();
-    for (i, o) in out[..hd * bs].iter_mut().enumerate() {
-        *o = vc.value(first + i) * scales[dfirst + i / GROUP].to_f32();
+    for (g, (o, d)) in out[..hd * bs].chunks_exact_mut(GROUP).zip(&scales[dfirst..]).enumerate() {
+        let d = d.to_f32();
+        for (i, o) in o.iter_mut().enumerate() {
+            *o = vc.value(first + g * GROUP + i) * d;
+        }
     }
 }
 

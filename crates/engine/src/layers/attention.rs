@@ -81,6 +81,9 @@ fn rotated_attention<S: KvSource>(q: &[f32], batch: &BatchInput, src: &S, p: &At
 /// kernels below see the same values whatever else is in the batch).
 trait KvSource: Sync {
     type Elem: KvElem;
+    /// Rows of one sequence a task takes: 1 where reading a head costs nothing (the most
+    /// tasks), more where `with_head` dequantizes (once for all of them).
+    const ROWS_PER_TASK: usize;
     /// Calls `f` with KV head `kvh` of the sequence whose block table is `table`, covering
     /// positions `lo..=pos`.
     fn with_head(&self, table: &[u32], kvh: usize, lo: usize, pos: usize, f: &mut dyn FnMut(&HeadView<Self::Elem>));
@@ -96,6 +99,7 @@ struct InPlace<'a, E> {
 
 impl<E: KvElem> KvSource for InPlace<'_, E> {
     type Elem = E;
+    const ROWS_PER_TASK: usize = 1;
     fn with_head(&self, table: &[u32], kvh: usize, _: usize, _: usize, f: &mut dyn FnMut(&HeadView<E>)) {
         f(&HeadView { k: self.k, v: self.v, table, block_size: self.bs, num_kv_heads: self.nkv, kvh, hd: self.hd })
     }
@@ -117,6 +121,9 @@ thread_local! {
 
 impl<Q: QuantizedKv> KvSource for Dequantized<'_, Q> {
     type Elem = f32;
+    /// A prefill chunk of 512 rows dequantizes its sequence's blocks 16 times per KV head,
+    /// not 512, and still makes 16 tasks per head for the pool.
+    const ROWS_PER_TASK: usize = 32;
     fn with_head(&self, table: &[u32], kvh: usize, lo: usize, pos: usize, f: &mut dyn FnMut(&HeadView<f32>)) {
         let (bs, hd) = (self.bs, self.hd);
         let (first, last, n) = (lo / bs, pos / bs, hd * bs);
@@ -144,40 +151,65 @@ fn attention_over<S: KvSource>(q: &[f32], batch: &BatchInput, src: &S, p: &Atten
     let group = p.num_heads / p.num_kv_heads;
     let mut out = vec![0f32; batch.num_rows() * q_dim];
     let out_ptr = out.as_mut_ptr() as usize;
-    // One task per (row, KV head): a decode step of one sequence still uses every core.
-    let task = |row: usize, kvh: usize| {
-        // SAFETY: each task writes its own row's heads of this KV head, disjoint from others.
-        let o = unsafe {
-            std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(row * q_dim + kvh * group * hd), group * hd)
-        };
+    let window = |row: usize| {
         let pos = batch.positions[row] as usize;
         let lo = match p.window {
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,
         };
-        let qh = &q[row * q_dim + kvh * group * hd..row * q_dim + (kvh + 1) * group * hd];
-        let table = &batch.block_tables[batch.row_seq[row]];
+        (lo, pos)
+    };
+    // One task per (run of rows of one sequence, KV head): a decode step of one sequence still
+    // uses every core, and a quantized cache's blocks are dequantized once per run.
+    let runs = row_runs(&batch.row_seq, S::ROWS_PER_TASK);
+    let task = |run: &std::ops::Range<usize>, kvh: usize| {
+        let (lo, pos) = run.clone().map(window).fold((usize::MAX, 0), |(l, h), (lo, pos)| (l.min(lo), h.max(pos)));
+        let table = &batch.block_tables[batch.row_seq[run.start]];
         src.with_head(table, kvh, lo, pos, &mut |head| {
-            SCORES.with(|s| {
-                let s = &mut s.borrow_mut();
-                // SAFETY: each level is only reported when the CPU has its features.
-                match detected_level() {
-                    #[cfg(target_arch = "x86_64")]
-                    Level::Avx512Vnni => unsafe { attend_avx512(head, qh, lo, pos, p, s, o) },
-                    #[cfg(target_arch = "x86_64")]
-                    Level::Avx2 | Level::AvxVnni => unsafe { attend_avx2(head, qh, lo, pos, p, s, o) },
-                    #[cfg(target_arch = "aarch64")]
-                    Level::Neon | Level::NeonDot | Level::NeonI8mm => unsafe {
-                        attend_neon(head, qh, lo, pos, p, s, o)
-                    },
-                    _ => unsafe { attend::<[f32; LANES], S::Elem, 4, 2, 2>(head, qh, lo, pos, p, s, o) },
-                }
-            })
+            for row in run.clone() {
+                // SAFETY: each task writes its own rows' heads of this KV head, disjoint from
+                // the others'.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        (out_ptr as *mut f32).add(row * q_dim + kvh * group * hd),
+                        group * hd,
+                    )
+                };
+                let (lo, pos) = window(row);
+                let qh = &q[row * q_dim + kvh * group * hd..row * q_dim + (kvh + 1) * group * hd];
+                SCORES.with(|s| {
+                    let s = &mut s.borrow_mut();
+                    // SAFETY: each level is only reported when the CPU has its features.
+                    match detected_level() {
+                        #[cfg(target_arch = "x86_64")]
+                        Level::Avx512Vnni => unsafe { attend_avx512(head, qh, lo, pos, p, s, o) },
+                        #[cfg(target_arch = "x86_64")]
+                        Level::Avx2 | Level::AvxVnni => unsafe { attend_avx2(head, qh, lo, pos, p, s, o) },
+                        #[cfg(target_arch = "aarch64")]
+                        Level::Neon | Level::NeonDot | Level::NeonI8mm => unsafe {
+                            attend_neon(head, qh, lo, pos, p, s, o)
+                        },
+                        _ => unsafe { attend::<[f32; LANES], S::Elem, 4, 2, 2>(head, qh, lo, pos, p, s, o) },
+                    }
+                })
+            }
         });
     };
     let num_kv = p.num_kv_heads;
-    Pool::global().run(batch.num_rows() * num_kv, &|tasks| tasks.for_each(|t| task(t / num_kv, t % num_kv)));
+    Pool::global().run(runs.len() * num_kv, &|tasks| tasks.for_each(|t| task(&runs[t / num_kv], t % num_kv)));
     out
+}
+
+/// The batch's rows as runs of consecutive rows of one sequence, at most `max` rows each.
+fn row_runs(row_seq: &[usize], max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (row, &seq) in row_seq.iter().enumerate() {
+        match runs.last_mut() {
+            Some(r) if row_seq[r.start] == seq && r.len() < max => r.end = row + 1,
+            _ => runs.push(row..row + 1),
+        }
+    }
+    runs
 }
 
 /// One sequence's keys and values for one KV head.
@@ -494,6 +526,14 @@ fn value_lanes_partial<E: KvElem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_run_by_sequence_up_to_the_limit() {
+        assert_eq!(row_runs(&[0, 0, 0, 1, 1, 2], 2), vec![0..2, 2..3, 3..5, 5..6]);
+        assert_eq!(row_runs(&[0, 1, 0], 8), vec![0..1, 1..2, 2..3]);
+        assert_eq!(row_runs(&[3; 5], 1).len(), 5);
+        assert!(row_runs(&[], 4).is_empty());
+    }
     use crate::kv_cache::{KvCache, KvDtype};
 
     fn lcg(seed: &mut u64) -> f32 {
