@@ -87,6 +87,7 @@ def main():
     p.add_argument("--pp", type=int, default=64)
     p.add_argument("--tg", type=int, default=16)
     p.add_argument("--count", action="store_true", help="also count guest instructions per token (slower)")
+    p.add_argument("--no-portable", action="store_true", help="skip slm's portable level (slow emulated)")
     p.add_argument("--count-portable", action="store_true", help="with --count, count slm's portable level too (slow)")
     a = p.parse_args()
     plugin = None
@@ -98,7 +99,7 @@ def main():
     for cpu in a.cpus.split(","):
         print(f"\n== -cpu {cpu}")
         rows = []
-        for level in [BEST.get(cpu, "dotprod"), "scalar"]:
+        for level in [BEST.get(cpu, "dotprod")] + ([] if a.no_portable else ["scalar"]):
             pre, dec, seen, _ = slm_run(a, cpu, level, a.pp, a.tg)
             rows.append((f"slm {seen}", pre, dec))
         lpp, ltg, _ = llama_run(a, cpu, a.pp, a.tg)

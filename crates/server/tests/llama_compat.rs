@@ -62,7 +62,21 @@ async fn chat_input_tokens_count_the_rendered_prompt() {
 async fn llama_cpp_metric_names_have_no_labels_and_follow_the_engine() {
     let st = state(false);
     let r = ok(&st, "/completion", json!({"prompt": "I believe", "n_predict": 8, "temperature": 0})).await;
-    let (s, text, start) = call(&st, "GET", "/metrics", None).await;
+    // The engine counts a request as processing until the step after its last token, which
+    // may come just after the response: wait for that step (at most 5 s).
+    let mut tries = 0;
+    let (s, text, start) = loop {
+        let (s, text, start) = call(&st, "GET", "/metrics", None).await;
+        tries += 1;
+        if tries == 250
+            || text.lines().any(|l| {
+                l.strip_prefix("llamacpp:requests_processing ").and_then(|v| v.parse::<f64>().ok()) == Some(0.0)
+            })
+        {
+            break (s, text, start);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(s, StatusCode::OK);
     let now = slm_server::routes::unix_now();
     assert!(start.parse::<u64>().is_ok_and(|t| t <= now && t + 3600 > now), "Process-Start-Time-Unix: {start:?}");

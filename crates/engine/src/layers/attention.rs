@@ -161,7 +161,12 @@ fn attention_over<S: KvSource>(q: &[f32], batch: &BatchInput, src: &S, p: &Atten
     };
     // One task per (run of rows of one sequence, KV head): a decode step of one sequence still
     // uses every core, and a quantized cache's blocks are dequantized once per run.
-    let runs = row_runs(&batch.row_seq, S::ROWS_PER_TASK);
+    let num_kv = p.num_kv_heads;
+    let mut runs = row_runs(&batch.row_seq, S::ROWS_PER_TASK);
+    if runs.len() * num_kv < Pool::global().num_threads() {
+        // Too few tasks for the cores (a few rows of one sequence): a row each.
+        runs = row_runs(&batch.row_seq, 1);
+    }
     let task = |run: &std::ops::Range<usize>, kvh: usize| {
         let (lo, pos) = run.clone().map(window).fold((usize::MAX, 0), |(l, h), (lo, pos)| (l.min(lo), h.max(pos)));
         let table = &batch.block_tables[batch.row_seq[run.start]];
@@ -195,7 +200,6 @@ fn attention_over<S: KvSource>(q: &[f32], batch: &BatchInput, src: &S, p: &Atten
             }
         });
     };
-    let num_kv = p.num_kv_heads;
     Pool::global().run(runs.len() * num_kv, &|tasks| tasks.for_each(|t| task(&runs[t / num_kv], t % num_kv)));
     out
 }
@@ -526,6 +530,7 @@ fn value_lanes_partial<E: KvElem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv_cache::{KvCache, KvDtype};
 
     #[test]
     fn rows_run_by_sequence_up_to_the_limit() {
@@ -534,7 +539,6 @@ mod tests {
         assert_eq!(row_runs(&[3; 5], 1).len(), 5);
         assert!(row_runs(&[], 4).is_empty());
     }
-    use crate::kv_cache::{KvCache, KvDtype};
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

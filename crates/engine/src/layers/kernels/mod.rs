@@ -583,8 +583,8 @@ pub fn supported_levels() -> Vec<Level> {
     LEVELS_BEST_FIRST.iter().rev().copied().filter(|l| l.is_supported()).collect()
 }
 
-/// The best level this CPU supports (checked once; `SLM_KERNEL=avxvnni|avx2|scalar` on x86,
-/// `dotprod|neon|scalar` on aarch64, caps it, never raises it, so the answer is always
+/// The best level this CPU supports (checked once; `SLM_KERNEL` = a level's `name()`:
+/// `avx512vnni|avxvnni|avx2|scalar` on x86, `i8mm|dotprod|neon|scalar` on aarch64, caps it, never raises it, so the answer is always
 /// supported; a name of another architecture's level is ignored).
 pub fn detected_level() -> Level {
     static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();

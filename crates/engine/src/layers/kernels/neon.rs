@@ -16,7 +16,8 @@
 //! needs no offset correction. Every sum is an exact integer sum and the f32 steps are the
 //! portable kernel's (`fmla` is one rounding, like `vfmadd`): the same bits as every other
 //! level. `sdot`, `smmla` and the f16 widening are written as `asm!`, their intrinsics being
-//! unstable in Rust.
+//! unstable in Rust; the helpers carry no `target_feature` of their own and are only called
+//! (inlined) from the entry functions built with `dotprod` / `i8mm`.
 
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -175,7 +176,8 @@ unsafe fn smmla(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 pub(crate) unsafe fn load_f16x4(p: *const u16) -> float32x4_t {
     let h = vreinterpret_s16_u16(vld1_u16(p));
     let out: float32x4_t;
-    asm!("fcvtl {o:v}.4s, {h:v}.4h", o = out(vreg) out, h = in(vreg) h, options(pure, nomem, nostack, preserves_flags));
+    // Not `preserves_flags`: a signalling NaN sets FPSR's invalid-operation bit.
+    asm!("fcvtl {o:v}.4s, {h:v}.4h", o = out(vreg) out, h = in(vreg) h, options(pure, nomem, nostack));
     out
 }
 
@@ -253,7 +255,7 @@ unsafe fn row_dots<const G: usize, const PAIR: usize, const MODE: u8>(
         for g0 in (0..G).step_by(PAIR) {
             let mut p16 = vdupq_n_s16(0);
             for (g, &wg) in wd.iter().enumerate().skip(g0).take(PAIR) {
-                let xb = vreinterpretq_s8_s32(vld1q_dup_s32(xp.add(4 * g) as *const i32));
+                let xb = vreinterpretq_s8_s32(vdupq_n_s32((xp.add(4 * g) as *const i32).read_unaligned()));
                 let lo = vmull_s8(vget_low_s8(wg), vget_low_s8(xb));
                 let hi = vmull_high_s8(wg, xb);
                 // Lanes: (column c, values 0+1) and (c, 2+3) for the quarter's 4 columns.
