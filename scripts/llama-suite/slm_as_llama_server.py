@@ -45,6 +45,8 @@ def main():
     ap.add_argument("--chat-template-file")
     ap.add_argument("--slots", action="store_true")
     ap.add_argument("--tags")
+    ap.add_argument("--reasoning", "-rea")
+    ap.add_argument("--reasoning-format")
     args, _unknown = ap.parse_known_args()
     if args.model and Path(args.model).exists():
         path = Path(args.model)
@@ -80,6 +82,10 @@ def main():
         cmd += ["--chat-template-file", str(Path(args.chat_template_file).resolve())]
     elif args.chat_template:
         cmd += ["--chat-template", args.chat_template]
+    if args.reasoning:
+        cmd += ["--reasoning", args.reasoning]
+    if args.reasoning_format:
+        cmd += ["--reasoning-format", args.reasoning_format]
     os.execv(cmd[0], cmd)
 
 

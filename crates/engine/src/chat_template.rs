@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::error::{EngineError, Result};
 use crate::loader::Gguf;
+use crate::reasoning_markers::ReasoningMarkers;
 use crate::tokenizer::Tokenizer;
 
 /// ChatML (Qwen and many fine-tunes), used when a non-Gemma GGUF carries no template.
@@ -50,7 +51,13 @@ pub struct ChatTemplate {
     pub renders_tools: bool,
     /// The template's text (the server reads which tool-call format it asks for).
     pub source: String,
+    /// The tags its model thinks in, for a reasoning model's template.
+    pub reasoning: Option<ReasoningMarkers>,
 }
+
+/// Variables a request passes to the template besides the conversation (vLLM's and
+/// llama.cpp's `chat_template_kwargs`: `enable_thinking`, `reasoning_effort`, …).
+pub type TemplateVars = serde_json::Map<String, Value>;
 
 impl ChatTemplate {
     pub fn from_gguf(g: &Gguf, tok: &Tokenizer) -> Result<Self> {
@@ -84,7 +91,8 @@ impl ChatTemplate {
         let renders_tools = source.contains("tools");
         env.add_template_owned("chat", source.clone())
             .map_err(|e| EngineError::ChatTemplate(format!("cannot parse the template: {e}")))?;
-        let t = Self { env, bos_token, eos_token, from_gguf, renders_tools, source };
+        let reasoning = ReasoningMarkers::of_template(&source);
+        let t = Self { env, bos_token, eos_token, from_gguf, renders_tools, source, reasoning };
         t.check_it_finishes()?;
         Ok(t)
     }
@@ -108,6 +116,19 @@ impl ChatTemplate {
 
     /// Renders `messages` (OpenAI shape) and optional `tools`.
     pub fn render(&self, messages: &[Value], tools: Option<&[Value]>, add_generation_prompt: bool) -> Result<String> {
+        self.render_vars(messages, tools, add_generation_prompt, &TemplateVars::new())
+    }
+
+    /// `render` with the request's template variables. `enable_thinking` is true unless
+    /// `vars` turns it off, as llama.cpp passes it; off, a reasoning block the template
+    /// still opens at the end of the prompt is closed (`ReasoningMarkers::close_if_open`).
+    pub fn render_vars(
+        &self,
+        messages: &[Value],
+        tools: Option<&[Value]>,
+        add_generation_prompt: bool,
+        vars: &TemplateVars,
+    ) -> Result<String> {
         let mut messages: Vec<Value> = messages.iter().map(normalize_message).collect();
         let tools = match tools {
             Some(t) if !t.is_empty() && !self.renders_tools => {
@@ -117,16 +138,24 @@ impl ChatTemplate {
             t => t,
         };
         let tmpl = self.env.get_template("chat").expect("added in new");
-        let ctx = minijinja::context! {
+        // The conversation itself cannot be replaced by a request's variables; the defaults
+        // (today's date, thinking on) can. `merge_maps`: the last map naming a key wins.
+        let fixed = minijinja::context! {
             messages => JValue::from_serialize(&messages),
             tools => tools.map(JValue::from_serialize),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),
+        };
+        let defaults = minijinja::context! {
             // Today's date, as llama.cpp passes it (Llama 3's templates print it; without it
             // they print a date from 2024).
             date_string => strftime_now("%d %b %Y"),
+            // FireFunction v2's `Today is {datetime}`, as llama.cpp writes it.
+            datetime => strftime_now("%b %d %Y"),
+            enable_thinking => true,
         };
+        let ctx = minijinja::value::merge_maps([defaults, JValue::from_serialize(vars), fixed]);
         let mut out = CappedWriter(Vec::new());
         tmpl.render_captured_to(ctx, &mut out).map_err(|e| {
             let mut msg = match e.kind() {
@@ -143,14 +172,26 @@ impl ChatTemplate {
             }
             EngineError::ChatTemplate(msg)
         })?;
-        String::from_utf8(out.0)
-            .map_err(|e| EngineError::ChatTemplate(format!("the template wrote invalid UTF-8: {e}")))
+        let mut s = String::from_utf8(out.0)
+            .map_err(|e| EngineError::ChatTemplate(format!("the template wrote invalid UTF-8: {e}")))?;
+        if let (Some(m), true, Some(false)) =
+            (self.reasoning, add_generation_prompt, vars.get("enable_thinking").and_then(Value::as_bool))
+        {
+            m.close_if_open(&mut s);
+        }
+        Ok(s)
+    }
+
+    /// Whether a prompt this template rendered leaves the model thinking (its reasoning
+    /// block opened and not closed).
+    pub fn starts_in_reasoning(&self, prompt: &str) -> bool {
+        self.reasoning.is_some_and(|m| m.ends_open(prompt))
     }
 
     /// Renders and strips a leading BOS text when the tokenizer adds BOS itself, so the
     /// prompt does not start with two (as llama.cpp does).
     pub fn render_prompt(&self, tok: &Tokenizer, messages: &[Value], tools: Option<&[Value]>) -> Result<String> {
-        self.render_prompt_with(tok, messages, tools, true)
+        self.render_prompt_with(tok, messages, tools, true, &TemplateVars::new())
     }
 
     /// `render_prompt`, with or without the generation prompt (the assistant's turn opened).
@@ -160,8 +201,9 @@ impl ChatTemplate {
         messages: &[Value],
         tools: Option<&[Value]>,
         add_generation_prompt: bool,
+        vars: &TemplateVars,
     ) -> Result<String> {
-        let mut s = self.render(messages, tools, add_generation_prompt)?;
+        let mut s = self.render_vars(messages, tools, add_generation_prompt, vars)?;
         if tok.add_bos() && !self.bos_token.is_empty() && s.starts_with(&self.bos_token) {
             s.drain(..self.bos_token.len());
         }
@@ -174,7 +216,13 @@ impl ChatTemplate {
     /// turn (assistant prefill; vLLM's `continue_final_message`): the conversation rendered
     /// without a generation prompt, cut right after that message's text, so whatever the
     /// template writes to close the turn is not there.
-    pub fn render_continuation(&self, tok: &Tokenizer, messages: &[Value], tools: Option<&[Value]>) -> Result<String> {
+    pub fn render_continuation(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Value],
+        tools: Option<&[Value]>,
+        vars: &TemplateVars,
+    ) -> Result<String> {
         let last = messages.last().map(normalize_message);
         let text = match &last {
             Some(m) if m.get("role").and_then(Value::as_str) == Some("assistant") => {
@@ -184,7 +232,7 @@ impl ChatTemplate {
                 return Err(EngineError::ChatTemplate("the last message must be the assistant's to continue it".into()))
             }
         };
-        let mut s = self.render(messages, tools, false)?;
+        let mut s = self.render_vars(messages, tools, false, vars)?;
         // Templates may trim what they print; the last occurrence is the final message's.
         let cut = [text.as_str(), text.trim_end(), text.trim()]
             .iter()
@@ -286,6 +334,11 @@ fn with_tools_as_text(messages: Vec<Value>, tools: &[Value]) -> Vec<Value> {
 /// templates that `tojson` them expect.
 fn normalize_message(m: &Value) -> Value {
     let mut m = m.clone();
+    // No content is an empty text, as llama.cpp passes it (templates test `'</think>' in
+    // message.content` on an assistant turn that only made calls).
+    if m.get("content").is_some_and(Value::is_null) {
+        m["content"] = Value::String(String::new());
+    }
     if let Some(Value::Array(parts)) = m.get("content") {
         let text: Vec<&str> = parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect();
         m["content"] = Value::String(text.join("\n"));
@@ -505,5 +558,33 @@ mod tests {
         assert!(out.contains("{\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\"}}"), "{out}");
         assert!(out.contains("<start_of_turn>model\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Hanoi\"}}\n</tool_call><end_of_turn>"), "{out}");
         assert!(out.contains("<start_of_turn>user\n<tool_response>\n31C\n</tool_response><end_of_turn>"), "{out}");
+    }
+
+    #[test]
+    fn thinking_is_on_unless_turned_off_and_a_forced_open_block_is_closed() {
+        // Qwen3's switch, and DeepSeek-R1's template, which opens the block whatever it is told.
+        let qwen3 = "<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{%- endif %}";
+        let r1 = "{% set c = messages[0].content.split('</think>')[-1] %}{{ c }}{{ '<｜Assistant｜><think>\n' }}";
+        let (t3, tr1) = (
+            ChatTemplate::new(qwen3.into(), String::new(), String::new(), true).unwrap(),
+            ChatTemplate::new(r1.into(), String::new(), String::new(), true).unwrap(),
+        );
+        let msgs = [json!({"role": "user", "content": "Hi"})];
+        let off: TemplateVars = json!({"enable_thinking": false}).as_object().unwrap().clone();
+        assert_eq!(t3.render(&msgs, None, true).unwrap(), "<|im_start|>assistant\n");
+        assert_eq!(t3.render_vars(&msgs, None, true, &off).unwrap(), "<|im_start|>assistant\n<think>\n\n</think>\n\n");
+        let on = tr1.render(&msgs, None, true).unwrap();
+        assert_eq!(on, "Hi<｜Assistant｜><think>\n");
+        assert!(tr1.starts_in_reasoning(&on));
+        let closed = tr1.render_vars(&msgs, None, true, &off).unwrap();
+        assert_eq!(closed, "Hi<｜Assistant｜><think>\n</think>");
+        assert!(!tr1.starts_in_reasoning(&closed));
+        // A request's variables reach the template but cannot replace the conversation.
+        let t = ChatTemplate::new("{{ messages[0].content }} {{ effort }}".into(), String::new(), String::new(), true)
+            .unwrap();
+        let vars: TemplateVars =
+            json!({"effort": "low", "messages": [{"content": "injected"}]}).as_object().unwrap().clone();
+        assert_eq!(t.render_vars(&msgs, None, true, &vars).unwrap(), "Hi low");
+        assert_eq!(t.reasoning, None);
     }
 }

@@ -40,6 +40,7 @@ pub mod models;
 pub mod pack_cache;
 pub mod profile;
 pub mod prompt_logprobs;
+pub mod reasoning_markers;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;

@@ -52,11 +52,52 @@ pub struct MessagesRequest {
     pub repeat_call_guard: Option<bool>,
     pub tool_result_hint: Option<bool>,
     pub tool_system_hint: Option<bool>,
+    /// Extended thinking: `{"type": "enabled", "budget_tokens": N}`, `{"type": "disabled"}`
+    /// or `{"type": "adaptive"}` — the reasoning model's thinking switch.
+    pub thinking: Option<Value>,
 }
 
 /// Chat's field names → this API's, for errors from the shared path.
-pub const FIELD_NAMES: &[(&str, &str)] =
-    &[("stop", "stop_sequences"), ("max_tokens", "max_tokens"), ("response_format", "output_config.format")];
+pub const FIELD_NAMES: &[(&str, &str)] = &[
+    ("stop", "stop_sequences"),
+    ("max_tokens", "max_tokens"),
+    ("response_format", "output_config.format"),
+    ("chat_template_kwargs.enable_thinking", "thinking"),
+];
+
+/// `thinking` as the template's `enable_thinking` (None: the server's default).
+fn thinking_switch(v: Option<&Value>) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    let on = match v.get("type").and_then(Value::as_str) {
+        Some("enabled") => {
+            match v.get("budget_tokens") {
+                Some(b) if b.as_u64().is_some_and(|n| n >= 1) => {}
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "thinking.budget_tokens",
+                        "`budget_tokens` must be a positive integer",
+                    ))
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        "thinking.budget_tokens",
+                        "`thinking` of type `enabled` needs `budget_tokens`",
+                    ))
+                }
+            }
+            true
+        }
+        Some("disabled") => false,
+        Some("adaptive") => return Ok(None),
+        _ => {
+            return Err(ApiError::invalid(
+                "thinking.type",
+                "`thinking.type` must be \"enabled\", \"disabled\" or \"adaptive\"",
+            ))
+        }
+    };
+    Ok(Some(serde_json::Map::from_iter([("enable_thinking".to_string(), Value::Bool(on))])))
+}
 
 /// `output_config.format` as chat's `response_format`.
 fn response_format(config: Option<&Value>) -> Result<Option<Value>, ApiError> {
@@ -108,7 +149,14 @@ fn tool_result_text(b: &Value, param: &str) -> Result<String, ApiError> {
 }
 
 fn message(role: Role, content: Option<String>) -> ChatMessage {
-    ChatMessage { role, content: content.map(MessageContent::Text), name: None, tool_calls: None, tool_call_id: None }
+    ChatMessage {
+        role,
+        content: content.map(MessageContent::Text),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+        reasoning_content: None,
+    }
 }
 
 /// Anthropic messages as chat messages: a user turn's `tool_result` blocks become tool
@@ -155,7 +203,7 @@ pub fn to_messages(system: Option<&System>, messages: &[Value]) -> Result<Vec<Ch
                 ))
             }
         };
-        let (mut texts, mut calls) = (Vec::new(), Vec::new());
+        let (mut texts, mut calls, mut thoughts) = (Vec::new(), Vec::new(), Vec::new());
         for (j, b) in blocks.iter().enumerate() {
             let p = format!("{param}.content[{j}]");
             match (b.get("type").and_then(Value::as_str).unwrap_or(""), role) {
@@ -180,8 +228,12 @@ pub fn to_messages(system: Option<&System>, messages: &[Value]) -> Result<Vec<Ch
                     }
                     out.push(ChatMessage { tool_call_id: Some(id.to_string()), ..message(Role::Tool, Some(text)) });
                 }
-                // Extended-thinking traces sent back by clients: nothing to render.
-                ("thinking" | "redacted_thinking", Role::Assistant) => {}
+                // Extended-thinking traces sent back by clients: the thoughts, for templates
+                // that render them; a redacted one has nothing to render.
+                ("thinking", Role::Assistant) => {
+                    thoughts.extend(b.get("thinking").and_then(Value::as_str).map(String::from));
+                }
+                ("redacted_thinking", Role::Assistant) => {}
                 (kind, _) => return Err(unsupported(kind, p)),
             }
         }
@@ -189,6 +241,7 @@ pub fn to_messages(system: Option<&System>, messages: &[Value]) -> Result<Vec<Ch
             let content = (!texts.is_empty()).then(|| texts.join("\n"));
             let mut msg = message(role, content);
             msg.tool_calls = (!calls.is_empty()).then_some(calls);
+            msg.reasoning_content = (!thoughts.is_empty()).then(|| thoughts.join("\n"));
             out.push(msg);
         }
     }
@@ -270,6 +323,7 @@ pub fn chat_request(req: &MessagesRequest, counting: bool) -> Result<ChatComplet
         repeat_call_guard: req.repeat_call_guard,
         tool_result_hint: req.tool_result_hint,
         tool_system_hint: req.tool_system_hint,
+        chat_template_kwargs: thinking_switch(req.thinking.as_ref())?,
         // A last assistant turn is a prefill: the answer continues it (Anthropic's semantics).
         continue_final_message: Some(
             messages.last().and_then(|m| m.get("role")).and_then(Value::as_str) == Some("assistant"),
@@ -312,6 +366,9 @@ pub fn input_of(arguments: &str) -> Value {
 /// The answer to a non-streamed request.
 pub fn message_answer(id: &str, model: &str, turn: &Turn) -> Value {
     let mut content = Vec::new();
+    if let Some(r) = &turn.reasoning {
+        content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
+    }
     if let Some(t) = &turn.content {
         content.push(json!({"type": "text", "text": t}));
     }

@@ -57,6 +57,11 @@ pub struct FileConfig {
     pub ui: Option<bool>,
     /// Serve llama.cpp's `GET /slots` (default false).
     pub slots_endpoint: Option<bool>,
+    /// Reasoning models: whether requests think unless they say ("auto", "on", "off").
+    pub reasoning: Option<crate::reasoning::ReasoningMode>,
+    /// How thoughts come back: "auto", "deepseek" (`reasoning_content`), "deepseek-legacy",
+    /// "none" (left in `content`).
+    pub reasoning_format: Option<crate::reasoning::ReasoningFormat>,
     #[serde(default)]
     pub models: Vec<ModelEntry>,
 }
@@ -172,6 +177,15 @@ pub struct ServeFlags {
     /// Serve llama.cpp's `GET /slots` (the engine's sequence slots, busy or idle).
     #[arg(long)]
     pub slots: bool,
+    /// Reasoning models: whether requests think unless they say (llama.cpp's `--reasoning`;
+    /// a request's `chat_template_kwargs.enable_thinking` or `reasoning_effort` wins).
+    #[arg(long, value_enum)]
+    pub reasoning: Option<crate::reasoning::ReasoningMode>,
+    /// How a reasoning model's thoughts come back: in `reasoning_content` (deepseek, the
+    /// default for templates with reasoning tags), there and in `content` (deepseek-legacy),
+    /// or left in `content` (none).
+    #[arg(long = "reasoning-format", value_enum)]
+    pub reasoning_format: Option<crate::reasoning::ReasoningFormat>,
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +236,7 @@ pub struct ServerConfig {
     pub ui: bool,
     /// llama.cpp's `GET /slots`.
     pub slots: bool,
+    pub reasoning: crate::reasoning::ReasoningConfig,
 }
 
 /// `$SLM_HOME`, by default `~/.cache/slm`: models and the response store live here.
@@ -353,6 +368,10 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
         cors_allowed_origins: file.cors_allowed_origins.unwrap_or_default(),
         ui: !flags.no_ui && file.ui.unwrap_or(true),
         slots: flags.slots || file.slots_endpoint.unwrap_or(false),
+        reasoning: crate::reasoning::ReasoningConfig {
+            mode: flags.reasoning.or(file.reasoning).unwrap_or_default(),
+            format: flags.reasoning_format.or(file.reasoning_format).unwrap_or_default(),
+        },
         // Long prompts must reach the context-length check, not the body limit.
         body_limit: file.body_limit_mb.unwrap_or(16) << 20,
         shutdown_timeout_s: file.shutdown_timeout_s.unwrap_or(30),

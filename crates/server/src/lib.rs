@@ -21,6 +21,7 @@ pub mod memory;
 pub mod metrics;
 pub mod metrics_compat;
 pub mod openai;
+pub mod reasoning;
 pub mod registry;
 pub mod repeat_guard;
 pub mod response_store;

@@ -51,6 +51,8 @@ pub struct ChatMessage {
     pub name: Option<String>,
     pub tool_calls: Option<Vec<Value>>,
     pub tool_call_id: Option<String>,
+    /// An earlier answer's thoughts, for templates that render them (Qwen3 keeps the last).
+    pub reasoning_content: Option<String>,
 }
 
 /// Sampling fields shared by chat and text completions.
@@ -173,6 +175,22 @@ with_sampling_fields! {
         pub tool_result_hint: Option<bool>,
         // Extension (slm): a system hint on how to use the offered tools (tool_hint.rs).
         pub tool_system_hint: Option<bool>,
+        // Reasoning models (reasoning.rs): OpenAI's effort level; extensions (vLLM,
+        // llama.cpp): variables for the chat template (`enable_thinking`, …) and how thoughts
+        // come back (`deepseek`: in `reasoning_content`, `none`: left in `content`).
+        pub reasoning_effort: Option<String>,
+        pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+        pub reasoning_format: Option<String>,
+    }
+}
+
+impl ChatCompletionRequest {
+    pub fn reasoning_ask(&self) -> crate::reasoning::ReasoningAsk<'_> {
+        crate::reasoning::ReasoningAsk {
+            kwargs: self.chat_template_kwargs.as_ref(),
+            effort: self.reasoning_effort.as_deref(),
+            format: self.reasoning_format.as_deref(),
+        }
     }
 }
 
@@ -242,6 +260,9 @@ pub struct ChatLogprobs {
 pub struct AssistantMessage {
     pub role: &'static str,
     pub content: Option<String>,
+    /// A reasoning model's thoughts (reasoning.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<Value>>,
 }
@@ -271,6 +292,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<Value>>,
 }

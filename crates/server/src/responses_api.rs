@@ -56,10 +56,20 @@ pub struct ResponsesRequest {
     pub repeat_call_guard: Option<bool>,
     pub tool_result_hint: Option<bool>,
     pub tool_system_hint: Option<bool>,
+    /// `{effort, summary}`: the effort reaches the template as chat's `reasoning_effort`.
+    pub reasoning: Option<ReasoningParam>,
+    pub chat_template_kwargs: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ReasoningParam {
+    pub effort: Option<String>,
+    pub summary: Option<String>,
 }
 
 /// Chat's field names → this API's, for errors from the shared path.
 pub const FIELD_NAMES: &[(&str, &str)] = &[
+    ("reasoning_effort", "reasoning.effort"),
     ("max_tokens", "max_output_tokens"),
     ("messages", "input"),
     ("response_format", "text.format"),
@@ -170,8 +180,12 @@ pub fn input_items(input: Option<&Input>) -> Result<Vec<Value>, ApiError> {
                 };
                 json!({"type": kind, "id": id("fco"), "call_id": call_id, "output": output, "status": "completed"})
             }
-            // A reasoning model's trace, sent back by agent frameworks: nothing to render.
-            "reasoning" => continue,
+            // A reasoning model's trace, sent back by agent frameworks: its thoughts go with
+            // the assistant turn after it, for templates that render them.
+            "reasoning" => {
+                let parts = |k: &str| item.get(k).filter(|v| v.is_array()).cloned().unwrap_or_else(|| json!([]));
+                json!({"type": kind, "id": id("rs"), "summary": parts("summary"), "content": parts("content")})
+            }
             "" => return Err(ApiError::invalid(format!("{param}.type"), "an input item needs a `type` (or a `role`)")),
             other => {
                 return Err(ApiError::invalid(
@@ -200,11 +214,25 @@ pub fn to_messages(instructions: Option<&str>, items: &[Value]) -> Vec<ChatMessa
             name: None,
             tool_calls: None,
             tool_call_id: None,
+            reasoning_content: None,
         });
     }
+    // A `reasoning` item's thoughts go with the assistant message after it.
+    let mut thoughts: Option<String> = None;
     for item in items {
         let s = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         match item.get("type").and_then(Value::as_str) {
+            Some("reasoning") => {
+                let texts = |k: &str| -> Vec<String> {
+                    let parts = item.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+                    parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str).map(String::from)).collect()
+                };
+                let (content, summary) = (texts("content"), texts("summary"));
+                let t = if content.is_empty() { summary } else { content };
+                if !t.is_empty() {
+                    thoughts = Some(t.join("\n"));
+                }
+            }
             Some("message") => {
                 let role = match item.get("role").and_then(Value::as_str) {
                     Some("assistant") => Role::Assistant,
@@ -220,6 +248,7 @@ pub fn to_messages(instructions: Option<&str>, items: &[Value]) -> Vec<ChatMessa
                     name: None,
                     tool_calls: None,
                     tool_call_id: None,
+                    reasoning_content: if role == Role::Assistant { thoughts.take() } else { None },
                 });
             }
             Some("function_call") => {
@@ -232,6 +261,7 @@ pub fn to_messages(instructions: Option<&str>, items: &[Value]) -> Vec<ChatMessa
                         name: None,
                         tool_calls: Some(vec![call]),
                         tool_call_id: None,
+                        reasoning_content: thoughts.take(),
                     }),
                 }
             }
@@ -241,6 +271,7 @@ pub fn to_messages(instructions: Option<&str>, items: &[Value]) -> Vec<ChatMessa
                 name: None,
                 tool_calls: None,
                 tool_call_id: Some(s("call_id")),
+                reasoning_content: None,
             }),
             _ => {}
         }
@@ -344,8 +375,16 @@ pub fn chat_request(req: &ResponsesRequest, items: &[Value]) -> Result<ChatCompl
         repeat_call_guard: req.repeat_call_guard,
         tool_result_hint: req.tool_result_hint,
         tool_system_hint: req.tool_system_hint,
+        reasoning_effort: req.reasoning.as_ref().and_then(|r| r.effort.clone()),
+        chat_template_kwargs: req.chat_template_kwargs.clone(),
         ..Default::default()
     })
+}
+
+/// A reasoning item holding a turn's thoughts (the shape open-weight reasoning models use:
+/// the text itself in `content`, no summary).
+pub fn reasoning_item(id: &str, text: &str) -> Value {
+    json!({"type": "reasoning", "id": id, "summary": [], "content": [{"type": "reasoning_text", "text": text}], "status": "completed"})
 }
 
 /// A finished message item holding `text`.
@@ -361,6 +400,9 @@ pub fn call_item(id: &str, call_id: &str, name: &str, arguments: &str) -> Value 
 /// The output items of a whole turn: its message (if it said anything), then its calls.
 pub fn output_items(turn: &Turn) -> Vec<Value> {
     let mut out = Vec::new();
+    if let Some(r) = &turn.reasoning {
+        out.push(reasoning_item(&new_item_id("rs"), r));
+    }
     if let Some(text) = &turn.content {
         out.push(message_item(&new_item_id("msg"), text));
     }
@@ -375,7 +417,7 @@ pub fn usage(end: &TurnEnd) -> Value {
         "input_tokens": end.num_prompt_tokens,
         "input_tokens_details": {"cached_tokens": end.num_cached_tokens},
         "output_tokens": end.num_output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": end.num_reasoning_tokens},
         "total_tokens": end.num_prompt_tokens + end.num_output_tokens,
     })
 }
@@ -408,7 +450,7 @@ impl Meta {
             "user": req.user,
             "background": false,
             "max_tool_calls": null,
-            "reasoning": {"effort": null, "summary": null},
+            "reasoning": {"effort": req.reasoning.as_ref().and_then(|r| r.effort.clone()), "summary": req.reasoning.as_ref().and_then(|r| r.summary.clone())},
             "service_tier": "default",
         });
         Self { id: new_item_id("resp"), created_at: crate::routes::unix_now(), settings }

@@ -55,6 +55,8 @@ pub struct Settings {
     pub ui: bool,
     /// Serve llama.cpp's `GET /slots`.
     pub slots: bool,
+    /// Whether requests think unless they say, and how thoughts come back.
+    pub reasoning: crate::reasoning::ReasoningConfig,
 }
 
 impl Settings {
@@ -67,6 +69,7 @@ impl Settings {
             responses: Arc::new(ResponseStore::in_memory(10_000, 30 * 86_400)),
             ui: true,
             slots: false,
+            reasoning: Default::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ use slm_engine::{Event, FinishReason};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
+use crate::reasoning::{self, Part, ReasoningSplit};
 use crate::state::AppState;
 use crate::stream::{self, Wire};
 use crate::tool_stream::{self, Piece, ToolStream};
@@ -42,6 +43,8 @@ pub struct TurnEnd {
     pub num_prompt_tokens: usize,
     pub num_cached_tokens: usize,
     pub num_output_tokens: usize,
+    /// Of the output, the tokens of thoughts (reasoning.rs).
+    pub num_reasoning_tokens: usize,
 }
 
 impl TurnEnd {
@@ -51,9 +54,10 @@ impl TurnEnd {
     }
 }
 
-/// A whole turn: the text around the calls, and the calls.
+/// A whole turn: a reasoning model's thoughts, the text around the calls, and the calls.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Turn {
+    pub reasoning: Option<String>,
     pub content: Option<String>,
     pub calls: Vec<Call>,
     pub end: TurnEnd,
@@ -62,6 +66,8 @@ pub struct Turn {
 /// The turn as it is generated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TurnEvent {
+    /// More of the thoughts (they come before any text or call).
+    Reasoning(String),
     Text(String),
     /// Call `index` (counted from 0 within the turn) starts.
     CallStart {
@@ -90,8 +96,9 @@ pub trait TurnWire: Send + 'static {
     }
 }
 
-fn end_of(f: &slm_engine::Finished, num_calls: usize) -> TurnEnd {
+fn end_of(f: &slm_engine::Finished, num_calls: usize, num_reasoning_tokens: usize) -> TurnEnd {
     TurnEnd {
+        num_reasoning_tokens,
         reason: f.reason,
         stop_string: f.stop_string.clone(),
         num_calls,
@@ -111,14 +118,17 @@ pub async fn run(
 ) -> Result<Turn, ApiError> {
     let mut outs = stream::collect(streams, &state.metrics, start).await.map_err(|e| valid.request.run_error(e))?;
     let o = outs.pop().ok_or_else(|| ApiError::internal("the engine returned no output for the turn"))?;
+    let spec = valid.reasoning.as_ref();
+    let (reasoning, answer) = reasoning::split(spec, &o.text);
     let (content, calls) = match &valid.tool_names {
-        Some(names) => tool_stream::split(&o.text, names),
-        None => (Some(o.text.clone()), Vec::new()),
+        Some(names) => tool_stream::split(&answer, names),
+        None => (Some(answer), Vec::new()),
     };
     let calls: Vec<Call> =
         calls.into_iter().map(|c| Call { id: call_id(), name: c.name, arguments: c.arguments }).collect();
-    let end = end_of(&o.finish, calls.len());
-    Ok(Turn { content: content.filter(|c| !c.is_empty()), calls, end })
+    let num_reasoning = reasoning::num_reasoning_tokens(spec, o.tokens.iter().map(|t| t.text.as_str()));
+    let end = end_of(&o.finish, calls.len(), num_reasoning);
+    Ok(Turn { reasoning, content: content.filter(|c| !c.is_empty()), calls, end })
 }
 
 /// Streams the turn through `wire` as an SSE response.
@@ -131,6 +141,7 @@ pub fn stream(
 ) -> Response {
     let (tx, rx) = mpsc::channel(64);
     let mut pump = TurnPump {
+        reasoning: valid.reasoning.map(ReasoningSplit::new),
         tools: valid.tool_names.clone().map(ToolStream::new),
         constraint_param: valid.request.constraint_param(),
         wire,
@@ -148,6 +159,8 @@ pub fn stream(
 
 /// Engine events → turn events → the wire's SSE events.
 struct TurnPump<W> {
+    /// Splits thoughts from the answer, for a reasoning model.
+    reasoning: Option<ReasoningSplit>,
     /// The call reader, when tools are offered.
     tools: Option<ToolStream>,
     constraint_param: &'static str,
@@ -155,7 +168,27 @@ struct TurnPump<W> {
 }
 
 impl<W: TurnWire> TurnPump<W> {
-    fn text(&mut self, text: &str, out: &mut Vec<TurnEvent>) {
+    /// A choice's text as it comes (`end`: its last piece): thoughts first, then the answer.
+    fn text(&mut self, text: &str, end: bool, out: &mut Vec<TurnEvent>) {
+        let parts = match &mut self.reasoning {
+            Some(r) => {
+                let mut parts = r.push(text);
+                if end {
+                    parts.extend(r.finish());
+                }
+                parts
+            }
+            None => vec![Part::Answer(text.to_string())],
+        };
+        for p in parts {
+            match p {
+                Part::Reasoning(t) => out.push(TurnEvent::Reasoning(t)),
+                Part::Answer(t) => self.answer(&t, out),
+            }
+        }
+    }
+
+    fn answer(&mut self, text: &str, out: &mut Vec<TurnEvent>) {
         let pieces = match &mut self.tools {
             Some(ts) => ts.push(text),
             None if text.is_empty() => return,
@@ -179,15 +212,16 @@ impl<W: TurnWire> Wire for TurnPump<W> {
     fn event(&mut self, _index: usize, event: &Event) -> Vec<SseEvent> {
         let mut events = Vec::new();
         match event {
-            Event::Token(t) => self.text(&t.text, &mut events),
+            Event::Token(t) => self.text(&t.text, false, &mut events),
             Event::Finished(f) => {
-                self.text(&f.text, &mut events);
+                self.text(&f.text, true, &mut events);
                 if let Some(ts) = &mut self.tools {
                     let rest = ts.finish();
                     self.pieces(rest, &mut events);
                 }
                 let num_calls = self.tools.as_ref().map_or(0, ToolStream::num_calls);
-                events.push(TurnEvent::End(end_of(f, num_calls)));
+                let num_reasoning = self.reasoning.as_ref().map_or(0, ReasoningSplit::num_reasoning_pushes);
+                events.push(TurnEvent::End(end_of(f, num_calls, num_reasoning)));
             }
             Event::Error(_) => {}
         }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
+use slm_engine::chat_template::TemplateVars;
 use slm_engine::{Constraint, ConstraintSpec, EngineError, EngineHandle, Model, Request, SamplingParams};
 
 use crate::auth::Tenant;
@@ -16,6 +17,7 @@ use crate::grammar;
 use crate::openai::{
     ChatCompletionRequest, ChatMessage, CompletionRequest, MessageContent, PromptField, Role, SamplingFields, StopField,
 };
+use crate::reasoning::{self, ReasoningConfig, ReasoningSpec};
 use crate::repeat_guard::{self, GuardSpec};
 use crate::state::Served;
 use crate::stream::{self, EventStream};
@@ -227,6 +229,9 @@ pub fn messages(msgs: &[ChatMessage]) -> Result<Vec<Value>, ApiError> {
             if let Some(id) = &m.tool_call_id {
                 v["tool_call_id"] = json!(id);
             }
+            if let Some(r) = &m.reasoning_content {
+                v["reasoning_content"] = json!(r);
+            }
             Ok(v)
         })
         .collect()
@@ -324,6 +329,8 @@ pub struct ValidChat {
     pub logprobs: bool,
     /// Armed when the conversation holds answered calls (repeat_guard.rs).
     pub guard: Option<Arc<GuardSpec>>,
+    /// How each choice's text splits into thoughts and answer (a reasoning model's).
+    pub reasoning: Option<ReasoningSpec>,
 }
 
 impl ValidChat {
@@ -391,6 +398,7 @@ pub async fn chat(
     engine: &EngineHandle,
     req: ChatCompletionRequest,
     tenant: Option<&Tenant>,
+    reasoning: &ReasoningConfig,
 ) -> Result<ValidChat, ApiError> {
     let (model, max_model_len) = (engine.model().clone(), engine.max_model_len());
     let logprobs = req.logprobs.unwrap_or(false);
@@ -438,12 +446,23 @@ pub async fn chat(
     let tools = offered.as_ref().and(req.tools);
     let tool_names = offered.map(|o| o.names);
     let mode = render_mode(&req.messages, req.continue_final_message, req.add_generation_prompt)?;
+    // A grammar that holds the output from its first token leaves no room for thoughts
+    // (auto tool calls are lazy: they start at a trigger).
+    let constrained = spec.as_ref().is_some_and(|s| s.triggers.is_empty());
+    let config = *reasoning;
+    let (kwargs, effort, format) = (req.chat_template_kwargs, req.reasoning_effort, req.reasoning_format);
+    let ask = reasoning::ReasoningAsk { kwargs: kwargs.as_ref(), effort: effort.as_deref(), format: format.as_deref() };
+    let vars = reasoning::template_vars(&ask, &config, constrained)?;
     blocking(move || {
-        let prompt = render_as(&model, &messages, tools.as_deref(), mode)?;
+        let text = render_text(&model, &messages, tools.as_deref(), mode, &vars)?;
+        let ask =
+            reasoning::ReasoningAsk { kwargs: kwargs.as_ref(), effort: effort.as_deref(), format: format.as_deref() };
+        let reasoning = reasoning::spec(&ask, &config, &model.chat_template, &text, constrained)?;
+        let prompt = model.tokenizer.encode(&text, true, true)?;
         let max_tokens = max_tokens(max_param, "messages", requested, prompt.len(), max_model_len)?;
         let constraint = compile(&model, spec, param)?;
         let request = ValidRequest { prompts: vec![prompt], sampling, max_tokens, constraint, constraint_param: param };
-        Ok(ValidChat { request, tool_names, logprobs, guard })
+        Ok(ValidChat { request, tool_names, logprobs, guard, reasoning })
     })
     .await
 }
@@ -480,42 +499,42 @@ pub fn render_mode(
     }
 }
 
-/// The chat template's prompt for `messages` (and the offered tools), tokenized.
-fn render_as(
-    model: &Model,
-    messages: &[Value],
-    tools: Option<&[Value]>,
-    mode: RenderMode,
-) -> Result<Vec<u32>, ApiError> {
-    let text = render_text(model, messages, tools, mode)?;
-    Ok(model.tokenizer.encode(&text, true, true)?)
-}
-
-/// The chat template's prompt text (`/apply-template` shows it).
+/// The chat template's prompt text (`/apply-template` shows it), with the request's
+/// template variables (`reasoning::template_vars`).
 pub fn render_text(
     model: &Model,
     messages: &[Value],
     tools: Option<&[Value]>,
     mode: RenderMode,
+    vars: &TemplateVars,
 ) -> Result<String, ApiError> {
     let (t, tok) = (&model.chat_template, &model.tokenizer);
     match mode {
-        RenderMode::NewTurn => t.render_prompt(tok, messages, tools),
-        RenderMode::Continue => t.render_continuation(tok, messages, tools),
-        RenderMode::NoGenerationPrompt => t.render_prompt_with(tok, messages, tools, false),
+        RenderMode::NewTurn => t.render_prompt_with(tok, messages, tools, true, vars),
+        RenderMode::Continue => t.render_continuation(tok, messages, tools, vars),
+        RenderMode::NoGenerationPrompt => t.render_prompt_with(tok, messages, tools, false, vars),
     }
     .map_err(|e| ApiError::invalid("messages", e.to_string()))
 }
 
 /// How many tokens a chat request's prompt takes (whether or not it fits the context):
 /// the Responses and Messages APIs' token-counting endpoints.
-pub async fn count_chat_tokens(engine: &EngineHandle, req: ChatCompletionRequest) -> Result<usize, ApiError> {
+pub async fn count_chat_tokens(
+    engine: &EngineHandle,
+    req: ChatCompletionRequest,
+    reasoning: &ReasoningConfig,
+) -> Result<usize, ApiError> {
     let model = engine.model().clone();
     let messages = messages(&req.messages)?;
     let offered = tools::offered(req.tools.as_deref(), req.tool_choice.as_ref())?;
+    let vars = reasoning::template_vars(&req.reasoning_ask(), reasoning, false)?;
     let tools = offered.and(req.tools);
     let mode = render_mode(&req.messages, req.continue_final_message, req.add_generation_prompt)?;
-    blocking(move || Ok(render_as(&model, &messages, tools.as_deref(), mode)?.len())).await
+    blocking(move || {
+        let text = render_text(&model, &messages, tools.as_deref(), mode, &vars)?;
+        Ok(model.tokenizer.encode(&text, true, true)?.len())
+    })
+    .await
 }
 
 /// OpenAI's default `max_tokens` for text completions.

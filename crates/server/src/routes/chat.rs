@@ -18,6 +18,7 @@ use super::{new_call_id, new_id, parse_for, unix_now};
 use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::openai::*;
+use crate::reasoning::{self, Part, ReasoningSpec, ReasoningSplit};
 use crate::state::AppState;
 use crate::stream::{self, chat_logprob};
 use crate::tool_stream::{self, Piece, ToolStream};
@@ -62,7 +63,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let (req, served) = parse_for::<ChatCompletionRequest>(&state, body).await?;
-    let valid = validate::chat(&served.engine, req, tenant.as_ref().map(|t| &t.0)).await?;
+    let valid = validate::chat(&served.engine, req, tenant.as_ref().map(|t| &t.0), &state.settings.reasoning).await?;
     let streams = valid.submit(&served)?;
     let model = served.engine.model().clone();
     let ctx = Ctx {
@@ -75,6 +76,7 @@ pub async fn chat_completions(
     let s = valid.request.sampling();
     let num_prompt_tokens = valid.request.num_prompt_tokens();
     let tool_names = valid.tool_names;
+    let reasoning = valid.reasoning;
 
     if s.stream {
         let (tx, rx) = mpsc::channel(64);
@@ -86,6 +88,7 @@ pub async fn chat_completions(
             num_prompt_tokens,
             s.include_usage,
             tool_names,
+            reasoning,
             start,
             tx,
         ));
@@ -97,18 +100,19 @@ pub async fn chat_completions(
         .into_iter()
         .enumerate()
         .map(|(index, o)| {
+            let (reasoning_content, answer) = reasoning::split(reasoning.as_ref(), &o.text);
             let (content, calls) = match &tool_names {
                 Some(names) => {
                     tracing::debug!(text = %o.text, "choice {index} with tools");
-                    tool_stream::split(&o.text, names)
+                    tool_stream::split(&answer, names)
                 }
-                None => (Some(o.text.clone()), Vec::new()),
+                None => (Some(answer), Vec::new()),
             };
             let finish_reason = finish_reason(o.finish.reason, calls.len());
             let tool_calls = (!calls.is_empty()).then(|| calls.iter().map(|c| c.to_openai(&new_call_id())).collect());
             ChatChoice {
                 index,
-                message: AssistantMessage { role: "assistant", content, tool_calls },
+                message: AssistantMessage { role: "assistant", content, reasoning_content, tool_calls },
                 // One entry per counted completion token: the end-of-turn token too.
                 logprobs: ctx.logprobs.then(|| ChatLogprobs {
                     content: o
@@ -143,18 +147,22 @@ async fn stream_chat(
     num_prompt_tokens: usize,
     include_usage: bool,
     tool_names: Option<Vec<String>>,
+    reasoning: Option<ReasoningSpec>,
     start: Instant,
     tx: mpsc::Sender<axum::response::sse::Event>,
 ) {
-    // With tools offered, each choice's text goes through a ToolStream: content as it
-    // comes, and a call as its name, then its arguments while the model writes them.
-    let mut calls: Vec<ToolStream> =
-        (0..streams.len()).map(|_| ToolStream::new(tool_names.clone().unwrap_or_default())).collect();
-    let mut ids: Vec<Vec<String>> = vec![Vec::new(); streams.len()];
-    for index in 0..streams.len() {
+    let n = streams.len();
+    let mut choices: Vec<StreamedChoice> = (0..n)
+        .map(|_| StreamedChoice {
+            thoughts: reasoning.map(ReasoningSplit::new),
+            calls: tool_names.clone().map(ToolStream::new),
+            ids: Vec::new(),
+        })
+        .collect();
+    for index in 0..n {
         let first = ChunkChoice {
             index,
-            delta: Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None },
+            delta: Delta { role: Some("assistant"), content: Some(String::new()), ..Default::default() },
             logprobs: None,
             finish_reason: None,
         };
@@ -162,86 +170,98 @@ async fn stream_chat(
             return;
         }
     }
-    let to_json = |c: ChatCompletionChunk| stream::data(&c);
-    let deltas = |index: usize, pieces: Vec<Piece>, ids: &mut Vec<String>| -> Vec<axum::response::sse::Event> {
-        pieces
-            .into_iter()
-            .map(|p| {
-                let d = match p {
-                    Piece::Content(c) => Delta { content: Some(c), ..Default::default() },
-                    Piece::Call { index: i, name } => {
-                        ids.push(new_call_id());
-                        Delta { tool_calls: Some(vec![serde_json::json!({"index": i, "id": ids[i], "type": "function", "function": {"name": name, "arguments": ""}})]), ..Default::default() }
-                    }
-                    Piece::Args { index: i, text } => Delta { tool_calls: Some(vec![serde_json::json!({"index": i, "function": {"arguments": text}})]), ..Default::default() },
-                };
-                to_json(ctx.chunk(vec![ChunkChoice { index, delta: d, logprobs: None, finish_reason: None }], None))
-            })
-            .collect()
+    let chunk = |index: usize, delta: Delta, logprobs: Option<ChatLogprobs>, finish_reason: Option<&'static str>| {
+        stream::data(&ctx.chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason }], None))
     };
-    let finishes = stream::pump(streams, &tx, &state.metrics, start, &mut |index: usize, event: &Event| match event {
-        Event::Token(t) if tool_names.is_some() => {
-            let pieces = calls[index].push(&t.text);
-            deltas(index, pieces, &mut ids[index])
+    let finishes = stream::pump(streams, &tx, &state.metrics, start, &mut |index: usize, event: &Event| {
+        let c = &mut choices[index];
+        let (text, token, end) = match event {
+            Event::Token(t) => (t.text.as_str(), Some(t), None),
+            Event::Finished(f) => (f.text.as_str(), f.stop_token.as_ref(), Some(f)),
+            Event::Error(_) => return vec![],
+        };
+        let mut deltas = c.deltas(text, end.is_some());
+        // A token's logprobs ride on its first chunk; a token that shows nothing yet (held
+        // by the tool reader or at a reasoning tag) gets an empty one of its own.
+        let mut logprobs =
+            token.filter(|_| ctx.logprobs).map(|t| ChatLogprobs { content: vec![chat_logprob(&model.tokenizer, t)] });
+        if logprobs.is_some() && deltas.is_empty() {
+            deltas.push(Delta { content: Some(String::new()), ..Default::default() });
         }
-        Event::Finished(f) if tool_names.is_some() => {
-            let mut pieces = calls[index].push(&f.text);
-            pieces.extend(calls[index].finish());
-            let mut out = deltas(index, pieces, &mut ids[index]);
-            let reason = finish_reason(f.reason, calls[index].num_calls());
-            out.push(to_json(ctx.chunk(
-                vec![ChunkChoice { index, delta: Delta::default(), logprobs: None, finish_reason: Some(reason) }],
-                None,
-            )));
-            out
+        let mut out: Vec<_> = deltas.into_iter().map(|d| chunk(index, d, logprobs.take(), None)).collect();
+        if let Some(f) = end {
+            let reason = finish_reason(f.reason, c.calls.as_ref().map_or(0, ToolStream::num_calls));
+            out.push(chunk(index, Delta::default(), None, Some(reason)));
         }
-        Event::Token(t) if t.text.is_empty() && !ctx.logprobs => vec![],
-        Event::Token(t) => {
-            let logprobs = ctx.logprobs.then(|| ChatLogprobs { content: vec![chat_logprob(&model.tokenizer, t)] });
-            vec![to_json(ctx.chunk(
-                vec![ChunkChoice {
-                    index,
-                    delta: Delta { content: Some(t.text.clone()), ..Default::default() },
-                    logprobs,
-                    finish_reason: None,
-                }],
-                None,
-            ))]
-        }
-        Event::Finished(f) => {
-            let mut out = Vec::new();
-            let stop_logprobs = f.stop_token.as_ref().filter(|_| ctx.logprobs);
-            if !f.text.is_empty() || stop_logprobs.is_some() {
-                out.push(to_json(ctx.chunk(
-                    vec![ChunkChoice {
-                        index,
-                        delta: Delta { content: Some(f.text.clone()), ..Default::default() },
-                        logprobs:
-                            stop_logprobs.map(|t| ChatLogprobs { content: vec![chat_logprob(&model.tokenizer, t)] }),
-                        finish_reason: None,
-                    }],
-                    None,
-                )));
-            }
-            out.push(to_json(ctx.chunk(
-                vec![ChunkChoice {
-                    index,
-                    delta: Delta::default(),
-                    logprobs: None,
-                    finish_reason: Some(f.reason.as_str()),
-                }],
-                None,
-            )));
-            out
-        }
-        Event::Error(_) => vec![],
+        out
     })
     .await;
     let Some(finishes) = finishes else { return };
     let usage = include_usage.then(|| {
-        to_json(ctx.chunk(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>()))))
+        stream::data(&ctx.chunk(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>()))))
     });
     stream::close(&tx, usage).await;
+}
+
+/// One streamed choice's readers: thoughts apart (a reasoning model), then calls apart (with
+/// tools offered); what is left is content.
+struct StreamedChoice {
+    thoughts: Option<ReasoningSplit>,
+    calls: Option<ToolStream>,
+    /// The ids given to the choice's calls, by call index.
+    ids: Vec<String>,
+}
+
+impl StreamedChoice {
+    /// The deltas for more of the choice's text (`end`: its last piece).
+    fn deltas(&mut self, text: &str, end: bool) -> Vec<Delta> {
+        let parts = match &mut self.thoughts {
+            Some(r) => {
+                let mut parts = r.push(text);
+                if end {
+                    parts.extend(r.finish());
+                }
+                parts
+            }
+            None => vec![Part::Answer(text.to_string())],
+        };
+        let mut out = Vec::new();
+        for p in parts {
+            match p {
+                Part::Reasoning(r) => out.push(Delta { reasoning_content: Some(r), ..Default::default() }),
+                Part::Answer(a) => match &mut self.calls {
+                    Some(ts) => {
+                        let pieces = ts.push(&a);
+                        out.extend(pieces.into_iter().map(|p| self.delta(p)));
+                    }
+                    None if a.is_empty() => {}
+                    None => out.push(Delta { content: Some(a), ..Default::default() }),
+                },
+            }
+        }
+        if end {
+            if let Some(ts) = &mut self.calls {
+                let rest = ts.finish();
+                out.extend(rest.into_iter().map(|p| self.delta(p)));
+            }
+        }
+        out
+    }
+
+    fn delta(&mut self, p: Piece) -> Delta {
+        match p {
+            Piece::Content(c) => Delta { content: Some(c), ..Default::default() },
+            Piece::Call { index, name } => {
+                self.ids.push(new_call_id());
+                let call = serde_json::json!({"index": index, "id": self.ids[index], "type": "function", "function": {"name": name, "arguments": ""}});
+                Delta { tool_calls: Some(vec![call]), ..Default::default() }
+            }
+            Piece::Args { index, text } => {
+                let call = serde_json::json!({"index": index, "function": {"arguments": text}});
+                Delta { tool_calls: Some(vec![call]), ..Default::default() }
+            }
+        }
+    }
 }
 
 /// `POST /v1/chat/completions/input_tokens` (llama.cpp's): the tokens the request's prompt
@@ -253,7 +273,7 @@ pub async fn input_tokens(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (req, served) = parse_for::<ChatCompletionRequest>(&state, body).await?;
-    let valid = validate::chat(&served.engine, req, tenant.as_ref().map(|t| &t.0)).await?;
+    let valid = validate::chat(&served.engine, req, tenant.as_ref().map(|t| &t.0), &state.settings.reasoning).await?;
     let n = valid.request.prompts().first().map_or(0, Vec::len);
     Ok(Json(serde_json::json!({ "input_tokens": n })).into_response())
 }

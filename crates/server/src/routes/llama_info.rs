@@ -14,6 +14,7 @@ use super::parse_for;
 use crate::error::ApiError;
 use crate::llama_api::{DEFAULT_MIN_P, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P};
 use crate::openai::ChatMessage;
+use crate::reasoning::{self, ReasoningAsk};
 use crate::state::AppState;
 use crate::validate;
 
@@ -25,6 +26,8 @@ pub struct ApplyTemplateRequest {
     tools: Option<Vec<Value>>,
     add_generation_prompt: Option<bool>,
     continue_final_message: Option<bool>,
+    chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+    reasoning_effort: Option<String>,
 }
 
 names_model!(ApplyTemplateRequest);
@@ -37,8 +40,14 @@ pub async fn apply_template(
     let model = served.engine.model().clone();
     let messages = validate::messages(&req.messages)?;
     let mode = validate::render_mode(&req.messages, req.continue_final_message, req.add_generation_prompt)?;
+    let ask = ReasoningAsk {
+        kwargs: req.chat_template_kwargs.as_ref(),
+        effort: req.reasoning_effort.as_deref(),
+        format: None,
+    };
+    let vars = reasoning::template_vars(&ask, &state.settings.reasoning, false)?;
     let prompt =
-        validate::blocking(move || validate::render_text(&model, &messages, req.tools.as_deref(), mode)).await?;
+        validate::blocking(move || validate::render_text(&model, &messages, req.tools.as_deref(), mode, &vars)).await?;
     Ok(Json(json!({ "prompt": prompt })))
 }
 

@@ -33,7 +33,9 @@ pub async fn create(
     let (req, served) = parse_for::<MessagesRequest>(&state, body).await?;
     let chat = anthropic::chat_request(&req, false)?;
     let rename = |e: ApiError| e.renamed(FIELD_NAMES);
-    let valid = validate::chat(&served.engine, chat, tenant.as_ref().map(|t| &t.0)).await.map_err(rename)?;
+    let valid = validate::chat(&served.engine, chat, tenant.as_ref().map(|t| &t.0), &state.settings.reasoning)
+        .await
+        .map_err(rename)?;
     let streams = valid.submit(&served).map_err(rename)?;
     let id = anthropic::new_id("msg");
     if req.stream.unwrap_or(false) {
@@ -57,12 +59,15 @@ pub async fn count_tokens(
 ) -> Result<Json<Value>, ApiError> {
     let (req, served) = parse_for::<MessagesRequest>(&state, body).await?;
     let chat = anthropic::chat_request(&req, true)?;
-    let n = validate::count_chat_tokens(&served.engine, chat).await.map_err(|e| e.renamed(FIELD_NAMES))?;
+    let n = validate::count_chat_tokens(&served.engine, chat, &state.settings.reasoning)
+        .await
+        .map_err(|e| e.renamed(FIELD_NAMES))?;
     Ok(Json(json!({"input_tokens": n})))
 }
 
 #[derive(Clone, Copy, PartialEq)]
 enum Block {
+    Thinking,
     Text,
     ToolUse,
 }
@@ -88,6 +93,12 @@ fn ev(kind: &str, body: Value) -> SseEvent {
 
 impl MessagesWire {
     fn close(&mut self, out: &mut Vec<SseEvent>) {
+        if self.open == Some(Block::Thinking) {
+            // Anthropic's clients expect a signature before a thinking block closes; slm
+            // signs nothing (it reads thoughts sent back as they are).
+            let delta = json!({"type": "signature_delta", "signature": ""});
+            out.push(ev("content_block_delta", json!({"index": self.num_blocks - 1, "delta": delta})));
+        }
         if self.open.take().is_some() {
             out.push(ev("content_block_stop", json!({"index": self.num_blocks - 1})));
         }
@@ -116,6 +127,13 @@ impl TurnWire for MessagesWire {
     fn event(&mut self, e: TurnEvent) -> Vec<SseEvent> {
         let mut out = Vec::new();
         match e {
+            TurnEvent::Reasoning(t) => {
+                if self.open != Some(Block::Thinking) {
+                    self.open(Block::Thinking, json!({"type": "thinking", "thinking": "", "signature": ""}), &mut out);
+                }
+                let delta = json!({"type": "thinking_delta", "thinking": t});
+                out.push(ev("content_block_delta", json!({"index": self.num_blocks - 1, "delta": delta})));
+            }
             TurnEvent::Text(t) => {
                 if self.open != Some(Block::Text) {
                     self.open(Block::Text, json!({"type": "text", "text": ""}), &mut out);

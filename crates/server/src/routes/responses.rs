@@ -21,6 +21,7 @@ use slm_engine::EngineHandle;
 use super::{new_call_id, parse_for};
 use crate::auth::Tenant;
 use crate::error::ApiError;
+use crate::reasoning::ReasoningConfig;
 use crate::response_store::{self, ResponseStore, Stored};
 use crate::responses_api::{self as api, Meta, ResponsesRequest, FIELD_NAMES};
 use crate::state::AppState;
@@ -60,10 +61,11 @@ async fn prepare(
     req: &ResponsesRequest,
     mut items: Vec<Value>,
     tenant: Option<&Tenant>,
+    reasoning: &ReasoningConfig,
 ) -> Result<ValidChat, ApiError> {
     loop {
         let chat = api::chat_request(req, &items)?;
-        match validate::chat(engine, chat, tenant).await {
+        match validate::chat(engine, chat, tenant, reasoning).await {
             Err(e)
                 if req.truncation.as_deref() == Some("auto")
                     && e.code == Some("context_length_exceeded")
@@ -114,7 +116,7 @@ pub async fn create(
     let input = api::input_items(req.input.as_ref())?;
     let mut items = history(&state, &owner, req.previous_response_id.as_deref()).await?;
     items.extend(input.iter().cloned());
-    let valid = prepare(&served.engine, &req, items, tenant.as_ref()).await?;
+    let valid = prepare(&served.engine, &req, items, tenant.as_ref(), &state.settings.reasoning).await?;
     let streams = valid.submit(&served).map_err(|e| e.renamed(FIELD_NAMES))?;
     let meta = Meta::new(&req, &served.id);
     let saver = req.store.unwrap_or(true).then(|| Saver {
@@ -124,7 +126,15 @@ pub async fn create(
         previous: req.previous_response_id.clone(),
     });
     if req.stream.unwrap_or(false) {
-        let wire = ResponsesWire { meta, saver, seq: 0, output: Vec::new(), open_message: None, calls: Vec::new() };
+        let wire = ResponsesWire {
+            meta,
+            saver,
+            seq: 0,
+            output: Vec::new(),
+            open_reasoning: None,
+            open_message: None,
+            calls: Vec::new(),
+        };
         return Ok(turn::stream(state.clone(), &valid, streams, start, wire));
     }
     let turn = turn::run(&state, &valid, streams, start, new_call_id).await.map_err(|e| e.renamed(FIELD_NAMES))?;
@@ -144,6 +154,8 @@ struct ResponsesWire {
     seq: u64,
     /// The output items so far (what `response.completed` carries).
     output: Vec<Value>,
+    /// The reasoning item thoughts are streaming into.
+    open_reasoning: Option<usize>,
     /// The message item text is streaming into.
     open_message: Option<usize>,
     /// Per call of the turn: its output index, and whether it is still open.
@@ -158,6 +170,17 @@ impl ResponsesWire {
         }
         self.seq += 1;
         stream::named(kind, &v)
+    }
+
+    fn close_reasoning(&mut self, out: &mut Vec<SseEvent>) {
+        let Some(i) = self.open_reasoning.take() else { return };
+        self.output[i]["status"] = json!("completed");
+        let item = self.output[i].clone();
+        out.push(self.ev(
+            "response.reasoning_text.done",
+            json!({"item_id": item["id"], "output_index": i, "content_index": 0, "text": item["content"][0]["text"]}),
+        ));
+        out.push(self.ev("response.output_item.done", json!({"output_index": i, "item": item})));
     }
 
     fn close_message(&mut self, out: &mut Vec<SseEvent>) {
@@ -194,6 +217,7 @@ impl ResponsesWire {
     }
 
     fn end(&mut self, end: TurnEnd, out: &mut Vec<SseEvent>) {
+        self.close_reasoning(out);
         self.close_message(out);
         self.close_calls(out);
         let status = api::final_status(&end);
@@ -223,7 +247,29 @@ impl TurnWire for ResponsesWire {
     fn event(&mut self, e: TurnEvent) -> Vec<SseEvent> {
         let mut out = Vec::new();
         match e {
+            TurnEvent::Reasoning(t) => {
+                let i = match self.open_reasoning {
+                    Some(i) => i,
+                    None => {
+                        let i = self.output.len();
+                        let mut item = api::reasoning_item(&api::new_item_id("rs"), "");
+                        item["status"] = json!("in_progress");
+                        self.output.push(item.clone());
+                        out.push(self.ev("response.output_item.added", json!({"output_index": i, "item": item})));
+                        self.open_reasoning = Some(i);
+                        i
+                    }
+                };
+                let text = self.output[i]["content"][0]["text"].as_str().unwrap_or("").to_string() + &t;
+                self.output[i]["content"][0]["text"] = json!(text);
+                let id = self.output[i]["id"].clone();
+                out.push(self.ev(
+                    "response.reasoning_text.delta",
+                    json!({"item_id": id, "output_index": i, "content_index": 0, "delta": t}),
+                ));
+            }
             TurnEvent::Text(t) => {
+                self.close_reasoning(&mut out);
                 self.close_calls(&mut out);
                 let i = match self.open_message {
                     Some(i) => i,
@@ -250,6 +296,7 @@ impl TurnWire for ResponsesWire {
                 ));
             }
             TurnEvent::CallStart { id, name, .. } => {
+                self.close_reasoning(&mut out);
                 self.close_message(&mut out);
                 self.close_calls(&mut out);
                 let i = self.output.len();
@@ -368,6 +415,8 @@ pub async fn input_tokens(
     let mut items = history(&state, &owner, req.previous_response_id.as_deref()).await?;
     items.extend(api::input_items(req.input.as_ref())?);
     let chat = api::chat_request(&req, &items)?;
-    let n = validate::count_chat_tokens(&served.engine, chat).await.map_err(|e| e.renamed(FIELD_NAMES))?;
+    let n = validate::count_chat_tokens(&served.engine, chat, &state.settings.reasoning)
+        .await
+        .map_err(|e| e.renamed(FIELD_NAMES))?;
     Ok(Json(json!({"object": "response.input_tokens", "input_tokens": n})))
 }
