@@ -316,6 +316,17 @@ fn partial_suffix(text: &str, tag: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// More of a choice's text (`end`: its last piece) through its splitter, or all answer when
+/// it has none (not a reasoning model's).
+pub fn parts(split: Option<&mut ReasoningSplit>, text: &str, end: bool) -> Vec<Part> {
+    let Some(s) = split else { return vec![Part::Answer(text.to_string())] };
+    let mut parts = s.push(text);
+    if end {
+        parts.extend(s.finish());
+    }
+    parts
+}
+
 /// How many of a choice's tokens were thoughts.
 pub fn num_reasoning_tokens<'a>(spec: Option<&ReasoningSpec>, tokens: impl IntoIterator<Item = &'a str>) -> usize {
     let Some(spec) = spec else { return 0 };
@@ -331,7 +342,7 @@ pub fn split(spec: Option<&ReasoningSpec>, text: &str) -> (Option<String>, Strin
     let Some(spec) = spec else { return (None, text.to_string()) };
     let mut s = ReasoningSplit::new(*spec);
     let (mut reasoning, mut answer) = (None::<String>, String::new());
-    for p in s.push(text).into_iter().chain(s.finish()) {
+    for p in parts(Some(&mut s), text, true) {
         match p {
             Part::Reasoning(r) => reasoning.get_or_insert_with(String::new).push_str(&r),
             Part::Answer(a) => answer.push_str(&a),

@@ -170,16 +170,7 @@ struct TurnPump<W> {
 impl<W: TurnWire> TurnPump<W> {
     /// A choice's text as it comes (`end`: its last piece): thoughts first, then the answer.
     fn text(&mut self, text: &str, end: bool, out: &mut Vec<TurnEvent>) {
-        let parts = match &mut self.reasoning {
-            Some(r) => {
-                let mut parts = r.push(text);
-                if end {
-                    parts.extend(r.finish());
-                }
-                parts
-            }
-            None => vec![Part::Answer(text.to_string())],
-        };
+        let parts = reasoning::parts(self.reasoning.as_mut(), text, end);
         for p in parts {
             match p {
                 Part::Reasoning(t) => out.push(TurnEvent::Reasoning(t)),

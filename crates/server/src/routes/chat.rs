@@ -215,16 +215,7 @@ struct StreamedChoice {
 impl StreamedChoice {
     /// The deltas for more of the choice's text (`end`: its last piece).
     fn deltas(&mut self, text: &str, end: bool) -> Vec<Delta> {
-        let parts = match &mut self.thoughts {
-            Some(r) => {
-                let mut parts = r.push(text);
-                if end {
-                    parts.extend(r.finish());
-                }
-                parts
-            }
-            None => vec![Part::Answer(text.to_string())],
-        };
+        let parts = reasoning::parts(self.thoughts.as_mut(), text, end);
         let mut out = Vec::new();
         for p in parts {
             match p {
