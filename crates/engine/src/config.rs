@@ -25,6 +25,9 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Speculative decoding (on by default; requests may opt out).
     pub speculative: SpecConfig,
+    /// The seed of a request that sends none (llama.cpp's `--seed`): set, every request's
+    /// sampling is reproducible; unset, such a request gets a random seed.
+    pub default_seed: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +43,7 @@ impl Default for EngineConfig {
             prefix_caching: true,
             max_waiting: 256,
             speculative: SpecConfig::default(),
+            default_seed: None,
         }
     }
 }

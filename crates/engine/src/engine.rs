@@ -117,8 +117,9 @@ impl EngineHandle {
     }
 
     /// Checks a request and queues it. Errors name what is wrong; nothing is queued then.
-    pub fn submit(&self, req: Request) -> Result<RequestStream> {
+    pub fn submit(&self, mut req: Request) -> Result<RequestStream> {
         let s = &self.shared;
+        req.params.seed = req.params.seed.or(s.config.default_seed);
         if req.prompt.is_empty() {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
         }

@@ -144,8 +144,9 @@ impl EngineCore {
         self.speculator.draft(&mut batch, &mut self.scheduler);
         let st = self.stats.clone();
         for &id in &batch.newly_admitted {
-            if let Some(seq) = self.scheduler.running(id) {
+            if let Some(seq) = self.scheduler.running_mut(id) {
                 seq.queue_state.leave(&st.num_unadmitted);
+                report_progress(seq);
             }
         }
         EngineStats::add(&st.prefix_cache_hit_tokens_total, batch.num_newly_cached_tokens as u64);
@@ -198,6 +199,12 @@ impl EngineCore {
     fn postprocess(&mut self, batch: &ScheduledBatch, logits: &[f32]) -> usize {
         let t0 = Instant::now();
         self.scheduler.mark_computed(batch);
+        // Each prompt chunk's progress, before the first token it may bring.
+        for item in &batch.items {
+            if let Some(seq) = self.scheduler.running_mut(item.seq_id) {
+                report_progress(seq);
+            }
+        }
         let mut results = self.advance_all(batch, logits);
         let mut num_tokens = 0;
         let advance_ns = t0.elapsed().as_nanos() as u64;
@@ -275,5 +282,20 @@ impl EngineCore {
             .map(|c| c.into_inner().unwrap_or_else(|e| e.into_inner()))
             .map(|(seq, _, _, out)| (seq.id, out.expect("every cell is sampled")))
             .collect()
+    }
+}
+
+/// A prompt-progress event, for a sequence that asked for them, has generated nothing yet and
+/// got further than its last report (so none follows a token, and a preempted sequence's
+/// recomputation is not reported again).
+fn report_progress(seq: &mut Sequence) {
+    let fresh = seq.progress_sent.is_none_or(|last| seq.num_computed_tokens > last);
+    if seq.report_progress && seq.num_generated_tokens() == 0 && fresh {
+        seq.progress_sent = Some(seq.num_computed_tokens);
+        let _ = seq.events.send(Event::Progress(crate::request::PromptProgress {
+            num_total: seq.num_prompt_tokens,
+            num_cached: seq.num_cached_tokens,
+            num_processed: seq.num_computed_tokens,
+        }));
     }
 }

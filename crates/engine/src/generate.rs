@@ -84,6 +84,7 @@ impl Generator {
             self.core.step();
             while let Ok(event) = rx.try_recv() {
                 match event {
+                    Event::Progress(_) => {}
                     Event::Token(t) => {
                         let s = Sampled { token: t.token, logprob: t.logprob, top: t.top_logprobs };
                         let go_on = on_token(&s);

@@ -60,7 +60,7 @@ pub use lora::{LoraAdapter, LoraSet};
 pub use model::Model;
 pub use models::bert::Pooling;
 pub use prompt_logprobs::{prompt_logprobs, PromptLogprob};
-pub use request::{Event, FinishReason, Finished, Request, TokenEvent};
+pub use request::{Event, FinishReason, Finished, PromptProgress, Request, TokenEvent};
 pub use sampling::{Sampled, SamplingParams};
 pub use stats::StatsSnapshot;
 pub use tokenizer::{Detokenizer, Tokenizer};

@@ -27,6 +27,8 @@ pub struct Request {
     pub speculative: bool,
     /// LoRA adapters to run with (None: the base model). Part of the prefix-cache key.
     pub lora: Option<std::sync::Arc<crate::lora::LoraSet>>,
+    /// Send `Event::Progress` while the prompt is evaluated (llama.cpp's `return_progress`).
+    pub report_progress: bool,
 }
 
 impl Request {
@@ -42,6 +44,7 @@ impl Request {
             cache_salt: None,
             speculative: true,
             lora: None,
+            report_progress: false,
         }
     }
 }
@@ -90,8 +93,21 @@ pub struct Finished {
     pub stop_string: Option<String>,
 }
 
+/// How far a prompt's evaluation has got: sent (when the request asks) once when the
+/// sequence is admitted (`num_processed == num_cached`) and after each prompt chunk, the
+/// last (`num_processed == num_total`) before the first token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptProgress {
+    pub num_total: usize,
+    /// Served from the prefix cache.
+    pub num_cached: usize,
+    /// Cached or computed so far.
+    pub num_processed: usize,
+}
+
 #[derive(Debug)]
 pub enum Event {
+    Progress(PromptProgress),
     Token(TokenEvent),
     Finished(Finished),
     Error(EngineError),

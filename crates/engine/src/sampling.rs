@@ -1,7 +1,9 @@
 //! Per-sequence sampling: logit bias and penalties, then greedy or temperature sampling with
 //! top-k / top-p / min-p, driven by the sequence's own seeded RNG (one draw per step), so a
 //! seed gives the same tokens whatever else runs. Logprobs are those of the model's raw
-//! distribution (before any of the above), as OpenAI reports them.
+//! distribution (before any of the above), as OpenAI reports them, or, when asked
+//! (`post_sampling`, llama.cpp's `post_sampling_probs`), of the distribution the token was
+//! drawn from: after bias, penalties, top-k, temperature, min-p and top-p.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -26,6 +28,9 @@ pub struct SamplingParams {
     pub logprobs: bool,
     /// How many top alternatives to report with each token (0: none); implies `logprobs`.
     pub top_logprobs: usize,
+    /// Report logprobs of the sampling distribution (only the tokens it could pick) instead of
+    /// the model's raw one.
+    pub post_sampling: bool,
 }
 
 impl Default for SamplingParams {
@@ -42,6 +47,7 @@ impl Default for SamplingParams {
             seed: None,
             logprobs: false,
             top_logprobs: 0,
+            post_sampling: false,
         }
     }
 }
@@ -94,24 +100,40 @@ impl Sampler {
             || self.params.repetition_penalty != 1.0
             || self.params.frequency_penalty != 0.0
             || self.params.presence_penalty != 0.0;
-        let token = match (adjusted, self.params.is_greedy()) {
-            (false, true) => argmax(logits),
-            (false, false) => self.draw(logits),
-            (true, greedy) => {
-                let mut l = logits.to_vec();
-                self.adjust(&mut l, context);
-                if greedy {
-                    argmax(&l)
-                } else {
-                    self.draw(&l)
-                }
-            }
+        let l = if adjusted {
+            let mut l = logits.to_vec();
+            self.adjust(&mut l, context);
+            std::borrow::Cow::Owned(l)
+        } else {
+            std::borrow::Cow::Borrowed(logits)
         };
+        let greedy = self.params.is_greedy();
+        let token = if greedy { argmax(&l) } else { self.draw(&l) };
         if !self.params.logprobs && self.params.top_logprobs == 0 {
             return Sampled { token, logprob: 0.0, top: Vec::new() };
         }
+        if self.params.post_sampling {
+            return self.post_sampling(&l, token, greedy);
+        }
         let (logprob_of, top) = raw_logprobs(logits, self.params.top_logprobs);
         Sampled { token, logprob: logprob_of(token), top }
+    }
+
+    /// `token` and the most likely alternatives under the distribution it was drawn from
+    /// (greedy: the one token, certain). Tokens that could not be drawn are not listed.
+    fn post_sampling(&self, l: &[f32], token: u32, greedy: bool) -> Sampled {
+        let n = self.params.top_logprobs;
+        if greedy {
+            return Sampled { token, logprob: 0.0, top: if n > 0 { vec![(token, 0.0)] } else { Vec::new() } };
+        }
+        let Some(Nucleus { cand, probs, keep }) = self.nucleus(l) else {
+            return Sampled { token, logprob: 0.0, top: vec![(token, 0.0)].into_iter().take(n).collect() };
+        };
+        let total: f32 = probs[..keep].iter().sum();
+        let lp = |p: f32| (p / total).ln();
+        let logprob = cand[..keep].iter().position(|c| c.0 == token).map_or(f32::NEG_INFINITY, |i| lp(probs[i]));
+        let top = cand[..keep].iter().zip(&probs).take(n).map(|(c, &p)| (c.0, lp(p))).collect();
+        Sampled { token, logprob, top }
     }
 
     fn adjust(&self, l: &mut [f32], context: &[u32]) {
@@ -141,11 +163,26 @@ impl Sampler {
     }
 
     fn draw(&mut self, l: &[f32]) -> u32 {
+        let Some(Nucleus { cand, probs, keep }) = self.nucleus(l) else { return argmax(l) };
+        let total: f32 = probs[..keep].iter().sum();
+        let r: f32 = self.rng.random::<f32>() * total;
+        let mut cum = 0.0;
+        for i in 0..keep {
+            cum += probs[i];
+            if r < cum {
+                return cand[i].0;
+            }
+        }
+        cand[keep - 1].0
+    }
+
+    /// The tokens `draw` picks among. None when no logit is finite.
+    fn nucleus(&self, l: &[f32]) -> Option<Nucleus> {
         let p = &self.params;
         let mut cand: Vec<(u32, f32)> =
             l.iter().enumerate().filter(|(_, x)| x.is_finite()).map(|(i, &x)| (i as u32, x)).collect();
         if cand.is_empty() {
-            return argmax(l);
+            return None;
         }
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < cand.len() {
@@ -172,17 +209,16 @@ impl Sampler {
                 }
             }
         }
-        let total: f32 = probs[..keep].iter().sum();
-        let r: f32 = self.rng.random::<f32>() * total;
-        let mut cum = 0.0;
-        for i in 0..keep {
-            cum += probs[i];
-            if r < cum {
-                return cand[i].0;
-            }
-        }
-        cand[keep - 1].0
+        Some(Nucleus { cand, probs, keep })
     }
+}
+
+/// Candidates after top-k, most likely first, their temperature-softmax probabilities, and how
+/// many of them (a prefix) min-p and top-p keep.
+struct Nucleus {
+    cand: Vec<(u32, f32)>,
+    probs: Vec<f32>,
+    keep: usize,
 }
 
 /// Highest logit; ties go to the lowest id.
@@ -289,5 +325,35 @@ mod tests {
         assert_eq!(s.sample(&logits(), &[]).token, 3);
         let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() });
         assert_eq!(s.sample(&logits(), &[1, 3]).token, 2);
+    }
+
+    #[test]
+    fn post_sampling_logprobs_cover_only_what_could_be_drawn() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            logprobs: true,
+            top_logprobs: 5,
+            post_sampling: true,
+            seed: Some(1),
+            ..SamplingParams::default()
+        };
+        let out = Sampler::new(p.clone()).sample(&logits(), &[]);
+        assert_eq!(out.top.len(), 2, "top-k 2 leaves two tokens: {:?}", out.top);
+        let total: f32 = out.top.iter().map(|t| t.1.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "renormalized: {total}");
+        assert!(out.top.iter().any(|t| t.0 == out.token && t.1 == out.logprob));
+        // The same draw as without post-sampling logprobs: reporting does not move the RNG.
+        let plain = Sampler::new(SamplingParams { post_sampling: false, ..p }).sample(&logits(), &[]);
+        assert_eq!(plain.token, out.token);
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            top_logprobs: 3,
+            logprobs: true,
+            post_sampling: true,
+            ..SamplingParams::default()
+        };
+        let g = Sampler::new(greedy).sample(&logits(), &[]);
+        assert_eq!((g.logprob, g.top.clone()), (0.0, vec![(g.token, 0.0)]));
     }
 }

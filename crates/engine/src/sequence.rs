@@ -46,6 +46,11 @@ pub struct Sequence {
     pub id: SeqId,
     pub tokens: Vec<u32>,
     pub num_prompt_tokens: usize,
+    /// Send `Event::Progress` while the prompt is evaluated.
+    pub report_progress: bool,
+    /// `num_processed` of the last progress event sent: later ones only move forward (a
+    /// preempted sequence recomputes its prompt without reporting it again).
+    pub progress_sent: Option<usize>,
     /// Tokens whose K/V are in the cache (the rest still need a forward pass).
     pub num_computed_tokens: usize,
     /// Prompt tokens served from the prefix cache at first admission.
@@ -97,6 +102,8 @@ impl Sequence {
         Self {
             id,
             num_prompt_tokens: req.prompt.len(),
+            report_progress: req.report_progress,
+            progress_sent: None,
             tokens: req.prompt,
             num_computed_tokens: 0,
             num_cached_tokens: 0,

@@ -42,6 +42,7 @@ fn run(e: &EngineHandle, reqs: &[Request]) -> Vec<(Vec<u32>, Vec<u32>, String, F
                     }
                     Event::Finished(f) => return (toks, bits, text + &f.text, f.reason),
                     Event::Error(err) => panic!("{err}"),
+                    Event::Progress(_) => {}
                 }
             }
         })

@@ -67,6 +67,7 @@ fn collect(mut s: slm_engine::RequestStream) -> Outcome {
                 return o;
             }
             Event::Error(e) => panic!("request failed: {e}"),
+            Event::Progress(_) => {}
         }
     }
     panic!("stream ended without Finished")

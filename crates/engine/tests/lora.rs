@@ -347,6 +347,7 @@ fn run(e: &EngineHandle, reqs: &[Request]) -> Vec<(Vec<u32>, Vec<u32>, usize)> {
                     }
                     Event::Finished(f) => return (toks, bits, f.num_cached_tokens),
                     Event::Error(e) => panic!("{e}"),
+                    Event::Progress(_) => {}
                 }
             }
         })

@@ -62,6 +62,7 @@ fn collect(mut s: slm_engine::RequestStream) -> Outcome {
                 return (toks, bits, text);
             }
             Event::Error(e) => panic!("request failed: {e}"),
+            Event::Progress(_) => {}
         }
     }
     panic!("stream ended without Finished")

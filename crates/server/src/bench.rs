@@ -132,6 +132,7 @@ fn run(
                         }
                         Event::Finished(_) => return Ok((first.unwrap_or_else(Instant::now), Instant::now(), n)),
                         Event::Error(e) => bail!("request failed: {e}"),
+                        Event::Progress(_) => {}
                     }
                 }
                 bail!("stream ended early")

@@ -57,6 +57,11 @@ pub struct FileConfig {
     pub ui: Option<bool>,
     /// Serve llama.cpp's `GET /slots` (default false).
     pub slots_endpoint: Option<bool>,
+    /// Serve `GET /metrics` (default true; off, it answers 501 as llama-server without
+    /// `--metrics` does).
+    pub metrics: Option<bool>,
+    /// The seed of every request that sends none (llama.cpp's `--seed`); unset, random.
+    pub seed: Option<u64>,
     /// Reasoning models: whether requests think unless they say ("auto", "on", "off").
     pub reasoning: Option<crate::reasoning::ReasoningMode>,
     /// How thoughts come back: "auto", "deepseek" (`reasoning_content`), "deepseek-legacy",
@@ -177,6 +182,13 @@ pub struct ServeFlags {
     /// Serve llama.cpp's `GET /slots` (the engine's sequence slots, busy or idle).
     #[arg(long)]
     pub slots: bool,
+    /// Do not serve `GET /metrics` (it answers 501).
+    #[arg(long = "no-metrics")]
+    pub no_metrics: bool,
+    /// The seed of every request that sends none, so all sampling is reproducible
+    /// (llama.cpp's `--seed`; -1 or unset: random).
+    #[arg(long, allow_negative_numbers = true)]
+    pub seed: Option<i64>,
     /// Reasoning models: whether requests think unless they say (llama.cpp's `--reasoning`;
     /// a request's `chat_template_kwargs.enable_thinking` or `reasoning_effort` wins).
     #[arg(long, value_enum)]
@@ -236,6 +248,8 @@ pub struct ServerConfig {
     pub ui: bool,
     /// llama.cpp's `GET /slots`.
     pub slots: bool,
+    /// `GET /metrics`.
+    pub metrics: bool,
     pub reasoning: crate::reasoning::ReasoningConfig,
 }
 
@@ -330,7 +344,7 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
         }
         first.loras.push(spec);
     }
-    let discovered = if discover_on {
+    let mut discovered = if discover_on {
         discover(
             &mut models,
             file.keep_alive.unwrap_or(KeepAlive::parse("5m").expect("a valid duration")),
@@ -339,6 +353,10 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
     } else {
         Vec::new()
     };
+    let seed = flags.seed.map(|s| u64::try_from(s).ok()).unwrap_or(file.seed);
+    for m in models.iter_mut().chain(discovered.iter_mut()) {
+        m.engine.default_seed = seed;
+    }
     for m in &models {
         if !m.path.is_file() {
             bail!("model file {} (alias `{}`) does not exist", m.path.display(), m.alias);
@@ -368,6 +386,7 @@ pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
         cors_allowed_origins: file.cors_allowed_origins.unwrap_or_default(),
         ui: !flags.no_ui && file.ui.unwrap_or(true),
         slots: flags.slots || file.slots_endpoint.unwrap_or(false),
+        metrics: !flags.no_metrics && file.metrics.unwrap_or(true),
         reasoning: crate::reasoning::ReasoningConfig {
             mode: flags.reasoning.or(file.reasoning).unwrap_or_default(),
             format: flags.reasoning_format.or(file.reasoning_format).unwrap_or_default(),
@@ -498,6 +517,25 @@ mod tests {
         assert!(!ui_of("", true));
         assert!(!ui_of("ui = false", false));
         assert!(!ui_of("ui = true", true), "the flag wins over the file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_seed_and_metrics_switch_come_from_the_flags_or_the_file() {
+        let dir = std::env::temp_dir().join(format!("slm-seed-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = dir.join("m.gguf");
+        std::fs::write(&model, b"GGUF").unwrap();
+        let of = |file: &str, seed: Option<i64>, no_metrics: bool| {
+            let cfg = dir.join("slm.toml");
+            std::fs::write(&cfg, format!("{file}\n[[models]]\npath = \"{}\"\n", model.display())).unwrap();
+            let c = resolve(ServeFlags { config: Some(cfg), seed, no_metrics, ..Default::default() }).unwrap();
+            (c.models[0].engine.default_seed, c.metrics)
+        };
+        assert_eq!(of("", None, false), (None, true));
+        assert_eq!(of("seed = 5\nmetrics = false", None, false), (Some(5), false));
+        assert_eq!(of("seed = 5", Some(9), true), (Some(9), false), "the flags win over the file");
+        assert_eq!(of("seed = 5", Some(-1), false), (None, true), "-1 is llama.cpp's random seed");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -76,7 +76,7 @@ pub fn app(state: AppState) -> Router {
         .route("/chat/completions", post(routes::chat::chat_completions))
         .route("/v1/chat/completions/input_tokens", post(routes::chat::input_tokens))
         .route("/chat/completions/input_tokens", post(routes::chat::input_tokens))
-        .route("/completions", post(routes::completions::completions))
+        .route("/completions", post(routes::native::completions_alias))
         .route("/embeddings", post(routes::embeddings::embeddings))
         .route("/responses", post(routes::responses::create))
         .route("/models", get(routes::models::list))

@@ -19,12 +19,70 @@ pub enum PromptPiece {
     Token(u32),
 }
 
-/// A native prompt: a string, or a list of strings and token ids making one prompt.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// One prompt as llama.cpp reads it: text, or text and token ids mixed (all ids: a token
+/// prompt).
+#[derive(Debug, Clone, PartialEq)]
 pub enum NativePrompt {
     Text(String),
     Mixed(Vec<PromptPiece>),
+}
+
+/// The prompts a `prompt` (or `/embeddings` `input`) holds, as llama.cpp reads them: a
+/// string, an array of ids (or of ids and strings mixed) or an object (`{"prompt_string"}`,
+/// `{"content": [text parts]}`) is one prompt; any other array holds one prompt per element
+/// (an array of strings: one per string, as OpenAI's). `field` names the field in errors.
+pub fn prompts_of(v: &Value, field: &str) -> Result<Vec<NativePrompt>, ApiError> {
+    match v {
+        Value::Array(a) if !a.is_empty() && is_one_prompt(a) => Ok(vec![pieces(a, 0, field)?]),
+        Value::Array(a) => a.iter().enumerate().map(|(i, e)| one_prompt(e, i, field)).collect(),
+        other => Ok(vec![one_prompt(other, 0, field)?]),
+    }
+}
+
+/// Ids only, or ids and strings mixed: one prompt.
+fn is_one_prompt(a: &[Value]) -> bool {
+    let ids = a.iter().any(Value::is_u64);
+    ids && a.iter().all(|e| e.is_u64() || e.is_string())
+}
+
+fn pieces(a: &[Value], i: usize, field: &str) -> Result<NativePrompt, ApiError> {
+    a.iter()
+        .map(|e| match e {
+            Value::String(s) => Ok(PromptPiece::Text(s.clone())),
+            e => e.as_u64().and_then(|t| u32::try_from(t).ok()).map(PromptPiece::Token).ok_or_else(|| {
+                ApiError::invalid(field, format!("{field} {i}: expected token ids and strings, got {e}"))
+            }),
+        })
+        .collect::<Result<_, _>>()
+        .map(NativePrompt::Mixed)
+}
+
+fn one_prompt(e: &Value, i: usize, field: &str) -> Result<NativePrompt, ApiError> {
+    let bad = |m: String| ApiError::invalid(field, format!("{field} {i}: {m}"));
+    match e {
+        Value::String(s) => Ok(NativePrompt::Text(s.clone())),
+        Value::Array(a) => pieces(a, i, field),
+        Value::Object(o) => {
+            if o.contains_key("multimodal_data") {
+                return Err(bad("this model takes text only: `multimodal_data` cannot be read".into()));
+            }
+            if let Some(s) = o.get("prompt_string").and_then(Value::as_str) {
+                return Ok(NativePrompt::Text(s.to_string()));
+            }
+            match o.get("content") {
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                        (Some("text"), Some(t)) => Ok(t),
+                        _ => Err(bad(format!("only text parts can be read, got {p}"))),
+                    })
+                    .collect::<Result<String, _>>()
+                    .map(NativePrompt::Text),
+                _ => Err(bad("an object needs `prompt_string` or `content`".into())),
+            }
+        }
+        other => Err(bad(format!("expected a string, token ids or an object, got {other}"))),
+    }
 }
 
 /// A file of repo-level context for `/infill`.
@@ -45,7 +103,8 @@ fn default_filename() -> String {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NativeRequest {
     pub model: Option<String>,
-    pub prompt: Option<NativePrompt>,
+    /// One prompt or several (`prompts_of`).
+    pub prompt: Option<Value>,
     pub n_predict: Option<i64>,
     /// OpenAI's name for `n_predict`, which llama.cpp also reads.
     pub max_tokens: Option<i64>,
@@ -61,6 +120,7 @@ pub struct NativeRequest {
     pub stop: Option<Vec<String>>,
     pub n_probs: Option<i64>,
     pub post_sampling_probs: Option<bool>,
+    pub return_progress: Option<bool>,
     pub ignore_eos: Option<bool>,
     pub return_tokens: Option<bool>,
     pub grammar: Option<String>,
@@ -97,12 +157,6 @@ impl NativeRequest {
 
     /// The same request as slm's text completion over `prompt` (tokens already laid out).
     pub fn to_completion(&self, prompt: PromptField) -> Result<CompletionRequest, ApiError> {
-        if self.post_sampling_probs == Some(true) {
-            return Err(ApiError::invalid(
-                "post_sampling_probs",
-                "`post_sampling_probs` is not supported: slm reports the model's own log-probabilities (`n_probs`)",
-            ));
-        }
         let n_probs = match self.n_probs {
             Some(n) if !(0..=20).contains(&n) => {
                 return Err(ApiError::invalid("n_probs", format!("`n_probs` must be between 0 and 20, got {n}")))
@@ -117,6 +171,8 @@ impl NativeRequest {
         // A prompt-only request runs one token, which the answer leaves out.
         c.max_tokens = self.num_predict().map(|n| n.max(1));
         c.logprobs = n_probs;
+        c.post_sampling_probs = self.post_sampling_probs;
+        c.return_progress = self.return_progress;
         c.grammar = self.grammar.clone();
         c.json_schema = self.json_schema.clone();
         c.temperature = Some(self.temperature.unwrap_or(DEFAULT_TEMPERATURE));
@@ -127,8 +183,9 @@ impl NativeRequest {
         c.repetition_penalty = self.repeat_penalty;
         c.presence_penalty = self.presence_penalty;
         c.frequency_penalty = self.frequency_penalty;
-        // llama.cpp: seed -1 (its default) is a random seed.
-        c.seed = self.seed.filter(|&s| s >= 0);
+        // llama.cpp: seed -1 is a random seed, even when the server has one (`--seed`), which
+        // only a request without a seed takes.
+        c.seed = self.seed.map(|s| if s < 0 { i64::from(rand::random::<u32>()) } else { s });
         c.stop = self.stop.clone().filter(|s| !s.is_empty()).map(StopField::Many);
         c.stream = self.stream;
         c.ignore_eos = self.ignore_eos;
@@ -221,7 +278,12 @@ pub struct TokenProb {
     pub id: u32,
     pub token: String,
     pub bytes: Vec<u8>,
-    pub logprob: f32,
+    /// The model's log-probability, or (`post_sampling_probs`) the sampling distribution's
+    /// probability: one of the two.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprob: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prob: Option<f32>,
 }
 
 /// One generated token's entry in `completion_probabilities`.
@@ -230,8 +292,15 @@ pub struct CompletionProbability {
     pub id: u32,
     pub token: String,
     pub bytes: Vec<u8>,
-    pub logprob: f32,
-    pub top_logprobs: Vec<TokenProb>,
+    /// As in `TokenProb`: `logprob` and `top_logprobs`, or `prob` and `top_probs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprob: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prob: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<Vec<TokenProb>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_probs: Option<Vec<TokenProb>>,
 }
 
 /// The answer of `/completion` and `/infill` (also each streamed chunk: `stop` false, then
@@ -304,7 +373,6 @@ mod tests {
     fn what_slm_cannot_honour_is_refused_by_name() {
         let to = |v| req(v).to_completion(PromptField::Tokens(vec![1])).unwrap_err().param;
         assert_eq!(to(serde_json::json!({"n_probs": 50})).as_deref(), Some("n_probs"));
-        assert_eq!(to(serde_json::json!({"post_sampling_probs": true})).as_deref(), Some("post_sampling_probs"));
         for bad in [json!([{"text": 1}]), json!([{}]), json!([{"filename": 123, "text": "a"}]), json!(["x"]), json!({})]
         {
             assert!(serde_json::from_value::<NativeRequest>(json!({"input_extra": bad})).is_err(), "{bad}");
@@ -317,5 +385,44 @@ mod tests {
     fn timings_divide_safely() {
         let t = Timings::new(2, 10, 50.0, 0, 0.0);
         assert_eq!((t.prompt_per_token_ms, t.prompt_per_second, t.predicted_per_second), (5.0, 200.0, 0.0));
+    }
+
+    fn kinds(v: Value) -> Vec<&'static str> {
+        prompts_of(&v, "input")
+            .unwrap()
+            .iter()
+            .map(|i| match i {
+                NativePrompt::Text(_) => "text",
+                NativePrompt::Mixed(p) if p.iter().all(|p| matches!(p, PromptPiece::Token(_))) => "ids",
+                NativePrompt::Mixed(_) => "mixed",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn inputs_are_read_as_openai_and_llama_cpp_send_them() {
+        assert_eq!(kinds(json!("a")), ["text"]);
+        assert_eq!(kinds(json!(["a", "b"])), ["text", "text"]);
+        assert_eq!(kinds(json!([1, 2, 3])), ["ids"]);
+        assert_eq!(kinds(json!([[1, 2], [3]])), ["ids", "ids"]);
+        assert_eq!(kinds(json!([12, 34, "string", 56])), ["mixed"]);
+        assert_eq!(kinds(json!(["s", [12, 34]])), ["text", "ids"]);
+        assert_eq!(kinds(json!([[12, "s"], [1]])), ["mixed", "ids"]);
+        assert_eq!(kinds(json!({"prompt_string": "s"})), ["text"]);
+        assert!(prompts_of(&json!({"content": "s"}), "input").is_err(), "content is a list of parts");
+        let parts = json!({"content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "world"}]});
+        assert_eq!(prompts_of(&parts, "input").unwrap(), vec![NativePrompt::Text("hello world".into())]);
+        assert_eq!(kinds(json!(["a", {"prompt_string": "b"}, parts])), ["text", "text", "text"]);
+        assert!(prompts_of(&json!([]), "input").unwrap().is_empty());
+        for bad in [
+            json!(3.5),
+            json!([true]),
+            json!({"x": 1}),
+            json!([[1, -2]]),
+            json!({"content": [{"type": "image_url"}]}),
+            json!({"prompt_string": "a", "multimodal_data": ["x"]}),
+        ] {
+            assert_eq!(prompts_of(&bad, "input").unwrap_err().param.as_deref(), Some("input"), "{bad}");
+        }
     }
 }

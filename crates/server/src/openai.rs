@@ -75,6 +75,8 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     pub cache_salt: Option<String>,
     pub speculative: Option<bool>,
+    pub post_sampling_probs: Option<bool>,
+    pub return_progress: Option<bool>,
 }
 
 /// One entry of llama.cpp's `lora` field: an adapter by `id` (its index in the loaded list,
@@ -118,6 +120,12 @@ macro_rules! with_sampling_fields {
             pub keep_alive: Option<$crate::keep_alive::KeepAlive>,
             /// Extension (llama.cpp): LoRA adapters to run with, by id or name, with scales.
             pub lora: Option<Vec<$crate::openai::LoraRef>>,
+            /// Extension (llama.cpp): logprobs of the distribution each token was drawn from
+            /// (after top-k, temperature, min-p, top-p), not of the model's raw one.
+            pub post_sampling_probs: Option<bool>,
+            /// Extension (llama.cpp): while a streamed request's prompt is evaluated, chunks
+            /// with `prompt_progress` (total, cached, processed tokens, elapsed ms).
+            pub return_progress: Option<bool>,
         }
 
         impl $name {
@@ -140,6 +148,8 @@ macro_rules! with_sampling_fields {
                     ignore_eos: self.ignore_eos,
                     cache_salt: self.cache_salt.clone(),
                     speculative: self.speculative,
+                    post_sampling_probs: self.post_sampling_probs,
+                    return_progress: self.return_progress,
                 }
             }
         }

@@ -171,6 +171,7 @@ impl Guarded {
                 None => self.done = true,
                 Some(Event::Token(t)) => self.token(t),
                 Some(Event::Finished(f)) => self.finished(f).await,
+                Some(Event::Progress(p)) => self.ready.push_back(Event::Progress(p)),
                 Some(Event::Error(e)) => {
                     self.ready.push_back(Event::Error(e));
                     self.done = true;
@@ -269,6 +270,8 @@ impl Guarded {
         };
         let mut req = self.request.clone();
         req.prompt.extend_from_slice(&self.sent_ids);
+        // The client has its tokens already: no prompt progress for the continuation.
+        req.report_progress = false;
         req.max_tokens = max_tokens;
         req.constraint = Some(constraint);
         self.inner = self.engine.submit(req)?;

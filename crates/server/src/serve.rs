@@ -44,6 +44,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         responses: Arc::new(responses),
         ui: cfg.ui,
         slots: cfg.slots,
+        metrics: cfg.metrics,
         reasoning: cfg.reasoning,
     });
     let mut app = crate::app(state.clone());

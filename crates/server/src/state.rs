@@ -55,6 +55,8 @@ pub struct Settings {
     pub ui: bool,
     /// Serve llama.cpp's `GET /slots`.
     pub slots: bool,
+    /// Serve `GET /metrics`.
+    pub metrics: bool,
     /// Whether requests think unless they say, and how thoughts come back.
     pub reasoning: crate::reasoning::ReasoningConfig,
 }
@@ -69,6 +71,7 @@ impl Settings {
             responses: Arc::new(ResponseStore::in_memory(10_000, 30 * 86_400)),
             ui: true,
             slots: false,
+            metrics: true,
             reasoning: Default::default(),
         }
     }

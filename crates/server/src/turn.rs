@@ -214,7 +214,7 @@ impl<W: TurnWire> Wire for TurnPump<W> {
                 let num_reasoning = self.reasoning.as_ref().map_or(0, ReasoningSplit::num_reasoning_pushes);
                 events.push(TurnEvent::End(end_of(f, num_calls, num_reasoning)));
             }
-            Event::Error(_) => {}
+            Event::Error(_) | Event::Progress(_) => {}
         }
         events.into_iter().flat_map(|e| self.wire.event(e)).collect()
     }

@@ -43,6 +43,8 @@ pub struct ValidSampling {
     pub cache_salt: Option<String>,
     /// Speculative decoding allowed (default) or turned off by the request.
     pub speculative: bool,
+    /// Streamed with `return_progress`: the engine reports the prompt's evaluation.
+    pub report_progress: bool,
 }
 
 fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, lo_open: bool) -> Result<Option<f64>, ApiError> {
@@ -118,6 +120,7 @@ pub fn sampling(
         seed: f.seed.map(|s| s as u64),
         logprobs: logprobs.is_some(),
         top_logprobs: logprobs.unwrap_or(0),
+        post_sampling: f.post_sampling_probs.unwrap_or(false),
     };
     let stream = f.stream.unwrap_or(false);
     let include_usage = stream && f.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
@@ -134,6 +137,7 @@ pub fn sampling(
             (None, salt) => salt.clone(),
         },
         speculative: f.speculative.unwrap_or(true),
+        report_progress: stream && f.return_progress.unwrap_or(false),
     })
 }
 
@@ -306,13 +310,15 @@ impl ValidRequest {
         for prompt in &self.prompts {
             for i in 0..s.n {
                 let mut params = s.params.clone();
-                params.seed = params.seed.map(|seed| seed.wrapping_add(i as u64));
+                let seed = params.seed.or(served.engine.config().default_seed);
+                params.seed = seed.map(|seed| seed.wrapping_add(i as u64));
                 let mut r = Request::new(prompt.clone(), params, self.max_tokens);
                 r.stop_strings = s.stop.clone();
                 r.ignore_eos = s.ignore_eos;
                 r.constraint = self.constraint.clone();
                 r.cache_salt = s.cache_salt.clone();
                 r.speculative = s.speculative;
+                r.report_progress = s.report_progress;
                 r.lora = served.lora.clone();
                 requests.push(r);
             }

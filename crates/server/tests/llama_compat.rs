@@ -47,6 +47,17 @@ async fn slots_are_off_unless_asked_for_then_one_per_sequence() {
 }
 
 #[tokio::test]
+async fn metrics_can_be_turned_off_like_llama_server_without_its_flag() {
+    let settings = Settings { metrics: false, ..Settings::new(vec![], 16 << 20) };
+    let st = AppState::new(settings);
+    let (s, text, _) = call(&st, "GET", "/metrics", None).await;
+    assert_eq!(s, StatusCode::NOT_IMPLEMENTED, "{text}");
+    assert!(text.contains("--no-metrics"), "{text}");
+    let (s, _, _) = call(&state(false), "GET", "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn chat_input_tokens_count_the_rendered_prompt() {
     let st = state(false);
     let body = json!({"messages": [{"role": "system", "content": "Book"}, {"role": "user", "content": "What is the best book"}]});

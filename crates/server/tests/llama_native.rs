@@ -21,10 +21,23 @@ fn state() -> AppState {
     };
     // Gemma 3 has no FIM tokens: infill on it is refused.
     let gemma = Arc::new(slm_engine::Model::load(common::model_path("gemma-3-270m-q4_k_m")).unwrap());
+    // llama-server --seed 7 with a small batch: every unseeded request samples alike, and a
+    // long prompt is evaluated in several chunks.
+    let seeded = slm_engine::EngineConfig {
+        max_model_len: Some(1024),
+        default_seed: Some(7),
+        max_batched_tokens: 64,
+        ..Default::default()
+    };
     let state = AppState::new(Settings::new(vec![], 16 << 20));
     state.set_models(vec![
         ServedModel { id: "qwen".into(), engine: start(common::qwen(), 2048), created: 1 },
         ServedModel { id: "gemma".into(), engine: start(gemma, 1024), created: 1 },
+        ServedModel {
+            id: "seeded".into(),
+            engine: slm_engine::EngineHandle::start(common::qwen(), seeded).unwrap(),
+            created: 1,
+        },
     ]);
     state
 }
@@ -191,9 +204,6 @@ async fn bad_infill_requests_get_the_errors_llama_cpp_tests_expect() {
     assert!(text.contains("not_supported_error"), "{text}");
     let (status, text) = post(&s, "/completion", json!({"model": "qwen", "n_predict": 3})).await;
     assert!(status == StatusCode::BAD_REQUEST && text.contains("\"param\":\"prompt\""), "{text}");
-    let (status, text) =
-        post(&s, "/completion", json!({"model": "qwen", "prompt": "a", "post_sampling_probs": true})).await;
-    assert!(status == StatusCode::BAD_REQUEST && text.contains("post_sampling_probs"), "{text}");
 }
 
 #[tokio::test]
@@ -267,4 +277,142 @@ async fn gbnf_and_json_schema_hold_chat_and_completion_output() {
         status == StatusCode::BAD_REQUEST && text.contains("\"param\":\"grammar\"") && text.contains("never defined"),
         "{text}"
     );
+}
+
+fn sse_chunks(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn several_prompts_answer_as_a_list_and_completions_without_a_model_is_native() {
+    let s = state();
+    let one = |p: &str| json!({"model": "qwen", "prompt": p, "n_predict": 4, "temperature": 0});
+    let a = ok(&s, "/completion", one("def add(a, b):")).await;
+    let b = ok(&s, "/completion", one("1, 2, 3,")).await;
+    let both = ok(
+        &s,
+        "/completion",
+        json!({"model": "qwen", "prompt": ["def add(a, b):", "1, 2, 3,"], "n_predict": 4, "temperature": 0}),
+    )
+    .await;
+    let both = both.as_array().expect("several prompts: a list of answers");
+    assert_eq!((both[0]["index"].as_u64(), both[1]["index"].as_u64()), (Some(0), Some(1)));
+    assert_eq!((&both[0]["content"], &both[1]["content"]), (&a["content"], &b["content"]));
+
+    // Streamed, each chunk names its prompt; the texts are the same.
+    let (status, text) = post(&s, "/completion", json!({"model": "qwen", "prompt": ["def add(a, b):", "1, 2, 3,"], "n_predict": 4, "temperature": 0, "stream": true})).await;
+    assert_eq!(status, StatusCode::OK);
+    let chunks = sse_chunks(&text);
+    for (i, want) in [&a, &b].into_iter().enumerate() {
+        let got: String = chunks.iter().filter(|c| c["index"] == i).map(|c| c["content"].as_str().unwrap()).collect();
+        assert_eq!(got, want["content"].as_str().unwrap());
+    }
+    let (status, text) = post(&s, "/completion", json!({"model": "qwen", "prompt": []})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+
+    // `/completions` is llama-server's native route; a body naming a model is OpenAI's. (With
+    // one model served, a request needs no `model`.)
+    let s = AppState::new(Settings::new(vec![], 16 << 20));
+    let config = slm_engine::EngineConfig { max_model_len: Some(1024), kv_cache_mb: 64, ..Default::default() };
+    let engine = slm_engine::EngineHandle::start(common::qwen(), config).unwrap();
+    s.set_models(vec![ServedModel { id: "qwen".into(), engine, created: 1 }]);
+    let native = ok(&s, "/completions", json!({"prompt": "def add(a, b):", "n_predict": 4, "temperature": 0})).await;
+    assert_eq!(native["content"], a["content"]);
+    let openai =
+        ok(&s, "/completions", json!({"model": "qwen", "prompt": "def add(a, b):", "max_tokens": 4, "temperature": 0}))
+            .await;
+    assert_eq!(openai["choices"][0]["text"], a["content"]);
+}
+
+#[tokio::test]
+async fn post_sampling_probs_are_of_the_distribution_drawn_from() {
+    let s = state();
+    let body = |t: f64| json!({"model": "qwen", "prompt": "def add(a, b):", "n_predict": 3, "temperature": t, "top_k": 4, "n_probs": 10, "post_sampling_probs": true, "seed": 3});
+    let greedy = ok(&s, "/completion", body(0.0)).await;
+    for p in greedy["completion_probabilities"].as_array().unwrap() {
+        assert!(p.get("logprob").is_none() && p.get("top_logprobs").is_none(), "{p}");
+        assert_eq!(p["prob"], 1.0);
+        assert_eq!(p["top_probs"].as_array().unwrap().len(), 1);
+    }
+    let sampled = ok(&s, "/completion", body(1.0)).await;
+    for p in sampled["completion_probabilities"].as_array().unwrap() {
+        let top = p["top_probs"].as_array().unwrap();
+        assert!(!top.is_empty() && top.len() <= 4, "top-k 4 leaves at most 4: {p}");
+        let sum: f64 = top.iter().map(|t| t["prob"].as_f64().unwrap()).sum();
+        assert!(sum <= 1.0 + 1e-4 && top.iter().all(|t| t["prob"].as_f64().unwrap() > 0.0), "{p}");
+        assert!(top.iter().any(|t| t["id"] == p["id"] && t["prob"] == p["prob"]), "the drawn token is listed: {p}");
+    }
+    // The same draw as without them: reporting changes nothing sampled.
+    let mut plain = body(1.0);
+    plain["post_sampling_probs"] = json!(false);
+    assert_eq!(ok(&s, "/completion", plain).await["content"], sampled["content"]);
+}
+
+#[tokio::test]
+async fn a_server_seed_makes_unseeded_sampling_reproducible() {
+    let s = state();
+    let body = json!({"model": "seeded", "prompt": "Once upon a time", "n_predict": 12, "temperature": 1.0});
+    let first = ok(&s, "/completion", body.clone()).await;
+    assert_eq!(ok(&s, "/completion", body.clone()).await["content"], first["content"]);
+    let mut seeded = body;
+    seeded["seed"] = json!(7);
+    assert_eq!(ok(&s, "/completion", seeded).await["content"], first["content"], "the server's seed is the request's");
+    let resp = app(s.clone()).oneshot(Request::get("/props?model=seeded").body(Body::empty()).unwrap()).await.unwrap();
+    let props: Value =
+        serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!(props["default_generation_settings"]["params"]["seed"], 7);
+}
+
+#[tokio::test]
+async fn return_progress_reports_each_prompt_chunk_before_the_first_token() {
+    let s = state();
+    let prompt = "This is a test. ".repeat(40);
+    let check = |chunks: &[Value], want_cached: bool| {
+        let progress: Vec<&Value> = chunks.iter().filter_map(|c| c.get("prompt_progress")).collect();
+        // One report at admission, then one per chunk of at most 64 tokens (the step's
+        // budget). Cached, all but the last block comes from the cache: admission and one
+        // chunk, as llama.cpp's test_return_progress counts.
+        let (total, cache) = (progress[0]["total"].as_u64().unwrap(), progress[0]["cache"].as_u64().unwrap());
+        assert_eq!(progress.len() as u64, 1 + (total - cache).div_ceil(64), "{progress:?}");
+        assert!(want_cached || progress.len() >= 4, "~200 tokens in chunks of 64: {progress:?}");
+        assert!(!want_cached || progress.len() == 2, "{progress:?}");
+        assert_eq!(progress[0]["cache"], progress[0]["processed"], "the first report is before any evaluation");
+        assert_eq!(progress[0]["cache"].as_u64().unwrap() > 0, want_cached);
+        for w in progress.windows(2) {
+            assert_eq!((&w[0]["total"], &w[0]["cache"]), (&w[1]["total"], &w[1]["cache"]));
+            assert!(w[1]["processed"].as_u64() > w[0]["processed"].as_u64());
+        }
+        let last = progress.last().unwrap();
+        assert_eq!(last["processed"], last["total"]);
+        // Every report comes before the first generated text.
+        let first_text = chunks.iter().position(|c| c.get("prompt_progress").is_none()).unwrap();
+        assert!(chunks[first_text..].iter().all(|c| c.get("prompt_progress").is_none()));
+    };
+    let native = json!({"model": "seeded", "prompt": prompt, "n_predict": 3, "temperature": 0, "stream": true, "return_progress": true});
+    let (_, text) = post(&s, "/completion", native.clone()).await;
+    check(&sse_chunks(&text), false);
+    // Again: the prefix cache serves most of it, and the first report says so.
+    let (_, text) = post(&s, "/completion", native).await;
+    check(&sse_chunks(&text), true);
+    let chat = json!({"model": "seeded", "messages": [{"role": "user", "content": "Count the words: ".to_string() + &prompt}], "max_tokens": 3, "stream": true, "return_progress": true});
+    let (status, text) = post(&s, "/v1/chat/completions", chat).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let chunks = sse_chunks(&text);
+    let with_progress: Vec<&Value> = chunks.iter().filter(|c| c.get("prompt_progress").is_some()).collect();
+    assert!(with_progress.len() >= 3, "{text}");
+    assert!(with_progress
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk" && c["choices"][0]["delta"]["role"] == "assistant"));
+    // Not asked, or not streamed: no progress.
+    let (_, text) =
+        post(&s, "/completion", json!({"model": "seeded", "prompt": prompt, "n_predict": 2, "stream": true})).await;
+    assert!(!text.contains("prompt_progress"));
+    let whole =
+        ok(&s, "/completion", json!({"model": "seeded", "prompt": prompt, "n_predict": 2, "return_progress": true}))
+            .await;
+    assert!(whole.get("prompt_progress").is_none());
 }

@@ -179,6 +179,11 @@ async fn stream_chat(
             Event::Token(t) => (t.text.as_str(), Some(t), None),
             Event::Finished(f) => (f.text.as_str(), f.stop_token.as_ref(), Some(f)),
             Event::Error(_) => return vec![],
+            Event::Progress(p) => {
+                let delta = Delta { role: Some("assistant"), ..Default::default() };
+                let choice = ChunkChoice { index, delta, logprobs: None, finish_reason: None };
+                return vec![stream::progress_data(&ctx.chunk(vec![choice], None), p, start)];
+            }
         };
         let mut deltas = c.deltas(text, end.is_some());
         // A token's logprobs ride on its first chunk; a token that shows nothing yet (held

@@ -229,6 +229,10 @@ async fn stream_completions(
             None,
         ))],
         Event::Error(_) => vec![],
+        Event::Progress(p) => {
+            let c = CompletionChoice { text: String::new(), index, logprobs: None, finish_reason: None };
+            vec![stream::progress_data(&ctx.answer(vec![c], None), p, start)]
+        }
     })
     .await;
     let Some(finishes) = finishes else { return };

@@ -15,7 +15,7 @@ use slm_engine::{EmbeddingModel, EngineError};
 
 use super::parse_body;
 use crate::error::ApiError;
-use crate::llama_api::PromptPiece;
+use crate::llama_api::{prompts_of, NativePrompt as Input, PromptPiece};
 use crate::openai::EmbeddingsRequest;
 use crate::state::AppState;
 use crate::validate::blocking;
@@ -23,76 +23,14 @@ use crate::validate::blocking;
 /// Most inputs per request (OpenAI's limit).
 pub const MAX_INPUTS: usize = 2048;
 
-/// One input: text, or text and token ids mixed (all ids: a token input).
-#[derive(Debug, PartialEq)]
-enum Input {
-    Text(String),
-    Pieces(Vec<PromptPiece>),
-}
-
 fn bad(message: String) -> ApiError {
     ApiError::invalid("input", message)
-}
-
-/// The inputs `input` holds, read as llama.cpp reads prompts: a string, an array of ids
-/// (or of ids and strings mixed) or an object is one input; any other array holds one input
-/// per element. An array of strings is one input per string, as OpenAI's.
-fn inputs_of(v: &Value) -> Result<Vec<Input>, ApiError> {
-    match v {
-        Value::Array(a) if !a.is_empty() && is_one_prompt(a) => Ok(vec![pieces(a, 0)?]),
-        Value::Array(a) => a.iter().enumerate().map(|(i, e)| one_input(e, i)).collect(),
-        other => Ok(vec![one_input(other, 0)?]),
-    }
-}
-
-/// Ids only, or ids and strings mixed: one prompt.
-fn is_one_prompt(a: &[Value]) -> bool {
-    let ids = a.iter().any(Value::is_u64);
-    ids && a.iter().all(|e| e.is_u64() || e.is_string())
-}
-
-fn pieces(a: &[Value], i: usize) -> Result<Input, ApiError> {
-    a.iter()
-        .map(|e| match e {
-            Value::String(s) => Ok(PromptPiece::Text(s.clone())),
-            e => e
-                .as_u64()
-                .and_then(|t| u32::try_from(t).ok())
-                .map(PromptPiece::Token)
-                .ok_or_else(|| bad(format!("input {i}: expected token ids and strings, got {e}"))),
-        })
-        .collect::<Result<_, _>>()
-        .map(Input::Pieces)
-}
-
-fn one_input(e: &Value, i: usize) -> Result<Input, ApiError> {
-    match e {
-        Value::String(s) => Ok(Input::Text(s.clone())),
-        Value::Array(a) => pieces(a, i),
-        Value::Object(o) => {
-            if let Some(s) = o.get("prompt_string").and_then(Value::as_str) {
-                return Ok(Input::Text(s.to_string()));
-            }
-            match o.get("content") {
-                Some(Value::Array(parts)) => parts
-                    .iter()
-                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                        (Some("text"), Some(t)) => Ok(t),
-                        _ => Err(bad(format!("input {i}: only text parts can be embedded, got {p}"))),
-                    })
-                    .collect::<Result<String, _>>()
-                    .map(Input::Text),
-                _ => Err(bad(format!("input {i}: an object input needs `prompt_string` or `content`"))),
-            }
-        }
-        other => Err(bad(format!("input {i}: expected a string, token ids or an object, got {other}"))),
-    }
 }
 
 /// Each input as token ids, checked against the model.
 fn tokenize(model: &EmbeddingModel, input: &Value, truncate: bool) -> Result<Vec<Vec<u32>>, ApiError> {
     let tk = &model.tokenizer;
-    let inputs = inputs_of(input)?;
+    let inputs = prompts_of(input, "input")?;
     let n = inputs.len();
     if n == 0 {
         return Err(ApiError::invalid("input", "`input` must not be empty"));
@@ -106,7 +44,7 @@ fn tokenize(model: &EmbeddingModel, input: &Value, truncate: bool) -> Result<Vec
             Input::Text(t) if t.is_empty() => return Err(bad(format!("input {i} is an empty string"))),
             Input::Text(t) => tk.encode(&t, true, false)?,
             // Mixed: the caller placed any special tokens among the ids.
-            Input::Pieces(ps) => {
+            Input::Mixed(ps) => {
                 let mut out = Vec::new();
                 for p in ps {
                     match p {
@@ -132,7 +70,7 @@ fn tokenize(model: &EmbeddingModel, input: &Value, truncate: bool) -> Result<Vec
         if seq.len() > ctx {
             if !truncate {
                 let e = EngineError::InvalidRequest(format!(
-                    "input {i} has {} tokens, more than this model's context of {ctx} tokens (send `truncate: true` to cut it)",
+                    "input {i} is too large to embed: {} tokens, more than this model's context of {ctx} tokens (send `truncate: true` to cut it)",
                     seq.len()
                 ));
                 return Err(ApiError {
@@ -221,43 +159,4 @@ struct Embedding {
 enum Vector {
     Floats(Vec<f32>),
     Base64(String),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn kinds(v: Value) -> Vec<&'static str> {
-        inputs_of(&v)
-            .unwrap()
-            .iter()
-            .map(|i| match i {
-                Input::Text(_) => "text",
-                Input::Pieces(p) if p.iter().all(|p| matches!(p, PromptPiece::Token(_))) => "ids",
-                Input::Pieces(_) => "mixed",
-            })
-            .collect()
-    }
-
-    #[test]
-    fn inputs_are_read_as_openai_and_llama_cpp_send_them() {
-        assert_eq!(kinds(json!("a")), ["text"]);
-        assert_eq!(kinds(json!(["a", "b"])), ["text", "text"]);
-        assert_eq!(kinds(json!([1, 2, 3])), ["ids"]);
-        assert_eq!(kinds(json!([[1, 2], [3]])), ["ids", "ids"]);
-        assert_eq!(kinds(json!([12, 34, "string", 56])), ["mixed"]);
-        assert_eq!(kinds(json!(["s", [12, 34]])), ["text", "ids"]);
-        assert_eq!(kinds(json!([[12, "s"], [1]])), ["mixed", "ids"]);
-        assert_eq!(kinds(json!({"prompt_string": "s"})), ["text"]);
-        assert!(inputs_of(&json!({"content": "s"})).is_err(), "content is a list of parts");
-        let parts = json!({"content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "world"}]});
-        assert_eq!(inputs_of(&parts).unwrap(), vec![Input::Text("hello world".into())]);
-        assert_eq!(kinds(json!(["a", {"prompt_string": "b"}, parts])), ["text", "text", "text"]);
-        assert!(inputs_of(&json!([])).unwrap().is_empty());
-        for bad in
-            [json!(3.5), json!([true]), json!({"x": 1}), json!([[1, -2]]), json!({"content": [{"type": "image_url"}]})]
-        {
-            assert_eq!(inputs_of(&bad).unwrap_err().param.as_deref(), Some("input"), "{bad}");
-        }
-    }
 }

@@ -71,7 +71,7 @@ pub async fn props(State(state): State<AppState>, Query(q): Query<PropsQuery>) -
                 "top_k": DEFAULT_TOP_K,
                 "top_p": DEFAULT_TOP_P,
                 "min_p": DEFAULT_MIN_P,
-                "seed": -1,
+                "seed": engine.config().default_seed.map_or(-1, |s| s as i64),
                 "repeat_penalty": 1.0,
                 "n_probs": 0,
             },

@@ -33,10 +33,33 @@ pub async fn completion(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let (req, served) = parse_for::<NativeRequest>(&state, body).await?;
-    let prompt = req.prompt.clone().ok_or_else(|| ApiError::invalid("prompt", "`prompt` is required"))?;
+    let prompt = req.prompt.as_ref().ok_or_else(|| ApiError::invalid("prompt", "`prompt` is required"))?;
+    let prompts = prompts_of(prompt, "prompt")?;
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be an empty list"));
+    }
     let model = served.engine.model().clone();
-    let tokens = validate::blocking(move || tokenize_mixed(&model, prompt)).await?;
+    let tokens = validate::blocking(move || prompts.into_iter().map(|p| tokenize_mixed(&model, p)).collect()).await?;
     run(&state, &served, req, tokens, tenant.as_ref().map(|t| &t.0), start).await
+}
+
+/// `POST /completions`, which llama-server serves in its native shape and OpenAI clients
+/// with a base URL without `/v1` post to: a body naming a `model` (every OpenAI SDK sends
+/// one, OpenAI requires it) gets the OpenAI answer, one without gets llama.cpp's.
+pub async fn completions_alias(
+    state: State<AppState>,
+    tenant: Option<Extension<Tenant>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let names_model = body.as_ref().is_ok_and(|b| {
+        serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(b)
+            .is_ok_and(|keys| keys.contains_key("model"))
+    });
+    if names_model {
+        super::completions::completions(state, tenant, body).await
+    } else {
+        completion(state, tenant, body).await
+    }
 }
 
 pub async fn infill(
@@ -59,10 +82,8 @@ pub async fn infill(
     let (prefix, suffix) = (required(&req.input_prefix, "input_prefix")?, required(&req.input_suffix, "input_suffix")?);
     let prompt = match &req.prompt {
         None => String::new(),
-        Some(NativePrompt::Text(t)) => t.clone(),
-        Some(NativePrompt::Mixed(_)) => {
-            return Err(ApiError::invalid("prompt", "`prompt` of /infill must be a string"))
-        }
+        Some(Value::String(t)) => t.clone(),
+        Some(_) => return Err(ApiError::invalid("prompt", "`prompt` of /infill must be a string")),
     };
     let extra: Vec<ExtraFile> = (req.input_extra.iter().flatten())
         .map(|e| ExtraFile { filename: e.filename.clone(), text: e.text.clone() })
@@ -73,7 +94,7 @@ pub async fn infill(
         Ok(model.tokenizer.infill(&input, budget)?)
     })
     .await?;
-    run(&state, &served, req, tokens, tenant.as_ref().map(|t| &t.0), start).await
+    run(&state, &served, req, vec![tokens], tenant.as_ref().map(|t| &t.0), start).await
 }
 
 /// A native prompt's tokens: text is tokenized with special tokens parsed, the model's BOS
@@ -102,11 +123,15 @@ const NATIVE_NAMES: &[(&str, &str)] =
 /// What every answer of one request shares.
 #[derive(Clone)]
 struct Answer {
+    /// Which prompt of the request this answers.
+    index: usize,
     model: String,
     prompt_text: String,
     num_prompt: usize,
     return_tokens: bool,
     n_probs: bool,
+    /// `post_sampling_probs`: `completion_probabilities` as probabilities after sampling.
+    post_sampling: bool,
     /// `n_predict: 0`: the one token run to evaluate the prompt is not answered.
     prompt_only: bool,
     settings: serde_json::Value,
@@ -116,13 +141,24 @@ struct Answer {
 impl Answer {
     fn chunk(&self, t: &TokenEvent, num_predicted: usize, tok: &Tokenizer) -> NativeCompletion {
         NativeCompletion {
-            index: 0,
             content: t.text.clone(),
             tokens: if self.return_tokens { vec![t.token] } else { Vec::new() },
+            tokens_predicted: num_predicted,
+            completion_probabilities: self.n_probs.then(|| vec![probability(tok, t, self.post_sampling)]),
+            ..self.empty_chunk()
+        }
+    }
+
+    /// A streamed chunk with nothing generated in it (`return_progress` adds its progress).
+    fn empty_chunk(&self) -> NativeCompletion {
+        NativeCompletion {
+            index: self.index,
+            content: String::new(),
+            tokens: Vec::new(),
             id_slot: -1,
             stop: false,
             model: None,
-            tokens_predicted: num_predicted,
+            tokens_predicted: 0,
             tokens_evaluated: self.num_prompt,
             generation_settings: None,
             prompt: None,
@@ -132,7 +168,7 @@ impl Answer {
             stopping_word: None,
             tokens_cached: None,
             timings: None,
-            completion_probabilities: self.n_probs.then(|| vec![probability(tok, t)]),
+            completion_probabilities: None,
         }
     }
 
@@ -159,7 +195,7 @@ impl Answer {
         };
         let prompt_n = f.num_prompt_tokens.saturating_sub(f.num_cached_tokens);
         NativeCompletion {
-            index: 0,
+            index: self.index,
             has_new_line: Some(content.contains('\n')),
             content,
             tokens: if self.return_tokens { tokens.iter().map(|t| t.token).collect() } else { Vec::new() },
@@ -181,22 +217,31 @@ impl Answer {
                 f.num_generated_tokens,
                 ms(first, end),
             )),
-            completion_probabilities: self.n_probs.then(|| tokens.iter().map(|t| probability(tok, t)).collect()),
+            completion_probabilities: self
+                .n_probs
+                .then(|| tokens.iter().map(|t| probability(tok, t, self.post_sampling)).collect()),
         }
     }
 }
 
-fn probability(tok: &Tokenizer, t: &TokenEvent) -> CompletionProbability {
+/// A token's entry in `completion_probabilities`: logprobs of the model, or with
+/// `post_sampling` probabilities of the distribution it was drawn from (the engine computed
+/// which; here they are only named and exponentiated).
+fn probability(tok: &Tokenizer, t: &TokenEvent, post_sampling: bool) -> CompletionProbability {
     let (token, bytes) = token_text(tok, t.token);
-    let top_logprobs = t
+    let split = |lp: f32| if post_sampling { (None, Some(lp.exp())) } else { (Some(lp), None) };
+    let top: Vec<TokenProb> = t
         .top_logprobs
         .iter()
-        .map(|&(id, logprob)| {
+        .map(|&(id, lp)| {
             let (token, bytes) = token_text(tok, id);
-            TokenProb { id, token, bytes, logprob }
+            let (logprob, prob) = split(lp);
+            TokenProb { id, token, bytes, logprob, prob }
         })
         .collect();
-    CompletionProbability { id: t.token, token, bytes, logprob: t.logprob, top_logprobs }
+    let (logprob, prob) = split(t.logprob);
+    let (top_logprobs, top_probs) = if post_sampling { (None, Some(top)) } else { (Some(top), None) };
+    CompletionProbability { id: t.token, token, bytes, logprob, prob, top_logprobs, top_probs }
 }
 
 /// The effective settings, in llama.cpp's names.
@@ -218,25 +263,35 @@ fn settings(c: &crate::openai::CompletionRequest, req: &NativeRequest) -> serde_
         "stream": c.stream.unwrap_or(false),
         "n_probs": c.logprobs.unwrap_or(0),
         "grammar": c.grammar.clone().unwrap_or_default(),
-        "post_sampling_probs": false,
+        "post_sampling_probs": req.post_sampling_probs.unwrap_or(false),
     })
 }
 
+/// Runs one prompt or several (`prompts`, each laid out already): one answer per prompt,
+/// several as a list (llama.cpp's batch form), streamed chunks carrying their prompt's `index`.
 async fn run(
     state: &AppState,
     served: &Served,
     req: NativeRequest,
-    tokens: Vec<u32>,
+    prompts: Vec<Vec<u32>>,
     tenant: Option<&Tenant>,
     start: Instant,
 ) -> Result<Response, ApiError> {
     let tok = &served.engine.model().tokenizer;
-    let prompt_text = tok.decode(&tokens, true);
-    let mut c = req.to_completion(PromptField::Tokens(tokens))?;
+    let texts: Vec<String> = prompts.iter().map(|p| tok.decode(p, true)).collect();
+    let num_prompts = prompts.len();
+    let field = match <[Vec<u32>; 1]>::try_from(prompts) {
+        Ok([one]) => PromptField::Tokens(one),
+        Err(many) => PromptField::TokenLists(many),
+    };
+    let mut c = req.to_completion(field)?;
     if let Some(v) = &req.logit_bias {
         c.logit_bias = Some(crate::llama_api::logit_bias(v, |s| Ok(tok.encode(s, false, false)?))?);
     }
     let mut settings = settings(&c, &req);
+    if let (None, Some(seed)) = (c.seed, served.engine.config().default_seed) {
+        settings["seed"] = json!(seed); // the server's `--seed`, which this request takes
+    }
     // As llama.cpp lists them: each biased token, and with `ignore_eos` the end-of-generation
     // tokens at -inf (null in JSON).
     let mut biases: Vec<Value> = c
@@ -252,67 +307,83 @@ async fn run(
     let valid =
         validate::completion_with(&served.engine, c, tenant, None).await.map_err(|e| e.renamed(NATIVE_NAMES))?;
     let model = served.engine.model().clone();
-    let answer = Answer {
-        model: served.id.clone(),
-        prompt_text,
-        num_prompt: valid.request.num_prompt_tokens(),
-        return_tokens: req.return_tokens.unwrap_or(false),
-        n_probs: valid.logprobs,
-        prompt_only: req.is_prompt_only(),
-        settings,
-        start,
-    };
+    let answers: Vec<Answer> = texts
+        .into_iter()
+        .zip(valid.request.prompts())
+        .enumerate()
+        .map(|(index, (prompt_text, p))| Answer {
+            index,
+            model: served.id.clone(),
+            prompt_text,
+            num_prompt: p.len(),
+            return_tokens: req.return_tokens.unwrap_or(false),
+            n_probs: valid.logprobs,
+            post_sampling: req.post_sampling_probs.unwrap_or(false),
+            prompt_only: req.is_prompt_only(),
+            settings: settings.clone(),
+            start,
+        })
+        .collect();
     let streams = valid.request.submit(served)?;
     if req.stream.unwrap_or(false) {
         let (tx, rx) = mpsc::channel(64);
         let st = state.clone();
         tokio::spawn(async move {
-            let (mut first, mut num_predicted, mut kept) = (None, 0, Vec::new());
+            let (mut first, mut num_predicted) = (vec![None; num_prompts], vec![0; num_prompts]);
             let tok = &model.tokenizer;
-            let _ = stream::pump(streams, &tx, &st.metrics, start, &mut |_: usize, e: &Event| match e {
-                Event::Token(_) if answer.prompt_only => vec![],
+            let _ = stream::pump(streams, &tx, &st.metrics, start, &mut |i: usize, e: &Event| match e {
+                Event::Token(_) if answers[i].prompt_only => vec![],
                 Event::Token(t) => {
-                    first.get_or_insert_with(Instant::now);
-                    num_predicted += 1;
-                    if answer.n_probs {
-                        kept.push(t.clone());
-                    }
-                    if t.text.is_empty() && !answer.n_probs {
+                    first[i].get_or_insert_with(Instant::now);
+                    num_predicted[i] += 1;
+                    if t.text.is_empty() && !answers[i].n_probs {
                         return vec![];
                     }
-                    vec![stream::data(&answer.chunk(t, num_predicted, tok))]
+                    vec![stream::data(&answers[i].chunk(t, num_predicted[i], tok))]
                 }
                 // The last chunk carries the totals; its content is the text held back to the end.
                 Event::Finished(f) => {
-                    let mut last = answer.last(f.text.clone(), &[], f, first, tok);
+                    let mut last = answers[i].last(f.text.clone(), &[], f, first[i], tok);
                     last.completion_probabilities = None;
                     vec![stream::data(&last)]
                 }
                 Event::Error(_) => vec![],
+                Event::Progress(p) => vec![stream::progress_data(&answers[i].empty_chunk(), p, start)],
             })
             .await;
         });
         return Ok(stream::sse(rx));
     }
-    // Not streamed: run to the end, noting when the first token came for `timings`.
-    let mut timing = stream::Timing::new(start, 1);
-    let (mut first, mut text, mut generated, mut finished) = (None, String::new(), Vec::new(), None);
+    // Not streamed: run to the end, noting when each first token came for `timings`.
+    let mut timing = stream::Timing::new(start, num_prompts);
+    let mut first = vec![None; num_prompts];
+    let mut text = vec![String::new(); num_prompts];
+    let mut generated: Vec<Vec<TokenEvent>> = vec![Vec::new(); num_prompts];
+    let mut finished: Vec<Option<Finished>> = vec![None; num_prompts];
     let mut merged = stream::merge(streams);
-    while let Some((_, e)) = merged.next().await {
+    while let Some((i, e)) = merged.next().await {
         match e {
             Event::Token(t) => {
-                timing.token(0, &state.metrics);
-                first.get_or_insert_with(Instant::now);
-                text.push_str(&t.text);
-                generated.push(t);
+                timing.token(i, &state.metrics);
+                first[i].get_or_insert_with(Instant::now);
+                text[i].push_str(&t.text);
+                generated[i].push(t);
             }
             Event::Finished(f) => {
-                text.push_str(&f.text);
-                finished = Some(f);
+                text[i].push_str(&f.text);
+                finished[i] = Some(f);
             }
             Event::Error(e) => return Err(valid.request.run_error(e.into())),
+            Event::Progress(_) => {}
         }
     }
-    let f = finished.ok_or_else(|| ApiError::internal("the engine ended a request without finishing it"))?;
-    Ok(Json(answer.last(text, &generated, &f, first, &model.tokenizer)).into_response())
+    let mut out = Vec::with_capacity(num_prompts);
+    for (i, f) in finished.into_iter().enumerate() {
+        let f = f.ok_or_else(|| ApiError::internal("the engine ended a request without finishing it"))?;
+        out.push(answers[i].last(std::mem::take(&mut text[i]), &generated[i], &f, first[i], &model.tokenizer));
+    }
+    Ok(match <[NativeCompletion; 1]>::try_from(out) {
+        Ok([one]) => Json(one).into_response(),
+        Err(many) => Json(many).into_response(),
+    })
 }
