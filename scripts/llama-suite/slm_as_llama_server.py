@@ -47,6 +47,9 @@ def main():
     ap.add_argument("--tags")
     ap.add_argument("--reasoning", "-rea")
     ap.add_argument("--reasoning-format")
+    ap.add_argument("--seed", "-s")
+    ap.add_argument("--metrics", action="store_true")
+    ap.add_argument("--batch-size", "-b", type=int)
     args, _unknown = ap.parse_known_args()
     if args.model and Path(args.model).exists():
         path = Path(args.model)
@@ -69,6 +72,9 @@ def main():
         lines.append(f"context_length = {args.ctx_size // max(args.parallel or 1, 1)}")
     if args.parallel and "minilm" not in path.name:
         lines.append(f"max_seqs = {max(args.parallel, 1)}")
+    if args.batch_size and "minilm" not in path.name:
+        # llama.cpp's logical batch: the most prompt tokens one step evaluates.
+        lines.append(f"max_batched_tokens = {max(args.batch_size, 16)}")
     cfg = Path(tempfile.mkdtemp(prefix="slm-suite-")) / "slm.toml"
     cfg.write_text("\n".join(lines) + "\n")
     cmd = [str(ROOT / "target/release/slm"), "serve", "--config", str(cfg), "--host", args.host, "--port", str(args.port)]
@@ -86,6 +92,10 @@ def main():
         cmd += ["--reasoning", args.reasoning]
     if args.reasoning_format:
         cmd += ["--reasoning-format", args.reasoning_format]
+    if args.seed is not None:
+        cmd += ["--seed", args.seed]
+    if not args.metrics:
+        cmd.append("--no-metrics")  # llama-server serves /metrics only with --metrics
     os.execv(cmd[0], cmd)
 
 
