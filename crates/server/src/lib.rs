@@ -30,6 +30,7 @@ pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod stream;
+pub mod telemetry;
 pub mod tool_format;
 pub mod tool_hint;
 pub mod tool_stream;

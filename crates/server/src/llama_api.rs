@@ -121,6 +121,7 @@ pub struct NativeRequest {
     pub n_probs: Option<i64>,
     pub post_sampling_probs: Option<bool>,
     pub return_progress: Option<bool>,
+    pub timings_per_token: Option<bool>,
     pub ignore_eos: Option<bool>,
     pub return_tokens: Option<bool>,
     pub grammar: Option<String>,
@@ -173,6 +174,7 @@ impl NativeRequest {
         c.logprobs = n_probs;
         c.post_sampling_probs = self.post_sampling_probs;
         c.return_progress = self.return_progress;
+        c.timings_per_token = self.timings_per_token;
         c.grammar = self.grammar.clone();
         c.json_schema = self.json_schema.clone();
         c.temperature = Some(self.temperature.unwrap_or(DEFAULT_TEMPERATURE));

@@ -77,6 +77,7 @@ pub struct SamplingFields {
     pub speculative: Option<bool>,
     pub post_sampling_probs: Option<bool>,
     pub return_progress: Option<bool>,
+    pub timings_per_token: Option<bool>,
 }
 
 /// One entry of llama.cpp's `lora` field: an adapter by `id` (its index in the loaded list,
@@ -126,6 +127,8 @@ macro_rules! with_sampling_fields {
             /// Extension (llama.cpp): while a streamed request's prompt is evaluated, chunks
             /// with `prompt_progress` (total, cached, processed tokens, elapsed ms).
             pub return_progress: Option<bool>,
+            /// Extension (llama.cpp): with stream, `timings` on every chunk.
+            pub timings_per_token: Option<bool>,
         }
 
         impl $name {
@@ -150,6 +153,7 @@ macro_rules! with_sampling_fields {
                     speculative: self.speculative,
                     post_sampling_probs: self.post_sampling_probs,
                     return_progress: self.return_progress,
+                    timings_per_token: self.timings_per_token,
                 }
             }
         }

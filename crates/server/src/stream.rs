@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream, StreamExt};
-use slm_engine::{Event, Finished, PromptProgress, RequestStream, TokenEvent, Tokenizer};
+use slm_engine::{Event, Finished, RequestStream, TokenEvent, Tokenizer};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -143,19 +143,6 @@ pub fn sse(rx: mpsc::Receiver<SseEvent>) -> Response {
 /// A data-only SSE event (OpenAI's chat and completion chunks).
 pub fn data<T: serde::Serialize>(v: &T) -> SseEvent {
     SseEvent::default().data(serde_json::to_string(v).expect("serializable"))
-}
-
-/// A chunk `v` carrying llama.cpp's `prompt_progress` (`return_progress`): the prompt's
-/// tokens in all, from the prefix cache, evaluated so far, and the ms since the request came.
-pub fn progress_data<T: serde::Serialize>(v: &T, p: &PromptProgress, start: Instant) -> SseEvent {
-    let mut chunk = serde_json::to_value(v).expect("serializable");
-    chunk["prompt_progress"] = serde_json::json!({
-        "total": p.num_total,
-        "cache": p.num_cached,
-        "processed": p.num_processed,
-        "time_ms": start.elapsed().as_millis() as u64,
-    });
-    data(&chunk)
 }
 
 /// A named SSE event (`event: NAME`), as the Responses and Messages streams send them.

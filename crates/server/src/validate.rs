@@ -43,8 +43,10 @@ pub struct ValidSampling {
     pub cache_salt: Option<String>,
     /// Speculative decoding allowed (default) or turned off by the request.
     pub speculative: bool,
-    /// Streamed with `return_progress`: the engine reports the prompt's evaluation.
-    pub report_progress: bool,
+    /// Streamed with llama.cpp's `return_progress` (progress chunks) and `timings_per_token`
+    /// (timings on every chunk): the engine reports the prompt's evaluation for either.
+    pub return_progress: bool,
+    pub timings_per_token: bool,
 }
 
 fn range(param: &str, v: Option<f64>, lo: f64, hi: f64, lo_open: bool) -> Result<Option<f64>, ApiError> {
@@ -137,7 +139,8 @@ pub fn sampling(
             (None, salt) => salt.clone(),
         },
         speculative: f.speculative.unwrap_or(true),
-        report_progress: stream && f.return_progress.unwrap_or(false),
+        return_progress: stream && f.return_progress.unwrap_or(false),
+        timings_per_token: stream && f.timings_per_token.unwrap_or(false),
     })
 }
 
@@ -318,7 +321,7 @@ impl ValidRequest {
                 r.constraint = self.constraint.clone();
                 r.cache_salt = s.cache_salt.clone();
                 r.speculative = s.speculative;
-                r.report_progress = s.report_progress;
+                r.report_progress = s.return_progress || s.timings_per_token;
                 r.lora = served.lora.clone();
                 requests.push(r);
             }

@@ -407,6 +407,31 @@ async fn return_progress_reports_each_prompt_chunk_before_the_first_token() {
     assert!(with_progress
         .iter()
         .all(|c| c["object"] == "chat.completion.chunk" && c["choices"][0]["delta"]["role"] == "assistant"));
+    // With timings_per_token every chunk has timings; the first report's are all zero, and
+    // the prompt's time never goes back (llama.cpp's test_metrics_timings_on_prompt_progress).
+    let timed = json!({"model": "seeded", "prompt": format!("Again: {prompt}"), "n_predict": 3, "temperature": 0, "stream": true, "return_progress": true, "timings_per_token": true});
+    let (_, text) = post(&s, "/completion", timed).await;
+    let chunks = sse_chunks(&text);
+    assert!(chunks.iter().all(|c| c["timings"]["prompt_per_second"].is_number()), "{text}");
+    let progress: Vec<&Value> = chunks.iter().filter(|c| c.get("prompt_progress").is_some()).collect();
+    let t0 = &progress[0]["timings"];
+    assert_eq!(
+        (t0["prompt_n"].as_u64(), t0["prompt_ms"].as_f64(), t0["predicted_n"].as_u64()),
+        (Some(0), Some(0.0), Some(0))
+    );
+    let prompt_ms: Vec<f64> = chunks.iter().map(|c| c["timings"]["prompt_ms"].as_f64().unwrap()).collect();
+    assert!(prompt_ms.windows(2).all(|w| w[1] >= w[0]) && *prompt_ms.last().unwrap() > 0.0, "{prompt_ms:?}");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["timings"]["predicted_n"], 3);
+    // Chat: the usage chunk carries them too; the first chunk has none.
+    let chat = json!({"model": "seeded", "messages": [{"role": "user", "content": "test"}], "max_tokens": 4, "stream": true, "stream_options": {"include_usage": true}, "timings_per_token": true});
+    let (_, text) = post(&s, "/v1/chat/completions", chat).await;
+    let chunks = sse_chunks(&text);
+    assert!(chunks[0].get("timings").is_none(), "{text}");
+    let usage = chunks.iter().find(|c| c["choices"].as_array().is_some_and(|a| a.is_empty())).unwrap();
+    assert!(
+        usage["timings"]["predicted_n"].as_u64().unwrap() <= 4 && usage["timings"]["prompt_per_second"].is_number()
+    );
     // Not asked, or not streamed: no progress.
     let (_, text) =
         post(&s, "/completion", json!({"model": "seeded", "prompt": prompt, "n_predict": 2, "stream": true})).await;

@@ -21,6 +21,7 @@ use crate::openai::*;
 use crate::reasoning::{self, Part, ReasoningSpec, ReasoningSplit};
 use crate::state::AppState;
 use crate::stream::{self, chat_logprob};
+use crate::telemetry::{Extras, Telemetry};
 use crate::tool_stream::{self, Piece, ToolStream};
 use crate::validate;
 
@@ -80,6 +81,8 @@ pub async fn chat_completions(
 
     if s.stream {
         let (tx, rx) = mpsc::channel(64);
+        let telemetry =
+            Telemetry::new(s.return_progress, s.timings_per_token, start, &vec![num_prompt_tokens; streams.len()]);
         tokio::spawn(stream_chat(
             state.clone(),
             ctx,
@@ -87,6 +90,7 @@ pub async fn chat_completions(
             streams,
             num_prompt_tokens,
             s.include_usage,
+            telemetry,
             tool_names,
             reasoning,
             start,
@@ -146,6 +150,7 @@ async fn stream_chat(
     streams: Vec<stream::EventStream>,
     num_prompt_tokens: usize,
     include_usage: bool,
+    mut telemetry: Telemetry,
     tool_names: Option<Vec<String>>,
     reasoning: Option<ReasoningSpec>,
     start: Instant,
@@ -170,20 +175,22 @@ async fn stream_chat(
             return;
         }
     }
-    let chunk = |index: usize, delta: Delta, logprobs: Option<ChatLogprobs>, finish_reason: Option<&'static str>| {
-        stream::data(&ctx.chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason }], None))
-    };
     let finishes = stream::pump(streams, &tx, &state.metrics, start, &mut |index: usize, event: &Event| {
+        let extras = telemetry.note(index, event);
+        let chunk =
+            |index: usize, delta: Delta, logprobs: Option<ChatLogprobs>, finish_reason: Option<&'static str>| {
+                extras.data(&ctx.chunk(vec![ChunkChoice { index, delta, logprobs, finish_reason }], None))
+            };
         let c = &mut choices[index];
         let (text, token, end) = match event {
             Event::Token(t) => (t.text.as_str(), Some(t), None),
             Event::Finished(f) => (f.text.as_str(), f.stop_token.as_ref(), Some(f)),
             Event::Error(_) => return vec![],
-            Event::Progress(p) => {
-                let delta = Delta { role: Some("assistant"), ..Default::default() };
-                let choice = ChunkChoice { index, delta, logprobs: None, finish_reason: None };
-                return vec![stream::progress_data(&ctx.chunk(vec![choice], None), p, start)];
+            // As llama.cpp: the assistant's role again, with the progress.
+            Event::Progress(_) if extras.progress.is_some() => {
+                return vec![chunk(index, Delta { role: Some("assistant"), ..Default::default() }, None, None)];
             }
+            Event::Progress(_) => return vec![],
         };
         let mut deltas = c.deltas(text, end.is_some());
         // A token's logprobs ride on its first chunk; a token that shows nothing yet (held
@@ -203,7 +210,8 @@ async fn stream_chat(
     .await;
     let Some(finishes) = finishes else { return };
     let usage = include_usage.then(|| {
-        stream::data(&ctx.chunk(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>()))))
+        let extras = Extras { timings: telemetry.timings(), progress: None };
+        extras.data(&ctx.chunk(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>()))))
     });
     stream::close(&tx, usage).await;
 }

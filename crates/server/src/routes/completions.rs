@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::openai::*;
 use crate::state::AppState;
 use crate::stream::{self, token_text};
+use crate::telemetry::{Extras, Telemetry};
 use crate::validate;
 
 struct Ctx {
@@ -111,6 +112,10 @@ pub async fn completions(
     let streams = if valid.echo_only { Vec::new() } else { valid.request.submit(&served)? };
     let s = valid.request.sampling();
     let num_prompt_tokens = valid.request.num_prompt_tokens();
+    // Choice p · n + i answers prompt p.
+    let choice_prompts: Vec<usize> =
+        valid.request.prompts().iter().flat_map(|p| std::iter::repeat_n(p.len(), s.n)).collect();
+    let telemetry = Telemetry::new(s.return_progress, s.timings_per_token, start, &choice_prompts);
     let (echoes, logprobs) = (valid.echoes, valid.logprobs);
     let n = s.n;
     // Per choice: the echoed prompt's logprobs, if asked for.
@@ -154,6 +159,7 @@ pub async fn completions(
             logprobs,
             num_prompt_tokens,
             s.include_usage,
+            telemetry,
             start,
             tx,
         ));
@@ -198,6 +204,7 @@ async fn stream_completions(
     logprobs: bool,
     num_prompt_tokens: usize,
     include_usage: bool,
+    mut telemetry: Telemetry,
     start: Instant,
     tx: mpsc::Sender<axum::response::sse::Event>,
 ) {
@@ -208,36 +215,29 @@ async fn stream_completions(
             return;
         }
     }
-    let to_json = |c: Completion| stream::data(&c);
-    let finishes = stream::pump(streams, &tx, &state.metrics, start, &mut |index: usize, event: &Event| match event {
-        Event::Token(t) if t.text.is_empty() && !logprobs => vec![],
-        Event::Token(t) => {
-            let lp = logprobs.then(|| legacy_logprobs(&model, std::slice::from_ref(t), offsets[index]));
-            offsets[index] += t.text.len();
-            vec![to_json(ctx.answer(
-                vec![CompletionChoice { text: t.text.clone(), index, logprobs: lp, finish_reason: None }],
-                None,
-            ))]
-        }
-        Event::Finished(f) => vec![to_json(ctx.answer(
-            vec![CompletionChoice {
-                text: f.text.clone(),
-                index,
-                logprobs: None,
-                finish_reason: Some(f.reason.as_str()),
-            }],
-            None,
-        ))],
-        Event::Error(_) => vec![],
-        Event::Progress(p) => {
-            let c = CompletionChoice { text: String::new(), index, logprobs: None, finish_reason: None };
-            vec![stream::progress_data(&ctx.answer(vec![c], None), p, start)]
+    let finishes = stream::pump(streams, &tx, &state.metrics, start, &mut |index: usize, event: &Event| {
+        let extras = telemetry.note(index, event);
+        let choice = |text: String, logprobs, finish_reason| {
+            extras.data(&ctx.answer(vec![CompletionChoice { text, index, logprobs, finish_reason }], None))
+        };
+        match event {
+            Event::Token(t) if t.text.is_empty() && !logprobs => vec![],
+            Event::Token(t) => {
+                let lp = logprobs.then(|| legacy_logprobs(&model, std::slice::from_ref(t), offsets[index]));
+                offsets[index] += t.text.len();
+                vec![choice(t.text.clone(), lp, None)]
+            }
+            Event::Finished(f) => vec![choice(f.text.clone(), None, Some(f.reason.as_str()))],
+            Event::Error(_) => vec![],
+            Event::Progress(_) if extras.progress.is_some() => vec![choice(String::new(), None, None)],
+            Event::Progress(_) => vec![],
         }
     })
     .await;
     let Some(finishes) = finishes else { return };
     let usage = include_usage.then(|| {
-        to_json(ctx.answer(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>()))))
+        let extras = Extras { timings: telemetry.timings(), progress: None };
+        extras.data(&ctx.answer(vec![], Some(stream::usage(num_prompt_tokens, &finishes.iter().collect::<Vec<_>>()))))
     });
     stream::close(&tx, usage).await;
 }

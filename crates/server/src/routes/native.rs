@@ -24,6 +24,7 @@ use crate::llama_api::*;
 use crate::openai::PromptField;
 use crate::state::{AppState, Served};
 use crate::stream::{self, token_text};
+use crate::telemetry::Telemetry;
 use crate::validate;
 
 pub async fn completion(
@@ -328,18 +329,22 @@ async fn run(
     if req.stream.unwrap_or(false) {
         let (tx, rx) = mpsc::channel(64);
         let st = state.clone();
+        let s = valid.request.sampling();
+        let num_prompt: Vec<usize> = answers.iter().map(|a| a.num_prompt).collect();
+        let mut telemetry = Telemetry::new(s.return_progress, s.timings_per_token, start, &num_prompt);
         tokio::spawn(async move {
             let (mut first, mut num_predicted) = (vec![None; num_prompts], vec![0; num_prompts]);
             let tok = &model.tokenizer;
             let _ = stream::pump(streams, &tx, &st.metrics, start, &mut |i: usize, e: &Event| match e {
                 Event::Token(_) if answers[i].prompt_only => vec![],
                 Event::Token(t) => {
+                    let extras = telemetry.note(i, e);
                     first[i].get_or_insert_with(Instant::now);
                     num_predicted[i] += 1;
                     if t.text.is_empty() && !answers[i].n_probs {
                         return vec![];
                     }
-                    vec![stream::data(&answers[i].chunk(t, num_predicted[i], tok))]
+                    vec![extras.data(&answers[i].chunk(t, num_predicted[i], tok))]
                 }
                 // The last chunk carries the totals; its content is the text held back to the end.
                 Event::Finished(f) => {
@@ -348,7 +353,10 @@ async fn run(
                     vec![stream::data(&last)]
                 }
                 Event::Error(_) => vec![],
-                Event::Progress(p) => vec![stream::progress_data(&answers[i].empty_chunk(), p, start)],
+                Event::Progress(_) => {
+                    let extras = telemetry.note(i, e);
+                    extras.progress.is_some().then(|| extras.data(&answers[i].empty_chunk())).into_iter().collect()
+                }
             })
             .await;
         });
