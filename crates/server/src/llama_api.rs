@@ -257,9 +257,13 @@ pub struct Timings {
 }
 
 impl Timings {
+    /// `predicted_ms` runs from the first generated token to the last: as llama.cpp counts,
+    /// the first token came with the prompt's last chunk, so the rates are over the
+    /// `predicted_n - 1` decode steps after it.
     pub fn new(cache_n: usize, prompt_n: usize, prompt_ms: f64, predicted_n: usize, predicted_ms: f64) -> Self {
         let per = |ms: f64, n: usize| if n > 0 { ms / n as f64 } else { 0.0 };
         let rate = |ms: f64, n: usize| if ms > 0.0 { 1e3 * n as f64 / ms } else { 0.0 };
+        let steps = predicted_n.saturating_sub(1);
         Self {
             cache_n,
             prompt_n,
@@ -268,8 +272,8 @@ impl Timings {
             prompt_per_second: rate(prompt_ms, prompt_n),
             predicted_n,
             predicted_ms,
-            predicted_per_token_ms: per(predicted_ms, predicted_n),
-            predicted_per_second: rate(predicted_ms, predicted_n),
+            predicted_per_token_ms: per(predicted_ms, steps),
+            predicted_per_second: rate(predicted_ms, steps),
         }
     }
 }
@@ -387,6 +391,11 @@ mod tests {
     fn timings_divide_safely() {
         let t = Timings::new(2, 10, 50.0, 0, 0.0);
         assert_eq!((t.prompt_per_token_ms, t.prompt_per_second, t.predicted_per_second), (5.0, 200.0, 0.0));
+        // One token costs no decode step; 16 tokens are 15 steps (llama.cpp's rates).
+        let one = Timings::new(0, 3, 10.0, 1, 0.5);
+        assert_eq!((one.predicted_per_second, one.predicted_per_token_ms), (0.0, 0.0));
+        let t = Timings::new(0, 3, 10.0, 16, 30.0);
+        assert_eq!((t.predicted_per_second, t.predicted_per_token_ms), (500.0, 2.0));
     }
 
     fn kinds(v: Value) -> Vec<&'static str> {
