@@ -59,6 +59,10 @@ pub struct ResponsesRequest {
     /// `{effort, summary}`: the effort reaches the template as chat's `reasoning_effort`.
     pub reasoning: Option<ReasoningParam>,
     pub chat_template_kwargs: Option<Map<String, Value>>,
+    /// llama.cpp's: with stream, `response.in_progress` events with `prompt_progress`.
+    pub return_progress: Option<bool>,
+    /// llama.cpp's: with stream, `timings` on the events.
+    pub timings_per_token: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -377,6 +381,8 @@ pub fn chat_request(req: &ResponsesRequest, items: &[Value]) -> Result<ChatCompl
         tool_system_hint: req.tool_system_hint,
         reasoning_effort: req.reasoning.as_ref().and_then(|r| r.effort.clone()),
         chat_template_kwargs: req.chat_template_kwargs.clone(),
+        return_progress: req.return_progress,
+        timings_per_token: req.timings_per_token,
         ..Default::default()
     })
 }

@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::reasoning::{self, Part, ReasoningSplit};
 use crate::state::AppState;
 use crate::stream::{self, Wire};
+use crate::telemetry::{Extras, Telemetry};
 use crate::tool_stream::{self, Piece, ToolStream};
 use crate::validate::ValidChat;
 
@@ -94,6 +95,13 @@ pub trait TurnWire: Send + 'static {
     fn ping(&self) -> Option<SseEvent> {
         None
     }
+    /// llama.cpp's streaming extras for the engine event about to become `TurnEvent`s (its
+    /// timings; for a progress report, the progress): a shape that has a place for them keeps
+    /// the timings for the events that follow and answers a progress report with events of
+    /// its own. Others ignore them.
+    fn telemetry(&mut self, _extras: Extras) -> Vec<SseEvent> {
+        Vec::new()
+    }
 }
 
 fn end_of(f: &slm_engine::Finished, num_calls: usize, num_reasoning_tokens: usize) -> TurnEnd {
@@ -140,7 +148,10 @@ pub fn stream(
     wire: impl TurnWire,
 ) -> Response {
     let (tx, rx) = mpsc::channel(64);
+    let s = valid.request.sampling();
+    let num_prompt = valid.request.num_prompt_tokens();
     let mut pump = TurnPump {
+        telemetry: Telemetry::new(s.return_progress, s.timings_per_token, start, &[num_prompt]),
         reasoning: valid.reasoning.map(ReasoningSplit::new),
         tools: valid.tool_names.clone().map(ToolStream::new),
         constraint_param: valid.request.constraint_param(),
@@ -159,6 +170,7 @@ pub fn stream(
 
 /// Engine events → turn events → the wire's SSE events.
 struct TurnPump<W> {
+    telemetry: Telemetry,
     /// Splits thoughts from the answer, for a reasoning model.
     reasoning: Option<ReasoningSplit>,
     /// The call reader, when tools are offered.
@@ -200,7 +212,9 @@ impl<W: TurnWire> TurnPump<W> {
 }
 
 impl<W: TurnWire> Wire for TurnPump<W> {
-    fn event(&mut self, _index: usize, event: &Event) -> Vec<SseEvent> {
+    fn event(&mut self, index: usize, event: &Event) -> Vec<SseEvent> {
+        let extras = self.telemetry.note(index, event);
+        let mut out = self.wire.telemetry(extras);
         let mut events = Vec::new();
         match event {
             Event::Token(t) => self.text(&t.text, false, &mut events),
@@ -216,7 +230,8 @@ impl<W: TurnWire> Wire for TurnPump<W> {
             }
             Event::Error(_) | Event::Progress(_) => {}
         }
-        events.into_iter().flat_map(|e| self.wire.event(e)).collect()
+        out.extend(events.into_iter().flat_map(|e| self.wire.event(e)));
+        out
     }
 
     fn error(&mut self, e: ApiError) -> Vec<SseEvent> {

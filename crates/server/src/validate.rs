@@ -43,8 +43,9 @@ pub struct ValidSampling {
     pub cache_salt: Option<String>,
     /// Speculative decoding allowed (default) or turned off by the request.
     pub speculative: bool,
-    /// Streamed with llama.cpp's `return_progress` (progress chunks) and `timings_per_token`
-    /// (timings on every chunk): the engine reports the prompt's evaluation for either.
+    /// llama.cpp's `return_progress` (progress chunks) and `timings_per_token` (timings on
+    /// every chunk), which only streams show: the engine reports the prompt's evaluation for
+    /// either.
     pub return_progress: bool,
     pub timings_per_token: bool,
 }
@@ -139,8 +140,8 @@ pub fn sampling(
             (None, salt) => salt.clone(),
         },
         speculative: f.speculative.unwrap_or(true),
-        return_progress: stream && f.return_progress.unwrap_or(false),
-        timings_per_token: stream && f.timings_per_token.unwrap_or(false),
+        return_progress: f.return_progress.unwrap_or(false),
+        timings_per_token: f.timings_per_token.unwrap_or(false),
     })
 }
 

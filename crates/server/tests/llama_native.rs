@@ -432,6 +432,26 @@ async fn return_progress_reports_each_prompt_chunk_before_the_first_token() {
     assert!(
         usage["timings"]["predicted_n"].as_u64().unwrap() <= 4 && usage["timings"]["prompt_per_second"].is_number()
     );
+    // Responses (llama.cpp's test_responses_stream_with_llama_telemetry): progress as more
+    // `response.in_progress` events, timings on the deltas and on `response.completed`.
+    let resp = json!({"model": "seeded", "input": format!("Once more: {prompt}"), "max_output_tokens": 4, "stream": true, "return_progress": true, "timings_per_token": true});
+    let (status, text) = post(&s, "/v1/responses", resp).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let events = sse_chunks(&text);
+    let progress: Vec<&Value> = events.iter().filter(|e| e.get("prompt_progress").is_some()).collect();
+    assert!(progress.len() >= 3 && progress.iter().all(|e| e["type"] == "response.in_progress"), "{text}");
+    let last = &progress.last().unwrap()["prompt_progress"];
+    assert_eq!(last["processed"], last["total"]);
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "response.output_text.delta" && e["timings"]["predicted_per_second"].is_number()));
+    // Cut at max_output_tokens: `response.incomplete`, OpenAI's end for that.
+    let done = events.iter().find(|e| e["type"] == "response.incomplete" || e["type"] == "response.completed").unwrap();
+    assert!(done["timings"]["prompt_per_second"].is_number() && done["response"]["usage"].is_object());
+    let (_, text) =
+        post(&s, "/v1/responses", json!({"model": "seeded", "input": "Hi", "max_output_tokens": 2, "stream": true}))
+            .await;
+    assert!(!text.contains("prompt_progress") && !text.contains("\"timings\""), "{text}");
     // Not asked, or not streamed: no progress.
     let (_, text) =
         post(&s, "/completion", json!({"model": "seeded", "prompt": prompt, "n_predict": 2, "stream": true})).await;

@@ -26,6 +26,7 @@ use crate::response_store::{self, ResponseStore, Stored};
 use crate::responses_api::{self as api, Meta, ResponsesRequest, FIELD_NAMES};
 use crate::state::AppState;
 use crate::stream;
+use crate::telemetry::Extras;
 use crate::turn::{self, TurnEnd, TurnEvent, TurnWire};
 use crate::validate::{self, ValidChat};
 
@@ -134,6 +135,7 @@ pub async fn create(
             open_reasoning: None,
             open_message: None,
             calls: Vec::new(),
+            timings: None,
         };
         return Ok(turn::stream(state.clone(), &valid, streams, start, wire));
     }
@@ -160,6 +162,8 @@ struct ResponsesWire {
     open_message: Option<usize>,
     /// Per call of the turn: its output index, and whether it is still open.
     calls: Vec<(usize, bool)>,
+    /// llama.cpp's `timings` as of the engine event being streamed (`timings_per_token`).
+    timings: Option<Value>,
 }
 
 impl ResponsesWire {
@@ -167,6 +171,9 @@ impl ResponsesWire {
         let mut v = json!({"type": kind, "sequence_number": self.seq});
         if let (Value::Object(m), Value::Object(b)) = (&mut v, body) {
             m.extend(b);
+            if let Some(t) = &self.timings {
+                m.insert("timings".into(), t.clone());
+            }
         }
         self.seq += 1;
         stream::named(kind, &v)
@@ -319,6 +326,14 @@ impl TurnWire for ResponsesWire {
             TurnEvent::End(end) => self.end(end, &mut out),
         }
         out
+    }
+
+    fn telemetry(&mut self, extras: Extras) -> Vec<SseEvent> {
+        self.timings = extras.timings.map(|t| serde_json::to_value(t).expect("serializable"));
+        let Some(progress) = extras.progress else { return Vec::new() };
+        // As llama.cpp: a progress report is one more `response.in_progress`.
+        let r = self.meta.object("in_progress", self.output.clone(), None, None);
+        vec![self.ev("response.in_progress", json!({"response": r, "prompt_progress": progress}))]
     }
 
     fn error(&mut self, e: ApiError) -> Vec<SseEvent> {
